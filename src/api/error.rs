@@ -1,0 +1,218 @@
+//! API errors and their one mapping to HTTP: OpenAI's `{"error": {...}}` shape.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use crate::fleet::FleetError;
+use crate::proxy::ProxyError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not what the endpoint takes.
+    #[error("{message}")]
+    BadRequest {
+        /// For the client.
+        message: String,
+        /// OpenAI-style code.
+        code: &'static str,
+    },
+    /// No model or alias of that name.
+    #[error("the model `{0}` does not exist")]
+    ModelNotFound(String),
+    /// The body is over `server.max_body`.
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(u64),
+    /// No such path.
+    #[error("unknown URL {0}")]
+    UnknownUrl(String),
+    /// The path exists, the method does not.
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    /// Not allowed from where it came.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The model could not take the request.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// The backend failed.
+    #[error("the backend of model `{model}` failed: {source}")]
+    Proxy {
+        /// Instance.
+        model: String,
+        /// What happened.
+        source: ProxyError,
+    },
+}
+
+/// What an error becomes on the wire.
+pub struct Rendered {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OpenAI `type`.
+    pub kind: &'static str,
+    /// OpenAI `code`.
+    pub code: &'static str,
+    /// Message for the client; never paths or backend output for 5xx.
+    pub message: String,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// The single mapping from errors to what the client sees.
+    pub fn render(&self) -> Rendered {
+        let r = |status, kind, code, message: String, retry_after| Rendered {
+            status,
+            kind,
+            code,
+            message,
+            retry_after,
+        };
+        match self {
+            ApiError::BadRequest { message, code } => r(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                code,
+                message.clone(),
+                None,
+            ),
+            ApiError::ModelNotFound(m) => r(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!("The model `{m}` does not exist. GET /v1/models lists the models served here."),
+                None,
+            ),
+            ApiError::PayloadTooLarge(limit) => r(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                format!("The request body is larger than the limit of {limit} bytes."),
+                None,
+            ),
+            ApiError::UnknownUrl(p) => r(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_url",
+                format!("Unknown request URL: {p}."),
+                None,
+            ),
+            ApiError::MethodNotAllowed(m) => r(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+                format!("Method {m} is not allowed for this URL."),
+                None,
+            ),
+            ApiError::Forbidden(why) => r(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "forbidden",
+                (*why).to_string(),
+                None,
+            ),
+            ApiError::Fleet(e) => match e {
+                FleetError::QueueFull { .. } => r(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    "queue_full",
+                    format!("{e}. Retry shortly."),
+                    Some(1),
+                ),
+                FleetError::QueueTimeout { .. } => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "queue_timeout",
+                    e.to_string(),
+                    Some(5),
+                ),
+                FleetError::StartTimeout { .. } => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "model_start_timeout",
+                    e.to_string(),
+                    Some(10),
+                ),
+                // The reason may hold backend output; it is in /health and the logs.
+                FleetError::StartFailed { model, .. } => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "model_start_failed",
+                    format!("Model `{model}` failed to start; an operator finds the reason in GET /health and the logs."),
+                    Some(10),
+                ),
+                FleetError::CrashLoop {
+                    model,
+                    failures,
+                    window,
+                    ..
+                } => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "model_failed",
+                    format!(
+                        "Model `{model}` failed {failures} times within {}; it stays stopped until an operator starts it again.",
+                        humantime::format_duration(*window)
+                    ),
+                    None,
+                ),
+                FleetError::ShuttingDown => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "shutting_down",
+                    "llmvisor is shutting down.".into(),
+                    Some(5),
+                ),
+            },
+            ApiError::Proxy { model, source } => match source {
+                ProxyError::Timeout(t) => r(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "server_error",
+                    "backend_timeout",
+                    format!("Model `{model}` did not answer within {}.", humantime::format_duration(*t)),
+                    None,
+                ),
+                ProxyError::Connect(_) | ProxyError::Failed(_) => r(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "backend_error",
+                    format!("The backend of model `{model}` failed while handling the request."),
+                    None,
+                ),
+            },
+        }
+    }
+
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.render().status
+    }
+
+    /// The error as one SSE event (for streams that already began).
+    pub fn sse_event(&self) -> Bytes {
+        let r = self.render();
+        crate::proxy::sse_error(&r.message, r.kind, r.code)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let r = self.render();
+        if r.status.is_server_error() {
+            tracing::warn!(status = r.status.as_u16(), "{self}");
+        } else {
+            tracing::debug!(status = r.status.as_u16(), "{self}");
+        }
+        let body = serde_json::json!({
+            "error": {"message": r.message, "type": r.kind, "param": null, "code": r.code}
+        });
+        let mut resp = (r.status, Json(body)).into_response();
+        if let Some(s) = r.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

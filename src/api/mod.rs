@@ -1,0 +1,83 @@
+//! The HTTP API: OpenAI-compatible endpoints, health, metrics and admin routes.
+
+mod admin;
+pub mod error;
+mod openai;
+mod status;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::config::Settings;
+use crate::fleet::Fleet;
+use crate::proxy::Upstream;
+use crate::router;
+use crate::telemetry::metrics::Metrics;
+
+/// What every handler shares.
+pub struct App {
+    /// The configuration in force.
+    pub settings: Settings,
+    /// Every model instance.
+    pub fleet: Arc<Fleet>,
+    /// Public names → instances.
+    pub router: router::Router,
+    /// The backend client.
+    pub upstream: Upstream,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// When llmvisor started.
+    pub started: SystemTime,
+}
+
+impl App {
+    /// Put the pieces together.
+    pub fn new(settings: Settings, fleet: Arc<Fleet>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let s = &settings.server;
+        let upstream = Upstream::new(
+            s.upstream_connect_timeout.0,
+            s.upstream_header_timeout.0,
+            s.upstream_idle_timeout.0,
+        );
+        Arc::new(Self {
+            router: router::Router::new(&settings),
+            settings,
+            fleet,
+            upstream,
+            metrics,
+            started: SystemTime::now(),
+        })
+    }
+}
+
+/// The axum router of the whole API.
+pub fn routes(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::forward))
+        .route("/v1/completions", post(openai::forward))
+        .route("/v1/embeddings", post(openai::forward))
+        .route("/v1/rerank", post(openai::forward))
+        .route("/v1/models", get(status::models))
+        .route("/health", get(status::health))
+        .route("/metrics", get(status::metrics))
+        .route("/admin/models/{name}/start", post(admin::start))
+        .route("/admin/models/{name}/stop", post(admin::stop))
+        .fallback(unknown_url)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn unknown_url(method: Method, uri: Uri) -> Response {
+    ApiError::UnknownUrl(format!("{method} {}", uri.path())).into_response()
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    ApiError::MethodNotAllowed(method.to_string()).into_response()
+}

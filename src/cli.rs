@@ -1,0 +1,190 @@
+//! The command line: `serve`, `check-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::api::{self, App};
+use crate::config::{Config, ConfigError, Settings};
+use crate::fleet::Fleet;
+use crate::telemetry::{self, metrics::Metrics};
+use crate::units::UnitManager;
+use crate::units::process::ProcessManager;
+
+/// Supervisor and OpenAI-compatible router for self-hosted LLMs.
+#[derive(Parser, Debug)]
+#[command(name = "llmvisor", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the API and manage the configured models.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+        #[arg(long, default_value = "info", value_name = "LEVEL")]
+        log_level: String,
+    },
+    /// Check a configuration file: print a summary and exit 0, or every problem
+    /// with its key path and exit 1.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Run the command line; the process exit code is returned.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(s) => {
+                println!("{}: ok — {}", config.display(), summary(&s));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report_config_error(&e);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config, log_level } => {
+            telemetry::init_logging(&log_level);
+            let settings = match Config::load(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    report_config_error(&e);
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("llmvisor: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("llmvisor: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn report_config_error(e: &ConfigError) {
+    eprintln!("llmvisor: {e}");
+    if matches!(e, ConfigError::Invalid { .. }) {
+        eprintln!("nothing was started.");
+    }
+}
+
+fn summary(s: &Settings) -> String {
+    let names: Vec<_> = s
+        .models
+        .iter()
+        .map(|m| format!("{} ({}, port {})", m.name, m.kind.as_str(), m.port))
+        .collect();
+    let listen: Vec<_> = s.listen.iter().map(ToString::to_string).collect();
+    format!(
+        "{} model(s): {}; listening on {}",
+        s.models.len(),
+        names.join(", "),
+        listen.join(", ")
+    )
+}
+
+/// Serve until SIGTERM or SIGINT, then shut down gracefully: stop accepting, let
+/// in-flight requests finish (up to `server.shutdown_grace`), stop every model.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Bind first: a port in use fails before any model could start.
+    let mut listeners = Vec::new();
+    for addr in &settings.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(l);
+    }
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
+    let manager: Arc<dyn UnitManager> = Arc::new(ProcessManager::new());
+    let metrics = Arc::new(Metrics::new());
+    let fleet = Fleet::new(&settings, manager.clone(), metrics.clone());
+    let grace = settings.server.shutdown_grace.0;
+    let app = App::new(settings, fleet.clone(), metrics);
+    let routes = api::routes(app);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = JoinSet::new();
+    let mut bound = Vec::new();
+    for listener in listeners {
+        let local = listener.local_addr()?;
+        bound.push(local.to_string());
+        let mut stop = stop_rx.clone();
+        let svc = routes
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        servers.spawn(async move {
+            axum::serve(listener, svc)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    let status = format!(
+        "listening on {}; {} model(s), {} unit manager",
+        bound.join(", "),
+        fleet.instances().len(),
+        manager.name()
+    );
+    tracing::info!("{status}");
+    telemetry::notify_ready(&status);
+
+    let which = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        Some(r) = servers.join_next() => {
+            // A listener failed on its own; shut down rather than half-serve.
+            tracing::error!("a listener stopped: {r:?}");
+            "listener failure"
+        }
+    };
+    tracing::info!("{which}: shutting down; in-flight requests get up to {grace:?}");
+    telemetry::notify_stopping();
+    fleet.begin_shutdown();
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still in flight after {grace:?}; stopping the models anyway");
+    }
+    fleet.shutdown(Duration::ZERO).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! The TOML configuration: schema (this file), validation (`validate`) and the
+//! resolved, checked form the rest of the program uses (`ModelSpec`).
+//!
+//! Parsing is strict (`deny_unknown_fields`); `validate()` then collects *every*
+//! semantic problem with its key path, so an operator fixes a file in one pass.
+
+mod validate;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::Problem;
+pub use values::{ByteSize, HumanDuration};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP front: listeners, limits, timeouts.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Model instances by name. The name is the public model name clients ask for
+    /// and becomes the unit name `llmvisor-model-<name>.service`.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[server]`: the API listener and what applies to every request.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to listen on, e.g. `["127.0.0.1:8080", "100.64.0.1:8080"]`.
+    /// A single string is accepted too.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<String>,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body: ByteSize,
+    /// Time allowed to open a connection to a backend.
+    pub upstream_connect_timeout: HumanDuration,
+    /// Time allowed for a backend to send its response headers (a non-streaming
+    /// completion sends them only when it has finished generating).
+    pub upstream_header_timeout: HumanDuration,
+    /// Longest silence allowed between two chunks of a backend's response body.
+    pub upstream_idle_timeout: HumanDuration,
+    /// Send SSE comment lines (`: loading <model> (12 s)`) to streaming requests that
+    /// wait for a cold start, so clients do not time out.
+    pub stream_keepalive: bool,
+    /// How often those comment lines are sent; the first one after this long.
+    pub stream_keepalive_interval: HumanDuration,
+    /// On SIGTERM, how long in-flight requests may take to finish before models stop.
+    pub shutdown_grace: HumanDuration,
+    /// How often a starting model's health endpoint is polled.
+    pub health_poll_interval: HumanDuration,
+    /// Ports handed to models that set no `port`, as `[first, last]` (inclusive).
+    pub port_range: [u16; 2],
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".into()],
+            max_body: ByteSize(16 << 20),
+            upstream_connect_timeout: HumanDuration::secs(5),
+            upstream_header_timeout: HumanDuration::secs(600),
+            upstream_idle_timeout: HumanDuration::secs(300),
+            stream_keepalive: true,
+            stream_keepalive_interval: HumanDuration::secs(3),
+            shutdown_grace: HumanDuration::secs(30),
+            health_poll_interval: HumanDuration::millis(50),
+            port_range: [28100, 28999],
+        }
+    }
+}
+
+/// Which kind of inference server runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// vLLM's OpenAI-compatible server (`vllm serve`).
+    Vllm,
+    /// Ollama (`ollama serve`), one model per instance.
+    Ollama,
+    /// llama.cpp's `llama-server`.
+    LlamaCpp,
+    /// Any OpenAI-compatible server, given as an explicit argv.
+    Command,
+}
+
+impl Kind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Vllm => "vllm",
+            Kind::Ollama => "ollama",
+            Kind::LlamaCpp => "llama-cpp",
+            Kind::Command => "command",
+        }
+    }
+
+    /// The health path the kind's server answers on when ready.
+    pub fn default_health_path(self) -> &'static str {
+        match self {
+            Kind::Ollama => "/api/version",
+            Kind::Vllm | Kind::LlamaCpp | Kind::Command => "/health",
+        }
+    }
+
+    /// The executable started when `executable` is not set.
+    pub fn default_executable(self) -> Option<&'static str> {
+        match self {
+            Kind::Vllm => Some("vllm"),
+            Kind::Ollama => Some("ollama"),
+            Kind::LlamaCpp => Some("llama-server"),
+            Kind::Command => None,
+        }
+    }
+}
+
+/// `[models.<name>]`: one model instance.
+///
+/// The file keeps one flat table per model (so `deny_unknown_fields` works and every
+/// key has one meaning); keys that belong to another `kind` are reported by
+/// `validate()`, and the checked result is a [`ModelSpec`] with a typed [`Backend`].
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `vllm`, `ollama`, `llama-cpp` or `command`.
+    pub kind: Kind,
+    /// What to serve: a Hugging Face id or local path (vllm), a tag (ollama), a GGUF
+    /// path (llama-cpp). Not used by `command`.
+    pub model: Option<String>,
+    /// The argv of a `command` model. `{port}`, `{served_name}` and `{name}` are
+    /// replaced by the model's port, served name and instance name.
+    pub command: Option<Vec<String>>,
+    /// The program to run instead of the kind's default (`vllm`, `ollama`,
+    /// `llama-server`), e.g. a Nix store path.
+    pub executable: Option<String>,
+    /// Port the backend listens on (on 127.0.0.1); assigned from
+    /// `server.port_range` when not set.
+    pub port: Option<u16>,
+    /// The name the backend knows the model by; the `model` field of requests is
+    /// rewritten to it. Default: the `model` tag for ollama, the instance name otherwise.
+    pub served_name: Option<String>,
+    /// More public names for this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Requests in flight at once at most.
+    #[serde(default = "defaults::max_concurrent")]
+    pub max_concurrent: u32,
+    /// Requests waiting for a free slot at most (beyond `max_concurrent`); more get 429.
+    #[serde(default = "defaults::max_queue")]
+    pub max_queue: u32,
+    /// Longest wait in the queue for a slot; then 503.
+    #[serde(default = "defaults::queue_timeout")]
+    pub queue_timeout: HumanDuration,
+    /// Longest time from start until the health check passes; then the model is failed.
+    #[serde(default = "defaults::start_timeout")]
+    pub start_timeout: HumanDuration,
+    /// Stop the model after this long with nothing in flight; `0` keeps it running.
+    #[serde(default = "defaults::idle_ttl")]
+    pub idle_ttl: HumanDuration,
+    /// Time a stopping model gets between SIGTERM and SIGKILL.
+    #[serde(default = "defaults::stop_timeout")]
+    pub stop_timeout: HumanDuration,
+    /// Context window in tokens (vllm `--max-model-len`, llama-server `--ctx-size`).
+    pub context_length: Option<u32>,
+    /// Extra environment variables of the backend process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Path polled until it answers 200; default per kind.
+    pub health_path: Option<String>,
+    /// Arguments appended to the derived command line (vllm, ollama, llama-cpp).
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// vllm: `--tensor-parallel-size`.
+    pub tensor_parallel_size: Option<u32>,
+    /// vllm: `--gpu-memory-utilization`, a fraction in (0, 1].
+    pub gpu_memory_utilization: Option<f64>,
+    /// llama-cpp: serve embeddings (`--embeddings`).
+    pub embeddings: Option<bool>,
+    /// First wait before restarting a crashed model; doubles per failure.
+    #[serde(default = "defaults::restart_backoff")]
+    pub restart_backoff: HumanDuration,
+    /// Failures within `restart_window` after which the model stays failed until an
+    /// operator starts it (`POST /admin/models/<name>/start`).
+    #[serde(default = "defaults::max_restarts")]
+    pub max_restarts: u32,
+    /// The window `max_restarts` counts failures in.
+    #[serde(default = "defaults::restart_window")]
+    pub restart_window: HumanDuration,
+}
+
+mod defaults {
+    use super::HumanDuration;
+    pub fn max_concurrent() -> u32 {
+        16
+    }
+    pub fn max_queue() -> u32 {
+        64
+    }
+    pub fn queue_timeout() -> HumanDuration {
+        HumanDuration::secs(60)
+    }
+    pub fn start_timeout() -> HumanDuration {
+        HumanDuration::secs(600)
+    }
+    pub fn idle_ttl() -> HumanDuration {
+        HumanDuration::secs(30 * 60)
+    }
+    pub fn stop_timeout() -> HumanDuration {
+        HumanDuration::secs(30)
+    }
+    pub fn restart_backoff() -> HumanDuration {
+        HumanDuration::secs(1)
+    }
+    pub fn max_restarts() -> u32 {
+        5
+    }
+    pub fn restart_window() -> HumanDuration {
+        HumanDuration::secs(600)
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// What the backend process is, after validation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Backend {
+    /// `vllm serve MODEL …`
+    Vllm {
+        /// Hugging Face id or path.
+        model: String,
+        /// `--tensor-parallel-size`.
+        tensor_parallel_size: Option<u32>,
+        /// `--gpu-memory-utilization`.
+        gpu_memory_utilization: Option<f64>,
+    },
+    /// `ollama serve` with the model tag.
+    Ollama {
+        /// The Ollama tag, e.g. `llama3.1:8b`.
+        model: String,
+    },
+    /// `llama-server --model PATH …`
+    LlamaCpp {
+        /// GGUF path.
+        model: String,
+        /// `--embeddings`.
+        embeddings: bool,
+    },
+    /// An explicit argv (placeholders not yet substituted).
+    Command {
+        /// The argv as written.
+        argv: Vec<String>,
+    },
+}
+
+/// One model instance, checked and with every default filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// Instance name (also the public model name).
+    pub name: String,
+    /// The kind of server.
+    pub kind: Kind,
+    /// Kind-specific settings.
+    pub backend: Backend,
+    /// Program to run (kinds other than `command`).
+    pub executable: Option<String>,
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// Name the backend knows the model by.
+    pub served_name: String,
+    /// Other public names.
+    pub aliases: Vec<String>,
+    /// See [`ModelConfig::max_concurrent`].
+    pub max_concurrent: u32,
+    /// See [`ModelConfig::max_queue`].
+    pub max_queue: u32,
+    /// See [`ModelConfig::queue_timeout`].
+    pub queue_timeout: std::time::Duration,
+    /// See [`ModelConfig::start_timeout`].
+    pub start_timeout: std::time::Duration,
+    /// `None` keeps the model running.
+    pub idle_ttl: Option<std::time::Duration>,
+    /// See [`ModelConfig::stop_timeout`].
+    pub stop_timeout: std::time::Duration,
+    /// Context window in tokens.
+    pub context_length: Option<u32>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Health path.
+    pub health_path: String,
+    /// Appended arguments.
+    pub extra_args: Vec<String>,
+    /// See [`ModelConfig::restart_backoff`].
+    pub restart_backoff: std::time::Duration,
+    /// See [`ModelConfig::max_restarts`].
+    pub max_restarts: u32,
+    /// See [`ModelConfig::restart_window`].
+    pub restart_window: std::time::Duration,
+}
+
+/// A configuration that passed validation.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `[server]` as written.
+    pub server: ServerConfig,
+    /// Parsed listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Every model, ports assigned.
+    pub models: Vec<ModelSpec>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// The file parsed but has problems.
+    #[error("{} problem(s) in {path}:\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl Config {
+    /// Parse TOML text (no semantic checks).
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: shown,
+            problems,
+        })
+    }
+}

@@ -1,0 +1,506 @@
+//! Semantic checks of a parsed [`Config`]: every problem, each with its key path.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::{Backend, Config, Kind, ModelConfig, ModelSpec, Settings};
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `models.llama.port`.
+    pub path: String,
+    /// What is wrong, and where it helps, what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Placeholders a `command` argv may contain.
+const PLACEHOLDERS: [&str; 3] = ["port", "served_name", "name"];
+
+/// Longest instance name: a unit name is at most 255 bytes, and ours is
+/// `llmvisor-model-<name>.service`.
+const MAX_NAME: usize = 255 - "llmvisor-model-".len() - ".service".len();
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Whether `name` can be an instance name: it becomes part of a systemd unit name
+/// and a public model name, so only `[A-Za-z0-9._:-]`, starting with a letter or
+/// digit.
+pub fn valid_instance_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!("the name is longer than {MAX_NAME} characters"));
+    }
+    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return Err("the name must start with a letter or digit".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+    {
+        return Err(format!(
+            "`{c}` is not allowed in a systemd unit name; use letters, digits, `.`, `_`, `-`, `:`"
+        ));
+    }
+    Ok(())
+}
+
+/// The `{…}` placeholders of one argv element, or an error for an unclosed brace.
+fn placeholders(arg: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(format!("`{arg}` has a `{{` without a closing `}}`"));
+        };
+        out.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Check everything and resolve defaults, or return every problem found.
+    pub fn validate(&self) -> Result<Settings, Vec<Problem>> {
+        let mut p = Problems::default();
+        let s = &self.server;
+
+        let mut listen = Vec::new();
+        if s.listen.is_empty() {
+            p.add("server.listen", "at least one address is needed, e.g. \"127.0.0.1:8080\"");
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            match addr.parse::<SocketAddr>() {
+                Ok(a) if listen.contains(&a) => {
+                    p.add(format!("server.listen[{i}]"), format!("{addr} is listed twice"))
+                }
+                Ok(a) => listen.push(a),
+                Err(_) => p.add(
+                    format!("server.listen[{i}]"),
+                    format!("`{addr}` is not an address with a port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""),
+                ),
+            }
+        }
+        if s.max_body.0 == 0 {
+            p.add("server.max_body", "must be more than 0");
+        }
+        for (key, d) in [
+            ("upstream_connect_timeout", s.upstream_connect_timeout),
+            ("upstream_header_timeout", s.upstream_header_timeout),
+            ("upstream_idle_timeout", s.upstream_idle_timeout),
+            ("stream_keepalive_interval", s.stream_keepalive_interval),
+            ("health_poll_interval", s.health_poll_interval),
+        ] {
+            if d.is_zero() {
+                p.add(format!("server.{key}"), "must be more than 0");
+            }
+        }
+        let [first, last] = s.port_range;
+        if first == 0 || first > last {
+            p.add(
+                "server.port_range",
+                format!("[{first}, {last}] is not a range of ports: write [first, last] with 0 < first <= last"),
+            );
+        }
+
+        // Public names (instance names and aliases) must be unique.
+        let mut public: HashMap<&str, String> = HashMap::new();
+        for name in self.models.keys() {
+            public.insert(name, format!("models.{name}"));
+        }
+        for (name, m) in &self.models {
+            for (i, alias) in m.aliases.iter().enumerate() {
+                let path = format!("models.{name}.aliases[{i}]");
+                if alias.trim().is_empty() {
+                    p.add(path, "an alias cannot be empty");
+                    continue;
+                }
+                if let Some(owner) = public.get(alias.as_str()) {
+                    p.add(path, format!("`{alias}` is already the name of {owner}"));
+                } else {
+                    public.insert(alias, format!("an alias of models.{name}"));
+                }
+            }
+        }
+
+        if self.models.is_empty() {
+            p.add("models", "no models are configured; add a [models.<name>] table");
+        }
+
+        // Explicit ports first, so automatic ones avoid them.
+        let listen_ports: BTreeSet<(u16, bool)> = listen
+            .iter()
+            .map(|a| (a.port(), a.ip().is_loopback() || a.ip().is_unspecified()))
+            .collect();
+        let mut taken: BTreeMap<u16, String> = BTreeMap::new();
+        for (name, m) in &self.models {
+            let Some(port) = m.port else { continue };
+            let path = format!("models.{name}.port");
+            if port == 0 {
+                p.add(path, "0 is not a port a backend can be reached on");
+            } else if let Some(other) = taken.get(&port) {
+                p.add(path, format!("{port} is also the port of {other}"));
+            } else if listen_ports.contains(&(port, true)) {
+                p.add(path, format!("{port} is the port llmvisor itself listens on"));
+            } else {
+                taken.insert(port, format!("models.{name}"));
+            }
+        }
+        let mut next_port = first;
+        let mut models = Vec::new();
+        for (name, m) in &self.models {
+            let port = match m.port {
+                Some(port) => port,
+                None if first == 0 || first > last => 0,
+                None => {
+                    let free = (next_port..=last).find(|c| {
+                        !taken.contains_key(c) && !listen_ports.iter().any(|(lp, _)| lp == c)
+                    });
+                    match free {
+                        Some(c) => {
+                            next_port = c.saturating_add(1);
+                            taken.insert(c, format!("models.{name}"));
+                            c
+                        }
+                        None => {
+                            p.add(
+                                format!("models.{name}.port"),
+                                format!("server.port_range [{first}, {last}] has no free port left; widen it or set a port"),
+                            );
+                            0
+                        }
+                    }
+                }
+            };
+            if let Some(spec) = check_model(name, m, port, &mut p) {
+                models.push(spec);
+            }
+        }
+
+        if p.0.is_empty() {
+            Ok(Settings {
+                server: s.clone(),
+                listen,
+                models,
+            })
+        } else {
+            Err(p.0)
+        }
+    }
+}
+
+/// Check one model; return its spec when it has no problems of its own.
+fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Option<ModelSpec> {
+    let before = p.0.len();
+    let at = |key: &str| format!("models.{name}.{key}");
+    if let Err(e) = valid_instance_name(name) {
+        p.add(format!("models.{name}"), e);
+    }
+
+    // Keys that belong to other kinds.
+    let kind = m.kind;
+    let only = |p: &mut Problems, key: &str, set: bool, kinds: &[Kind]| {
+        if set && !kinds.contains(&kind) {
+            let names: Vec<_> = kinds.iter().map(|k| format!("\"{}\"", k.as_str())).collect();
+            p.add(
+                at(key),
+                format!(
+                    "only applies to kind = {}, not \"{}\"",
+                    names.join(" or "),
+                    kind.as_str()
+                ),
+            );
+        }
+    };
+    only(p, "command", m.command.is_some(), &[Kind::Command]);
+    only(p, "model", m.model.is_some(), &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp]);
+    only(p, "executable", m.executable.is_some(), &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp]);
+    only(p, "extra_args", !m.extra_args.is_empty(), &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp]);
+    only(p, "tensor_parallel_size", m.tensor_parallel_size.is_some(), &[Kind::Vllm]);
+    only(p, "gpu_memory_utilization", m.gpu_memory_utilization.is_some(), &[Kind::Vllm]);
+    only(p, "embeddings", m.embeddings.is_some(), &[Kind::LlamaCpp]);
+
+    let model = m.model.clone().unwrap_or_default();
+    if kind != Kind::Command && model.trim().is_empty() {
+        p.add(
+            at("model"),
+            format!("kind = \"{}\" needs `model` (what to serve)", kind.as_str()),
+        );
+    }
+    if let Some(exe) = &m.executable
+        && exe.trim().is_empty()
+    {
+        p.add(at("executable"), "cannot be empty");
+    }
+
+    let backend = match kind {
+        Kind::Vllm => Backend::Vllm {
+            model: model.clone(),
+            tensor_parallel_size: m.tensor_parallel_size,
+            gpu_memory_utilization: m.gpu_memory_utilization,
+        },
+        Kind::Ollama => Backend::Ollama {
+            model: model.clone(),
+        },
+        Kind::LlamaCpp => Backend::LlamaCpp {
+            model: model.clone(),
+            embeddings: m.embeddings.unwrap_or(false),
+        },
+        Kind::Command => {
+            let argv = m.command.clone().unwrap_or_default();
+            if argv.is_empty() {
+                p.add(
+                    at("command"),
+                    "kind = \"command\" needs a non-empty argv, e.g. [\"my-server\", \"--port\", \"{port}\"]",
+                );
+            } else if argv[0].trim().is_empty() {
+                p.add(format!("models.{name}.command[0]"), "the program cannot be empty");
+            }
+            for (i, arg) in argv.iter().enumerate() {
+                match placeholders(arg) {
+                    Err(e) => p.add(format!("models.{name}.command[{i}]"), e),
+                    Ok(found) => {
+                        for ph in found {
+                            if !PLACEHOLDERS.contains(&ph) {
+                                p.add(
+                                    format!("models.{name}.command[{i}]"),
+                                    format!("unknown placeholder `{{{ph}}}`; known: {{port}}, {{served_name}}, {{name}}"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Backend::Command { argv }
+        }
+    };
+
+    if m.tensor_parallel_size == Some(0) {
+        p.add(at("tensor_parallel_size"), "must be at least 1");
+    }
+    if let Some(f) = m.gpu_memory_utilization
+        && !(f > 0.0 && f <= 1.0)
+    {
+        p.add(at("gpu_memory_utilization"), format!("{f} is not a fraction in (0, 1]"));
+    }
+    if m.max_concurrent == 0 {
+        p.add(at("max_concurrent"), "must be at least 1");
+    }
+    for (key, d) in [
+        ("queue_timeout", m.queue_timeout),
+        ("start_timeout", m.start_timeout),
+        ("stop_timeout", m.stop_timeout),
+    ] {
+        if d.is_zero() {
+            p.add(at(key), "must be more than 0");
+        }
+    }
+    if m.max_restarts == 0 {
+        p.add(at("max_restarts"), "must be at least 1");
+    }
+    if m.restart_window.is_zero() {
+        p.add(at("restart_window"), "must be more than 0");
+    }
+    if m.context_length == Some(0) {
+        p.add(at("context_length"), "must be more than 0");
+    }
+    if let Some(hp) = &m.health_path
+        && !hp.starts_with('/')
+    {
+        p.add(at("health_path"), format!("`{hp}` must start with `/`"));
+    }
+    if let Some(sn) = &m.served_name
+        && sn.trim().is_empty()
+    {
+        p.add(at("served_name"), "cannot be empty");
+    }
+    for key in m.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            p.add(format!("models.{name}.env"), format!("`{key}` is not a variable name"));
+        }
+    }
+
+    if p.0.len() > before {
+        return None;
+    }
+    let served_name = m.served_name.clone().unwrap_or_else(|| match kind {
+        Kind::Ollama => model.clone(),
+        _ => name.to_string(),
+    });
+    Some(ModelSpec {
+        name: name.to_string(),
+        kind,
+        backend,
+        executable: m.executable.clone(),
+        port,
+        served_name,
+        aliases: m.aliases.clone(),
+        max_concurrent: m.max_concurrent,
+        max_queue: m.max_queue,
+        queue_timeout: m.queue_timeout.0,
+        start_timeout: m.start_timeout.0,
+        idle_ttl: (!m.idle_ttl.is_zero()).then_some(m.idle_ttl.0),
+        stop_timeout: m.stop_timeout.0,
+        context_length: m.context_length,
+        env: m.env.clone(),
+        health_path: m
+            .health_path
+            .clone()
+            .unwrap_or_else(|| kind.default_health_path().to_string()),
+        extra_args: m.extra_args.clone(),
+        restart_backoff: m.restart_backoff.0,
+        max_restarts: m.max_restarts,
+        restart_window: m.restart_window.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml: &str) -> Vec<String> {
+        let cfg = Config::parse(toml).expect("parses");
+        match cfg.validate() {
+            Ok(_) => vec![],
+            Err(ps) => ps.into_iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_resolves_defaults() {
+        let cfg = Config::parse(
+            r#"
+            [models.small]
+            kind = "command"
+            command = ["mock", "--port", "{port}"]
+            [models.qwen]
+            kind = "vllm"
+            model = "Qwen/Qwen2.5-7B-Instruct"
+            port = 28100
+            [models.tiny]
+            kind = "ollama"
+            model = "llama3.2:1b"
+            "#,
+        )
+        .unwrap();
+        let s = cfg.validate().expect("valid");
+        assert_eq!(s.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        let by = |n: &str| s.models.iter().find(|m| m.name == n).unwrap().clone();
+        assert_eq!(by("qwen").port, 28100);
+        // Automatic ports skip the explicit one.
+        assert_eq!(by("small").port, 28101);
+        assert_eq!(by("tiny").port, 28102);
+        assert_eq!(by("tiny").served_name, "llama3.2:1b");
+        assert_eq!(by("tiny").health_path, "/api/version");
+        assert_eq!(by("qwen").served_name, "qwen");
+        assert_eq!(by("small").idle_ttl, Some(std::time::Duration::from_secs(1800)));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let ps = problems(
+            r#"
+            [server]
+            listen = ["127.0.0.1:8080", "nonsense"]
+            max_body = 0
+            [models.a]
+            kind = "command"
+            command = []
+            port = 9000
+            max_concurrent = 0
+            aliases = ["b"]
+            [models.b]
+            kind = "vllm"
+            port = 9000
+            tensor_parallel_size = 2
+            gpu_memory_utilization = 1.5
+            embeddings = true
+            [models."bad/name"]
+            kind = "command"
+            command = ["x", "{prot}"]
+            queue_timeout = 0
+            "#,
+        );
+        let expect = [
+            "server.listen[1]: `nonsense` is not an address",
+            "server.max_body: must be more than 0",
+            "models.a.aliases[0]: `b` is already the name of models.b",
+            "models.b.port: 9000 is also the port of models.a",
+            "models.a.command: kind = \"command\" needs a non-empty argv",
+            "models.a.max_concurrent: must be at least 1",
+            "models.b.model: kind = \"vllm\" needs `model`",
+            "models.b.gpu_memory_utilization: 1.5 is not a fraction",
+            "models.b.embeddings: only applies to kind = \"llama-cpp\", not \"vllm\"",
+            "models.bad/name: `/` is not allowed in a systemd unit name",
+            "models.bad/name.command[1]: unknown placeholder `{prot}`",
+            "models.bad/name.queue_timeout: must be more than 0",
+        ];
+        for e in expect {
+            assert!(ps.iter().any(|p| p.starts_with(e)), "missing {e:?} in {ps:#?}");
+        }
+        assert_eq!(ps.len(), expect.len(), "{ps:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_parse_errors() {
+        let e = Config::parse("[models.a]\nkind = \"command\"\ncommand = [\"x\"]\nmax_concurent = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_concurent"), "{e}");
+        let e = Config::parse("[models.a]\nkind = \"tgi\"\n").unwrap_err().to_string();
+        assert!(e.contains("tgi") && e.contains("vllm"), "{e}");
+    }
+
+    #[test]
+    fn port_range_exhaustion_and_listener_clash() {
+        let ps = problems(
+            r#"
+            [server]
+            listen = "127.0.0.1:9001"
+            port_range = [9000, 9001]
+            [models.a]
+            kind = "command"
+            command = ["x"]
+            [models.b]
+            kind = "command"
+            command = ["x"]
+            [models.c]
+            kind = "command"
+            command = ["x"]
+            port = 9001
+            "#,
+        );
+        assert!(ps.iter().any(|p| p.starts_with("models.b.port: server.port_range [9000, 9001] has no free port")), "{ps:#?}");
+        assert!(ps.iter().any(|p| p.starts_with("models.c.port: 9001 is the port llmvisor itself listens on")), "{ps:#?}");
+    }
+
+    #[test]
+    fn instance_names() {
+        assert!(valid_instance_name("qwen2.5-7b_instruct").is_ok());
+        assert!(valid_instance_name("llama3:8b").is_ok());
+        assert!(valid_instance_name("-x").is_err());
+        assert!(valid_instance_name("a@b").is_err());
+        assert!(valid_instance_name("a b").is_err());
+        assert!(valid_instance_name(&"x".repeat(300)).is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! Health checks of starting backends: `GET http://127.0.0.1:<port><path>` → 200.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Time one probe may take; a loading backend that accepts but does not answer is
+/// simply not ready yet.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probes backends' health endpoints.
+#[derive(Clone)]
+pub struct HealthProbe {
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for HealthProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthProbe {
+    /// A probe with its own small connection pool.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(PROBE_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(1)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Whether the backend on `port` answers 200 on `path`.
+    pub async fn check(&self, port: u16, path: &str) -> bool {
+        let Ok(uri) = format!("http://127.0.0.1:{port}{path}").parse::<http::Uri>() else {
+            return false;
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, self.client.get(uri)).await {
+            Ok(Ok(resp)) => resp.status() == http::StatusCode::OK,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! One model instance: its state machine, on-demand start, health wait, idle stop,
+//! concurrency gate and queue, crash accounting.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use super::{Ctx, FleetError, State, StopReason};
+use crate::config::ModelSpec;
+use crate::units::{ExitInfo, Invocation, UnitSpec};
+
+/// Longest wait between two restarts of a crashing model.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What `/health` and `/v1/models` show of an instance.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// Lifecycle state.
+    pub state: State,
+    /// When it entered this state.
+    pub since: Instant,
+    /// The same, as wall-clock time.
+    pub since_wall: SystemTime,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// How the last run ended, if it ended by itself.
+    pub exit: Option<ExitInfo>,
+    /// The current run of the unit.
+    pub invocation: Option<Invocation>,
+    /// Too many failures in the window: only an operator starts it again.
+    pub locked_out: bool,
+}
+
+impl Status {
+    fn new() -> Self {
+        Self {
+            state: State::Stopped,
+            since: Instant::now(),
+            since_wall: SystemTime::now(),
+            last_error: None,
+            exit: None,
+            invocation: None,
+            locked_out: false,
+        }
+    }
+
+    fn set(&mut self, state: State) {
+        self.state = state;
+        self.since = Instant::now();
+        self.since_wall = SystemTime::now();
+    }
+}
+
+/// A model instance and everything that governs it.
+pub struct Instance {
+    /// The checked spec.
+    pub spec: ModelSpec,
+    /// What the unit manager starts.
+    pub unit: UnitSpec,
+    status: watch::Sender<Status>,
+    gate: Arc<Semaphore>,
+    /// Requests admitted: in flight plus waiting for a start or a slot.
+    admitted: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `ctx.epoch` when the instance last became idle.
+    idle_since_ms: AtomicU64,
+    idle: Notify,
+    failures: Mutex<VecDeque<Instant>>,
+    ctx: Arc<Ctx>,
+}
+
+/// A slot at a ready backend. While it lives the request counts as in flight; dropping
+/// it (the response finished or the client went away) frees the slot.
+pub struct Lease {
+    instance: Arc<Instance>,
+    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
+}
+
+impl Lease {
+    /// The instance this lease is for.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request counted against the queue limit until dropped.
+struct Admission(Arc<Instance>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let i = &self.0;
+        if i.admitted.fetch_sub(1, Ordering::SeqCst) == 1 {
+            i.idle_since_ms.store(i.ctx.now_ms(), Ordering::SeqCst);
+            i.idle.notify_one();
+        }
+    }
+}
+
+impl Instance {
+    pub(super) fn new(spec: ModelSpec, unit: UnitSpec, ctx: Arc<Ctx>) -> Arc<Self> {
+        let gate = Arc::new(Semaphore::new(spec.max_concurrent as usize));
+        let inst = Arc::new(Self {
+            spec,
+            unit,
+            status: watch::channel(Status::new()).0,
+            gate,
+            admitted: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            idle: Notify::new(),
+            failures: Mutex::new(VecDeque::new()),
+            ctx,
+        });
+        if let Some(ttl) = inst.spec.idle_ttl {
+            tokio::spawn(inst.clone().idle_loop(ttl));
+        }
+        inst
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// A copy of the current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
+    /// Requests at the backend now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a start or a slot.
+    pub fn queued(&self) -> usize {
+        self.admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Wait for a slot at a ready backend, starting the model if needed.
+    ///
+    /// Errors: queue full (at once), start failed or timed out, queue timed out,
+    /// model failing too often, shutting down.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, FleetError> {
+        if self.ctx.shutting_down() {
+            return Err(FleetError::ShuttingDown);
+        }
+        let limit = (self.spec.max_concurrent + self.spec.max_queue) as usize;
+        if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
+            drop(Admission(self.clone()));
+            return Err(FleetError::QueueFull {
+                model: self.spec.name.clone(),
+                limit,
+            });
+        }
+        let admission = Admission(self.clone());
+        // Pairs with the fence in `idle_stop`: either this request sees the model
+        // draining, or the idle stop sees this request and backs off.
+        fence(Ordering::SeqCst);
+        // A request that queued while the model crashed or began to stop goes round
+        // again: it waits for the next start instead of reaching a dying backend.
+        for _ in 0..3 {
+            if self.state() != State::Ready {
+                self.ensure_ready().await?;
+            }
+            let permit = match self.gate.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::time::timeout(
+                    self.spec.queue_timeout,
+                    self.gate.clone().acquire_owned(),
+                )
+                .await
+                .map_err(|_| FleetError::QueueTimeout {
+                    model: self.spec.name.clone(),
+                    waited: self.spec.queue_timeout,
+                })?
+                .map_err(|_| FleetError::ShuttingDown)?,
+            };
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            if self.state() == State::Ready {
+                return Ok(Lease {
+                    instance: self.clone(),
+                    _permit: permit,
+                    _admission: admission,
+                });
+            }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        let status = self.status();
+        Err(FleetError::StartFailed {
+            model: self.spec.name.clone(),
+            reason: status
+                .last_error
+                .unwrap_or_else(|| format!("the model is {}", status.state.as_str())),
+        })
+    }
+
+    /// Wait until the model is ready, starting it when it is stopped (or failed and
+    /// allowed to restart). Exactly one start happens however many callers wait.
+    async fn ensure_ready(self: &Arc<Self>) -> Result<(), FleetError> {
+        let deadline = tokio::time::Instant::now() + self.spec.start_timeout;
+        let mut rx = self.status.subscribe();
+        let mut saw_start = false;
+        loop {
+            let (state, locked_out, last_error) = {
+                let s = rx.borrow_and_update();
+                (s.state, s.locked_out, s.last_error.clone())
+            };
+            match state {
+                State::Ready => return Ok(()),
+                State::Starting | State::Loading => saw_start = true,
+                State::Stopped | State::Failed if saw_start => {
+                    return Err(FleetError::StartFailed {
+                        model: self.spec.name.clone(),
+                        reason: last_error
+                            .unwrap_or_else(|| "the model was stopped while starting".into()),
+                    });
+                }
+                State::Failed if locked_out => return Err(self.crash_loop_error(last_error)),
+                State::Stopped | State::Failed => {
+                    if self.ctx.shutting_down() {
+                        return Err(FleetError::ShuttingDown);
+                    }
+                    self.begin_start(false);
+                    saw_start = true;
+                    continue;
+                }
+                State::Draining | State::Stopping => {}
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(FleetError::ShuttingDown),
+                Err(_) => {
+                    return Err(FleetError::StartTimeout {
+                        model: self.spec.name.clone(),
+                        waited: self.spec.start_timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    fn crash_loop_error(&self, last_error: Option<String>) -> FleetError {
+        FleetError::CrashLoop {
+            model: self.spec.name.clone(),
+            failures: self.spec.max_restarts,
+            window: self.spec.restart_window,
+            last_error: last_error.unwrap_or_default(),
+        }
+    }
+
+    /// Move Stopped/Failed → Starting and spawn the start task. `operator` clears the
+    /// failure history (an explicit start by an operator). Returns whether a start
+    /// was begun.
+    pub fn begin_start(self: &Arc<Self>, operator: bool) -> bool {
+        if operator {
+            self.failures.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        let backoff = self.backoff();
+        let mut begun = false;
+        self.status.send_if_modified(|s| {
+            match s.state {
+                State::Stopped => {}
+                State::Failed if operator || !s.locked_out => {}
+                _ => return false,
+            }
+            if operator {
+                s.locked_out = false;
+            }
+            s.set(State::Starting);
+            s.invocation = None;
+            begun = true;
+            true
+        });
+        if begun {
+            let backoff = if operator { Duration::ZERO } else { backoff };
+            tokio::spawn(self.clone().run_start(backoff));
+        }
+        begun
+    }
+
+    /// Wait before a restart: `restart_backoff` doubled per failure in the window.
+    fn backoff(&self) -> Duration {
+        let n = self.recent_failures();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32 << (n - 1).min(16);
+        self.spec.restart_backoff.saturating_mul(factor).min(MAX_BACKOFF)
+    }
+
+    fn recent_failures(&self) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let window = self.spec.restart_window;
+        while f.front().is_some_and(|t| t.elapsed() > window) {
+            f.pop_front();
+        }
+        f.len() as u32
+    }
+
+    async fn run_start(self: Arc<Self>, backoff: Duration) {
+        let name = self.spec.name.clone();
+        if !backoff.is_zero() {
+            tracing::info!(model = %name, "restarting in {backoff:?} (backoff after a failure)");
+            tokio::time::sleep(backoff).await;
+            if self.state() != State::Starting {
+                return;
+            }
+        }
+        let t0 = Instant::now();
+        self.ctx
+            .metrics
+            .starts
+            .get_or_create(&self.ctx.model_label(&name))
+            .inc();
+        tracing::info!(model = %name, unit = %self.unit.unit, manager = self.ctx.manager.name(), "starting");
+        let invocation = match self.ctx.manager.start(&self.unit).await {
+            Ok(inv) => inv,
+            Err(e) => {
+                self.fail(e.to_string(), None, None);
+                return;
+            }
+        };
+        let mut moved = false;
+        self.status.send_if_modified(|s| {
+            if s.state == State::Starting {
+                s.set(State::Loading);
+                s.invocation = Some(invocation.clone());
+                moved = true;
+                true
+            } else {
+                false
+            }
+        });
+        if !moved {
+            // Failed already (the process exited at once) or a stop came meanwhile.
+            if self.state() != State::Failed {
+                let _ = self.ctx.manager.stop(&self.unit.unit, self.spec.stop_timeout).await;
+            }
+            return;
+        }
+        let deadline = t0 + self.spec.start_timeout;
+        let mut rx = self.status.subscribe();
+        loop {
+            if self.state() != State::Loading {
+                return;
+            }
+            if self.ctx.health.check(self.spec.port, &self.spec.health_path).await {
+                let mut ready = false;
+                self.status.send_if_modified(|s| {
+                    if s.state == State::Loading && s.invocation.as_ref() == Some(&invocation) {
+                        s.set(State::Ready);
+                        ready = true;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if ready {
+                    let took = t0.elapsed();
+                    self.ctx
+                        .metrics
+                        .cold_start
+                        .get_or_create(&self.ctx.model_label(&name))
+                        .observe(took.as_secs_f64());
+                    tracing::info!(model = %name, "ready after {:.2} s", took.as_secs_f64());
+                    self.idle_since_ms.store(self.ctx.now_ms(), Ordering::SeqCst);
+                    self.idle.notify_one();
+                }
+                return;
+            }
+            if Instant::now() >= deadline {
+                let msg = format!(
+                    "not healthy within start_timeout ({}): GET {} on port {} never answered 200",
+                    humantime::format_duration(self.spec.start_timeout),
+                    self.spec.health_path,
+                    self.spec.port
+                );
+                self.fail(msg, None, Some(&invocation));
+                let _ = self.ctx.manager.stop(&self.unit.unit, self.spec.stop_timeout).await;
+                return;
+            }
+            // Poll again after the interval, or at once if the state changes (exit).
+            let _ = tokio::time::timeout(self.ctx.poll_interval, rx.changed()).await;
+        }
+    }
+
+    /// Record a failure: state Failed, error kept, failure counted, lock-out decided.
+    fn fail(&self, reason: String, exit: Option<ExitInfo>, invocation: Option<&Invocation>) -> bool {
+        let n = {
+            let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            f.push_back(Instant::now());
+            drop(f);
+            self.recent_failures()
+        };
+        let locked = n >= self.spec.max_restarts;
+        let mut failed = false;
+        self.status.send_if_modified(|s| {
+            let current = match (invocation, &s.invocation) {
+                (Some(a), Some(b)) => a == b,
+                (Some(_), None) => s.state == State::Starting,
+                (None, _) => true,
+            };
+            if !current || !matches!(s.state, State::Starting | State::Loading | State::Ready | State::Draining) {
+                return false;
+            }
+            s.set(State::Failed);
+            s.last_error = Some(reason.clone());
+            s.exit = exit.clone();
+            s.locked_out = locked;
+            failed = true;
+            true
+        });
+        if failed {
+            self.ctx
+                .metrics
+                .failures
+                .get_or_create(&self.ctx.model_label(&self.spec.name))
+                .inc();
+            if locked {
+                tracing::error!(
+                    model = %self.spec.name,
+                    "failed {n} times within {}; staying failed until an operator starts it: {reason}",
+                    humantime::format_duration(self.spec.restart_window)
+                );
+            } else {
+                tracing::error!(model = %self.spec.name, "failed: {reason}");
+            }
+        } else {
+            // Not counted: it was not the current run.
+            self.failures.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
+        }
+        failed
+    }
+
+    /// The unit's process ended without being asked to.
+    pub(super) fn on_exit(&self, invocation: &Invocation, exit: &ExitInfo, last_output: &[String]) {
+        let mut reason = format!("backend {exit}");
+        if let Some(line) = last_output.iter().rev().find(|l| !l.trim().is_empty()) {
+            reason.push_str(": ");
+            reason.push_str(line.trim());
+        }
+        self.fail(reason, Some(exit.clone()), Some(invocation));
+    }
+
+    /// Stop the model: no new requests reach it, in-flight ones get up to `drain` to
+    /// finish, then the unit is stopped.
+    pub async fn stop(self: &Arc<Self>, reason: StopReason, drain: Duration) {
+        let mut from = State::Stopped;
+        self.status.send_if_modified(|s| {
+            from = s.state;
+            match s.state {
+                State::Starting | State::Loading | State::Ready => {
+                    s.set(State::Draining);
+                    true
+                }
+                State::Failed => {
+                    s.set(State::Stopped);
+                    true
+                }
+                _ => false,
+            }
+        });
+        match from {
+            State::Starting | State::Loading | State::Ready => {}
+            State::Draining | State::Stopping => {
+                // Another stop is under way; wait for it.
+                let mut rx = self.status.subscribe();
+                let _ = rx.wait_for(|s| !matches!(s.state, State::Draining | State::Stopping)).await;
+                return;
+            }
+            State::Stopped | State::Failed => return,
+        }
+        tracing::info!(model = %self.spec.name, reason = reason.as_str(), "stopping");
+        let until = Instant::now() + drain;
+        while self.in_flight() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.finish_stop().await;
+    }
+
+    async fn finish_stop(&self) {
+        self.status.send_modify(|s| s.set(State::Stopping));
+        if let Err(e) = self.ctx.manager.stop(&self.unit.unit, self.spec.stop_timeout).await {
+            tracing::error!(model = %self.spec.name, "cannot stop: {e}");
+        }
+        self.status.send_modify(|s| {
+            s.set(State::Stopped);
+            s.invocation = None;
+        });
+    }
+
+    /// Stop when nothing has been admitted for `ttl`: one long-lived task per model,
+    /// woken when the model becomes idle, sleeping exactly until the deadline.
+    async fn idle_loop(self: Arc<Self>, ttl: Duration) {
+        loop {
+            self.idle.notified().await;
+            loop {
+                if self.admitted.load(Ordering::SeqCst) > 0 || self.state() != State::Ready {
+                    break;
+                }
+                let due_ms = self.idle_since_ms.load(Ordering::SeqCst) + ttl.as_millis() as u64;
+                let now_ms = self.ctx.now_ms();
+                if now_ms < due_ms {
+                    tokio::time::sleep(Duration::from_millis(due_ms - now_ms)).await;
+                    continue;
+                }
+                self.idle_stop().await;
+                break;
+            }
+        }
+    }
+
+    async fn idle_stop(self: &Arc<Self>) {
+        let mut drained = false;
+        self.status.send_if_modified(|s| {
+            if s.state == State::Ready {
+                s.set(State::Draining);
+                drained = true;
+            }
+            drained
+        });
+        if !drained {
+            return;
+        }
+        fence(Ordering::SeqCst);
+        if self.admitted.load(Ordering::SeqCst) > 0 {
+            // A request arrived in the same instant; it keeps the model.
+            self.status.send_modify(|s| {
+                if s.state == State::Draining {
+                    s.set(State::Ready);
+                }
+            });
+            return;
+        }
+        tracing::info!(
+            model = %self.spec.name,
+            "idle for {}; stopping",
+            humantime::format_duration(self.spec.idle_ttl.unwrap_or_default())
+        );
+        self.finish_stop().await;
+    }
+}

@@ -1,0 +1,309 @@
+//! The fleet: one state machine per model instance, the unit events that drive it,
+//! and the operations on all of them (status, shutdown).
+
+mod health;
+mod instance;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+pub use health::HealthProbe;
+pub use instance::{Instance, Lease, Status};
+
+use crate::config::Settings;
+use crate::telemetry::metrics::{Metrics, ModelLabels};
+use crate::units::{UnitEvent, UnitManager, render};
+
+/// Lifecycle state of a model instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not running.
+    Stopped,
+    /// Being started (unit not yet running, or waiting out a restart backoff).
+    Starting,
+    /// Running, health check not yet passing.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Finishing in-flight requests before a stop.
+    Draining,
+    /// Being stopped.
+    Stopping,
+    /// Exited unexpectedly or failed to start.
+    Failed,
+}
+
+impl State {
+    /// Every state, for metrics.
+    pub const ALL: [State; 7] = [
+        State::Stopped,
+        State::Starting,
+        State::Loading,
+        State::Ready,
+        State::Draining,
+        State::Stopping,
+        State::Failed,
+    ];
+
+    /// Lower-case name used in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Loading => "loading",
+            State::Ready => "ready",
+            State::Draining => "draining",
+            State::Stopping => "stopping",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// Why a model is stopped (logged, and later stored as an event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Nothing in flight for `idle_ttl`.
+    Idle,
+    /// An operator asked.
+    Admin,
+    /// llmvisor is shutting down.
+    Shutdown,
+}
+
+impl StopReason {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Idle => "idle",
+            StopReason::Admin => "admin",
+            StopReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a request could not get a slot at its model.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// `max_concurrent + max_queue` requests are already admitted.
+    #[error("model `{model}` is at capacity: {limit} requests in flight or queued")]
+    QueueFull {
+        /// Instance.
+        model: String,
+        /// max_concurrent + max_queue.
+        limit: usize,
+    },
+    /// Waited `queue_timeout` for a slot.
+    #[error("model `{model}` is busy: no slot became free within {}", humantime::format_duration(*waited))]
+    QueueTimeout {
+        /// Instance.
+        model: String,
+        /// How long.
+        waited: Duration,
+    },
+    /// Waited `start_timeout` for the model to become ready.
+    #[error("model `{model}` did not become ready within {}", humantime::format_duration(*waited))]
+    StartTimeout {
+        /// Instance.
+        model: String,
+        /// How long.
+        waited: Duration,
+    },
+    /// The start this request waited for failed.
+    #[error("model `{model}` failed to start: {reason}")]
+    StartFailed {
+        /// Instance.
+        model: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Too many failures in the window; an operator must start it.
+    #[error(
+        "model `{model}` failed {failures} times within {}; it stays stopped until an operator starts it (POST /admin/models/{model}/start). Last error: {last_error}",
+        humantime::format_duration(*window)
+    )]
+    CrashLoop {
+        /// Instance.
+        model: String,
+        /// max_restarts.
+        failures: u32,
+        /// restart_window.
+        window: Duration,
+        /// The last failure.
+        last_error: String,
+    },
+    /// llmvisor is shutting down.
+    #[error("llmvisor is shutting down")]
+    ShuttingDown,
+}
+
+/// What every instance shares.
+pub(crate) struct Ctx {
+    manager: Arc<dyn UnitManager>,
+    metrics: Arc<Metrics>,
+    health: HealthProbe,
+    poll_interval: Duration,
+    epoch: Instant,
+    shutting_down: AtomicBool,
+}
+
+impl Ctx {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    fn model_label(&self, model: &str) -> ModelLabels {
+        ModelLabels {
+            model: model.to_string(),
+        }
+    }
+}
+
+/// Every model instance of the configuration.
+pub struct Fleet {
+    instances: Vec<Arc<Instance>>,
+    by_name: HashMap<String, Arc<Instance>>,
+    ctx: Arc<Ctx>,
+}
+
+impl Fleet {
+    /// Build the fleet and start following the manager's events. Nothing is started.
+    pub fn new(settings: &Settings, manager: Arc<dyn UnitManager>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let ctx = Arc::new(Ctx {
+            manager: manager.clone(),
+            metrics,
+            health: HealthProbe::new(),
+            poll_interval: settings.server.health_poll_interval.0,
+            epoch: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+        });
+        let instances: Vec<Arc<Instance>> = settings
+            .models
+            .iter()
+            .map(|m| Instance::new(m.clone(), render(m), ctx.clone()))
+            .collect();
+        let by_name = instances
+            .iter()
+            .map(|i| (i.name().to_string(), i.clone()))
+            .collect();
+        let fleet = Arc::new(Self {
+            instances,
+            by_name,
+            ctx,
+        });
+        tokio::spawn(Self::follow_events(
+            Arc::downgrade(&fleet),
+            manager.subscribe(),
+        ));
+        fleet
+    }
+
+    /// Route unit events to their instance.
+    async fn follow_events(fleet: std::sync::Weak<Self>, mut events: broadcast::Receiver<UnitEvent>) {
+        loop {
+            let event = match events.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::error!("missed {n} unit events");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(fleet) = fleet.upgrade() else { return };
+            match event {
+                UnitEvent::Exited {
+                    unit,
+                    invocation,
+                    exit,
+                    requested,
+                    last_output,
+                } => {
+                    if requested {
+                        continue;
+                    }
+                    if let Some(i) = fleet.instances.iter().find(|i| i.unit.unit == unit) {
+                        i.on_exit(&invocation, &exit, &last_output);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An instance by its name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Instance>> {
+        self.by_name.get(name)
+    }
+
+    /// Every instance, in configuration order.
+    pub fn instances(&self) -> &[Arc<Instance>] {
+        &self.instances
+    }
+
+    /// The unit manager in use.
+    pub fn manager_name(&self) -> &'static str {
+        self.ctx.manager.name()
+    }
+
+    /// Refuse new work from now on.
+    pub fn begin_shutdown(&self) {
+        self.ctx.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.ctx.shutting_down()
+    }
+
+    /// Stop every model, giving in-flight requests up to `drain` to finish.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.begin_shutdown();
+        let stops = self
+            .instances
+            .iter()
+            .map(|i| {
+                let i = i.clone();
+                tokio::spawn(async move { i.stop(StopReason::Shutdown, drain).await })
+            })
+            .collect::<Vec<_>>();
+        for s in stops {
+            let _ = s.await;
+        }
+        // Anything the manager still runs (a start that raced the shutdown).
+        if let Ok(units) = self.ctx.manager.list().await {
+            for u in units {
+                let timeout = self
+                    .instances
+                    .iter()
+                    .find(|i| i.unit.unit == u.unit)
+                    .map_or(Duration::from_secs(10), |i| i.spec.stop_timeout);
+                let _ = self.ctx.manager.stop(&u.unit, timeout).await;
+            }
+        }
+    }
+
+    /// Update the scrape-time gauges.
+    pub fn update_gauges(&self) {
+        let m = &self.ctx.metrics;
+        for i in &self.instances {
+            let label = self.ctx.model_label(i.name());
+            m.in_flight.get_or_create(&label).set(i.in_flight() as i64);
+            m.queue_depth.get_or_create(&label).set(i.queued() as i64);
+            let current = i.state();
+            for s in State::ALL {
+                m.model_state
+                    .get_or_create(&crate::telemetry::metrics::StateLabels {
+                        model: i.name().to_string(),
+                        state: s.as_str(),
+                    })
+                    .set((s == current) as i64);
+            }
+        }
+    }
+}

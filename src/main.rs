@@ -1,0 +1,5 @@
+//! The `llmvisor` command: parse the command line, hand over to the library.
+
+fn main() -> std::process::ExitCode {
+    llmvisor::cli::main()
+}

@@ -1,0 +1,237 @@
+//! The upstream leg: an HTTP/1 client with a connection pool per backend, and the
+//! relay body that streams a backend's response to the client chunk by chunk.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{Instant, Sleep};
+
+/// Request headers passed on to a backend. Everything else (notably the client's
+/// `Authorization`) stays here.
+const FORWARDED: [header::HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// Why a backend could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection could be made (the backend is not listening).
+    #[error("cannot connect to the backend: {0}")]
+    Connect(String),
+    /// The backend did not send response headers in time.
+    #[error("the backend sent no response within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed after it was made (the backend died, reset, garbage).
+    #[error("the backend connection failed: {0}")]
+    Failed(String),
+}
+
+/// How the relay of a response body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend finished the body and the client got all of it.
+    Complete,
+    /// The backend's connection broke mid-body.
+    UpstreamFailed,
+    /// The backend went silent for longer than the idle timeout.
+    UpstreamTimeout,
+    /// The client went away first; the backend request was dropped.
+    ClientGone,
+}
+
+/// The client for every backend.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Upstream {
+    /// A client with TCP_NODELAY (Nagle plus delayed ACK would stall SSE by ~40 ms)
+    /// and a pool of keep-alive connections.
+    pub fn new(connect_timeout: Duration, header_timeout: Duration, idle_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            client,
+            header_timeout,
+            idle_timeout,
+        }
+    }
+
+    /// The longest silence allowed inside a response body.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// POST `body` to `path` on the backend at 127.0.0.1:`port`; returns once the
+    /// response headers are in.
+    pub async fn post(
+        &self,
+        port: u16,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        request_id: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let uri = format!("http://127.0.0.1:{port}{path_and_query}");
+        let mut req = Request::post(uri);
+        for name in FORWARDED {
+            if let Some(v) = headers.get(&name) {
+                req = req.header(name, v.clone());
+            }
+        }
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id.clone());
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ProxyError::Failed(e.to_string()))?;
+        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::Timeout(self.header_timeout)),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(ProxyError::Failed(error_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+/// An error and its sources in one line, for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Called once when a relay ends, however it ends.
+pub type OnEnd = Box<dyn FnOnce(Outcome) + Send + Sync>;
+
+/// Streams a backend's body to the client as it comes. Holds whatever must live as
+/// long as the response (the model's slot) inside `on_end`. Mid-stream failures of an
+/// SSE stream become a final `data: {"error": …}` event so clients see why it ended;
+/// other bodies are cut (the client sees an incomplete response, never a silent one).
+pub struct Relay {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    sse: bool,
+    model: String,
+    done: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl Relay {
+    /// Wrap a backend body.
+    pub fn new(inner: Incoming, idle: Duration, sse: bool, model: String, on_end: OnEnd) -> Self {
+        Self {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            sse,
+            model,
+            done: false,
+            on_end: Some(on_end),
+        }
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        self.done = true;
+        if let Some(f) = self.on_end.take() {
+            f(outcome);
+        }
+    }
+
+    fn fail(&mut self, outcome: Outcome, detail: String) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        tracing::warn!(model = %self.model, "response relay ended early: {detail}");
+        self.end(outcome);
+        if self.sse {
+            let (message, code) = match outcome {
+                Outcome::UpstreamTimeout => ("the model's backend stopped sending tokens", "backend_timeout"),
+                _ => ("the model's backend failed in the middle of the response", "backend_error"),
+            };
+            Poll::Ready(Some(Ok(Frame::data(sse_error(message, "server_error", code)))))
+        } else {
+            Poll::Ready(Some(Err(std::io::Error::other(detail))))
+        }
+    }
+}
+
+/// One SSE event carrying an OpenAI-shaped error.
+pub fn sse_error(message: &str, kind: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": kind, "code": code}});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    this.end(Outcome::Complete);
+                } else {
+                    let deadline = Instant::now() + this.idle;
+                    this.sleep.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(Outcome::UpstreamFailed, error_chain(&e)),
+            Poll::Ready(None) => {
+                this.end(Outcome::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let idle = this.idle;
+                    this.fail(Outcome::UpstreamTimeout, format!("no data for {idle:?}"))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.sse {
+            // An error event may be added at the end.
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.on_end.is_some() {
+            self.end(Outcome::ClientGone);
+        }
+    }
+}

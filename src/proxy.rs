@@ -17,7 +17,8 @@ use tokio::time::{Instant, Sleep};
 
 /// Request headers passed on to a backend. Everything else (notably the client's
 /// `Authorization`) stays here.
-const FORWARDED: [header::HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+const FORWARDED: [header::HeaderName; 3] =
+    [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
 
 /// Why a backend could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,11 @@ pub struct Upstream {
 impl Upstream {
     /// A client with TCP_NODELAY (Nagle plus delayed ACK would stall SSE by ~40 ms)
     /// and a pool of keep-alive connections.
-    pub fn new(connect_timeout: Duration, header_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -159,15 +164,29 @@ impl Relay {
         }
     }
 
-    fn fail(&mut self, outcome: Outcome, detail: String) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn fail(
+        &mut self,
+        outcome: Outcome,
+        detail: String,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         tracing::warn!(model = %self.model, "response relay ended early: {detail}");
         self.end(outcome);
         if self.sse {
             let (message, code) = match outcome {
-                Outcome::UpstreamTimeout => ("the model's backend stopped sending tokens", "backend_timeout"),
-                _ => ("the model's backend failed in the middle of the response", "backend_error"),
+                Outcome::UpstreamTimeout => (
+                    "the model's backend stopped sending tokens",
+                    "backend_timeout",
+                ),
+                _ => (
+                    "the model's backend failed in the middle of the response",
+                    "backend_error",
+                ),
             };
-            Poll::Ready(Some(Ok(Frame::data(sse_error(message, "server_error", code)))))
+            Poll::Ready(Some(Ok(Frame::data(sse_error(
+                message,
+                "server_error",
+                code,
+            )))))
         } else {
             Poll::Ready(Some(Err(std::io::Error::other(detail))))
         }
@@ -184,7 +203,10 @@ impl Body for Relay {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);

@@ -42,8 +42,16 @@ pub async fn start(
     }
     let begun = inst.begin_start(true);
     tracing::info!(model = %inst.name(), begun, "start requested by an operator");
-    let status = if begun { StatusCode::ACCEPTED } else { StatusCode::OK };
-    (status, Json(json!({"model": inst.name(), "state": inst.state().as_str()}))).into_response()
+    let status = if begun {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({"model": inst.name(), "state": inst.state().as_str()})),
+    )
+        .into_response()
 }
 
 /// `POST /admin/models/{name}/stop`: drain in-flight requests (up to

@@ -83,7 +83,9 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 "model_not_found",
-                format!("The model `{m}` does not exist. GET /v1/models lists the models served here."),
+                format!(
+                    "The model `{m}` does not exist. GET /v1/models lists the models served here."
+                ),
                 None,
             ),
             ApiError::PayloadTooLarge(limit) => r(
@@ -141,7 +143,9 @@ impl ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service_unavailable",
                     "model_start_failed",
-                    format!("Model `{model}` failed to start; an operator finds the reason in GET /health and the logs."),
+                    format!(
+                        "Model `{model}` failed to start; an operator finds the reason in GET /health and the logs."
+                    ),
                     Some(10),
                 ),
                 FleetError::CrashLoop {
@@ -172,7 +176,10 @@ impl ApiError {
                     StatusCode::GATEWAY_TIMEOUT,
                     "server_error",
                     "backend_timeout",
-                    format!("Model `{model}` did not answer within {}.", humantime::format_duration(*t)),
+                    format!(
+                        "Model `{model}` did not answer within {}.",
+                        humantime::format_duration(*t)
+                    ),
                     None,
                 ),
                 ProxyError::Connect(_) | ProxyError::Failed(_) => r(
@@ -211,7 +218,13 @@ impl IntoResponse for ApiError {
         });
         let mut resp = (r.status, Json(body)).into_response();
         if let Some(s) = r.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if r.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body stays unread, so this connection cannot be reused.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::{App, ApiError};
+use super::{ApiError, App};
 use crate::fleet::{FleetError, Instance, Lease, State as ModelState};
 use crate::proxy::{Outcome, Relay};
 
@@ -76,20 +76,21 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
         async move { inst.acquire().await }
     };
     let keepalive = &app.settings.server;
-    let lease = if prepared.stream && keepalive.stream_keepalive && inst.state() != ModelState::Ready {
-        // Answer normally if the model is ready soon; otherwise commit to a 200 SSE
-        // stream and keep the client informed while the model loads.
-        let mut acquire = Box::pin(acquire);
-        tokio::select! {
-            biased;
-            r = &mut acquire => r,
-            _ = tokio::time::sleep(keepalive.stream_keepalive_interval.0) => {
-                return keepalive_stream(app, parts, prepared, acquire, started, endpoint);
+    let lease =
+        if prepared.stream && keepalive.stream_keepalive && inst.state() != ModelState::Ready {
+            // Answer normally if the model is ready soon; otherwise commit to a 200 SSE
+            // stream and keep the client informed while the model loads.
+            let mut acquire = Box::pin(acquire);
+            tokio::select! {
+                biased;
+                r = &mut acquire => r,
+                _ = tokio::time::sleep(keepalive.stream_keepalive_interval.0) => {
+                    return keepalive_stream(app, parts, prepared, acquire, started, endpoint);
+                }
             }
-        }
-    } else {
-        acquire.await
-    };
+        } else {
+            acquire.await
+        };
     let lease = match lease {
         Ok(l) => l,
         Err(e) => return fail(&app, inst.name(), endpoint, started, e.into()),
@@ -102,8 +103,12 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
 
 fn fail(app: &App, model: &str, endpoint: &'static str, started: Instant, e: ApiError) -> Response {
     let model = if model.is_empty() { "-" } else { model };
-    app.metrics
-        .observe_request(model, endpoint, e.status().as_u16(), started.elapsed().as_secs_f64());
+    app.metrics.observe_request(
+        model,
+        endpoint,
+        e.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     e.into_response()
 }
 
@@ -116,7 +121,11 @@ fn bad(message: impl Into<String>, code: &'static str) -> ApiError {
 
 /// Read and check the body, resolve the model, rewrite `model` to the served name.
 /// On error, also returns the model name for metrics (empty when unknown).
-async fn prepare(app: &App, headers: &HeaderMap, body: Body) -> Result<Prepared, (String, ApiError)> {
+async fn prepare(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Prepared, (String, ApiError)> {
     let limit = app.settings.server.max_body.0;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -151,8 +160,12 @@ fn parse_and_rewrite(app: &App, bytes: Bytes) -> Result<Prepared, (String, ApiEr
             "invalid_json",
         )));
     }
-    let head: Head<'_> = serde_json::from_slice(&bytes)
-        .map_err(|e| anon(bad(format!("The request body is not valid JSON: {e}."), "invalid_json")))?;
+    let head: Head<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+        anon(bad(
+            format!("The request body is not valid JSON: {e}."),
+            "invalid_json",
+        ))
+    })?;
     let Some(raw) = head.model else {
         return Err(anon(bad(
             "You must provide a model parameter.",
@@ -162,7 +175,10 @@ fn parse_and_rewrite(app: &App, bytes: Bytes) -> Result<Prepared, (String, ApiEr
     let requested: String = serde_json::from_str(raw.get())
         .map_err(|_| anon(bad("`model` must be a string.", "invalid_model")))?;
     if requested.is_empty() {
-        return Err(anon(bad("You must provide a model parameter.", "missing_model")));
+        return Err(anon(bad(
+            "You must provide a model parameter.",
+            "missing_model",
+        )));
     }
     let Some(instance) = app
         .router
@@ -220,8 +236,21 @@ async fn send(
     let (head, body) = resp.into_parts();
     let status = head.status;
     let sse = is_sse(&head.headers);
-    let on_end = finisher(app.clone(), inst.name().to_string(), endpoint, status, started, lease);
-    let relay = Relay::new(body, app.upstream.idle_timeout(), sse, inst.name().to_string(), on_end);
+    let on_end = finisher(
+        app.clone(),
+        inst.name().to_string(),
+        endpoint,
+        status,
+        started,
+        lease,
+    );
+    let relay = Relay::new(
+        body,
+        app.upstream.idle_timeout(),
+        sse,
+        inst.name().to_string(),
+        on_end,
+    );
     let mut out = Response::new(Body::new(relay));
     *out.status_mut() = status;
     copy_headers(&head.headers, out.headers_mut());
@@ -292,7 +321,12 @@ fn keepalive_stream(
     tokio::spawn(async move {
         let interval = app.settings.server.stream_keepalive_interval.0;
         let mut acquire = acquire;
-        let comment = |model: &str| Bytes::from(format!(": loading {model} ({} s)\n\n", started.elapsed().as_secs()));
+        let comment = |model: &str| {
+            Bytes::from(format!(
+                ": loading {model} ({} s)\n\n",
+                started.elapsed().as_secs()
+            ))
+        };
         let mut next = tokio::time::Instant::now();
         let lease = loop {
             tokio::select! {
@@ -327,13 +361,20 @@ fn keepalive_stream(
                 .and_then(Result::ok)
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let event = if body.len() < 64 << 10 && serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("error").is_some()) {
+            let event = if body.len() < 64 << 10
+                && serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|v| v.get("error").is_some())
+            {
                 let mut b = BytesMut::from(&b"data: "[..]);
                 b.extend_from_slice(&body);
                 b.extend_from_slice(b"\n\n");
                 b.freeze()
             } else {
-                crate::proxy::sse_error(&format!("The backend answered {status}."), "server_error", "backend_error")
+                crate::proxy::sse_error(
+                    &format!("The backend answered {status}."),
+                    "server_error",
+                    "backend_error",
+                )
             };
             let _ = tx.send(event).await;
             return;
@@ -358,9 +399,15 @@ fn keepalive_stream(
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
     resp.into_response()
 }
 
@@ -372,8 +419,12 @@ async fn stream_error(
     started: Instant,
     e: ApiError,
 ) {
-    app.metrics
-        .observe_request(model, endpoint, e.status().as_u16(), started.elapsed().as_secs_f64());
+    app.metrics.observe_request(
+        model,
+        endpoint,
+        e.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::warn!(model, "stream ended with an error: {e}");
     let _ = tx.send(e.sse_event()).await;
 }

@@ -354,6 +354,21 @@ pub enum ConfigError {
     },
 }
 
+/// toml's message (line, column, the offending text) headed by the key path, which
+/// toml itself does not name for errors inside values.
+fn parse_error_message(text: &str, e: toml::de::Error) -> String {
+    let pretty = e.to_string().trim_end().to_string();
+    let key = toml::de::Deserializer::parse(text).ok().and_then(|d| {
+        serde_path_to_error::deserialize::<_, Config>(d)
+            .err()
+            .map(|e| e.path().to_string())
+    });
+    match key {
+        Some(k) if !k.is_empty() && k != "." => format!("{k}: {pretty}"),
+        _ => pretty,
+    }
+}
+
 impl Config {
     /// Parse TOML text (no semantic checks).
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
@@ -369,7 +384,7 @@ impl Config {
         })?;
         let config = Self::parse(&text).map_err(|e| ConfigError::Parse {
             path: shown.clone(),
-            message: e.to_string().trim_end().to_string(),
+            message: parse_error_message(&text, e),
         })?;
         config.validate().map_err(|problems| ConfigError::Invalid {
             path: shown,

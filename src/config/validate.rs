@@ -50,7 +50,11 @@ pub fn valid_instance_name(name: &str) -> Result<(), String> {
     if name.len() > MAX_NAME {
         return Err(format!("the name is longer than {MAX_NAME} characters"));
     }
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Err("the name must start with a letter or digit".into());
     }
     if let Some(c) = name
@@ -87,7 +91,10 @@ impl Config {
 
         let mut listen = Vec::new();
         if s.listen.is_empty() {
-            p.add("server.listen", "at least one address is needed, e.g. \"127.0.0.1:8080\"");
+            p.add(
+                "server.listen",
+                "at least one address is needed, e.g. \"127.0.0.1:8080\"",
+            );
         }
         for (i, addr) in s.listen.iter().enumerate() {
             match addr.parse::<SocketAddr>() {
@@ -144,7 +151,10 @@ impl Config {
         }
 
         if self.models.is_empty() {
-            p.add("models", "no models are configured; add a [models.<name>] table");
+            p.add(
+                "models",
+                "no models are configured; add a [models.<name>] table",
+            );
         }
 
         // Explicit ports first, so automatic ones avoid them.
@@ -161,7 +171,10 @@ impl Config {
             } else if let Some(other) = taken.get(&port) {
                 p.add(path, format!("{port} is also the port of {other}"));
             } else if listen_ports.contains(&(port, true)) {
-                p.add(path, format!("{port} is the port llmvisor itself listens on"));
+                p.add(
+                    path,
+                    format!("{port} is the port llmvisor itself listens on"),
+                );
             } else {
                 taken.insert(port, format!("models.{name}"));
             }
@@ -221,7 +234,10 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
     let kind = m.kind;
     let only = |p: &mut Problems, key: &str, set: bool, kinds: &[Kind]| {
         if set && !kinds.contains(&kind) {
-            let names: Vec<_> = kinds.iter().map(|k| format!("\"{}\"", k.as_str())).collect();
+            let names: Vec<_> = kinds
+                .iter()
+                .map(|k| format!("\"{}\"", k.as_str()))
+                .collect();
             p.add(
                 at(key),
                 format!(
@@ -233,11 +249,36 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
         }
     };
     only(p, "command", m.command.is_some(), &[Kind::Command]);
-    only(p, "model", m.model.is_some(), &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp]);
-    only(p, "executable", m.executable.is_some(), &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp]);
-    only(p, "extra_args", !m.extra_args.is_empty(), &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp]);
-    only(p, "tensor_parallel_size", m.tensor_parallel_size.is_some(), &[Kind::Vllm]);
-    only(p, "gpu_memory_utilization", m.gpu_memory_utilization.is_some(), &[Kind::Vllm]);
+    only(
+        p,
+        "model",
+        m.model.is_some(),
+        &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp],
+    );
+    only(
+        p,
+        "executable",
+        m.executable.is_some(),
+        &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp],
+    );
+    only(
+        p,
+        "extra_args",
+        !m.extra_args.is_empty(),
+        &[Kind::Vllm, Kind::Ollama, Kind::LlamaCpp],
+    );
+    only(
+        p,
+        "tensor_parallel_size",
+        m.tensor_parallel_size.is_some(),
+        &[Kind::Vllm],
+    );
+    only(
+        p,
+        "gpu_memory_utilization",
+        m.gpu_memory_utilization.is_some(),
+        &[Kind::Vllm],
+    );
     only(p, "embeddings", m.embeddings.is_some(), &[Kind::LlamaCpp]);
 
     let model = m.model.clone().unwrap_or_default();
@@ -274,7 +315,10 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
                     "kind = \"command\" needs a non-empty argv, e.g. [\"my-server\", \"--port\", \"{port}\"]",
                 );
             } else if argv[0].trim().is_empty() {
-                p.add(format!("models.{name}.command[0]"), "the program cannot be empty");
+                p.add(
+                    format!("models.{name}.command[0]"),
+                    "the program cannot be empty",
+                );
             }
             for (i, arg) in argv.iter().enumerate() {
                 match placeholders(arg) {
@@ -301,7 +345,10 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
     if let Some(f) = m.gpu_memory_utilization
         && !(f > 0.0 && f <= 1.0)
     {
-        p.add(at("gpu_memory_utilization"), format!("{f} is not a fraction in (0, 1]"));
+        p.add(
+            at("gpu_memory_utilization"),
+            format!("{f} is not a fraction in (0, 1]"),
+        );
     }
     if m.max_concurrent == 0 {
         p.add(at("max_concurrent"), "must be at least 1");
@@ -336,7 +383,10 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
     }
     for key in m.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            p.add(format!("models.{name}.env"), format!("`{key}` is not a variable name"));
+            p.add(
+                format!("models.{name}.env"),
+                format!("`{key}` is not a variable name"),
+            );
         }
     }
 
@@ -413,7 +463,10 @@ mod tests {
         assert_eq!(by("tiny").served_name, "llama3.2:1b");
         assert_eq!(by("tiny").health_path, "/api/version");
         assert_eq!(by("qwen").served_name, "qwen");
-        assert_eq!(by("small").idle_ttl, Some(std::time::Duration::from_secs(1800)));
+        assert_eq!(
+            by("small").idle_ttl,
+            Some(std::time::Duration::from_secs(1800))
+        );
     }
 
     #[test]
@@ -456,18 +509,24 @@ mod tests {
             "models.bad/name.queue_timeout: must be more than 0",
         ];
         for e in expect {
-            assert!(ps.iter().any(|p| p.starts_with(e)), "missing {e:?} in {ps:#?}");
+            assert!(
+                ps.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {ps:#?}"
+            );
         }
         assert_eq!(ps.len(), expect.len(), "{ps:#?}");
     }
 
     #[test]
     fn unknown_keys_are_parse_errors() {
-        let e = Config::parse("[models.a]\nkind = \"command\"\ncommand = [\"x\"]\nmax_concurent = 3\n")
+        let e =
+            Config::parse("[models.a]\nkind = \"command\"\ncommand = [\"x\"]\nmax_concurent = 3\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("max_concurent"), "{e}");
+        let e = Config::parse("[models.a]\nkind = \"tgi\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("max_concurent"), "{e}");
-        let e = Config::parse("[models.a]\nkind = \"tgi\"\n").unwrap_err().to_string();
         assert!(e.contains("tgi") && e.contains("vllm"), "{e}");
     }
 
@@ -490,8 +549,18 @@ mod tests {
             port = 9001
             "#,
         );
-        assert!(ps.iter().any(|p| p.starts_with("models.b.port: server.port_range [9000, 9001] has no free port")), "{ps:#?}");
-        assert!(ps.iter().any(|p| p.starts_with("models.c.port: 9001 is the port llmvisor itself listens on")), "{ps:#?}");
+        assert!(
+            ps.iter()
+                .any(|p| p
+                    .starts_with("models.b.port: server.port_range [9000, 9001] has no free port")),
+            "{ps:#?}"
+        );
+        assert!(
+            ps.iter().any(
+                |p| p.starts_with("models.c.port: 9001 is the port llmvisor itself listens on")
+            ),
+            "{ps:#?}"
+        );
     }
 
     #[test]

@@ -46,9 +46,9 @@ impl FromStr for HumanDuration {
         if t == "0" {
             return Ok(Self(Duration::ZERO));
         }
-        humantime::parse_duration(t)
-            .map(Self)
-            .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. \"90s\", \"30m\", \"1h\""))
+        humantime::parse_duration(t).map(Self).map_err(|e| {
+            format!("`{s}` is not a duration ({e}); write e.g. \"90s\", \"30m\", \"1h\"")
+        })
     }
 }
 
@@ -168,10 +168,22 @@ mod tests {
 
     #[test]
     fn durations_parse_as_humans_write_them() {
-        assert_eq!("90s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
-        assert_eq!("30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(1800));
-        assert_eq!("1h 30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5400));
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            "90s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            "30m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            "1h 30m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
         assert!("0".parse::<HumanDuration>().unwrap().is_zero());
         assert!("soon".parse::<HumanDuration>().is_err());
         assert!("30".parse::<HumanDuration>().is_err());
@@ -187,7 +199,10 @@ mod tests {
         let t: T = toml::from_str("a = \"2m\"\nb = 0").unwrap();
         assert_eq!(t.a.0, Duration::from_secs(120));
         assert!(t.b.is_zero());
-        let e = toml::from_str::<T>("a = 30\nb = 0").err().unwrap().to_string();
+        let e = toml::from_str::<T>("a = 30\nb = 0")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("\"30s\""), "{e}");
     }
 

@@ -182,16 +182,15 @@ impl Instance {
             }
             let permit = match self.gate.clone().try_acquire_owned() {
                 Ok(p) => p,
-                Err(_) => tokio::time::timeout(
-                    self.spec.queue_timeout,
-                    self.gate.clone().acquire_owned(),
-                )
-                .await
-                .map_err(|_| FleetError::QueueTimeout {
-                    model: self.spec.name.clone(),
-                    waited: self.spec.queue_timeout,
-                })?
-                .map_err(|_| FleetError::ShuttingDown)?,
+                Err(_) => {
+                    tokio::time::timeout(self.spec.queue_timeout, self.gate.clone().acquire_owned())
+                        .await
+                        .map_err(|_| FleetError::QueueTimeout {
+                            model: self.spec.name.clone(),
+                            waited: self.spec.queue_timeout,
+                        })?
+                        .map_err(|_| FleetError::ShuttingDown)?
+                }
             };
             self.in_flight.fetch_add(1, Ordering::SeqCst);
             if self.state() == State::Ready {
@@ -271,7 +270,10 @@ impl Instance {
     /// was begun.
     pub fn begin_start(self: &Arc<Self>, operator: bool) -> bool {
         if operator {
-            self.failures.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         }
         let backoff = self.backoff();
         let mut begun = false;
@@ -303,7 +305,10 @@ impl Instance {
             return Duration::ZERO;
         }
         let factor = 1u32 << (n - 1).min(16);
-        self.spec.restart_backoff.saturating_mul(factor).min(MAX_BACKOFF)
+        self.spec
+            .restart_backoff
+            .saturating_mul(factor)
+            .min(MAX_BACKOFF)
     }
 
     fn recent_failures(&self) -> u32 {
@@ -352,7 +357,11 @@ impl Instance {
         if !moved {
             // Failed already (the process exited at once) or a stop came meanwhile.
             if self.state() != State::Failed {
-                let _ = self.ctx.manager.stop(&self.unit.unit, self.spec.stop_timeout).await;
+                let _ = self
+                    .ctx
+                    .manager
+                    .stop(&self.unit.unit, self.spec.stop_timeout)
+                    .await;
             }
             return;
         }
@@ -362,7 +371,12 @@ impl Instance {
             if self.state() != State::Loading {
                 return;
             }
-            if self.ctx.health.check(self.spec.port, &self.spec.health_path).await {
+            if self
+                .ctx
+                .health
+                .check(self.spec.port, &self.spec.health_path)
+                .await
+            {
                 let mut ready = false;
                 self.status.send_if_modified(|s| {
                     if s.state == State::Loading && s.invocation.as_ref() == Some(&invocation) {
@@ -381,7 +395,8 @@ impl Instance {
                         .get_or_create(&self.ctx.model_label(&name))
                         .observe(took.as_secs_f64());
                     tracing::info!(model = %name, "ready after {:.2} s", took.as_secs_f64());
-                    self.idle_since_ms.store(self.ctx.now_ms(), Ordering::SeqCst);
+                    self.idle_since_ms
+                        .store(self.ctx.now_ms(), Ordering::SeqCst);
                     self.idle.notify_one();
                 }
                 return;
@@ -394,7 +409,11 @@ impl Instance {
                     self.spec.port
                 );
                 self.fail(msg, None, Some(&invocation));
-                let _ = self.ctx.manager.stop(&self.unit.unit, self.spec.stop_timeout).await;
+                let _ = self
+                    .ctx
+                    .manager
+                    .stop(&self.unit.unit, self.spec.stop_timeout)
+                    .await;
                 return;
             }
             // Poll again after the interval, or at once if the state changes (exit).
@@ -403,7 +422,12 @@ impl Instance {
     }
 
     /// Record a failure: state Failed, error kept, failure counted, lock-out decided.
-    fn fail(&self, reason: String, exit: Option<ExitInfo>, invocation: Option<&Invocation>) -> bool {
+    fn fail(
+        &self,
+        reason: String,
+        exit: Option<ExitInfo>,
+        invocation: Option<&Invocation>,
+    ) -> bool {
         let n = {
             let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             f.push_back(Instant::now());
@@ -418,7 +442,12 @@ impl Instance {
                 (Some(_), None) => s.state == State::Starting,
                 (None, _) => true,
             };
-            if !current || !matches!(s.state, State::Starting | State::Loading | State::Ready | State::Draining) {
+            if !current
+                || !matches!(
+                    s.state,
+                    State::Starting | State::Loading | State::Ready | State::Draining
+                )
+            {
                 return false;
             }
             s.set(State::Failed);
@@ -445,7 +474,10 @@ impl Instance {
             }
         } else {
             // Not counted: it was not the current run.
-            self.failures.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
+            self.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_back();
         }
         failed
     }
@@ -483,7 +515,9 @@ impl Instance {
             State::Draining | State::Stopping => {
                 // Another stop is under way; wait for it.
                 let mut rx = self.status.subscribe();
-                let _ = rx.wait_for(|s| !matches!(s.state, State::Draining | State::Stopping)).await;
+                let _ = rx
+                    .wait_for(|s| !matches!(s.state, State::Draining | State::Stopping))
+                    .await;
                 return;
             }
             State::Stopped | State::Failed => return,
@@ -498,7 +532,12 @@ impl Instance {
 
     async fn finish_stop(&self) {
         self.status.send_modify(|s| s.set(State::Stopping));
-        if let Err(e) = self.ctx.manager.stop(&self.unit.unit, self.spec.stop_timeout).await {
+        if let Err(e) = self
+            .ctx
+            .manager
+            .stop(&self.unit.unit, self.spec.stop_timeout)
+            .await
+        {
             tracing::error!(model = %self.spec.name, "cannot stop: {e}");
         }
         self.status.send_modify(|s| {

@@ -175,7 +175,11 @@ pub struct Fleet {
 
 impl Fleet {
     /// Build the fleet and start following the manager's events. Nothing is started.
-    pub fn new(settings: &Settings, manager: Arc<dyn UnitManager>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        settings: &Settings,
+        manager: Arc<dyn UnitManager>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let ctx = Arc::new(Ctx {
             manager: manager.clone(),
             metrics,
@@ -206,7 +210,10 @@ impl Fleet {
     }
 
     /// Route unit events to their instance.
-    async fn follow_events(fleet: std::sync::Weak<Self>, mut events: broadcast::Receiver<UnitEvent>) {
+    async fn follow_events(
+        fleet: std::sync::Weak<Self>,
+        mut events: broadcast::Receiver<UnitEvent>,
+    ) {
         loop {
             let event = match events.recv().await {
                 Ok(e) => e,

@@ -46,7 +46,9 @@ fn latency_histogram() -> Histogram {
 }
 
 fn cold_start_histogram() -> Histogram {
-    Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0])
+    Histogram::new([
+        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ])
 }
 
 /// Every metric llmvisor exports.

@@ -56,7 +56,10 @@ impl ProcessManager {
     fn signal_group(pgid: Pid, sig: Signal) {
         match killpg(pgid, sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => tracing::warn!(pgid = pgid.as_raw(), "cannot send {sig} to process group: {e}"),
+            Err(e) => tracing::warn!(
+                pgid = pgid.as_raw(),
+                "cannot send {sig} to process group: {e}"
+            ),
         }
     }
 }
@@ -103,7 +106,10 @@ impl UnitManager for ProcessManager {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&unit.unit)
         {
-            return Err(UnitError::Manager(format!("{} is already running", unit.unit)));
+            return Err(UnitError::Manager(format!(
+                "{} is already running",
+                unit.unit
+            )));
         }
         let mut cmd = Command::new(&program);
         cmd.args(&unit.argv[1..])
@@ -118,7 +124,9 @@ impl UnitManager for ProcessManager {
             program: program.clone(),
             reason: e.to_string(),
         })?;
-        let pid = child.id().ok_or_else(|| UnitError::Manager("child exited at once".into()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| UnitError::Manager("child exited at once".into()))?;
         let pgid = Pid::from_raw(pid as i32);
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
         let invocation = Invocation(format!("{n}-{pid}"));
@@ -132,16 +140,19 @@ impl UnitManager for ProcessManager {
         }
         let stop_requested = Arc::new(AtomicBool::new(false));
         let (exited_tx, exited_rx) = watch::channel(false);
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            unit.unit.clone(),
-            Child {
-                pgid,
-                invocation: invocation.clone(),
-                spec_hash: unit.spec_hash.clone(),
-                stop_requested: stop_requested.clone(),
-                exited: exited_rx,
-            },
-        );
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                unit.unit.clone(),
+                Child {
+                    pgid,
+                    invocation: invocation.clone(),
+                    spec_hash: unit.spec_hash.clone(),
+                    stop_requested: stop_requested.clone(),
+                    exited: exited_rx,
+                },
+            );
         tracing::info!(model = %unit.model, pid, unit = %unit.unit, "started: {}", unit.argv.join(" "));
 
         let events = self.events.clone();
@@ -180,7 +191,12 @@ impl UnitManager for ProcessManager {
             } else {
                 tracing::warn!(model = %model, "process {exit}");
             }
-            let last_output = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+            let last_output = tail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
             let _ = exited_tx.send(true);
             {
                 let mut map = children.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,13 +228,20 @@ impl UnitManager for ProcessManager {
         requested.store(true, Ordering::SeqCst);
         if !*exited.borrow() {
             Self::signal_group(pgid, Signal::SIGTERM);
-            if tokio::time::timeout(timeout, exited.wait_for(|e| *e)).await.is_err() {
+            if tokio::time::timeout(timeout, exited.wait_for(|e| *e))
+                .await
+                .is_err()
+            {
                 tracing::warn!(unit, "did not stop within {timeout:?}; sending SIGKILL");
                 Self::signal_group(pgid, Signal::SIGKILL);
-                let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e)).await;
             }
         }
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(unit);
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(unit);
         Ok(())
     }
 

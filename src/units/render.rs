@@ -39,7 +39,11 @@ fn substitute(arg: &str, spec: &ModelSpec) -> String {
 /// Render a model spec into a unit spec.
 pub fn render(spec: &ModelSpec) -> UnitSpec {
     let port = spec.port.to_string();
-    let exe = |default: &str| spec.executable.clone().unwrap_or_else(|| default.to_string());
+    let exe = |default: &str| {
+        spec.executable
+            .clone()
+            .unwrap_or_else(|| default.to_string())
+    };
     let mut env = BTreeMap::new();
     let argv: Vec<String> = match &spec.backend {
         Backend::Vllm {
@@ -74,7 +78,10 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
             env.insert("OLLAMA_HOST".into(), format!("127.0.0.1:{port}"));
             // llmvisor decides when the model unloads, not Ollama's own timer.
             env.insert("OLLAMA_KEEP_ALIVE".into(), "-1".into());
-            env.insert("OLLAMA_NUM_PARALLEL".into(), spec.max_concurrent.to_string());
+            env.insert(
+                "OLLAMA_NUM_PARALLEL".into(),
+                spec.max_concurrent.to_string(),
+            );
             if let Some(ctx) = spec.context_length {
                 env.insert("OLLAMA_CONTEXT_LENGTH".into(), ctx.to_string());
             }
@@ -146,7 +153,12 @@ mod tests {
     use crate::config::Config;
 
     fn spec(toml: &str) -> ModelSpec {
-        Config::parse(toml).unwrap().validate().unwrap().models.remove(0)
+        Config::parse(toml)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .models
+            .remove(0)
     }
 
     #[test]

@@ -1,0 +1,272 @@
+//! Test harness: the real `llmvisor` binary, the real `llmvisor-mock`, ports from
+//! the kernel, a temporary directory per test.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The mock backend binary.
+pub const MOCK: &str = env!("CARGO_BIN_EXE_llmvisor-mock");
+/// The supervisor binary.
+pub const LLMVISOR: &str = env!("CARGO_BIN_EXE_llmvisor");
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `[models.<name>]` table running the mock with extra flags.
+pub fn mock_model(name: &str, mock_args: &[&str], extra_toml: &str) -> String {
+    let mut argv = vec![
+        MOCK.to_string(),
+        "--port".into(),
+        "{port}".into(),
+        "--served-name".into(),
+        "{served_name}".into(),
+    ];
+    argv.extend(mock_args.iter().map(|s| s.to_string()));
+    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[models.{name}]\nkind = \"command\"\ncommand = [{}]\nport = {}\n{extra_toml}\n",
+        argv.join(", "),
+        free_port()
+    )
+}
+
+/// A running llmvisor.
+pub struct Llmvisor {
+    pub child: Option<Child>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Llmvisor {
+    /// Start with `[server]` extras and model tables; wait until it answers.
+    pub async fn start(server_extra: &str, models: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{server_extra}\n\n{models}"
+        );
+        let path = dir.path().join("llmvisor.toml");
+        std::fs::write(&path, &config).unwrap();
+        let log = std::fs::File::create(dir.path().join("llmvisor.log")).unwrap();
+        let child = Command::new(LLMVISOR)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn llmvisor");
+        let me = Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = me.client.get(me.url("/health")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "llmvisor did not come up:\n{}",
+                me.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        me
+    }
+
+    /// Full URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// What llmvisor logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Path of the log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("llmvisor.log")
+    }
+
+    /// POST JSON to a path.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A small chat request.
+    pub async fn chat(&self, model: &str) -> reqwest::Response {
+        self.post(
+            "/v1/chat/completions",
+            &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]}),
+        )
+        .await
+    }
+
+    /// GET a path as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// The `/health` entry of a model.
+    pub async fn model(&self, name: &str) -> Value {
+        self.get_json("/health").await["models"][name].clone()
+    }
+
+    /// The state of a model.
+    pub async fn state(&self, name: &str) -> String {
+        self.model(name).await["state"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    }
+
+    /// Wait until a model is in `state`, or panic with the log.
+    pub async fn wait_state(&self, name: &str, state: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.state(name).await;
+            if s == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "model {name} is {s}, expected {state}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The mock's statistics, straight from the backend port.
+    pub async fn mock_stats(&self, name: &str) -> Value {
+        let port = self.model(name).await["port"].as_u64().unwrap();
+        self.client
+            .get(format!("http://127.0.0.1:{port}/mock/stats"))
+            .send()
+            .await
+            .expect("mock stats")
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one metric series (exact line prefix match), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Send SIGTERM and wait for the exit; returns the exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "llmvisor did not exit within {within:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Llmvisor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Send a signal to a pid.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Read SSE `data:` payloads and comment lines from a streaming response, with the
+/// time each chunk arrived since `t0`.
+pub async fn read_stream(resp: reqwest::Response, t0: Instant) -> Vec<(Duration, String)> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        match chunk {
+            Ok(b) => out.push((t0.elapsed(), String::from_utf8_lossy(&b).into_owned())),
+            Err(_) => break,
+        }
+    }
+    out
+}

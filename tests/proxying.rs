@@ -1,0 +1,183 @@
+//! The proxy leg: bodies reach the backend unchanged (but for `model`), streams are
+//! relayed as they come, a client that goes away cancels the backend request.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+
+#[tokio::test]
+async fn unknown_fields_reach_the_backend_and_model_is_rewritten() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model(
+            "qwen",
+            &[],
+            "served_name = \"Qwen/Qwen2.5-7B-Instruct\"\naliases = [\"gpt-4o\"]",
+        ),
+    )
+    .await;
+    // Odd spacing, key order, numbers and unicode must survive byte for byte.
+    let sent = r#"{ "top_k": 7,"model" : "gpt-4o", "messages":[{"role":"user","content":"héllo"}],
+        "repetition_penalty": 1.10, "tools": [{"type":"function","function":{"name":"f","parameters":{}}}],
+        "response_format": {"type": "json_object"}, "guided_choice": ["a","b"], "seed": 12345678901234567890 }"#;
+    let resp = lv
+        .client
+        .post(lv.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer client-secret")
+        .body(sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["model"], "Qwen/Qwen2.5-7B-Instruct");
+
+    let stats = lv.mock_stats("qwen").await;
+    let got = &stats["last_request"];
+    assert_eq!(got["model"], "Qwen/Qwen2.5-7B-Instruct");
+    assert_eq!(got["top_k"], 7);
+    assert_eq!(got["repetition_penalty"], 1.10);
+    assert_eq!(got["tools"][0]["function"]["name"], "f");
+    assert_eq!(got["response_format"]["type"], "json_object");
+    assert_eq!(got["guided_choice"], json!(["a", "b"]));
+    assert_eq!(got["messages"][0]["content"], "héllo");
+    // The client's credentials never reach the backend.
+    assert!(
+        stats["last_headers"].get("authorization").is_none(),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn body_is_byte_identical_when_the_name_needs_no_rewrite() {
+    let lv = Llmvisor::start("", &mock_model("m", &[], "")).await;
+    let sent = r#"{"model":"m","messages":[{"role":"user","content":"a"}],"x_unknown":{"deep":[1,2.50,null]}}"#;
+    let resp = lv
+        .client
+        .post(lv.url("/v1/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"m","prompt":"one two three","weird_field":1.50}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+    let resp = lv
+        .client
+        .post(lv.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = lv.mock_stats("m").await["last_request"].clone();
+    assert_eq!(
+        got,
+        serde_json::from_str::<serde_json::Value>(sent).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn streamed_chunks_reach_the_client_before_the_stream_ends() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model("s", &["--token-delay", "150ms", "--max-tokens", "8"], ""),
+    )
+    .await;
+    // Warm up so the timing below is the stream alone.
+    assert_eq!(lv.chat("s").await.status(), 200);
+    let t0 = Instant::now();
+    let resp = lv
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "s", "stream": true, "stream_options": {"include_usage": true},
+                    "messages": [{"role": "user", "content": "count"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let chunks = read_stream(resp, t0).await;
+    let total = t0.elapsed();
+    assert!(total >= Duration::from_millis(8 * 150), "{total:?}");
+    let first_token = chunks
+        .iter()
+        .find(|(_, c)| c.contains("\"content\":\"") && !c.contains("\"content\":\"\""))
+        .expect("a token chunk")
+        .0;
+    assert!(
+        first_token < total / 2,
+        "first token at {first_token:?} of {total:?}: the stream was buffered"
+    );
+    // Chunks arrive spread out, not in one burst at the end.
+    assert!(chunks.len() >= 6, "only {} reads", chunks.len());
+    let text: String = chunks.into_iter().map(|(_, c)| c).collect();
+    assert!(text.contains("\"usage\":{\"prompt_tokens\""), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_backend_request() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model("s", &["--token-delay", "100ms", "--max-tokens", "100"], ""),
+    )
+    .await;
+    assert_eq!(lv.chat("s").await.status(), 200);
+    let resp = lv
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "s", "stream": true, "messages": [{"role": "user", "content": "go"}]}),
+        )
+        .await;
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(lv.mock_stats("s").await["in_flight"], 1);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats = lv.mock_stats("s").await;
+        if stats["cancelled"] == 1 && stats["in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend still streaming: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The slot is free again and the request is counted as closed by the client.
+    assert_eq!(lv.model("s").await["in_flight"], 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while lv
+        .metric("llmvisor_requests_total{model=\"s\",endpoint=\"chat/completions\",status=\"499\"}")
+        .await
+        != 1.0
+    {
+        assert!(Instant::now() < deadline, "499 not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn embeddings_and_completions_are_forwarded() {
+    let lv = Llmvisor::start("", &mock_model("e", &["--embedding-dim", "4"], "")).await;
+    let resp = lv
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "e", "input": ["a b", "c"]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 4);
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+}

@@ -121,11 +121,11 @@ impl Llmvisor {
             .expect("request")
     }
 
-    /// A small chat request.
+    /// A small chat request (two tokens, so slow mocks answer fast).
     pub async fn chat(&self, model: &str) -> reqwest::Response {
         self.post(
             "/v1/chat/completions",
-            &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]}),
+            &serde_json::json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hello there"}]}),
         )
         .await
     }

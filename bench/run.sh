@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Overhead of llmvisor against the same backend reached directly, in one run.
+#
+#   bench/run.sh            # about 2 minutes; prints a Markdown table
+#
+# Load is bounded in count and time and stays on loopback. Needs `oha`
+# (`cargo install oha --locked`); streams are measured by bench/streamload.rs
+# because oha reports whole responses only. Targets are reported, never asserted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v oha >/dev/null || { echo "bench: oha not found; cargo install oha --locked" >&2; exit 1; }
+DURATION=${BENCH_DURATION:-10s}
+LV_PORT=${BENCH_PORT:-18300}
+FAST_PORT=$((LV_PORT + 1)) PACED_PORT=$((LV_PORT + 2)) COLD_PORT=$((LV_PORT + 3))
+
+cargo build --release --locked --bins --example streamload >&2
+BIN=$PWD/target/release
+STREAMLOAD=$PWD/target/release/examples/streamload
+work=$(mktemp -d)
+trap 'kill "$lv" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+mock() { printf '["%s", "--port", "{port}", "--served-name", "{served_name}"%s]' "$BIN/llmvisor-mock" "$1"; }
+cat > "$work/bench.toml" <<EOF
+[server]
+listen = "127.0.0.1:$LV_PORT"
+
+[models.fast]
+kind = "command"
+command = $(mock ', "--max-tokens", "16"')
+port = $FAST_PORT
+max_concurrent = 256
+max_queue = 1024
+idle_ttl = "0"
+
+[models.paced]
+kind = "command"
+command = $(mock ', "--max-tokens", "50", "--token-delay", "20ms"')
+port = $PACED_PORT
+max_concurrent = 256
+idle_ttl = "0"
+
+[models.cold]
+kind = "command"
+command = $(mock ', "--startup-delay", "2s", "--max-tokens", "4"')
+port = $COLD_PORT
+idle_ttl = "0"
+EOF
+
+RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/bench.toml" 2>"$work/llmvisor.log" &
+lv=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$LV_PORT/health" >/dev/null && break; sleep 0.1; done
+
+chat() { printf '{"model":"%s","max_tokens":%s,"messages":[{"role":"user","content":"benchmark prompt of a few words"}]}' "$1" "$2"; }
+# Start both warm models through llmvisor; the direct leg then hits the same processes.
+curl -sf "http://127.0.0.1:$LV_PORT/v1/chat/completions" -H 'content-type: application/json' -d "$(chat fast 1)" >/dev/null
+curl -sf "http://127.0.0.1:$LV_PORT/v1/chat/completions" -H 'content-type: application/json' -d "$(chat paced 1)" >/dev/null
+
+# Peak RSS of llmvisor while the load runs.
+rss_sampler() { local max=0; while kill -0 "$lv" 2>/dev/null; do
+  r=$(awk '/VmRSS/{print $2}' "/proc/$lv/status" 2>/dev/null || echo 0); [ "${r:-0}" -gt "$max" ] && max=$r
+  echo "$max" > "$work/rss_kb"; sleep 0.2; done; }
+rss_sampler & sampler=$!
+
+ohajson() { oha --no-tui --output-format json "$@" 2>/dev/null; }
+body=$(chat fast 16)
+echo "bench: c=64 throughput, $DURATION per leg" >&2
+ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$FAST_PORT/v1/chat/completions" > "$work/direct64.json"
+ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/lv64.json"
+echo "bench: c=1 latency, 3000 requests per leg" >&2
+ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$FAST_PORT/v1/chat/completions" > "$work/direct1.json"
+ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/lv1.json"
+echo "bench: time to first streamed byte, c=1, 1000 streams per leg" >&2
+"$STREAMLOAD" --url "http://127.0.0.1:$FAST_PORT" --model fast --concurrency 1 --requests 1000 > "$work/direct_ttfb.json"
+"$STREAMLOAD" --url "http://127.0.0.1:$LV_PORT" --model fast --concurrency 1 --requests 1000 > "$work/lv_ttfb.json"
+echo "bench: 64 paced streams (a token every 20 ms, 50 tokens), 320 streams per leg" >&2
+"$STREAMLOAD" --url "http://127.0.0.1:$PACED_PORT" --model paced --concurrency 64 --requests 320 --max-tokens 50 > "$work/direct_paced.json"
+"$STREAMLOAD" --url "http://127.0.0.1:$LV_PORT" --model paced --concurrency 64 --requests 320 --max-tokens 50 > "$work/lv_paced.json"
+kill "$sampler" 2>/dev/null || true
+
+echo "bench: cold start with a backend that is healthy after 2 s, 3 times" >&2
+: > "$work/cold.txt"
+for _ in 1 2 3; do
+  curl -s -o /dev/null -w '%{time_starttransfer}\n' "http://127.0.0.1:$LV_PORT/v1/chat/completions" \
+    -H 'content-type: application/json' -d "$(chat cold 1)" >> "$work/cold.txt"
+  curl -s -X POST "http://127.0.0.1:$LV_PORT/admin/models/cold/stop" >/dev/null
+  for _ in $(seq 100); do
+    curl -s "http://127.0.0.1:$LV_PORT/health" | grep -q '"cold":{[^}]*"state":"stopped"' && break; sleep 0.05
+  done
+done
+
+python3 - "$work" <<'PY'
+import json, os, platform, sys
+w = sys.argv[1]
+def j(name): return json.load(open(os.path.join(w, name)))
+d64, l64, d1, l1 = j("direct64.json"), j("lv64.json"), j("direct1.json"), j("lv1.json")
+dt, lt, dp, lp = j("direct_ttfb.json"), j("lv_ttfb.json"), j("direct_paced.json"), j("lv_paced.json")
+rss_mb = int(open(os.path.join(w, "rss_kb")).read().strip() or 0) / 1024
+cold = [float(x) for x in open(os.path.join(w, "cold.txt")).read().split()]
+def rps(r): return r["summary"]["requestsPerSec"]
+def ok(r): return r["summary"]["successRate"]
+def p(r, q): return r["latencyPercentiles"][q] * 1000
+rows = []
+def row(name, direct, through, result, target, met):
+    rows.append(f"| {name} | {direct} | {through} | {result} | {target} | {'met' if met else '**missed**'} |")
+ratio = rps(l64) / rps(d64)
+row("req/s, c=64, non-streaming chat", f"{rps(d64):.0f}", f"{rps(l64):.0f}", f"{ratio:.2f}x", ">= 0.80x", ratio >= 0.80)
+added = p(l1, "p50") - p(d1, "p50")
+row("p50 latency, c=1", f"{p(d1,'p50'):.3f} ms", f"{p(l1,'p50'):.3f} ms", f"+{added:.3f} ms", "<= +0.5 ms", added <= 0.5)
+row("p99 latency, c=1", f"{p(d1,'p99'):.3f} ms", f"{p(l1,'p99'):.3f} ms", f"+{p(l1,'p99')-p(d1,'p99'):.3f} ms", "(reported)", True)
+addb = lt["ttfb_p50_ms"] - dt["ttfb_p50_ms"]
+row("time to first streamed byte, p50, c=1", f"{dt['ttfb_p50_ms']:.3f} ms", f"{lt['ttfb_p50_ms']:.3f} ms", f"+{addb:.3f} ms", "<= +1 ms", addb <= 1.0)
+tr = lp["tokens_per_s"] / dp["tokens_per_s"]
+row("tokens/s, 64 paced streams", f"{dp['tokens_per_s']:.0f}", f"{lp['tokens_per_s']:.0f}", f"{tr:.3f}x", ">= 0.95x", tr >= 0.95)
+row("llmvisor peak RSS under load", "", f"{rss_mb:.1f} MB", "", "<= 50 MB", rss_mb <= 50)
+worst = max(cold)
+row("cold start: first byte, 2 s backend", "", " / ".join(f"{c:.3f} s" for c in cold), f"worst {worst:.3f} s", "<= 2.15 s", worst <= 2.15)
+errors = (1 - ok(d64)) + (1 - ok(l64)) + (1 - ok(d1)) + (1 - ok(l1)) + dt["errors"] + lt["errors"] + dp["errors"] + lp["errors"]
+print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; loopback; release build.\n")
+print("| measure | direct | through llmvisor | result | target | |")
+print("| --- | --- | --- | --- | --- | --- |")
+print("\n".join(rows))
+print(f"\nErrors during the run: {errors:g} (success rates and stream errors summed).")
+PY

@@ -12,13 +12,14 @@ cd "$(dirname "$0")/.."
 command -v oha >/dev/null || { echo "bench: oha not found; cargo install oha --locked" >&2; exit 1; }
 DURATION=${BENCH_DURATION:-10s}
 LV_PORT=${BENCH_PORT:-18300}
-FAST_PORT=$((LV_PORT + 1)) PACED_PORT=$((LV_PORT + 2)) COLD_PORT=$((LV_PORT + 3))
+FAST_PORT=$((LV_PORT + 1)) PACED_PORT=$((LV_PORT + 2)) COLD_PORT=$((LV_PORT + 3)) NGINX_PORT=$((LV_PORT + 4))
 
 cargo build --release --locked --bins --example streamload >&2
 BIN=$PWD/target/release
 STREAMLOAD=$PWD/target/release/examples/streamload
 work=$(mktemp -d)
-trap 'kill "$lv" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+nginx_pid=
+trap 'kill "$lv" $nginx_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 mock() { printf '["%s", "--port", "{port}", "--served-name", "{served_name}"%s]' "$BIN/llmvisor-mock" "$1"; }
 cat > "$work/bench.toml" <<EOF
@@ -63,10 +64,37 @@ rss_sampler() { local max=0; while kill -0 "$lv" 2>/dev/null; do
 rss_sampler & sampler=$!
 
 ohajson() { oha --no-tui --output-format json "$@" 2>/dev/null; }
+
+# A peer for scale: nginx as a plain keep-alive reverse proxy to the same backend
+# (optional; Debian's nginx-light). It does no parsing, routing or queueing.
+if command -v nginx >/dev/null; then
+  mkdir -p "$work/nginx"
+  cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream mock { server 127.0.0.1:$FAST_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; tcp_nodelay on; }
+  }
+}
+NGINX
+  nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & nginx_pid=$!
+  sleep 0.5
+fi
 body=$(chat fast 16)
 echo "bench: c=64 throughput, $DURATION per leg" >&2
 ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$FAST_PORT/v1/chat/completions" > "$work/direct64.json"
 ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/lv64.json"
+if [ -n "$nginx_pid" ]; then
+  ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" > "$work/nginx64.json"
+  ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" > "$work/nginx1.json"
+fi
 echo "bench: c=1 latency, 3000 requests per leg" >&2
 ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$FAST_PORT/v1/chat/completions" > "$work/direct1.json"
 ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/lv1.json"
@@ -102,7 +130,8 @@ def ok(r): return r["summary"]["successRate"]
 def p(r, q): return r["latencyPercentiles"][q] * 1000
 rows = []
 def row(name, direct, through, result, target, met):
-    rows.append(f"| {name} | {direct} | {through} | {result} | {target} | {'met' if met else '**missed**'} |")
+    verdict = "" if target.startswith("(") else ("met" if met else "**missed**")
+    rows.append(f"| {name} | {direct} | {through} | {result} | {target} | {verdict} |")
 ratio = rps(l64) / rps(d64)
 row("req/s, c=64, non-streaming chat", f"{rps(d64):.0f}", f"{rps(l64):.0f}", f"{ratio:.2f}x", ">= 0.80x", ratio >= 0.80)
 added = p(l1, "p50") - p(d1, "p50")
@@ -115,6 +144,10 @@ row("tokens/s, 64 paced streams", f"{dp['tokens_per_s']:.0f}", f"{lp['tokens_per
 row("llmvisor peak RSS under load", "", f"{rss_mb:.1f} MB", "", "<= 50 MB", rss_mb <= 50)
 worst = max(cold)
 row("cold start: first byte, 2 s backend", "", " / ".join(f"{c:.3f} s" for c in cold), f"worst {worst:.3f} s", "<= 2.15 s", worst <= 2.15)
+if os.path.exists(os.path.join(w, "nginx64.json")):
+    n64, n1 = j("nginx64.json"), j("nginx1.json")
+    row("peer: nginx req/s, c=64 (same backend)", f"{rps(d64):.0f}", f"{rps(n64):.0f} (nginx)", f"{rps(n64)/rps(d64):.2f}x", "(context)", True)
+    row("peer: nginx p50 latency, c=1", f"{p(d1,'p50'):.3f} ms", f"{p(n1,'p50'):.3f} ms (nginx)", f"+{p(n1,'p50')-p(d1,'p50'):.3f} ms", "(context)", True)
 errors = (1 - ok(d64)) + (1 - ok(l64)) + (1 - ok(d1)) + (1 - ok(l1)) + dt["errors"] + lt["errors"] + dp["errors"] + lp["errors"]
 print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; loopback; release build.\n")
 print("| measure | direct | through llmvisor | result | target | |")

@@ -59,7 +59,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                report_config_error(&e);
+                eprintln!("llmvisor: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -96,9 +96,7 @@ pub fn main() -> ExitCode {
 
 fn report_config_error(e: &ConfigError) {
     eprintln!("llmvisor: {e}");
-    if matches!(e, ConfigError::Invalid { .. }) {
-        eprintln!("nothing was started.");
-    }
+    eprintln!("nothing was started.");
 }
 
 fn summary(s: &Settings) -> String {

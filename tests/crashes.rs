@@ -94,6 +94,18 @@ async fn crash_loop_stays_failed_until_an_operator_starts_it() {
         3.0
     );
 
+    // Stopping it does not lift the lock-out.
+    let resp = lv
+        .client
+        .post(lv.url("/admin/models/loop/stop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(lv.state("loop").await, "failed");
+    assert_eq!(lv.chat("loop").await.status(), 503);
+
     // An operator starts it again.
     let resp = lv
         .client

@@ -182,7 +182,8 @@ pub struct ModelConfig {
     pub gpu_memory_utilization: Option<f64>,
     /// llama-cpp: serve embeddings (`--embeddings`).
     pub embeddings: Option<bool>,
-    /// First wait before restarting a crashed model; doubles per failure.
+    /// Wait before the restart that the next request after a failure triggers;
+    /// doubles per failure within `restart_window` (at most 5 minutes).
     #[serde(default = "defaults::restart_backoff")]
     pub restart_backoff: HumanDuration,
     /// Failures within `restart_window` after which the model stays failed until an

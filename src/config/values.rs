@@ -66,6 +66,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 if v == 0 {
                     Ok(HumanDuration(Duration::ZERO))
+                } else if v < 0 {
+                    Err(E::custom("a duration cannot be negative"))
                 } else {
                     Err(E::custom(format!(
                         "a bare number is ambiguous: write \"{v}s\" (or \"{v}m\", \"{v}ms\")"

@@ -503,10 +503,6 @@ impl Instance {
                     s.set(State::Draining);
                     true
                 }
-                State::Failed => {
-                    s.set(State::Stopped);
-                    true
-                }
                 _ => false,
             }
         });
@@ -520,6 +516,8 @@ impl Instance {
                     .await;
                 return;
             }
+            // Nothing runs; a failed model stays failed (and a lock-out stays) until
+            // an operator starts it.
             State::Stopped | State::Failed => return,
         }
         tracing::info!(model = %self.spec.name, reason = reason.as_str(), "stopping");

@@ -30,10 +30,33 @@ pub fn unit_name(instance: &str) -> String {
     format!("llmvisor-model-{instance}.service")
 }
 
+/// Replace `{port}`, `{served_name}` and `{name}` in one pass, so a value that
+/// itself contains braces is never substituted again.
 fn substitute(arg: &str, spec: &ModelSpec) -> String {
-    arg.replace("{port}", &spec.port.to_string())
-        .replace("{served_name}", &spec.served_name)
-        .replace("{name}", &spec.name)
+    let mut out = String::with_capacity(arg.len() + 16);
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let value = match after.find('}').map(|close| &after[1..close]) {
+            Some("port") => Some(spec.port.to_string()),
+            Some("served_name") => Some(spec.served_name.clone()),
+            Some("name") => Some(spec.name.clone()),
+            _ => None,
+        };
+        match value {
+            Some(v) => {
+                out.push_str(&v);
+                rest = &after[after.find('}').map_or(after.len(), |c| c + 1)..];
+            }
+            None => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Render a model spec into a unit spec.
@@ -221,6 +244,14 @@ mod tests {
             "[models.m]\nkind = \"command\"\ncommand = [\"srv\", \"--port={port}\", \"{served_name}\"]\nport = 7000\nserved_name = \"x\"\n",
         ));
         assert_eq!(a.argv, ["srv", "--port=7000", "x"]);
+        let d = render(&spec(
+            "[models.m]\nkind = \"command\"\ncommand = [\"srv\", \"{served_name}-{port}\"]\nport = 7000\nserved_name = \"{name}\"\n",
+        ));
+        assert_eq!(
+            d.argv,
+            ["srv", "{name}-7000"],
+            "values are not substituted again"
+        );
         let b = render(&spec(
             "[models.m]\nkind = \"command\"\ncommand = [\"srv\", \"--port={port}\", \"{served_name}\"]\nport = 7001\nserved_name = \"x\"\n",
         ));

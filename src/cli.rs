@@ -165,12 +165,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("{status}");
     telemetry::notify_ready(&status);
 
+    let mut listener_failed = false;
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
         Some(r) = servers.join_next() => {
             // A listener failed on its own; shut down rather than half-serve.
             tracing::error!("a listener stopped: {r:?}");
+            listener_failed = true;
             "listener failure"
         }
     };
@@ -178,14 +180,20 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::notify_stopping();
     fleet.begin_shutdown();
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(grace, async {
-        while servers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("requests still in flight after {grace:?}; stopping the models anyway");
+    // A second signal cuts the grace period short.
+    tokio::select! {
+        r = tokio::time::timeout(grace, async { while servers.join_next().await.is_some() {} }) => {
+            if r.is_err() {
+                tracing::warn!("requests still in flight after {grace:?}; stopping the models anyway");
+            }
+        }
+        _ = sigterm.recv() => tracing::warn!("second SIGTERM: not waiting for in-flight requests"),
+        _ = sigint.recv() => tracing::warn!("second SIGINT: not waiting for in-flight requests"),
     }
     fleet.shutdown(Duration::ZERO).await;
     tracing::info!("stopped");
+    if listener_failed {
+        anyhow::bail!("a listener failed; see the log above");
+    }
     Ok(())
 }

@@ -194,3 +194,47 @@ async fn oom_exit_is_reported_with_the_backend_message() {
         "model output is logged with its name"
     );
 }
+
+#[tokio::test]
+async fn a_restart_waits_for_the_old_process_to_exit() {
+    // Never healthy, and takes a second to exit on SIGTERM (like a backend freeing
+    // GPU memory). Each request must see a real start that times out — never a
+    // start refused because the previous process still runs.
+    let models = format!(
+        r#"[models.slowexit]
+kind = "command"
+command = ["sh", "-c", "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done"]
+port = {}
+start_timeout = "400ms"
+restart_backoff = "50ms"
+max_restarts = 5
+"#,
+        free_port()
+    );
+    let lv = Llmvisor::start("", &models).await;
+    for round in 1..=2 {
+        let resp = lv.chat("slowexit").await;
+        assert_eq!(resp.status(), 503, "round {round}");
+        lv.wait_state("slowexit", "failed", Duration::from_secs(5))
+            .await;
+        let m = lv.model("slowexit").await;
+        assert!(
+            m["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("not healthy within"),
+            "round {round}: {m}"
+        );
+    }
+    assert_eq!(
+        lv.metric("llmvisor_model_failures_total{model=\"slowexit\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        lv.metric("llmvisor_model_starts_total{model=\"slowexit\"}")
+            .await,
+        2.0
+    );
+    assert!(!lv.log().contains("already running"), "{}", lv.log());
+}

@@ -24,6 +24,10 @@ impl fmt::Display for Problem {
 /// Placeholders a `command` argv may contain.
 const PLACEHOLDERS: [&str; 3] = ["port", "served_name", "name"];
 
+/// Upper bounds that keep the gate's arithmetic and memory sane.
+const MAX_CONCURRENT: u32 = 65_536;
+const MAX_QUEUE: u32 = 1_000_000;
+
 /// Longest instance name: a unit name is at most 255 bytes, and ours is
 /// `llmvisor-model-<name>.service`.
 const MAX_NAME: usize = 255 - "llmvisor-model-".len() - ".service".len();
@@ -68,19 +72,27 @@ pub fn valid_instance_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The `{…}` placeholders of one argv element, or an error for an unclosed brace.
-fn placeholders(arg: &str) -> Result<Vec<&str>, String> {
+/// The `{identifier}` placeholders of one argv element. Other braces (JSON values
+/// such as vLLM's `--speculative-config '{"method": "ngram"}'`) are plain text.
+fn placeholders(arg: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = arg;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            return Err(format!("`{arg}` has a `{{` without a closing `}}`"));
-        };
-        out.push(&after[..close]);
-        rest = &after[close + 1..];
+        match after.find('}') {
+            Some(close)
+                if close > 0
+                    && after[..close]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                out.push(&after[..close]);
+                rest = &after[close + 1..];
+            }
+            _ => rest = after,
+        }
     }
-    Ok(out)
+    out
 }
 
 impl Config {
@@ -321,17 +333,12 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
                 );
             }
             for (i, arg) in argv.iter().enumerate() {
-                match placeholders(arg) {
-                    Err(e) => p.add(format!("models.{name}.command[{i}]"), e),
-                    Ok(found) => {
-                        for ph in found {
-                            if !PLACEHOLDERS.contains(&ph) {
-                                p.add(
-                                    format!("models.{name}.command[{i}]"),
-                                    format!("unknown placeholder `{{{ph}}}`; known: {{port}}, {{served_name}}, {{name}}"),
-                                );
-                            }
-                        }
+                for ph in placeholders(arg) {
+                    if !PLACEHOLDERS.contains(&ph) {
+                        p.add(
+                            format!("models.{name}.command[{i}]"),
+                            format!("unknown placeholder `{{{ph}}}`; known: {{port}}, {{served_name}}, {{name}}"),
+                        );
                     }
                 }
             }
@@ -352,6 +359,23 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
     }
     if m.max_concurrent == 0 {
         p.add(at("max_concurrent"), "must be at least 1");
+    } else if m.max_concurrent > MAX_CONCURRENT {
+        p.add(
+            at("max_concurrent"),
+            format!(
+                "{} is more than the most llmvisor allows ({MAX_CONCURRENT})",
+                m.max_concurrent
+            ),
+        );
+    }
+    if m.max_queue > MAX_QUEUE {
+        p.add(
+            at("max_queue"),
+            format!(
+                "{} is more than the most llmvisor allows ({MAX_QUEUE})",
+                m.max_queue
+            ),
+        );
     }
     for (key, d) in [
         ("queue_timeout", m.queue_timeout),
@@ -482,6 +506,7 @@ mod tests {
             port = 9000
             max_concurrent = 0
             aliases = ["b"]
+            max_queue = 4294967295
             [models.b]
             kind = "vllm"
             port = 9000
@@ -490,7 +515,7 @@ mod tests {
             embeddings = true
             [models."bad/name"]
             kind = "command"
-            command = ["x", "{prot}"]
+            command = ["x", "{prot}", "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 5}', "{unclosed"]
             queue_timeout = 0
             "#,
         );
@@ -501,6 +526,7 @@ mod tests {
             "models.b.port: 9000 is also the port of models.a",
             "models.a.command: kind = \"command\" needs a non-empty argv",
             "models.a.max_concurrent: must be at least 1",
+            "models.a.max_queue: 4294967295 is more than the most llmvisor allows",
             "models.b.model: kind = \"vllm\" needs `model`",
             "models.b.gpu_memory_utilization: 1.5 is not a fraction",
             "models.b.embeddings: only applies to kind = \"llama-cpp\", not \"vllm\"",

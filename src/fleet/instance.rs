@@ -32,6 +32,21 @@ pub struct Status {
     pub invocation: Option<Invocation>,
     /// Too many failures in the window: only an operator starts it again.
     pub locked_out: bool,
+    /// Counts starts; every step of a start checks it is still the current one.
+    generation: u64,
+    /// When the current start gives up (its backoff plus `start_timeout`).
+    start_deadline: Option<Instant>,
+    /// An exit reported before the start that caused it recorded its invocation.
+    pending_exit: Option<(Invocation, ExitInfo, String)>,
+}
+
+/// Which run a failure belongs to; a failure of a superseded run is ignored.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// A start, by generation (before or while its process runs).
+    Start(u64),
+    /// A running unit, by invocation.
+    Run(&'a Invocation),
 }
 
 impl Status {
@@ -44,6 +59,9 @@ impl Status {
             exit: None,
             invocation: None,
             locked_out: false,
+            generation: 0,
+            start_deadline: None,
+            pending_exit: None,
         }
     }
 
@@ -162,7 +180,7 @@ impl Instance {
         if self.ctx.shutting_down() {
             return Err(FleetError::ShuttingDown);
         }
-        let limit = (self.spec.max_concurrent + self.spec.max_queue) as usize;
+        let limit = self.spec.max_concurrent as usize + self.spec.max_queue as usize;
         if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
             drop(Admission(self.clone()));
             return Err(FleetError::QueueFull {
@@ -214,13 +232,18 @@ impl Instance {
     /// Wait until the model is ready, starting it when it is stopped (or failed and
     /// allowed to restart). Exactly one start happens however many callers wait.
     async fn ensure_ready(self: &Arc<Self>) -> Result<(), FleetError> {
-        let deadline = tokio::time::Instant::now() + self.spec.start_timeout;
+        let own_deadline = tokio::time::Instant::now() + self.spec.start_timeout;
         let mut rx = self.status.subscribe();
         let mut saw_start = false;
         loop {
-            let (state, locked_out, last_error) = {
+            let (state, locked_out, last_error, start_deadline) = {
                 let s = rx.borrow_and_update();
-                (s.state, s.locked_out, s.last_error.clone())
+                (
+                    s.state,
+                    s.locked_out,
+                    s.last_error.clone(),
+                    s.start_deadline,
+                )
             };
             match state {
                 State::Ready => return Ok(()),
@@ -232,7 +255,9 @@ impl Instance {
                             .unwrap_or_else(|| "the model was stopped while starting".into()),
                     });
                 }
-                State::Failed if locked_out => return Err(self.crash_loop_error(last_error)),
+                State::Stopped | State::Failed if locked_out => {
+                    return Err(self.crash_loop_error(last_error));
+                }
                 State::Stopped | State::Failed => {
                     if self.ctx.shutting_down() {
                         return Err(FleetError::ShuttingDown);
@@ -243,6 +268,12 @@ impl Instance {
                 }
                 State::Draining | State::Stopping => {}
             }
+            // A start that first waits out a restart backoff still gets its whole
+            // start_timeout for loading; requests waiting on it wait that long too.
+            let deadline = match start_deadline {
+                Some(d) if saw_start => own_deadline.max(tokio::time::Instant::from_std(d)),
+                _ => own_deadline,
+            };
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(FleetError::ShuttingDown),
@@ -265,9 +296,9 @@ impl Instance {
         }
     }
 
-    /// Move Stopped/Failed → Starting and spawn the start task. `operator` clears the
-    /// failure history (an explicit start by an operator). Returns whether a start
-    /// was begun.
+    /// Move Stopped/Failed → Starting and spawn the start task. `operator` (an
+    /// explicit start by an operator) clears the failure history and a lock-out;
+    /// otherwise a locked-out model is not started. Returns whether a start began.
     pub fn begin_start(self: &Arc<Self>, operator: bool) -> bool {
         if operator {
             self.failures
@@ -275,27 +306,30 @@ impl Instance {
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
         }
-        let backoff = self.backoff();
-        let mut begun = false;
+        let backoff = if operator {
+            Duration::ZERO
+        } else {
+            self.backoff()
+        };
+        let start_timeout = self.spec.start_timeout;
+        let mut generation = None;
         self.status.send_if_modified(|s| {
-            match s.state {
-                State::Stopped => {}
-                State::Failed if operator || !s.locked_out => {}
-                _ => return false,
+            if !matches!(s.state, State::Stopped | State::Failed) || (s.locked_out && !operator) {
+                return false;
             }
-            if operator {
-                s.locked_out = false;
-            }
+            s.locked_out = false;
             s.set(State::Starting);
             s.invocation = None;
-            begun = true;
+            s.pending_exit = None;
+            s.generation += 1;
+            s.start_deadline = Some(Instant::now() + backoff + start_timeout);
+            generation = Some(s.generation);
             true
         });
-        if begun {
-            let backoff = if operator { Duration::ZERO } else { backoff };
-            tokio::spawn(self.clone().run_start(backoff));
+        if let Some(g) = generation {
+            tokio::spawn(self.clone().run_start(g, backoff));
         }
-        begun
+        generation.is_some()
     }
 
     /// Wait before a restart: `restart_backoff` doubled per failure in the window.
@@ -320,12 +354,18 @@ impl Instance {
         f.len() as u32
     }
 
-    async fn run_start(self: Arc<Self>, backoff: Duration) {
+    /// Whether start `generation` is still the current one and in `state`.
+    fn is_current(&self, generation: u64, state: State) -> bool {
+        let s = self.status.borrow();
+        s.generation == generation && s.state == state
+    }
+
+    async fn run_start(self: Arc<Self>, generation: u64, backoff: Duration) {
         let name = self.spec.name.clone();
         if !backoff.is_zero() {
             tracing::info!(model = %name, "restarting in {backoff:?} (backoff after a failure)");
             tokio::time::sleep(backoff).await;
-            if self.state() != State::Starting {
+            if !self.is_current(generation, State::Starting) {
                 return;
             }
         }
@@ -339,36 +379,44 @@ impl Instance {
         let invocation = match self.ctx.manager.start(&self.unit).await {
             Ok(inv) => inv,
             Err(e) => {
-                self.fail(e.to_string(), None, None);
+                self.fail(Scope::Start(generation), e.to_string(), None);
                 return;
             }
         };
         let mut moved = false;
+        let mut early_exit = None;
         self.status.send_if_modified(|s| {
-            if s.state == State::Starting {
-                s.set(State::Loading);
-                s.invocation = Some(invocation.clone());
-                moved = true;
-                true
-            } else {
-                false
+            if s.generation != generation || s.state != State::Starting {
+                return false;
             }
+            if let Some((inv, exit, reason)) = s.pending_exit.take()
+                && inv == invocation
+            {
+                early_exit = Some((exit, reason));
+            }
+            s.set(State::Loading);
+            s.invocation = Some(invocation.clone());
+            moved = true;
+            true
         });
         if !moved {
-            // Failed already (the process exited at once) or a stop came meanwhile.
-            if self.state() != State::Failed {
-                let _ = self
-                    .ctx
-                    .manager
-                    .stop(&self.unit.unit, self.spec.stop_timeout)
-                    .await;
-            }
+            // A stop came meanwhile: whatever else happened, what this task started
+            // must not keep running.
+            let _ = self
+                .ctx
+                .manager
+                .stop(&self.unit.unit, self.spec.stop_timeout)
+                .await;
+            return;
+        }
+        if let Some((exit, reason)) = early_exit {
+            self.fail(Scope::Run(&invocation), reason, Some(exit));
             return;
         }
         let deadline = t0 + self.spec.start_timeout;
         let mut rx = self.status.subscribe();
         loop {
-            if self.state() != State::Loading {
+            if !self.is_current(generation, State::Loading) {
                 return;
             }
             if self
@@ -379,13 +427,12 @@ impl Instance {
             {
                 let mut ready = false;
                 self.status.send_if_modified(|s| {
-                    if s.state == State::Loading && s.invocation.as_ref() == Some(&invocation) {
+                    ready = s.generation == generation && s.state == State::Loading;
+                    if ready {
                         s.set(State::Ready);
-                        ready = true;
-                        true
-                    } else {
-                        false
+                        s.start_deadline = None;
                     }
+                    ready
                 });
                 if ready {
                     let took = t0.elapsed();
@@ -408,12 +455,13 @@ impl Instance {
                     self.spec.health_path,
                     self.spec.port
                 );
-                self.fail(msg, None, Some(&invocation));
+                // Stop first: a restart must not race the old process for its port.
                 let _ = self
                     .ctx
                     .manager
                     .stop(&self.unit.unit, self.spec.stop_timeout)
                     .await;
+                self.fail(Scope::Start(generation), msg, None);
                 return;
             }
             // Poll again after the interval, or at once if the state changes (exit).
@@ -421,26 +469,14 @@ impl Instance {
         }
     }
 
-    /// Record a failure: state Failed, error kept, failure counted, lock-out decided.
-    fn fail(
-        &self,
-        reason: String,
-        exit: Option<ExitInfo>,
-        invocation: Option<&Invocation>,
-    ) -> bool {
-        let n = {
-            let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-            f.push_back(Instant::now());
-            drop(f);
-            self.recent_failures()
-        };
-        let locked = n >= self.spec.max_restarts;
-        let mut failed = false;
+    /// Record a failure of the current run: state Failed, error kept, failure
+    /// counted, lock-out decided. A failure of a superseded run changes nothing.
+    fn fail(&self, scope: Scope<'_>, reason: String, exit: Option<ExitInfo>) -> bool {
+        let mut counted = None;
         self.status.send_if_modified(|s| {
-            let current = match (invocation, &s.invocation) {
-                (Some(a), Some(b)) => a == b,
-                (Some(_), None) => s.state == State::Starting,
-                (None, _) => true,
+            let current = match scope {
+                Scope::Start(g) => s.generation == g,
+                Scope::Run(inv) => s.invocation.as_ref() == Some(inv),
             };
             if !current
                 || !matches!(
@@ -450,36 +486,42 @@ impl Instance {
             {
                 return false;
             }
+            let n = {
+                let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+                f.push_back(Instant::now());
+                let window = self.spec.restart_window;
+                while f.front().is_some_and(|t| t.elapsed() > window) {
+                    f.pop_front();
+                }
+                f.len() as u32
+            };
+            let locked = n >= self.spec.max_restarts;
             s.set(State::Failed);
             s.last_error = Some(reason.clone());
             s.exit = exit.clone();
             s.locked_out = locked;
-            failed = true;
+            s.start_deadline = None;
+            counted = Some((n, locked));
             true
         });
-        if failed {
-            self.ctx
-                .metrics
-                .failures
-                .get_or_create(&self.ctx.model_label(&self.spec.name))
-                .inc();
-            if locked {
-                tracing::error!(
-                    model = %self.spec.name,
-                    "failed {n} times within {}; staying failed until an operator starts it: {reason}",
-                    humantime::format_duration(self.spec.restart_window)
-                );
-            } else {
-                tracing::error!(model = %self.spec.name, "failed: {reason}");
-            }
+        let Some((n, locked)) = counted else {
+            return false;
+        };
+        self.ctx
+            .metrics
+            .failures
+            .get_or_create(&self.ctx.model_label(&self.spec.name))
+            .inc();
+        if locked {
+            tracing::error!(
+                model = %self.spec.name,
+                "failed {n} times within {}; staying failed until an operator starts it: {reason}",
+                humantime::format_duration(self.spec.restart_window)
+            );
         } else {
-            // Not counted: it was not the current run.
-            self.failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_back();
+            tracing::error!(model = %self.spec.name, "failed: {reason}");
         }
-        failed
+        true
     }
 
     /// The unit's process ended without being asked to.
@@ -489,7 +531,19 @@ impl Instance {
             reason.push_str(": ");
             reason.push_str(line.trim());
         }
-        self.fail(reason, Some(exit.clone()), Some(invocation));
+        // The start that launched it may not have recorded the invocation yet: keep
+        // the exit for it to find. (An exit of an older run never matches.)
+        let mut kept = false;
+        self.status.send_if_modified(|s| {
+            if s.state == State::Starting && s.invocation.is_none() {
+                s.pending_exit = Some((invocation.clone(), exit.clone(), reason.clone()));
+                kept = true;
+            }
+            false
+        });
+        if !kept {
+            self.fail(Scope::Run(invocation), reason, Some(exit.clone()));
+        }
     }
 
     /// Stop the model: no new requests reach it, in-flight ones get up to `drain` to
@@ -529,7 +583,14 @@ impl Instance {
     }
 
     async fn finish_stop(&self) {
-        self.status.send_modify(|s| s.set(State::Stopping));
+        let mut stopping = false;
+        self.status.send_if_modified(|s| {
+            stopping = s.state == State::Draining;
+            if stopping {
+                s.set(State::Stopping);
+            }
+            stopping
+        });
         if let Err(e) = self
             .ctx
             .manager
@@ -538,10 +599,17 @@ impl Instance {
         {
             tracing::error!(model = %self.spec.name, "cannot stop: {e}");
         }
-        self.status.send_modify(|s| {
-            s.set(State::Stopped);
-            s.invocation = None;
-        });
+        // A crash during the drain left it Failed: it stays so (with any lock-out).
+        if stopping {
+            self.status.send_if_modified(|s| {
+                let ours = s.state == State::Stopping;
+                if ours {
+                    s.set(State::Stopped);
+                    s.invocation = None;
+                }
+                ours
+            });
+        }
     }
 
     /// Stop when nothing has been admitted for `ttl`: one long-lived task per model,

@@ -100,11 +100,13 @@ impl UnitManager for ProcessManager {
 
     async fn start(&self, unit: &UnitSpec) -> Result<Invocation, UnitError> {
         let program = unit.argv.first().cloned().unwrap_or_default();
+        // An entry whose process has exited is only waiting to be removed.
         if self
             .children
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&unit.unit)
+            .get(&unit.unit)
+            .is_some_and(|c| !*c.exited.borrow())
         {
             return Err(UnitError::Manager(format!(
                 "{} is already running",
@@ -238,10 +240,13 @@ impl UnitManager for ProcessManager {
                     tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e)).await;
             }
         }
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(unit);
+        if !*exited.borrow() {
+            // Still there after SIGKILL (stuck in the kernel): keep the entry so no
+            // second copy is started on its port.
+            return Err(UnitError::Manager(format!(
+                "{unit} did not exit after SIGKILL"
+            )));
+        }
         Ok(())
     }
 

@@ -181,3 +181,54 @@ async fn embeddings_and_completions_are_forwarded() {
     assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 4);
     assert_eq!(body["usage"]["prompt_tokens"], 3);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_the_queue_frees_its_place() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model(
+            "q",
+            &["--token-delay", "100ms", "--max-tokens", "10"],
+            "max_concurrent = 1\nmax_queue = 1",
+        ),
+    )
+    .await;
+    assert_eq!(lv.chat("q").await.status(), 200);
+    let client = lv.client.clone();
+    let url = lv.url("/v1/chat/completions");
+    let busy = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"model": "q", "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // This one queues, then gives up.
+    let gave_up = lv
+        .client
+        .post(lv.url("/v1/chat/completions"))
+        .timeout(Duration::from_millis(200))
+        .json(&json!({"model": "q", "messages": [{"role": "user", "content": "y"}]}))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        lv.model("q").await["queued"],
+        0,
+        "the abandoned request still holds a place"
+    );
+    assert_eq!(
+        lv.metric(
+            "llmvisor_requests_total{model=\"q\",endpoint=\"chat/completions\",status=\"499\"}"
+        )
+        .await,
+        1.0
+    );
+    // Its place is free: another request queues instead of getting 429.
+    assert_eq!(lv.chat("q").await.status(), 200);
+    assert_eq!(busy.await.unwrap(), 200);
+}

@@ -71,6 +71,54 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
         Err((model, e)) => return fail(&app, &model, endpoint, started, e),
     };
     let inst = prepared.instance.clone();
+    let mut unanswered = Unanswered {
+        app: &app,
+        model: inst.name(),
+        endpoint,
+        started,
+        armed: true,
+    };
+    let resp = dispatch(app.clone(), parts, prepared, started, endpoint).await;
+    unanswered.armed = false;
+    resp
+}
+
+/// Counts a request whose client went away before a response began (while it
+/// waited for a start, a slot or the backend's headers): the handler's future is
+/// dropped, and so is this guard, still armed.
+struct Unanswered<'a> {
+    app: &'a App,
+    model: &'a str,
+    endpoint: &'static str,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let secs = self.started.elapsed().as_secs_f64();
+            self.app
+                .metrics
+                .observe_request(self.model, self.endpoint, CLIENT_CLOSED, secs);
+            tracing::debug!(
+                model = self.model,
+                "client went away before the response began"
+            );
+        }
+    }
+}
+
+/// Wait for a slot (keeping a streaming client informed during a cold start), then
+/// send to the backend.
+async fn dispatch(
+    app: Arc<App>,
+    parts: Parts,
+    prepared: Prepared,
+    started: Instant,
+    endpoint: &'static str,
+) -> Response {
+    let inst = prepared.instance.clone();
     let acquire = {
         let inst = inst.clone();
         async move { inst.acquire().await }
@@ -348,9 +396,15 @@ fn keepalive_stream(
             Ok(l) => l,
             Err(e) => return stream_error(&app, &tx, &model, endpoint, started, e.into()).await,
         };
-        let resp = match send(&app, &parts, &prepared, lease, started, endpoint).await {
-            Ok(r) => r,
-            Err(e) => return stream_error(&app, &tx, &model, endpoint, started, e).await,
+        let resp = tokio::select! {
+            r = send(&app, &parts, &prepared, lease, started, endpoint) => match r {
+                Ok(r) => r,
+                Err(e) => return stream_error(&app, &tx, &model, endpoint, started, e).await,
+            },
+            _ = tx.closed() => {
+                app.metrics.observe_request(&model, endpoint, CLIENT_CLOSED, started.elapsed().as_secs_f64());
+                return;
+            }
         };
         if !resp.status().is_success() {
             // The backend refused; pass its error on as an event (bounded read).

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "wrong status");
@@ -126,17 +126,7 @@ async fn queue_full_is_429_with_retry_after() {
     assert_eq!(lv.chat("q").await.status(), 200);
     let mut slow = Vec::new();
     for _ in 0..2 {
-        let client = lv.client.clone();
-        let url = lv.url("/v1/chat/completions");
-        slow.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&json!({"model": "q", "messages": [{"role": "user", "content": "x"}]}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
+        slow.push(lv.spawn_chat("q"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let m = lv.model("q").await;
@@ -165,17 +155,7 @@ async fn queue_timeout_is_503_with_retry_after() {
     )
     .await;
     assert_eq!(lv.chat("q").await.status(), 200);
-    let client = lv.client.clone();
-    let url = lv.url("/v1/chat/completions");
-    let slow = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({"model": "q", "messages": [{"role": "user", "content": "x"}]}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let slow = lv.spawn_chat("q");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
     let resp = lv.chat("q").await;

@@ -36,15 +36,7 @@ async fn on_demand_start_and_monitoring_never_starts_a_model() {
     assert_eq!(lv.state("m1").await, "ready");
     let m = lv.model("m1").await;
     assert!(m["since"].as_str().unwrap().ends_with('Z'));
-    let metrics = lv
-        .client
-        .get(lv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lv.metrics_text().await;
     for series in [
         "llmvisor_requests_total{model=\"m1\",endpoint=\"chat/completions\",status=\"200\"} 1",
         "llmvisor_model_state{model=\"m1\",state=\"ready\"} 1",

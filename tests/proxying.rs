@@ -194,17 +194,7 @@ async fn a_client_that_leaves_the_queue_frees_its_place() {
     )
     .await;
     assert_eq!(lv.chat("q").await.status(), 200);
-    let client = lv.client.clone();
-    let url = lv.url("/v1/chat/completions");
-    let busy = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({"model": "q", "messages": [{"role": "user", "content": "x"}]}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let busy = lv.spawn_chat("q");
     tokio::time::sleep(Duration::from_millis(100)).await;
     // This one queues, then gives up.
     let gave_up = lv

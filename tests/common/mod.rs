@@ -185,17 +185,30 @@ impl Llmvisor {
             .unwrap()
     }
 
-    /// The value of one metric series (exact line prefix match), or 0.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A chat request of the mock's full length, in the background; yields its status.
+    pub fn spawn_chat(&self, model: &str) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+        let client = self.client.clone();
+        let url = self.url("/v1/chat/completions");
+        let body =
+            serde_json::json!({"model": model, "messages": [{"role": "user", "content": "x"}]});
+        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap().status() })
+    }
+
+    /// The value of one metric series (exact line prefix match), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)

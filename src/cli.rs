@@ -20,6 +20,7 @@ use crate::fleet::Fleet;
 use crate::telemetry::{self, metrics::Metrics};
 use crate::units::UnitManager;
 use crate::units::process::ProcessManager;
+use crate::units::properties;
 
 /// Supervisor and OpenAI-compatible router for self-hosted LLMs.
 #[derive(Parser, Debug)]
@@ -47,6 +48,15 @@ enum Command {
         #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the systemd unit a model runs as (its properties) and an equivalent
+    /// `systemd-run` command line.
+    RenderUnit {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// The model (instance name or alias).
+        model: String,
+    },
 }
 
 /// Run the command line; the process exit code is returned.
@@ -58,6 +68,27 @@ pub fn main() -> ExitCode {
                 println!("{}: ok — {}", config.display(), summary(&s));
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("llmvisor: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::RenderUnit { config, model } => match Config::load(&config) {
+            Ok(s) => match render_unit(&s, &model) {
+                Some(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
+                    eprintln!(
+                        "llmvisor: no model `{model}` in {}; models: {}",
+                        config.display(),
+                        names.join(", ")
+                    );
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 eprintln!("llmvisor: {e}");
                 ExitCode::FAILURE
@@ -97,6 +128,24 @@ pub fn main() -> ExitCode {
 fn report_config_error(e: &ConfigError) {
     eprintln!("llmvisor: {e}");
     eprintln!("nothing was started.");
+}
+
+/// The unit of `model` (a name or an alias) as `Name=value` lines and a
+/// `systemd-run` line.
+fn render_unit(s: &Settings, model: &str) -> Option<String> {
+    let spec = s
+        .models
+        .iter()
+        .find(|m| m.name == model || m.aliases.iter().any(|a| a == model))?;
+    let unit = crate::units::render(spec);
+    let mut out = format!("# {} (spec hash {})\n", unit.unit, unit.spec_hash);
+    for p in properties::properties(spec, &unit) {
+        out.push_str(&format!("{}={}\n", p.name, p.value));
+    }
+    out.push_str("\n# The same unit started by hand:\n");
+    out.push_str(&properties::systemd_run(spec, &unit));
+    out.push('\n');
+    Some(out)
 }
 
 fn summary(s: &Settings) -> String {

@@ -116,3 +116,31 @@ fn version_and_help() {
         "{help}"
     );
 }
+
+#[test]
+fn render_unit_prints_the_properties_and_a_systemd_run_line() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.toml");
+    let out = Command::new(LLMVISOR)
+        .args(["render-unit", "--config", config, "gpt-4o-mini"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "# llmvisor-model-chat.service (spec hash ",
+        "Slice=llmvisor.slice",
+        "DevicePolicy=closed",
+        "DynamicUser=yes",
+        "IPAddressDeny=any",
+        "ExecStart=llmvisor-mock --port 28101 --served-name Qwen/Qwen2.5-7B-Instruct",
+        "systemd-run --unit=llmvisor-model-chat.service -p ",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let out = Command::new(LLMVISOR)
+        .args(["render-unit", "--config", config, "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model `nope`"));
+}

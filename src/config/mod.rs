@@ -193,6 +193,30 @@ pub struct ModelConfig {
     /// The window `max_restarts` counts failures in.
     #[serde(default = "defaults::restart_window")]
     pub restart_window: HumanDuration,
+    /// GPUs (NVIDIA device indices) the model may use: `CUDA_VISIBLE_DEVICES` and,
+    /// under systemd, `DeviceAllow` for exactly these `/dev/nvidiaN`.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    /// Hard memory limit of the unit (`MemoryMax=`), e.g. `"48GiB"`.
+    pub memory_max: Option<ByteSize>,
+    /// Memory above which the unit is throttled and reclaimed (`MemoryHigh=`).
+    pub memory_high: Option<ByteSize>,
+    /// CPU time limit as a percentage of one CPU (`CPUQuota=`), e.g. `"400%"`.
+    pub cpu_quota: Option<String>,
+    /// CPUs the model may run on (`AllowedCPUs=`), e.g. `"0-7,16"`.
+    pub allowed_cpus: Option<String>,
+    /// Most tasks (threads and processes) in the unit (`TasksMax=`).
+    pub tasks_max: Option<u64>,
+    /// I/O weight, 1 to 10000 (`IOWeight=`).
+    pub io_weight: Option<u32>,
+    /// Let the model reach the network beyond localhost (to download weights, say).
+    /// Off by default: `IPAddressDeny=any`, `IPAddressAllow=localhost`.
+    #[serde(default)]
+    pub allow_network: bool,
+    /// Run under a transient system user (`DynamicUser=yes`), the default. Turn off
+    /// only for a backend that must read files owned by a fixed user.
+    #[serde(default = "defaults::yes")]
+    pub dynamic_user: bool,
 }
 
 mod defaults {
@@ -223,6 +247,9 @@ mod defaults {
     }
     pub fn restart_window() -> HumanDuration {
         HumanDuration::secs(600)
+    }
+    pub fn yes() -> bool {
+        true
     }
 }
 
@@ -313,6 +340,31 @@ pub struct ModelSpec {
     pub max_restarts: u32,
     /// See [`ModelConfig::restart_window`].
     pub restart_window: std::time::Duration,
+    /// Resource limits and sandbox settings of the unit.
+    pub limits: Limits,
+}
+
+/// What confines a model's unit (see the `ModelConfig` keys of the same names).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// GPU device indices.
+    pub gpus: Vec<u32>,
+    /// `MemoryMax=` in bytes.
+    pub memory_max: Option<u64>,
+    /// `MemoryHigh=` in bytes.
+    pub memory_high: Option<u64>,
+    /// `CPUQuota=` percentage.
+    pub cpu_quota_percent: Option<u32>,
+    /// `AllowedCPUs=` as written.
+    pub allowed_cpus: Option<String>,
+    /// `TasksMax=`.
+    pub tasks_max: Option<u64>,
+    /// `IOWeight=`.
+    pub io_weight: Option<u32>,
+    /// Whether the model may reach beyond localhost.
+    pub allow_network: bool,
+    /// `DynamicUser=`.
+    pub dynamic_user: bool,
 }
 
 /// A configuration that passed validation.

@@ -414,6 +414,73 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
         }
     }
 
+    let cpu_quota_percent = m.cpu_quota.as_ref().and_then(|q| {
+        let n = q
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        if n.is_none_or(|n| n == 0) {
+            p.add(
+                at("cpu_quota"),
+                format!("`{q}` is not a percentage of one CPU, e.g. \"400%\""),
+            );
+        }
+        n
+    });
+    if let Some(cpus) = &m.allowed_cpus {
+        let ok = !cpus.trim().is_empty()
+            && cpus.split(',').all(|part| {
+                let mut ends = part.trim().splitn(2, '-').map(|n| n.parse::<u32>());
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(_)), None) => true,
+                    (Some(Ok(a)), Some(Ok(b))) => a <= b,
+                    _ => false,
+                }
+            });
+        if !ok {
+            p.add(
+                at("allowed_cpus"),
+                format!("`{cpus}` is not a CPU list, e.g. \"0-7,16\""),
+            );
+        }
+    }
+    if m.io_weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
+        p.add(at("io_weight"), "must be between 1 and 10000");
+    }
+    if m.tasks_max == Some(0) {
+        p.add(at("tasks_max"), "must be at least 1");
+    }
+    for (key, size) in [("memory_max", m.memory_max), ("memory_high", m.memory_high)] {
+        if size.is_some_and(|s| s.0 == 0) {
+            p.add(at(key), "must be more than 0");
+        }
+    }
+    if let (Some(high), Some(max)) = (m.memory_high, m.memory_max)
+        && high > max
+    {
+        p.add(
+            at("memory_high"),
+            format!("{high} is above memory_max ({max})"),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, g) in m.gpus.iter().enumerate() {
+        if !seen.insert(g) {
+            p.add(
+                format!("models.{name}.gpus[{i}]"),
+                format!("GPU {g} is listed twice"),
+            );
+        }
+    }
+    if let Some(tp) = m.tensor_parallel_size
+        && !m.gpus.is_empty()
+        && tp as usize != m.gpus.len()
+    {
+        p.add(
+            at("tensor_parallel_size"),
+            format!("{tp} does not match the {} GPU(s) in `gpus`", m.gpus.len()),
+        );
+    }
+
     if p.0.len() > before {
         return None;
     }
@@ -445,6 +512,17 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
         restart_backoff: m.restart_backoff.0,
         max_restarts: m.max_restarts,
         restart_window: m.restart_window.0,
+        limits: super::Limits {
+            gpus: m.gpus.clone(),
+            memory_max: m.memory_max.map(|s| s.0),
+            memory_high: m.memory_high.map(|s| s.0),
+            cpu_quota_percent,
+            allowed_cpus: m.allowed_cpus.clone(),
+            tasks_max: m.tasks_max,
+            io_weight: m.io_weight,
+            allow_network: m.allow_network,
+            dynamic_user: m.dynamic_user,
+        },
     })
 }
 
@@ -541,6 +619,45 @@ mod tests {
             );
         }
         assert_eq!(ps.len(), expect.len(), "{ps:#?}");
+    }
+
+    #[test]
+    fn unit_limits_are_checked() {
+        let ps = problems(
+            r#"
+            [models.g]
+            kind = "vllm"
+            model = "m"
+            gpus = [0, 1, 1]
+            tensor_parallel_size = 2
+            cpu_quota = "lots"
+            allowed_cpus = "3-1"
+            io_weight = 0
+            tasks_max = 0
+            memory_max = "8GiB"
+            memory_high = "9GiB"
+            "#,
+        );
+        let expect = [
+            "models.g.cpu_quota: `lots` is not a percentage",
+            "models.g.allowed_cpus: `3-1` is not a CPU list",
+            "models.g.io_weight: must be between 1 and 10000",
+            "models.g.tasks_max: must be at least 1",
+            "models.g.memory_high: 9GiB is above memory_max (8GiB)",
+            "models.g.gpus[2]: GPU 1 is listed twice",
+            "models.g.tensor_parallel_size: 2 does not match the 3 GPU(s)",
+        ];
+        for e in expect {
+            assert!(
+                ps.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {ps:#?}"
+            );
+        }
+        assert_eq!(ps.len(), expect.len(), "{ps:#?}");
+        assert!(problems(
+            "[models.g]\nkind = \"vllm\"\nmodel = \"m\"\ngpus = [0, 1]\ntensor_parallel_size = 2\ncpu_quota = \"400%\"\nallowed_cpus = \"0-7,16\"\n"
+        )
+        .is_empty());
     }
 
     #[test]

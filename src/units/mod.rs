@@ -7,6 +7,7 @@
 //! reported as events, and running units can be listed and adopted.
 
 pub mod process;
+pub mod properties;
 pub mod render;
 
 use std::fmt;

@@ -139,6 +139,12 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
         }
         Backend::Command { argv } => argv.iter().map(|a| substitute(a, spec)).collect(),
     };
+    if !spec.limits.gpus.is_empty() {
+        // Indices in PCI bus order, as nvidia-smi numbers them.
+        env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+        let ids: Vec<String> = spec.limits.gpus.iter().map(u32::to_string).collect();
+        env.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
+    }
     for (k, v) in &spec.env {
         env.insert(k.clone(), v.clone());
     }

@@ -116,6 +116,13 @@ async fn crash_loop_stays_failed_until_an_operator_starts_it() {
     assert_eq!(resp.status(), 202);
     lv.wait_state("loop", "ready", Duration::from_secs(5)).await;
     assert_eq!(lv.model("loop").await["restarts_paused"], false);
+    let resp = lv
+        .client
+        .post(lv.url("/admin/models/loop/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "already running: nothing to start");
 
     // And stops it.
     let resp = lv

@@ -346,7 +346,15 @@ impl Instance {
     }
 
     fn recent_failures(&self) -> u32 {
+        self.count_failures(false)
+    }
+
+    /// Failures within `restart_window`, after recording one more if `add`.
+    fn count_failures(&self, add: bool) -> u32 {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if add {
+            f.push_back(Instant::now());
+        }
         let window = self.spec.restart_window;
         while f.front().is_some_and(|t| t.elapsed() > window) {
             f.pop_front();
@@ -486,15 +494,7 @@ impl Instance {
             {
                 return false;
             }
-            let n = {
-                let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-                f.push_back(Instant::now());
-                let window = self.spec.restart_window;
-                while f.front().is_some_and(|t| t.elapsed() > window) {
-                    f.pop_front();
-                }
-                f.len() as u32
-            };
+            let n = self.count_failures(true);
             let locked = n >= self.spec.max_restarts;
             s.set(State::Failed);
             s.last_error = Some(reason.clone());

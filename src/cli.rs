@@ -15,12 +15,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::api::{self, App};
-use crate::config::{Config, ConfigError, Settings};
+use crate::config::{Config, ConfigError, ManagerChoice, Settings};
 use crate::fleet::Fleet;
 use crate::telemetry::{self, metrics::Metrics};
 use crate::units::UnitManager;
 use crate::units::process::ProcessManager;
 use crate::units::properties;
+use crate::units::systemd::{Bus, SystemdManager};
 
 /// Supervisor and OpenAI-compatible router for self-hosted LLMs.
 #[derive(Parser, Debug)]
@@ -125,6 +126,50 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The unit manager `[units] manager` asks for; `auto` logs what it picked and why.
+async fn unit_manager(choice: ManagerChoice) -> anyhow::Result<Arc<dyn UnitManager>> {
+    let m: Arc<dyn UnitManager> = match choice {
+        ManagerChoice::Process => Arc::new(ProcessManager::new()),
+        ManagerChoice::Systemd => Arc::new(
+            SystemdManager::connect(Bus::System)
+                .await
+                .context("[units] manager = \"systemd\"")?,
+        ),
+        ManagerChoice::SystemdUser => Arc::new(
+            SystemdManager::connect(Bus::User)
+                .await
+                .context("[units] manager = \"systemd-user\"")?,
+        ),
+        ManagerChoice::Auto => {
+            // The system manager starts units for root only (without polkit rules).
+            let system = if nix::unistd::geteuid().is_root() {
+                SystemdManager::connect(Bus::System).await
+            } else {
+                Err(crate::units::UnitError::Manager(
+                    "not running as root".into(),
+                ))
+            };
+            match system {
+                Ok(m) => Arc::new(m),
+                Err(why_system) => match SystemdManager::connect(Bus::User).await {
+                    Ok(m) => {
+                        tracing::info!("unit manager: systemd-user (system manager: {why_system})");
+                        Arc::new(m)
+                    }
+                    Err(why_user) => {
+                        tracing::info!(
+                            "unit manager: process (system manager: {why_system}; user manager: {why_user})"
+                        );
+                        Arc::new(ProcessManager::new())
+                    }
+                },
+            }
+        }
+    };
+    tracing::info!("models run under the {} unit manager", m.name());
+    Ok(m)
+}
+
 fn report_config_error(e: &ConfigError) {
     eprintln!("llmvisor: {e}");
     eprintln!("nothing was started.");
@@ -139,11 +184,11 @@ fn render_unit(s: &Settings, model: &str) -> Option<String> {
         .find(|m| m.name == model || m.aliases.iter().any(|a| a == model))?;
     let unit = crate::units::render(spec);
     let mut out = format!("# {} (spec hash {})\n", unit.unit, unit.spec_hash);
-    for p in properties::properties(spec, &unit) {
+    for p in &unit.properties {
         out.push_str(&format!("{}={}\n", p.name, p.value));
     }
     out.push_str("\n# The same unit started by hand:\n");
-    out.push_str(&properties::systemd_run(spec, &unit));
+    out.push_str(&properties::systemd_run(&unit));
     out.push('\n');
     Some(out)
 }
@@ -177,9 +222,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    let manager: Arc<dyn UnitManager> = Arc::new(ProcessManager::new());
+    let manager = unit_manager(settings.units.manager).await?;
+    let stop_on_shutdown = settings.units.stop_on_shutdown || manager.name() == "process";
     let metrics = Arc::new(Metrics::new());
     let fleet = Fleet::new(&settings, manager.clone(), metrics.clone());
+    if let Err(e) = fleet.adopt_running().await {
+        tracing::error!("cannot take over running units: {e}");
+    }
     let grace = settings.server.shutdown_grace.0;
     let app = App::new(settings, fleet.clone(), metrics);
     let routes = api::routes(app);
@@ -239,7 +288,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         _ = sigterm.recv() => tracing::warn!("second SIGTERM: not waiting for in-flight requests"),
         _ = sigint.recv() => tracing::warn!("second SIGINT: not waiting for in-flight requests"),
     }
-    fleet.shutdown(Duration::ZERO).await;
+    if stop_on_shutdown {
+        fleet.shutdown(Duration::ZERO).await;
+    } else {
+        tracing::info!("leaving the model units running (units.stop_on_shutdown = false)");
+    }
     tracing::info!("stopped");
     if listener_failed {
         anyhow::bail!("a listener failed; see the log above");

@@ -23,6 +23,9 @@ pub struct Config {
     /// The HTTP front: listeners, limits, timeouts.
     #[serde(default)]
     pub server: ServerConfig,
+    /// How model processes are run.
+    #[serde(default)]
+    pub units: UnitsConfig,
     /// Model instances by name. The name is the public model name clients ask for
     /// and becomes the unit name `llmvisor-model-<name>.service`.
     #[serde(default)]
@@ -74,6 +77,42 @@ impl Default for ServerConfig {
             port_range: [28100, 28999],
         }
     }
+}
+
+/// `[units]`: how models run.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnitsConfig {
+    /// `auto` (systemd's system manager when running as root and reachable, the
+    /// user's manager next, child processes last), `systemd`, `systemd-user` or
+    /// `process`.
+    pub manager: ManagerChoice,
+    /// Stop the models when llmvisor stops gracefully. With `false`, systemd units
+    /// keep running and the next llmvisor adopts them (child processes always stop).
+    pub stop_on_shutdown: bool,
+}
+
+impl Default for UnitsConfig {
+    fn default() -> Self {
+        Self {
+            manager: ManagerChoice::Auto,
+            stop_on_shutdown: true,
+        }
+    }
+}
+
+/// The unit manager to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManagerChoice {
+    /// Pick the best one available.
+    Auto,
+    /// Transient units of the system manager.
+    Systemd,
+    /// Transient units of the calling user's manager.
+    SystemdUser,
+    /// Child processes.
+    Process,
 }
 
 /// Which kind of inference server runs a model.
@@ -372,6 +411,8 @@ pub struct Limits {
 pub struct Settings {
     /// `[server]` as written.
     pub server: ServerConfig,
+    /// `[units]` as written.
+    pub units: UnitsConfig,
     /// Parsed listen addresses.
     pub listen: Vec<SocketAddr>,
     /// Every model, ports assigned.

@@ -225,6 +225,7 @@ impl Config {
         if p.0.is_empty() {
             Ok(Settings {
                 server: s.clone(),
+                units: self.units.clone(),
                 listen,
                 models,
             })

@@ -421,6 +421,36 @@ impl Instance {
             self.fail(Scope::Run(&invocation), reason, Some(exit));
             return;
         }
+        self.wait_healthy(generation, t0).await;
+    }
+
+    /// Take over a unit that is already running (started by an earlier llmvisor):
+    /// no start, it counts as ready once its health check passes.
+    pub(super) fn adopt(self: &Arc<Self>, invocation: Invocation) -> bool {
+        let start_timeout = self.spec.start_timeout;
+        let mut generation = None;
+        self.status.send_if_modified(|s| {
+            if s.state != State::Stopped {
+                return false;
+            }
+            s.generation += 1;
+            s.set(State::Loading);
+            s.invocation = Some(invocation.clone());
+            s.start_deadline = Some(Instant::now() + start_timeout);
+            generation = Some(s.generation);
+            true
+        });
+        if let Some(g) = generation {
+            tracing::info!(model = %self.spec.name, %invocation, "adopted the running unit");
+            tokio::spawn(self.clone().wait_healthy(g, Instant::now()));
+        }
+        generation.is_some()
+    }
+
+    /// Poll the health endpoint of a loading run until it answers 200 (Ready) or
+    /// `start_timeout` from `t0` passes (stopped, then Failed).
+    async fn wait_healthy(self: Arc<Self>, generation: u64, t0: Instant) {
+        let name = self.spec.name.clone();
         let deadline = t0 + self.spec.start_timeout;
         let mut rx = self.status.subscribe();
         loop {

@@ -258,6 +258,39 @@ impl Fleet {
         self.ctx.manager.name()
     }
 
+    /// After a restart of llmvisor: adopt running units whose spec hash matches
+    /// (no cold start), restart changed ones, stop ones no model claims.
+    pub async fn adopt_running(&self) -> Result<(), crate::units::UnitError> {
+        for u in self.ctx.manager.list().await? {
+            let Some(inst) = self.instances.iter().find(|i| i.unit.unit == u.unit) else {
+                tracing::info!(unit = %u.unit, "stopping a unit no model in the configuration claims");
+                self.ctx
+                    .manager
+                    .stop(&u.unit, Duration::from_secs(30))
+                    .await?;
+                continue;
+            };
+            if !u.active {
+                continue;
+            }
+            if u.spec_hash.as_deref() == Some(inst.unit.spec_hash.as_str()) {
+                let invocation = self.ctx.manager.adopt(&u.unit).await?;
+                inst.adopt(invocation);
+            } else {
+                tracing::info!(
+                    model = %inst.name(),
+                    "the running unit was started from another spec; restarting it"
+                );
+                self.ctx
+                    .manager
+                    .stop(&u.unit, inst.spec.stop_timeout)
+                    .await?;
+                inst.begin_start(false);
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse new work from now on.
     pub fn begin_shutdown(&self) {
         self.ctx.shutting_down.store(true, Ordering::SeqCst);

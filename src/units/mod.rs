@@ -9,6 +9,7 @@
 pub mod process;
 pub mod properties;
 pub mod render;
+pub mod systemd;
 
 use std::fmt;
 use std::time::Duration;
@@ -127,4 +128,8 @@ pub trait UnitManager: Send + Sync + 'static {
 
     /// Units of ours that exist now (running or not yet collected).
     async fn list(&self) -> Result<Vec<UnitInfo>, UnitError>;
+
+    /// Follow a unit found by `list` (started before this llmvisor): its exit is
+    /// reported like that of a unit this manager started. Returns its invocation.
+    async fn adopt(&self, unit: &str) -> Result<Invocation, UnitError>;
 }

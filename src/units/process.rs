@@ -254,6 +254,13 @@ impl UnitManager for ProcessManager {
         self.events.subscribe()
     }
 
+    async fn adopt(&self, unit: &str) -> Result<Invocation, UnitError> {
+        // Children never outlive llmvisor, so there is nothing to take over.
+        Err(UnitError::Manager(format!(
+            "the process manager cannot adopt {unit}"
+        )))
+    }
+
     async fn list(&self) -> Result<Vec<UnitInfo>, UnitError> {
         let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
         Ok(children

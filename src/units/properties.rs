@@ -173,9 +173,9 @@ fn shell_join(words: &[String]) -> String {
 }
 
 /// A `systemd-run` command line that starts the same unit by hand.
-pub fn systemd_run(spec: &ModelSpec, unit: &UnitSpec) -> String {
+pub fn systemd_run(unit: &UnitSpec) -> String {
     let mut out = vec!["systemd-run".to_string(), format!("--unit={}", unit.unit)];
-    for p in properties(spec, unit) {
+    for p in &unit.properties {
         if p.name == "ExecStart" {
             continue;
         }
@@ -283,13 +283,13 @@ mod tests {
 
     #[test]
     fn systemd_run_line_quotes_what_needs_quoting() {
-        let (spec, unit) = rendered(
+        let (_, unit) = rendered(
             r#"[models.m]
             kind = "command"
             command = ["srv", "--port", "{port}", "--json", '{"a": 1}', "it's"]
             port = 7000"#,
         );
-        let line = systemd_run(&spec, &unit);
+        let line = systemd_run(&unit);
         assert!(
             line.starts_with("systemd-run --unit=llmvisor-model-m.service -p "),
             "{line}"

@@ -22,6 +22,10 @@ pub struct UnitSpec {
     pub env: BTreeMap<String, String>,
     /// Hash of argv and environment; also exported as `LLMVISOR_SPEC_HASH`.
     pub spec_hash: String,
+    /// The unit's properties (limits, sandbox), for managers that make units.
+    pub properties: Vec<super::properties::Property>,
+    /// Time between SIGTERM and SIGKILL when stopping.
+    pub stop_timeout: std::time::Duration,
 }
 
 /// The unit name of a model instance. Instance names are validated to the characters
@@ -162,18 +166,24 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
         h.update(v.as_bytes());
         h.update([0]);
     }
+    // The unit's confinement is part of what runs: changing it restarts the unit.
+    h.update(format!("{:?}{:?}", spec.limits, spec.stop_timeout).as_bytes());
     let digest = h.finalize();
     let spec_hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     env.insert("LLMVISOR_SPEC_HASH".into(), spec_hash.clone());
 
-    UnitSpec {
+    let mut unit = UnitSpec {
         unit: unit_name(&spec.name),
         model: spec.name.clone(),
         description: format!("llmvisor model {} ({})", spec.name, spec.kind.as_str()),
         argv,
         env,
         spec_hash,
-    }
+        properties: Vec::new(),
+        stop_timeout: spec.stop_timeout,
+    };
+    unit.properties = super::properties::properties(spec, &unit);
+    unit
 }
 
 #[cfg(test)]

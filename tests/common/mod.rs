@@ -56,7 +56,7 @@ impl Llmvisor {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{server_extra}\n\n{models}"
+            "[units]\nmanager = \"process\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{server_extra}\n\n{models}"
         );
         let path = dir.path().join("llmvisor.toml");
         std::fs::write(&path, &config).unwrap();

@@ -1,0 +1,626 @@
+//! The `systemd` unit manager: every model a transient service started over D-Bus
+//! (`StartTransientUnit`), on the system bus or a user's bus.
+//!
+//! `JobRemoved` is subscribed to before a job is queued; a unit's end is followed
+//! through `PropertiesChanged` signals, not polling; "gone" is decided from D-Bus
+//! error names. Units outlive llmvisor: `list` finds them again after a restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+use super::properties::Property;
+use super::{ExitInfo, Invocation, UnitError, UnitEvent, UnitInfo, UnitManager, UnitSpec};
+
+/// The D-Bus error systemd answers for a unit it does not know.
+const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+
+/// Unit names of ours, for `ListUnitsByPatterns`.
+const PATTERN: &str = "llmvisor-model-*.service";
+
+type UnitRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, &[(&str, Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<Vec<UnitRow>>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "InvocationID")]
+    fn invocation_id(&self) -> zbus::Result<Vec<u8>>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    #[zbus(property)]
+    fn exec_main_code(&self) -> zbus::Result<i32>;
+    #[zbus(property)]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+    #[zbus(property)]
+    fn environment(&self) -> zbus::Result<Vec<String>>;
+}
+
+/// Which service manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bus {
+    /// The system manager (PID 1): units with the full sandbox.
+    System,
+    /// The calling user's manager: no `DynamicUser`, device or IP policies.
+    User,
+}
+
+/// Runs models as transient systemd units.
+pub struct SystemdManager {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+    bus: Bus,
+    events: broadcast::Sender<UnitEvent>,
+    /// Units llmvisor is stopping: their end is not a failure.
+    stopping: Arc<Mutex<HashSet<String>>>,
+}
+
+fn is_no_such_unit(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _) if name.as_str() == NO_SUCH_UNIT)
+        || matches!(e, zbus::Error::FDO(fdo) if matches!(**fdo, zbus::fdo::Error::UnknownObject(_)))
+}
+
+fn manager_error(what: &str, e: zbus::Error) -> UnitError {
+    UnitError::Manager(format!("{what}: {e}"))
+}
+
+impl SystemdManager {
+    /// Connect to the manager on `bus` and subscribe to its signals. Fails when the
+    /// bus or systemd is not there.
+    pub async fn connect(bus: Bus) -> Result<Self, UnitError> {
+        let conn = match bus {
+            Bus::System => zbus::Connection::system().await,
+            Bus::User => zbus::Connection::session().await,
+        }
+        .map_err(|e| manager_error("cannot connect to D-Bus", e))?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .map_err(|e| manager_error("no systemd on the bus", e))?;
+        let version = manager
+            .version()
+            .await
+            .map_err(|e| manager_error("no systemd on the bus", e))?;
+        manager
+            .subscribe()
+            .await
+            .map_err(|e| manager_error("cannot subscribe to systemd", e))?;
+        tracing::debug!(?bus, "connected to systemd {version}");
+        Ok(Self {
+            conn,
+            manager,
+            bus,
+            events: broadcast::channel(256).0,
+            stopping: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    /// Wait for `job` to be removed; returns its result (`done`, `failed`, …).
+    async fn wait_job(
+        jobs: &mut JobRemovedStream,
+        job: &OwnedObjectPath,
+        timeout: Duration,
+    ) -> Result<String, UnitError> {
+        let wait = async {
+            while let Some(signal) = jobs.next().await {
+                if let Ok(args) = signal.args()
+                    && args.job == *job
+                {
+                    return Ok(args.result);
+                }
+            }
+            Err(UnitError::Manager("the D-Bus connection closed".into()))
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            UnitError::Manager(format!(
+                "job {} did not finish in {timeout:?}",
+                job.as_str()
+            ))
+        })?
+    }
+
+    async fn invocation_of(&self, path: &OwnedObjectPath) -> Result<Invocation, UnitError> {
+        let unit = UnitProxy::builder(&self.conn)
+            .path(path.clone())
+            .map_err(|e| manager_error("bad unit path", e))?
+            .build()
+            .await
+            .map_err(|e| manager_error("unit proxy", e))?;
+        let id = unit
+            .invocation_id()
+            .await
+            .map_err(|e| manager_error("reading InvocationID", e))?;
+        Ok(Invocation(id.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// Follow one unit until it stops; then report how its main process ended.
+    fn watch(&self, unit: String, path: OwnedObjectPath, invocation: Invocation) {
+        let conn = self.conn.clone();
+        let events = self.events.clone();
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let exit = match follow_until_stopped(&conn, &path).await {
+                Ok(exit) => exit,
+                Err(e) => {
+                    tracing::warn!(unit, "lost track of the unit: {e}");
+                    ExitInfo {
+                        code: None,
+                        signal: None,
+                    }
+                }
+            };
+            let requested = stopping
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&unit);
+            let last_output = journal_tail(&unit, &invocation).await;
+            let _ = events.send(UnitEvent::Exited {
+                unit,
+                invocation,
+                exit,
+                requested,
+                last_output,
+            });
+        });
+    }
+}
+
+/// Read `ExecMainCode`/`ExecMainStatus` as they change and return them once the
+/// unit is inactive or failed (or gone: collected units disappear from the bus).
+async fn follow_until_stopped(
+    conn: &zbus::Connection,
+    path: &OwnedObjectPath,
+) -> zbus::Result<ExitInfo> {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination("org.freedesktop.systemd1")?
+        .path(path.clone())?
+        .build()
+        .await?;
+    let mut changes = props.receive_properties_changed().await?;
+    let service = ServiceProxy::builder(conn)
+        .path(path.clone())?
+        .build()
+        .await?;
+    let unit = UnitProxy::builder(conn).path(path.clone())?.build().await?;
+    // Values already set (a process may have died before we subscribed).
+    let mut code = service.exec_main_code().await.unwrap_or(0);
+    let mut status = service.exec_main_status().await.unwrap_or(0);
+    let mut active = unit
+        .active_state()
+        .await
+        .unwrap_or_else(|_| "inactive".into());
+    loop {
+        if active == "inactive" || active == "failed" {
+            return Ok(exit_info(code, status));
+        }
+        let Some(signal) = changes.next().await else {
+            return Ok(exit_info(code, status));
+        };
+        let Ok(args) = signal.args() else { continue };
+        for (name, value) in args.changed_properties() {
+            match *name {
+                "ExecMainCode" => code = i32::try_from(value).unwrap_or(code),
+                "ExecMainStatus" => status = i32::try_from(value).unwrap_or(status),
+                "ActiveState" => {
+                    if let Ok(s) = <&str>::try_from(value) {
+                        active = s.to_string();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `ExecMainCode` is a `siginfo` `si_code`: 1 exited, 2 killed, 3 dumped core.
+fn exit_info(code: i32, status: i32) -> ExitInfo {
+    match code {
+        1 => ExitInfo {
+            code: Some(status),
+            signal: None,
+        },
+        2 | 3 => ExitInfo {
+            code: None,
+            signal: Some(status),
+        },
+        _ => ExitInfo {
+            code: None,
+            signal: None,
+        },
+    }
+}
+
+/// The unit's last journal lines of this invocation, for error messages (best
+/// effort: `journalctl` may be missing or the journal not readable).
+async fn journal_tail(unit: &str, invocation: &Invocation) -> Vec<String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::process::Command::new("journalctl")
+            .args(["--no-pager", "-o", "cat", "-n", "20", "-u", unit])
+            .arg(format!("_SYSTEMD_INVOCATION_ID={invocation}"))
+            .output(),
+    )
+    .await;
+    match out {
+        Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Properties the user manager cannot apply (they need privileges it lacks).
+const PRIVILEGED: [&str; 6] = [
+    "DynamicUser",
+    "DevicePolicy",
+    "DeviceAllow",
+    "IPAddressDeny",
+    "IPAddressAllow",
+    "CapabilityBoundingSet",
+];
+
+fn yes(v: &str) -> bool {
+    v == "yes"
+}
+
+/// `"0-7,16"` as systemd's CPU bitmask (`ay`, least significant bit first).
+fn cpu_mask(list: &str) -> Vec<u8> {
+    let mut mask = Vec::new();
+    for part in list.split(',') {
+        let mut ends = part.trim().splitn(2, '-');
+        let a: usize = ends.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let b: usize = ends.next().and_then(|n| n.parse().ok()).unwrap_or(a);
+        for cpu in a..=b {
+            if mask.len() <= cpu / 8 {
+                mask.resize(cpu / 8 + 1, 0);
+            }
+            mask[cpu / 8] |= 1 << (cpu % 8);
+        }
+    }
+    mask
+}
+
+fn duration_usec(text: &str) -> u64 {
+    humantime::parse_duration(text).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Turn the rendered properties into typed D-Bus values for `StartTransientUnit`.
+/// List properties (`Environment`, `DeviceAllow`, …) are collected into one value.
+pub fn dbus_properties(unit: &UnitSpec, bus: Bus) -> Vec<(&'static str, OwnedValue)> {
+    let mut out: Vec<(&'static str, OwnedValue)> = Vec::new();
+    let mut lists: HashMap<&'static str, Vec<String>> = HashMap::new();
+    let mut devices: Vec<(String, String)> = Vec::new();
+    let v = |value: Value<'static>| OwnedValue::try_from(value).expect("plain values have no fds");
+    for Property { name, value } in &unit.properties {
+        if bus == Bus::User && PRIVILEGED.contains(name) {
+            continue;
+        }
+        let value = value.as_str();
+        let typed = match *name {
+            "Environment" | "StateDirectory" | "CacheDirectory" => {
+                lists.entry(name).or_default().push(value.to_string());
+                continue;
+            }
+            "DeviceAllow" => {
+                let (node, perms) = value.rsplit_once(' ').unwrap_or((value, "rw"));
+                devices.push((node.to_string(), perms.to_string()));
+                continue;
+            }
+            "MemoryMax" | "MemoryHigh" | "TasksMax" | "IOWeight" => {
+                v(Value::from(value.parse::<u64>().unwrap_or(u64::MAX)))
+            }
+            "CPUQuota" => {
+                let pct: u64 = value.trim_end_matches('%').parse().unwrap_or(100);
+                out.push(("CPUQuotaPerSecUSec", v(Value::from(pct * 10_000))));
+                continue;
+            }
+            "AllowedCPUs" => v(Value::from(cpu_mask(value))),
+            "DynamicUser"
+            | "PrivateTmp"
+            | "PrivateMounts"
+            | "NoNewPrivileges"
+            | "RestrictSUIDSGID"
+            | "LockPersonality"
+            | "RestrictRealtime"
+            | "ProtectKernelTunables"
+            | "ProtectKernelModules"
+            | "ProtectKernelLogs"
+            | "ProtectControlGroups"
+            | "ProtectClock"
+            | "ProtectHostname" => v(Value::from(yes(value))),
+            "UMask" => v(Value::from(u32::from_str_radix(value, 8).unwrap_or(0o077))),
+            // An empty bounding set and no namespaces at all: both are flag words.
+            "CapabilityBoundingSet" | "RestrictNamespaces" => v(Value::from(0u64)),
+            "SystemCallArchitectures" => v(Value::from(vec![value.to_string()])),
+            "SystemCallFilter" | "RestrictAddressFamilies" => v(Value::from((
+                true,
+                value
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            ))),
+            "IPAddressDeny" | "IPAddressAllow" => {
+                // AF_INET = 2, AF_INET6 = 10.
+                let addrs: Vec<(i32, Vec<u8>, u32)> = if value == "any" {
+                    vec![(2, vec![0; 4], 0), (10, vec![0; 16], 0)]
+                } else {
+                    let mut v6 = vec![0u8; 16];
+                    v6[15] = 1;
+                    vec![(2, vec![127, 0, 0, 0], 8), (10, v6, 128)]
+                };
+                v(Value::from(addrs))
+            }
+            "TimeoutStopSec" => {
+                out.push(("TimeoutStopUSec", v(Value::from(duration_usec(value)))));
+                continue;
+            }
+            "ExecStart" => {
+                let argv = unit.argv.clone();
+                let exec = vec![(argv[0].clone(), argv, false)];
+                v(Value::from(exec))
+            }
+            // Description, Slice, Type, DevicePolicy, ProtectSystem, ProtectHome,
+            // ProtectProc, KillMode, CollectMode: strings as written.
+            _ => v(Value::from(value.to_string())),
+        };
+        out.push((name, typed));
+    }
+    for (name, values) in lists {
+        out.push((name, v(Value::from(values))));
+    }
+    if !devices.is_empty() {
+        out.push(("DeviceAllow", v(Value::from(devices))));
+    }
+    out
+}
+
+#[async_trait]
+impl UnitManager for SystemdManager {
+    fn name(&self) -> &'static str {
+        match self.bus {
+            Bus::System => "systemd",
+            Bus::User => "systemd-user",
+        }
+    }
+
+    async fn start(&self, unit: &UnitSpec) -> Result<Invocation, UnitError> {
+        // A failed run of the same name would block the new one.
+        let _ = self.manager.reset_failed_unit(&unit.unit).await;
+        let props = dbus_properties(unit, self.bus);
+        let args: Vec<(&str, Value<'_>)> = props
+            .iter()
+            .map(|(k, v)| (*k, Value::from(v.clone())))
+            .collect();
+        let mut jobs = self
+            .manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| manager_error("cannot follow systemd jobs", e))?;
+        let job = self
+            .manager
+            .start_transient_unit(&unit.unit, "fail", &args, &[])
+            .await
+            .map_err(|e| manager_error(&format!("cannot start {}", unit.unit), e))?;
+        let result = Self::wait_job(&mut jobs, &job, Duration::from_secs(90)).await?;
+        if result != "done" {
+            let exec = unit.argv.first().cloned().unwrap_or_default();
+            return Err(UnitError::Spawn {
+                program: exec,
+                reason: format!("systemd start job {result}"),
+            });
+        }
+        let path = self
+            .manager
+            .get_unit(&unit.unit)
+            .await
+            .map_err(|e| manager_error("the unit vanished after starting", e))?;
+        let invocation = self.invocation_of(&path).await?;
+        tracing::info!(unit = %unit.unit, %invocation, "started transient unit");
+        self.watch(unit.unit.clone(), path, invocation.clone());
+        Ok(invocation)
+    }
+
+    async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), UnitError> {
+        self.stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(unit.to_string());
+        let mut jobs = self
+            .manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| manager_error("cannot follow systemd jobs", e))?;
+        let job = match self.manager.stop_unit(unit, "replace").await {
+            Ok(job) => job,
+            Err(e) if is_no_such_unit(&e) => return Ok(()),
+            Err(e) => return Err(manager_error(&format!("cannot stop {unit}"), e)),
+        };
+        // systemd itself escalates to SIGKILL after TimeoutStopSec.
+        Self::wait_job(&mut jobs, &job, timeout + Duration::from_secs(15)).await?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<UnitEvent> {
+        self.events.subscribe()
+    }
+
+    async fn adopt(&self, unit: &str) -> Result<Invocation, UnitError> {
+        let path = self
+            .manager
+            .get_unit(unit)
+            .await
+            .map_err(|e| manager_error(&format!("cannot find {unit}"), e))?;
+        let invocation = self.invocation_of(&path).await?;
+        self.watch(unit.to_string(), path, invocation.clone());
+        Ok(invocation)
+    }
+
+    async fn list(&self) -> Result<Vec<UnitInfo>, UnitError> {
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &[PATTERN])
+            .await
+            .map_err(|e| manager_error("cannot list units", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, active, path) = (row.0, row.3, row.6);
+            let invocation = self.invocation_of(&path).await?;
+            let service = ServiceProxy::builder(&self.conn)
+                .path(path.clone())
+                .map_err(|e| manager_error("bad unit path", e))?
+                .build()
+                .await
+                .map_err(|e| manager_error("unit proxy", e))?;
+            let spec_hash = service.environment().await.ok().and_then(|env| {
+                env.iter()
+                    .find_map(|e| e.strip_prefix("LLMVISOR_SPEC_HASH=").map(str::to_string))
+            });
+            out.push(UnitInfo {
+                unit: name,
+                invocation,
+                spec_hash,
+                active: active == "active" || active == "activating" || active == "reloading",
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::units::render;
+
+    fn unit(toml: &str) -> UnitSpec {
+        render(
+            &Config::parse(toml)
+                .unwrap()
+                .validate()
+                .unwrap()
+                .models
+                .remove(0),
+        )
+    }
+
+    fn get<'a>(props: &'a [(&str, OwnedValue)], name: &str) -> &'a OwnedValue {
+        &props
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .1
+    }
+
+    #[test]
+    fn properties_get_their_dbus_types() {
+        let u = unit(
+            r#"[models.g]
+            kind = "command"
+            command = ["/bin/srv", "--port", "{port}"]
+            port = 9000
+            gpus = [1]
+            memory_max = "1GiB"
+            cpu_quota = "250%"
+            allowed_cpus = "0-2,9"
+            stop_timeout = "45s""#,
+        );
+        let p = dbus_properties(&u, Bus::System);
+        let sig = |n: &str| get(&p, n).value_signature().to_string();
+        assert_eq!(sig("ExecStart"), "a(sasb)");
+        assert_eq!(sig("Environment"), "as");
+        assert_eq!(sig("DeviceAllow"), "a(ss)");
+        assert_eq!(sig("IPAddressDeny"), "a(iayu)");
+        assert_eq!(sig("SystemCallFilter"), "(bas)");
+        assert_eq!(sig("RestrictAddressFamilies"), "(bas)");
+        assert_eq!(sig("DynamicUser"), "b");
+        assert_eq!(sig("UMask"), "u");
+        assert_eq!(
+            u64::try_from(get(&p, "MemoryMax").clone()).unwrap(),
+            1 << 30
+        );
+        assert_eq!(
+            u64::try_from(get(&p, "CPUQuotaPerSecUSec").clone()).unwrap(),
+            2_500_000
+        );
+        assert_eq!(
+            u64::try_from(get(&p, "TimeoutStopUSec").clone()).unwrap(),
+            45_000_000
+        );
+        assert_eq!(
+            Vec::<u8>::try_from(get(&p, "AllowedCPUs").clone()).unwrap(),
+            vec![0b0000_0111, 0b0000_0010]
+        );
+        let devices = Vec::<(String, String)>::try_from(get(&p, "DeviceAllow").clone()).unwrap();
+        assert_eq!(devices[0], ("/dev/nvidia1".to_string(), "rw".to_string()));
+        // Every rendered property has a D-Bus counterpart (names may differ).
+        assert!(p.len() >= 30, "{}", p.len());
+    }
+
+    #[test]
+    fn the_user_manager_gets_no_privileged_properties() {
+        let u = unit("[models.m]\nkind = \"command\"\ncommand = [\"/bin/srv\"]\nport = 9000\n");
+        let p = dbus_properties(&u, Bus::User);
+        for name in PRIVILEGED {
+            assert!(!p.iter().any(|(n, _)| *n == name), "{name}");
+        }
+        assert!(p.iter().any(|(n, _)| *n == "ExecStart"));
+    }
+}

@@ -1,0 +1,382 @@
+//! System tests with a real systemd: a Debian root (`tests/system/prepare-root.sh`)
+//! booted with `systemd-nspawn --boot --register=no --keep-unit`, sharing the host
+//! network, llmvisor inside as a `Type=notify` service with `manager = "systemd"`.
+//! The test talks to llmvisor over loopback and to systemd through `nsenter`.
+//!
+//! Needs root, `systemd-nspawn`, `nsenter` and the prepared root. Without them each
+//! test says SKIPPED loudly; under `CI=true` it fails instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{MOCK, free_port};
+use serde_json::{Value, json};
+
+fn test_root() -> PathBuf {
+    std::env::var_os("LLMVISOR_TEST_ROOT").map_or_else(
+        || PathBuf::from("/var/cache/llmvisor-test/root"),
+        PathBuf::from,
+    )
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root".into());
+    }
+    for tool in ["systemd-nspawn", "nsenter"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (apt-get install systemd-container util-linux)"
+            ));
+        }
+    }
+    let root = test_root();
+    if !root.join(".llmvisor-root-ok").exists() {
+        return Some(format!(
+            "no container root at {} (run tests/system/prepare-root.sh)",
+            root.display()
+        ));
+    }
+    None
+}
+
+/// Skip loudly, or fail under CI.
+macro_rules! require_systemd {
+    () => {
+        if let Some(why) = missing() {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("system tests cannot run: {why}");
+            }
+            eprintln!("\n**** SKIPPED (real systemd): {why} ****\n");
+            return;
+        }
+    };
+}
+
+/// A booted container with llmvisor running inside.
+struct Container {
+    nspawn: Child,
+    pid1: u32,
+    base: String,
+    _dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+impl Container {
+    /// Boot, install the config, start `llmvisor.service`.
+    async fn boot(models: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("llmvisor.toml"),
+            format!(
+                "[units]\nmanager = \"systemd\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{models}"
+            ),
+        )
+        .unwrap();
+        let bin_dir = Path::new(MOCK).parent().unwrap();
+        let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/system/llmvisor.service");
+        let nspawn = Command::new("systemd-nspawn")
+            .arg("-D")
+            .arg(test_root())
+            .args([
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--volatile=overlay",
+            ])
+            .arg("--console=pipe")
+            .arg(format!("--machine=llmvisor-test-{port}"))
+            .arg(format!("--bind-ro={}:/opt/llmvisor", bin_dir.display()))
+            .arg(format!("--bind-ro={}:/etc/llmvisor", dir.path().display()))
+            .arg(format!(
+                "--bind-ro={unit}:/etc/systemd/system/llmvisor.service"
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-nspawn");
+        let mut me = Self {
+            pid1: 0,
+            nspawn,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        me.pid1 = me.find_init();
+        // systemctl cannot connect until init has its bus socket up.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let state = loop {
+            let state = me.sh(&["systemctl", "is-system-running", "--wait"]);
+            if !state.contains("Failed to connect to bus") || Instant::now() > deadline {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            state.contains("running") || state.contains("degraded"),
+            "container did not boot: {state}"
+        );
+        let out = me.run(&["systemctl", "start", "llmvisor.service"]);
+        assert!(
+            out.0,
+            "llmvisor.service did not start: {}\n{}",
+            out.1,
+            me.journal("llmvisor.service")
+        );
+        me
+    }
+
+    /// The container's PID 1: the `systemd` child of the nspawn process.
+    fn find_init(&self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.nspawn.id()))
+                    .unwrap_or_default();
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim() == "systemd" {
+                    return pid;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container's init did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Run a command inside; (success, stdout + stderr).
+    fn run(&self, argv: &[&str]) -> (bool, String) {
+        let out = Command::new("timeout")
+            .arg("90")
+            .args(["nsenter", "-t", &self.pid1.to_string(), "-a", "--"])
+            .args(argv)
+            .output()
+            .expect("nsenter");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Run a command inside and return its output, whatever its status.
+    fn sh(&self, argv: &[&str]) -> String {
+        self.run(argv).1
+    }
+
+    /// `systemctl show UNIT -p NAME --value`.
+    fn show(&self, unit: &str, property: &str) -> String {
+        self.sh(&["systemctl", "show", unit, "-p", property, "--value"])
+            .trim()
+            .to_string()
+    }
+
+    /// SIGKILL a process of the container (by its pid in there).
+    fn kill9(&self, pid: &str) {
+        let (ok, out) = self.run(&["sh", "-c", &format!("kill -9 {pid}")]);
+        assert!(ok, "kill -9 {pid}: {out}");
+    }
+
+    fn journal(&self, unit: &str) -> String {
+        self.sh(&["journalctl", "--no-pager", "-n", "60", "-u", unit])
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn chat(&self, model: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .json(&json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn model(&self, name: &str) -> Value {
+        let health: Value = self
+            .client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("health")
+            .json()
+            .await
+            .unwrap();
+        health["models"][name].clone()
+    }
+
+    async fn wait_state(&self, name: &str, state: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.model(name).await;
+            if m["state"] == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "model {name}: {m}, expected {state}\n{}",
+                self.journal("llmvisor.service")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SIGTERM makes nspawn shut the container down cleanly.
+        common::signal(self.nspawn.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+fn mock_model(name: &str, extra: &str) -> String {
+    format!(
+        "[models.{name}]\nkind = \"command\"\ncommand = [\"/opt/llmvisor/llmvisor-mock\", \"--port\", \"{{port}}\", \"--served-name\", \"{{served_name}}\"]\nport = {}\n{extra}\n",
+        free_port()
+    )
+}
+
+#[tokio::test]
+async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
+    require_systemd!();
+    let c = Container::boot(&mock_model(
+        "m1",
+        "idle_ttl = \"2s\"\nmemory_max = \"2GiB\"\ntasks_max = 256\n",
+    ))
+    .await;
+    // Type=notify: systemctl start returned, so the API answers at once.
+    let first = c.client.get(c.url("/health")).send().await;
+    assert!(
+        first.is_ok_and(|r| r.status().is_success()),
+        "active before the API answered"
+    );
+    assert_eq!(c.show("llmvisor.service", "ActiveState"), "active");
+    assert_eq!(c.model("m1").await["state"], "stopped");
+    assert_eq!(
+        c.show("llmvisor-model-m1.service", "LoadState"),
+        "not-found"
+    );
+
+    assert_eq!(c.chat("m1").await.status(), 200);
+    let unit = "llmvisor-model-m1.service";
+    assert_eq!(c.show(unit, "ActiveState"), "active");
+    assert_eq!(c.show(unit, "Slice"), "llmvisor.slice");
+    assert_eq!(c.show(unit, "DynamicUser"), "yes");
+    assert_eq!(c.show(unit, "DevicePolicy"), "closed");
+    assert_eq!(c.show(unit, "ProtectSystem"), "strict");
+    assert_eq!(c.show(unit, "NoNewPrivileges"), "yes");
+    assert_eq!(c.show(unit, "CapabilityBoundingSet"), "");
+    assert_eq!(c.show(unit, "KillMode"), "mixed");
+    assert_eq!(c.show(unit, "MemoryMax"), (2u64 << 30).to_string());
+    assert_eq!(c.show(unit, "TasksMax"), "256");
+    assert!(c.show(unit, "IPAddressDeny").contains("0.0.0.0/0"));
+    let env = c.show(unit, "Environment");
+    assert!(
+        env.contains("LLMVISOR_MODEL=m1") && env.contains("LLMVISOR_SPEC_HASH="),
+        "{env}"
+    );
+    let health = c.model("m1").await;
+    assert_eq!(health["unit"], unit);
+
+    // Idle for 2 s: the unit is stopped and collected.
+    c.wait_state("m1", "stopped", Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.show(unit, "LoadState") != "not-found" {
+        assert!(
+            Instant::now() < deadline,
+            "the unit is still loaded: {}",
+            c.show(unit, "ActiveState")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_model_is_failed_then_restarted_and_a_restarted_llmvisor_adopts_units() {
+    require_systemd!();
+    let c = Container::boot(&mock_model("m2", "restart_backoff = \"100ms\"\n")).await;
+    let unit = "llmvisor-model-m2.service";
+    assert_eq!(c.chat("m2").await.status(), 200);
+    let pid = c.show(unit, "MainPID");
+    assert_ne!(pid, "0");
+
+    // Killing the model's main process: the unit fails, llmvisor shows why.
+    c.kill9(&pid);
+    c.wait_state("m2", "failed", Duration::from_secs(10)).await;
+    let m = c.model("m2").await;
+    assert_eq!(m["exit"]["signal"], 9, "{m}");
+    // The next request restarts it.
+    assert_eq!(c.chat("m2").await.status(), 200);
+    let pid = c.show(unit, "MainPID");
+    assert_eq!(
+        c.metric("llmvisor_model_starts_total{model=\"m2\"}").await,
+        2.0
+    );
+
+    // kill -9 llmvisor: systemd restarts it, the running unit is adopted (same
+    // process, no new start) and keeps serving.
+    let lv = c.show("llmvisor.service", "MainPID");
+    c.kill9(&lv);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = c.show("llmvisor.service", "MainPID");
+        if now != lv && now != "0" && c.show("llmvisor.service", "ActiveState") == "active" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "llmvisor was not restarted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.wait_state("m2", "ready", Duration::from_secs(10)).await;
+    assert_eq!(
+        c.show(unit, "MainPID"),
+        pid,
+        "the model was restarted instead of adopted"
+    );
+    assert_eq!(
+        c.metric("llmvisor_model_starts_total{model=\"m2\"}").await,
+        0.0
+    );
+    assert_eq!(c.chat("m2").await.status(), 200);
+    let log = c.journal("llmvisor.service");
+    assert!(log.contains("adopted the running unit"), "{log}");
+}

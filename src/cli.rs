@@ -114,7 +114,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(settings)) {
+            match rt.block_on(serve(settings, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -124,6 +124,29 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// SIGHUP (`systemctl reload llmvisor`): re-read the file and apply only what
+/// changed. A file with problems is rejected, each problem logged, and the
+/// configuration in force stays.
+async fn reload(app: &App, config: &std::path::Path) {
+    telemetry::notify_reloading();
+    match Config::load(config) {
+        Err(e) => tracing::error!("reload rejected, the running configuration stays: {e}"),
+        Ok(new) => {
+            let s = app.reload(&new).await;
+            tracing::info!(
+                "reloaded {}: added {:?}, restarted {:?}, updated in place {:?}, removed {:?}, unchanged {}",
+                config.display(),
+                s.added,
+                s.restarted,
+                s.updated,
+                s.removed,
+                s.unchanged.len()
+            );
+        }
+    }
+    telemetry::notify_ready("configuration reloaded");
 }
 
 /// The unit manager `[units] manager` asks for; `auto` logs what it picked and why.
@@ -210,7 +233,7 @@ fn summary(s: &Settings) -> String {
 
 /// Serve until SIGTERM or SIGINT, then shut down gracefully: stop accepting, let
 /// in-flight requests finish (up to `server.shutdown_grace`), stop every model.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+pub async fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Result<()> {
     // Bind first: a port in use fails before any model could start.
     let mut listeners = Vec::new();
     for addr in &settings.listen {
@@ -221,6 +244,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let manager = unit_manager(settings.units.manager).await?;
     let stop_on_shutdown = settings.units.stop_on_shutdown || manager.name() == "process";
@@ -231,7 +255,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let grace = settings.server.shutdown_grace.0;
     let app = App::new(settings, fleet.clone(), metrics);
-    let routes = api::routes(app);
+    let routes = api::routes(app.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = JoinSet::new();
@@ -262,16 +286,20 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     tracing::info!("{status}");
     telemetry::notify_ready(&status);
+    tokio::spawn(telemetry::report_status(fleet.clone()));
 
     let mut listener_failed = false;
-    let which = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
-        Some(r) = servers.join_next() => {
-            // A listener failed on its own; shut down rather than half-serve.
-            tracing::error!("a listener stopped: {r:?}");
-            listener_failed = true;
-            "listener failure"
+    let which = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => reload(&app, config).await,
+            Some(r) = servers.join_next() => {
+                // A listener failed on its own; shut down rather than half-serve.
+                tracing::error!("a listener stopped: {r:?}");
+                listener_failed = true;
+                break "listener failure";
+            }
         }
     };
     tracing::info!("{which}: shutting down; in-flight requests get up to {grace:?}");

@@ -66,7 +66,8 @@ struct Container {
     nspawn: Child,
     pid1: u32,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    header: String,
     client: reqwest::Client,
 }
 
@@ -75,11 +76,12 @@ impl Container {
     async fn boot(models: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let header = format!(
+            "[units]\nmanager = \"systemd\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n"
+        );
         std::fs::write(
             dir.path().join("llmvisor.toml"),
-            format!(
-                "[units]\nmanager = \"systemd\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n{models}"
-            ),
+            format!("{header}{models}"),
         )
         .unwrap();
         let bin_dir = Path::new(MOCK).parent().unwrap();
@@ -109,7 +111,8 @@ impl Container {
             pid1: 0,
             nspawn,
             base: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
+            dir,
+            header,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
         me.pid1 = me.find_init();
@@ -183,6 +186,17 @@ impl Container {
         self.sh(&["systemctl", "show", unit, "-p", property, "--value"])
             .trim()
             .to_string()
+    }
+
+    /// New model tables, then `systemctl reload llmvisor`.
+    fn reconfigure(&self, models: &str) {
+        std::fs::write(
+            self.dir.path().join("llmvisor.toml"),
+            format!("{}{models}", self.header),
+        )
+        .unwrap();
+        let (ok, out) = self.run(&["systemctl", "reload", "llmvisor.service"]);
+        assert!(ok, "reload: {out}");
     }
 
     /// SIGKILL a process of the container (by its pid in there).
@@ -379,4 +393,46 @@ async fn a_killed_model_is_failed_then_restarted_and_a_restarted_llmvisor_adopts
     assert_eq!(c.chat("m2").await.status(), 200);
     let log = c.journal("llmvisor.service");
     assert!(log.contains("adopted the running unit"), "{log}");
+}
+
+#[tokio::test]
+async fn reload_restarts_only_the_changed_unit() {
+    require_systemd!();
+    let a = mock_model("a", "");
+    let b = mock_model("b", "");
+    let idle = mock_model("c", "");
+    let c = Container::boot(&format!("{a}{b}{idle}")).await;
+    assert_eq!(c.chat("a").await.status(), 200);
+    assert_eq!(c.chat("b").await.status(), 200);
+    assert_eq!(c.chat("c").await.status(), 200);
+    let pid_a = c.show("llmvisor-model-a.service", "MainPID");
+    let pid_b = c.show("llmvisor-model-b.service", "MainPID");
+    let pid_c = c.show("llmvisor-model-c.service", "MainPID");
+
+    // b gets another argument (its process changes); c only a new queue limit (its
+    // process does not: the running unit is kept); a is untouched.
+    let b2 = b.replace(
+        "\"{served_name}\"]",
+        "\"{served_name}\", \"--max-tokens\", \"3\"]",
+    );
+    let c2 = format!("{idle}max_queue = 7\n");
+    c.reconfigure(&format!("{a}{b2}{c2}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now_b = c.show("llmvisor-model-b.service", "MainPID");
+        if now_b != pid_b && now_b != "0" && c.model("b").await["state"] == "ready" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b was not restarted\n{}",
+            c.journal("llmvisor.service")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.show("llmvisor-model-a.service", "MainPID"), pid_a);
+    assert_eq!(c.show("llmvisor-model-c.service", "MainPID"), pid_c);
+    c.wait_state("c", "ready", Duration::from_secs(10)).await;
+    assert_eq!(c.model("c").await["max_queue"], 7);
+    assert_eq!(c.show("llmvisor.service", "ActiveState"), "active");
 }

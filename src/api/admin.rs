@@ -19,10 +19,9 @@ fn find(app: &App, peer: SocketAddr, name: &str) -> Result<Arc<Instance>, ApiErr
             "Admin routes answer only on the loopback interface.",
         ));
     }
-    app.router
+    app.router()
         .resolve(name)
         .and_then(|i| app.fleet.get(i))
-        .cloned()
         .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))
 }
 

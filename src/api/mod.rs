@@ -5,7 +5,7 @@ pub mod error;
 mod openai;
 mod status;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use axum::Router;
@@ -27,8 +27,8 @@ pub struct App {
     pub settings: Settings,
     /// Every model instance.
     pub fleet: Arc<Fleet>,
-    /// Public names → instances.
-    pub router: router::Router,
+    /// Public names → instances; replaced on reload.
+    router: RwLock<Arc<router::Router>>,
     /// The backend client.
     pub upstream: Upstream,
     /// Metrics registry.
@@ -47,13 +47,41 @@ impl App {
             s.upstream_idle_timeout.0,
         );
         Arc::new(Self {
-            router: router::Router::new(&settings),
+            router: RwLock::new(Arc::new(router::Router::new(&settings))),
             settings,
             fleet,
             upstream,
             metrics,
             started: SystemTime::now(),
         })
+    }
+}
+
+impl App {
+    /// The name table in force.
+    pub fn router(&self) -> Arc<router::Router> {
+        self.router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Apply a new, validated configuration: models through the fleet (only what
+    /// changed), then the name table. `[server]` and `[units]` need a restart.
+    pub async fn reload(&self, new: &Settings) -> crate::fleet::ReloadSummary {
+        if new.server != self.settings.server || new.listen != self.settings.listen {
+            tracing::warn!("[server] changed; those settings apply after a restart");
+        }
+        if new.units != self.settings.units {
+            tracing::warn!("[units] changed; that applies after a restart");
+        }
+        let summary = self
+            .fleet
+            .reload(new, self.settings.server.shutdown_grace.0)
+            .await;
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(router::Router::new(new));
+        summary
     }
 }
 

@@ -229,7 +229,7 @@ fn parse_and_rewrite(app: &App, bytes: Bytes) -> Result<Prepared, (String, ApiEr
         )));
     }
     let Some(instance) = app
-        .router
+        .router()
         .resolve(&requested)
         .and_then(|name| app.fleet.get(name))
     else {
@@ -250,7 +250,7 @@ fn parse_and_rewrite(app: &App, bytes: Bytes) -> Result<Prepared, (String, ApiEr
         out.freeze()
     };
     Ok(Prepared {
-        instance: instance.clone(),
+        instance,
         body,
         stream: head.stream.unwrap_or(false),
     })

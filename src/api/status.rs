@@ -40,7 +40,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
     let mut failed = false;
     for i in app.fleet.instances() {
         failed |= i.state() == ModelState::Failed;
-        models.insert(i.name().to_string(), model_status(i));
+        models.insert(i.name().to_string(), model_status(&i));
     }
     let (status, overall) = if app.fleet.shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
@@ -67,7 +67,7 @@ pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let data: Vec<Value> = app
-        .router
+        .router()
         .public_names()
         .iter()
         .filter_map(|p| {

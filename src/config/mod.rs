@@ -33,7 +33,7 @@ pub struct Config {
 }
 
 /// `[server]`: the API listener and what applies to every request.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses to listen on, e.g. `["127.0.0.1:8080", "100.64.0.1:8080"]`.
@@ -80,7 +80,7 @@ impl Default for ServerConfig {
 }
 
 /// `[units]`: how models run.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnitsConfig {
     /// `auto` (systemd's system manager when running as root and reachable, the

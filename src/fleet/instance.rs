@@ -2,7 +2,7 @@
 //! concurrency gate and queue, crash accounting.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,9 +50,9 @@ enum Scope<'a> {
 }
 
 impl Status {
-    fn new() -> Self {
+    fn new(state: State) -> Self {
         Self {
-            state: State::Stopped,
+            state,
             since: Instant::now(),
             since_wall: SystemTime::now(),
             last_error: None,
@@ -86,6 +86,8 @@ pub struct Instance {
     /// Milliseconds since `ctx.epoch` when the instance last became idle.
     idle_since_ms: AtomicU64,
     idle: Notify,
+    /// Replaced by a reload: no more idle stops from this object.
+    retired: AtomicBool,
     failures: Mutex<VecDeque<Instant>>,
     ctx: Arc<Ctx>,
 }
@@ -125,17 +127,18 @@ impl Drop for Admission {
 }
 
 impl Instance {
-    pub(super) fn new(spec: ModelSpec, unit: UnitSpec, ctx: Arc<Ctx>) -> Arc<Self> {
+    pub(super) fn new(spec: ModelSpec, unit: UnitSpec, ctx: Arc<Ctx>, initial: State) -> Arc<Self> {
         let gate = Arc::new(Semaphore::new(spec.max_concurrent as usize));
         let inst = Arc::new(Self {
             spec,
             unit,
-            status: watch::channel(Status::new()).0,
+            status: watch::channel(Status::new(initial)).0,
             gate,
             admitted: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
+            retired: AtomicBool::new(false),
             failures: Mutex::new(VecDeque::new()),
             ctx,
         });
@@ -424,6 +427,28 @@ impl Instance {
         self.wait_healthy(generation, t0).await;
     }
 
+    /// Mark this object as replaced by a reload: its idle timer ends. Requests in
+    /// flight finish on it; the caller decides what happens to its unit.
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.idle.notify_one();
+    }
+
+    /// The instance this one replaces has stopped: from Stopping to Stopped, and
+    /// started again when the old one was running.
+    pub(super) fn replace_done(self: &Arc<Self>, start: bool) {
+        self.status.send_if_modified(|s| {
+            let waiting = s.state == State::Stopping;
+            if waiting {
+                s.set(State::Stopped);
+            }
+            waiting
+        });
+        if start {
+            self.begin_start(false);
+        }
+    }
+
     /// Take over a unit that is already running (started by an earlier llmvisor):
     /// no start, it counts as ready once its health check passes.
     pub(super) fn adopt(self: &Arc<Self>, invocation: Invocation) -> bool {
@@ -648,6 +673,9 @@ impl Instance {
         loop {
             self.idle.notified().await;
             loop {
+                if self.retired.load(Ordering::SeqCst) {
+                    return;
+                }
                 if self.admitted.load(Ordering::SeqCst) > 0 || self.state() != State::Ready {
                     break;
                 }

@@ -5,8 +5,8 @@ mod health;
 mod instance;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -72,6 +72,8 @@ pub enum StopReason {
     Admin,
     /// llmvisor is shutting down.
     Shutdown,
+    /// A reload changed or removed the model.
+    Reload,
 }
 
 impl StopReason {
@@ -81,6 +83,7 @@ impl StopReason {
             StopReason::Idle => "idle",
             StopReason::Admin => "admin",
             StopReason::Shutdown => "shutdown",
+            StopReason::Reload => "reload",
         }
     }
 }
@@ -168,9 +171,45 @@ impl Ctx {
 
 /// Every model instance of the configuration.
 pub struct Fleet {
+    /// The instances of the configuration in force; replaced whole on reload.
+    live: RwLock<Arc<Live>>,
+    ctx: Arc<Ctx>,
+}
+
+/// One configuration's instances.
+struct Live {
     instances: Vec<Arc<Instance>>,
     by_name: HashMap<String, Arc<Instance>>,
-    ctx: Arc<Ctx>,
+}
+
+impl Live {
+    fn new(instances: Vec<Arc<Instance>>) -> Self {
+        let by_name = instances
+            .iter()
+            .map(|i| (i.name().to_string(), i.clone()))
+            .collect();
+        Self { instances, by_name }
+    }
+
+    fn by_unit(&self, unit: &str) -> Option<&Arc<Instance>> {
+        self.instances.iter().find(|i| i.unit.unit == unit)
+    }
+}
+
+/// What a reload changed, by model name.
+#[derive(Debug, Default)]
+pub struct ReloadSummary {
+    /// New models.
+    pub added: Vec<String>,
+    /// Models whose process changed: stopped (after draining) and, if they were
+    /// running, started again.
+    pub restarted: Vec<String>,
+    /// Models with new settings whose running unit was kept.
+    pub updated: Vec<String>,
+    /// Models no longer configured: drained and stopped.
+    pub removed: Vec<String>,
+    /// Models left exactly as they were.
+    pub unchanged: Vec<String>,
 }
 
 impl Fleet {
@@ -191,15 +230,10 @@ impl Fleet {
         let instances: Vec<Arc<Instance>> = settings
             .models
             .iter()
-            .map(|m| Instance::new(m.clone(), render(m), ctx.clone()))
-            .collect();
-        let by_name = instances
-            .iter()
-            .map(|i| (i.name().to_string(), i.clone()))
+            .map(|m| Instance::new(m.clone(), render(m), ctx.clone(), State::Stopped))
             .collect();
         let fleet = Arc::new(Self {
-            instances,
-            by_name,
+            live: RwLock::new(Arc::new(Live::new(instances))),
             ctx,
         });
         tokio::spawn(Self::follow_events(
@@ -235,7 +269,7 @@ impl Fleet {
                     if requested {
                         continue;
                     }
-                    if let Some(i) = fleet.instances.iter().find(|i| i.unit.unit == unit) {
+                    if let Some(i) = fleet.live().by_unit(&unit) {
                         i.on_exit(&invocation, &exit, &last_output);
                     }
                 }
@@ -243,14 +277,18 @@ impl Fleet {
         }
     }
 
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// An instance by its name.
-    pub fn get(&self, name: &str) -> Option<&Arc<Instance>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Instance>> {
+        self.live().by_name.get(name).cloned()
     }
 
     /// Every instance, in configuration order.
-    pub fn instances(&self) -> &[Arc<Instance>] {
-        &self.instances
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.live().instances.clone()
     }
 
     /// The unit manager in use.
@@ -261,8 +299,9 @@ impl Fleet {
     /// After a restart of llmvisor: adopt running units whose spec hash matches
     /// (no cold start), restart changed ones, stop ones no model claims.
     pub async fn adopt_running(&self) -> Result<(), crate::units::UnitError> {
+        let live = self.live();
         for u in self.ctx.manager.list().await? {
-            let Some(inst) = self.instances.iter().find(|i| i.unit.unit == u.unit) else {
+            let Some(inst) = live.by_unit(&u.unit) else {
                 tracing::info!(unit = %u.unit, "stopping a unit no model in the configuration claims");
                 self.ctx
                     .manager
@@ -291,6 +330,76 @@ impl Fleet {
         Ok(())
     }
 
+    /// Apply a new configuration, touching only what changed. Unchanged models keep
+    /// running untouched; a model whose settings changed but whose process did not
+    /// keeps its running unit where the manager can adopt it (systemd); a model
+    /// whose process changed is drained, stopped and, if it was running, started
+    /// again; removed models are drained and stopped; new ones start on demand.
+    pub async fn reload(&self, settings: &Settings, drain: Duration) -> ReloadSummary {
+        let old = self.live();
+        let mut summary = ReloadSummary::default();
+        let mut instances = Vec::new();
+        let can_adopt = self.ctx.manager.name() != "process";
+        for spec in &settings.models {
+            let unit = render(spec);
+            let name = spec.name.clone();
+            let Some(prev) = old.by_name.get(&spec.name) else {
+                instances.push(Instance::new(
+                    spec.clone(),
+                    unit,
+                    self.ctx.clone(),
+                    State::Stopped,
+                ));
+                summary.added.push(name);
+                continue;
+            };
+            if prev.spec == *spec {
+                instances.push(prev.clone());
+                summary.unchanged.push(name);
+                continue;
+            }
+            let running = matches!(
+                prev.state(),
+                State::Ready | State::Loading | State::Starting
+            );
+            let same_process = prev.unit.spec_hash == unit.spec_hash;
+            if same_process && running && can_adopt {
+                let next = Instance::new(spec.clone(), unit, self.ctx.clone(), State::Stopped);
+                prev.retire();
+                match self.ctx.manager.adopt(&next.unit.unit).await {
+                    Ok(invocation) => {
+                        next.adopt(invocation);
+                    }
+                    Err(e) => tracing::warn!(model = %name, "cannot keep the running unit: {e}"),
+                }
+                instances.push(next);
+                summary.updated.push(name);
+            } else {
+                // The new instance waits (Stopping) until the old process is gone,
+                // so the two never race for the unit name or the port.
+                let next = Instance::new(spec.clone(), unit, self.ctx.clone(), State::Stopping);
+                prev.retire();
+                let (prev, waiting) = (prev.clone(), next.clone());
+                tokio::spawn(async move {
+                    prev.stop(StopReason::Reload, drain).await;
+                    waiting.replace_done(running);
+                });
+                instances.push(next);
+                summary.restarted.push(name);
+            }
+        }
+        for prev in &old.instances {
+            if !settings.models.iter().any(|m| m.name == prev.spec.name) {
+                prev.retire();
+                let prev = prev.clone();
+                summary.removed.push(prev.spec.name.clone());
+                tokio::spawn(async move { prev.stop(StopReason::Reload, drain).await });
+            }
+        }
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live::new(instances));
+        summary
+    }
+
     /// Refuse new work from now on.
     pub fn begin_shutdown(&self) {
         self.ctx.shutting_down.store(true, Ordering::SeqCst);
@@ -304,7 +413,8 @@ impl Fleet {
     /// Stop every model, giving in-flight requests up to `drain` to finish.
     pub async fn shutdown(&self, drain: Duration) {
         self.begin_shutdown();
-        let stops = self
+        let live = self.live();
+        let stops = live
             .instances
             .iter()
             .map(|i| {
@@ -318,20 +428,36 @@ impl Fleet {
         // Anything the manager still runs (a start that raced the shutdown).
         if let Ok(units) = self.ctx.manager.list().await {
             for u in units {
-                let timeout = self
-                    .instances
-                    .iter()
-                    .find(|i| i.unit.unit == u.unit)
+                let timeout = live
+                    .by_unit(&u.unit)
                     .map_or(Duration::from_secs(10), |i| i.spec.stop_timeout);
                 let _ = self.ctx.manager.stop(&u.unit, timeout).await;
             }
         }
     }
 
+    /// One line for `systemctl status`: "2 ready, 1 loading, 0 failed, 3 stopped".
+    pub fn status_line(&self) -> String {
+        let live = self.live();
+        let count = |want: &[State]| {
+            live.instances
+                .iter()
+                .filter(|i| want.contains(&i.state()))
+                .count()
+        };
+        format!(
+            "{} ready, {} loading, {} failed, {} stopped",
+            count(&[State::Ready, State::Draining]),
+            count(&[State::Starting, State::Loading]),
+            count(&[State::Failed]),
+            count(&[State::Stopped, State::Stopping])
+        )
+    }
+
     /// Update the scrape-time gauges.
     pub fn update_gauges(&self) {
         let m = &self.ctx.metrics;
-        for i in &self.instances {
+        for i in &self.live().instances {
             let label = self.ctx.model_label(i.name());
             m.in_flight.get_or_create(&label).set(i.in_flight() as i64);
             m.queue_depth.get_or_create(&label).set(i.queued() as i64);

@@ -44,6 +44,34 @@ pub fn notify_ready(status: &str) {
     }
 }
 
+/// Tell systemd a reload is under way (READY=1 ends it).
+pub fn notify_reloading() {
+    // systemd 253 and newer fail a reload whose RELOADING=1 has no MONOTONIC_USEC.
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(false, &states);
+}
+
+/// Keep systemd's `STATUS=` line current ("2 ready, 1 loading, 0 failed"), for
+/// `systemctl status llmvisor`. Only under systemd; a cheap refresh every 2 s.
+pub async fn report_status(fleet: std::sync::Arc<crate::fleet::Fleet>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let line = fleet.status_line();
+        if line != last {
+            let _ = sd_notify::notify(false, &[NotifyState::Status(&line)]);
+            last = line;
+        }
+    }
+}
+
 /// Tell systemd we are stopping.
 pub fn notify_stopping() {
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);

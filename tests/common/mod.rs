@@ -48,6 +48,8 @@ pub struct Llmvisor {
     pub base: String,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
+    /// The config file's `[units]` and `[server]` part.
+    pub header: String,
 }
 
 impl Llmvisor {
@@ -55,9 +57,10 @@ impl Llmvisor {
     pub async fn start(server_extra: &str, models: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = format!(
-            "[units]\nmanager = \"process\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{server_extra}\n\n{models}"
+        let header = format!(
+            "[units]\nmanager = \"process\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{server_extra}\n\n"
         );
+        let config = format!("{header}{models}");
         let path = dir.path().join("llmvisor.toml");
         std::fs::write(&path, &config).unwrap();
         let log = std::fs::File::create(dir.path().join("llmvisor.log")).unwrap();
@@ -73,6 +76,7 @@ impl Llmvisor {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             dir,
+            header,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -90,6 +94,32 @@ impl Llmvisor {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         me
+    }
+
+    /// Write new model tables into the config file and send SIGHUP.
+    pub fn reconfigure(&self, models: &str) {
+        std::fs::write(
+            self.dir.path().join("llmvisor.toml"),
+            format!("{}{models}", self.header),
+        )
+        .unwrap();
+        signal(
+            self.child.as_ref().expect("running").id(),
+            nix::sys::signal::Signal::SIGHUP,
+        );
+    }
+
+    /// Wait until the log contains `text`.
+    pub async fn wait_log(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Full URL of a path.

@@ -242,6 +242,7 @@ pub async fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Resu
             .with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(l);
     }
+    telemetry::drop_capabilities();
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;

@@ -7,22 +7,44 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tracing_subscriber::EnvFilter;
 
-/// Log to stderr (the journal captures it under systemd). `RUST_LOG` overrides
-/// `level`; `RUST_LOG=llmvisor=debug` adds a line per request.
+/// Whether stderr is the journal: `JOURNAL_STREAM` names its device and inode.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Log to the journal with structured fields (`MODEL=`, `UNIT=`, `STATUS=`,
+/// `LATENCY_MS=`, …) when stderr is the journal, to stderr otherwise. `RUST_LOG`
+/// overrides `level`; `RUST_LOG=llmvisor=debug` adds a line per request.
 pub fn init_logging(level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},hyper=warn,h2=warn")));
-    // Under systemd the journal adds its own timestamps.
-    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},hyper=warn,h2=warn,zbus=warn")));
+    if stderr_is_journal()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        // Field names as they are, upper-cased by the layer: MODEL=, not F_MODEL=.
+        let journald = journald
+            .with_field_prefix(None)
+            .with_syslog_identifier("llmvisor".into());
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(journald)
+            .try_init();
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
-    let _ = if under_systemd {
-        builder.without_time().try_init()
-    } else {
-        builder.try_init()
-    };
+        .with_target(false)
+        .try_init();
 }
 
 /// Tell systemd we are ready (a no-op without systemd), and start watchdog pings at
@@ -41,6 +63,34 @@ pub fn notify_ready(status: &str) {
                 let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
             }
         });
+    }
+}
+
+/// Drop every Linux capability, including from the bounding set, so neither
+/// llmvisor nor anything it starts can regain one. Called once the listeners are
+/// bound (binding a port below 1024 is the only thing a capability is needed for);
+/// systemd authorizes llmvisor's D-Bus calls by its user id, not by capabilities.
+pub fn drop_capabilities() {
+    use caps::CapSet;
+    let held = caps::read(None, CapSet::Permitted).unwrap_or_default();
+    for cap in caps::all() {
+        let _ = caps::drop(None, CapSet::Bounding, cap);
+    }
+    let mut failed = Vec::new();
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        if let Err(e) = caps::clear(None, set) {
+            failed.push(format!("{set:?}: {e}"));
+        }
+    }
+    if failed.is_empty() {
+        tracing::info!("dropped all {} capabilities", held.len());
+    } else {
+        tracing::warn!("could not drop every capability: {}", failed.join("; "));
     }
 }
 

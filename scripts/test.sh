@@ -3,6 +3,7 @@
 # official `openai` Python client against a running llmvisor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

@@ -49,6 +49,21 @@ enum Command {
         #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Show a model's log from the journal: its unit's output and what llmvisor
+    /// logged about it.
+    Logs {
+        /// Configuration file, to resolve aliases (optional).
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The model (instance name, or an alias with --config).
+        model: String,
+        /// How many of the last lines to show.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing new lines as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Print the systemd unit a model runs as (its properties) and an equivalent
     /// `systemd-run` command line.
     RenderUnit {
@@ -74,6 +89,50 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Logs {
+            config,
+            model,
+            lines,
+            follow,
+        } => {
+            let name = match config.map(|c| Config::load(&c)) {
+                Some(Ok(s)) => s
+                    .models
+                    .iter()
+                    .find(|m| m.name == model || m.aliases.contains(&model))
+                    .map_or(model.clone(), |m| m.name.clone()),
+                Some(Err(e)) => {
+                    eprintln!("llmvisor: {e}");
+                    return ExitCode::FAILURE;
+                }
+                None => model.clone(),
+            };
+            let unit = crate::units::unit_name(&name);
+            let q = crate::units::journal::Query {
+                unit: &unit,
+                model: Some(&name),
+                invocation: None,
+            };
+            let result = if follow {
+                crate::units::journal::follow(&q, lines, |l| {
+                    use std::io::Write;
+                    writeln!(std::io::stdout(), "{l}").is_ok()
+                })
+            } else {
+                crate::units::journal::tail(&q, lines).map(|ls| {
+                    for l in ls {
+                        println!("{l}");
+                    }
+                })
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("llmvisor: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::RenderUnit { config, model } => match Config::load(&config) {
             Ok(s) => match render_unit(&s, &model) {
                 Some(text) => {

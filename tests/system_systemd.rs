@@ -332,6 +332,38 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
     let health = c.model("m1").await;
     assert_eq!(health["unit"], unit);
 
+    // The model's own output is in its unit's journal: `llmvisor logs` and the
+    // admin route show it, with llmvisor's lines about the model.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = c.sh(&["/opt/llmvisor/llmvisor", "logs", "m1", "-n", "50"]);
+        if logs.contains("llmvisor-mock listening on http://127.0.0.1:")
+            && logs.contains("ready after")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "llmvisor logs m1:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let api: Value = c
+        .client
+        .get(c.url("/admin/models/m1/logs?lines=20"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["unit"], unit);
+    assert!(
+        api["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("llmvisor-mock listening")),
+        "{api}"
+    );
+
     // Idle for 2 s: the unit is stopped and collected.
     c.wait_state("m1", "stopped", Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -53,6 +53,51 @@ pub async fn start(
         .into_response()
 }
 
+/// Query of the logs route.
+#[derive(serde::Deserialize)]
+pub struct LogsQuery {
+    /// How many of the last lines (default 100, at most 10000).
+    lines: Option<usize>,
+}
+
+/// `GET /admin/models/{name}/logs?lines=N`: the model's journal, as `llmvisor logs`
+/// shows it.
+pub async fn logs(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+) -> Response {
+    let inst = match find(&app, peer, &name) {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let lines = q.lines.unwrap_or(100).min(10_000);
+    let (unit, model) = (inst.unit.unit.clone(), inst.name().to_string());
+    let read = tokio::task::spawn_blocking(move || {
+        crate::units::journal::tail(
+            &crate::units::journal::Query {
+                unit: &unit,
+                model: Some(&model),
+                invocation: None,
+            },
+            lines,
+        )
+    })
+    .await;
+    match read {
+        Ok(Ok(lines)) => {
+            Json(json!({"model": inst.name(), "unit": inst.unit.unit, "lines": lines}))
+                .into_response()
+        }
+        Ok(Err(why)) => {
+            tracing::warn!(model = %inst.name(), "logs: {why}");
+            ApiError::Unavailable("The journal cannot be read on this host.").into_response()
+        }
+        Err(_) => ApiError::Unavailable("Reading the journal failed.").into_response(),
+    }
+}
+
 /// `POST /admin/models/{name}/stop`: drain in-flight requests (up to
 /// `server.shutdown_grace`), then stop. Answers at once with 202. A later request
 /// for the model starts it again on demand.

@@ -34,6 +34,9 @@ pub enum ApiError {
     /// Not allowed from where it came.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A facility of the host is missing (the journal, say).
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// The model could not take the request.
     #[error(transparent)]
     Fleet(#[from] FleetError),
@@ -113,6 +116,13 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "permission_error",
                 "forbidden",
+                (*why).to_string(),
+                None,
+            ),
+            ApiError::Unavailable(why) => r(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "unavailable",
                 (*why).to_string(),
                 None,
             ),

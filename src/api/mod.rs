@@ -97,6 +97,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/metrics", get(status::metrics))
         .route("/admin/models/{name}/start", post(admin::start))
         .route("/admin/models/{name}/stop", post(admin::stop))
+        .route("/admin/models/{name}/logs", get(admin::logs))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

@@ -6,6 +6,7 @@
 //! outlive the supervisor, every start is an invocation with its own id, exits are
 //! reported as events, and running units can be listed and adopted.
 
+pub mod journal;
 pub mod process;
 pub mod properties;
 pub mod render;

@@ -288,23 +288,23 @@ fn exit_info(code: i32, status: i32) -> ExitInfo {
 }
 
 /// The unit's last journal lines of this invocation, for error messages (best
-/// effort: `journalctl` may be missing or the journal not readable).
+/// effort: the journal may not be readable).
 async fn journal_tail(unit: &str, invocation: &Invocation) -> Vec<String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::process::Command::new("journalctl")
-            .args(["--no-pager", "-o", "cat", "-n", "20", "-u", unit])
-            .arg(format!("_SYSTEMD_INVOCATION_ID={invocation}"))
-            .output(),
-    )
-    .await;
-    match out {
-        Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
+    let (unit, invocation) = (unit.to_string(), invocation.0.clone());
+    // The journal may lag the exit by a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::spawn_blocking(move || {
+        super::journal::messages(
+            &super::journal::Query {
+                unit: &unit,
+                model: None,
+                invocation: Some(&invocation),
+            },
+            20,
+        )
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Properties the user manager cannot apply (they need privileges it lacks).

@@ -254,3 +254,37 @@ async fn backends_die_with_a_killed_supervisor() {
     }
     assert!(!alive(pid), "backend {pid} outlived a SIGKILLed llmvisor");
 }
+
+#[tokio::test]
+async fn status_command_shows_every_model() {
+    let lv = Llmvisor::start(
+        "",
+        &format!("{}{}", mock_model("a", &[], ""), mock_model("b", &[], "")),
+    )
+    .await;
+    assert_eq!(lv.chat("a").await.status(), 200);
+    let out = std::process::Command::new(LLMVISOR)
+        .args(["status", "--config"])
+        .arg(lv.dir.path().join("llmvisor.toml"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("process unit manager"), "{table}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_string()
+    };
+    assert!(
+        row("a").contains("ready") && row("a").contains("llmvisor-model-a.service"),
+        "{table}"
+    );
+    assert!(row("b").contains("stopped"), "{table}");
+}

@@ -425,6 +425,23 @@ async fn a_killed_model_is_failed_then_restarted_and_a_restarted_llmvisor_adopts
     assert_eq!(c.chat("m2").await.status(), 200);
     let log = c.journal("llmvisor.service");
     assert!(log.contains("adopted the running unit"), "{log}");
+
+    // `llmvisor status` shows the unit and its main PID from systemd.
+    let table = c.sh(&[
+        "/opt/llmvisor/llmvisor",
+        "status",
+        "--config",
+        "/etc/llmvisor/llmvisor.toml",
+    ]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("m2 "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("ready") && row.contains(unit) && row.contains(&pid),
+        "{table}"
+    );
+    assert!(table.contains("systemd unit manager"), "{table}");
 }
 
 #[tokio::test]

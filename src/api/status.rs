@@ -27,6 +27,8 @@ fn model_status(i: &Instance) -> Value {
         "port": i.spec.port,
         "in_flight": i.in_flight(),
         "queued": i.queued(),
+        "idle_seconds": i.idle_for().map(|d| d.as_secs()),
+        "gpus": i.spec.limits.gpus,
         "max_concurrent": i.spec.max_concurrent,
         "max_queue": i.spec.max_queue,
         "aliases": i.spec.aliases,

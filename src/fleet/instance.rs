@@ -168,6 +168,17 @@ impl Instance {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// How long a ready model has had nothing admitted, if it is idle now.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.state() != State::Ready || self.admitted.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = self.idle_since_ms.load(Ordering::SeqCst);
+        Some(Duration::from_millis(
+            self.ctx.now_ms().saturating_sub(since),
+        ))
+    }
+
     /// Requests waiting for a start or a slot.
     pub fn queued(&self) -> usize {
         self.admitted

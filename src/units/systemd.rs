@@ -92,6 +92,10 @@ trait Service {
     fn exec_main_status(&self) -> zbus::Result<i32>;
     #[zbus(property)]
     fn environment(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn memory_current(&self) -> zbus::Result<u64>;
 }
 
 /// Which service manager.
@@ -150,6 +154,26 @@ impl SystemdManager {
             events: broadcast::channel(256).0,
             stopping: Arc::new(Mutex::new(HashSet::new())),
         })
+    }
+
+    /// Main PID and current memory (`MemoryCurrent`, when accounted) of a unit, or
+    /// `None` when systemd does not know it.
+    pub async fn runtime(&self, unit: &str) -> Option<(u32, Option<u64>)> {
+        let path = self.manager.get_unit(unit).await.ok()?;
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)
+            .ok()?
+            .build()
+            .await
+            .ok()?;
+        let pid = service.main_pid().await.ok()?;
+        // u64::MAX means "not accounted".
+        let mem = service
+            .memory_current()
+            .await
+            .ok()
+            .filter(|m| *m != u64::MAX);
+        Some((pid, mem))
     }
 
     /// Wait for `job` to be removed; returns its result (`done`, `failed`, …).

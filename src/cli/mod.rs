@@ -1,4 +1,6 @@
-//! The command line: `serve`, `check-config`.
+//! The command line: `serve`, `check-config`, `render-unit`, `status`, `logs`.
+
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +51,13 @@ enum Command {
         #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// A table of every model: state, unit, main PID, GPUs, memory, in flight,
+    /// idle time (asks the running llmvisor and systemd).
+    Status {
+        /// Configuration file (TOML), for the API address.
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Show a model's log from the journal: its unit's output and what llmvisor
     /// logged about it.
     Logs {
@@ -89,6 +98,35 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status { config } => {
+            let settings = match Config::load(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("llmvisor: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("llmvisor: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(status::render(&settings)) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("llmvisor: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Logs {
             config,
             model,

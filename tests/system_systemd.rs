@@ -1,6 +1,7 @@
 //! System tests with a real systemd: a Debian root (`tests/system/prepare-root.sh`)
 //! booted with `systemd-nspawn --boot --register=no --keep-unit`, sharing the host
-//! network, llmvisor inside as a `Type=notify` service with `manager = "systemd"`.
+//! network, llmvisor inside under the shipped `docs/llmvisor.service` (`Type=notify`,
+//! hardened) with `manager = "systemd"`.
 //! The test talks to llmvisor over loopback and to systemd through `nsenter`.
 //!
 //! Needs root, `systemd-nspawn`, `nsenter` and the prepared root. Without them each
@@ -85,7 +86,8 @@ impl Container {
         )
         .unwrap();
         let bin_dir = Path::new(MOCK).parent().unwrap();
-        let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/system/llmvisor.service");
+        // The shipped unit file, with its hardening, as an operator installs it.
+        let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/llmvisor.service");
         let nspawn = Command::new("systemd-nspawn")
             .arg("-D")
             .arg(test_root())
@@ -97,7 +99,7 @@ impl Container {
             ])
             .arg("--console=pipe")
             .arg(format!("--machine=llmvisor-test-{port}"))
-            .arg(format!("--bind-ro={}:/opt/llmvisor", bin_dir.display()))
+            .arg(format!("--bind-ro={}:/usr/local/bin", bin_dir.display()))
             .arg(format!("--bind-ro={}:/etc/llmvisor", dir.path().display()))
             .arg(format!(
                 "--bind-ro={unit}:/etc/systemd/system/llmvisor.service"
@@ -199,6 +201,19 @@ impl Container {
         assert!(ok, "reload: {out}");
     }
 
+    /// `systemd-analyze security UNIT`'s overall exposure (0 best, 10 worst).
+    fn exposure(&self, unit: &str) -> f64 {
+        let out = self.sh(&["systemd-analyze", "security", "--no-pager", unit]);
+        out.lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")
+                    .and_then(|(_, rest)| rest.split_once(": "))
+                    .and_then(|(_, v)| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no exposure level for {unit}:\n{out}"))
+    }
+
     /// SIGKILL a process of the container (by its pid in there).
     fn kill9(&self, pid: &str) {
         let (ok, out) = self.run(&["sh", "-c", &format!("kill -9 {pid}")]);
@@ -285,7 +300,7 @@ impl Drop for Container {
 
 fn mock_model(name: &str, extra: &str) -> String {
     format!(
-        "[models.{name}]\nkind = \"command\"\ncommand = [\"/opt/llmvisor/llmvisor-mock\", \"--port\", \"{{port}}\", \"--served-name\", \"{{served_name}}\"]\nport = {}\n{extra}\n",
+        "[models.{name}]\nkind = \"command\"\ncommand = [\"/usr/local/bin/llmvisor-mock\", \"--port\", \"{{port}}\", \"--served-name\", \"{{served_name}}\"]\nport = {}\n{extra}\n",
         free_port()
     )
 }
@@ -332,11 +347,23 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
     let health = c.model("m1").await;
     assert_eq!(health["unit"], unit);
 
+    // systemd's own rating of the sandbox (recorded in docs/security.md).
+    let model_score = c.exposure(unit);
+    let supervisor_score = c.exposure("llmvisor.service");
+    eprintln!(
+        "systemd-analyze security: {unit} {model_score}, llmvisor.service {supervisor_score}"
+    );
+    assert!(model_score <= 2.5, "model unit exposure {model_score}");
+    assert!(
+        supervisor_score <= 3.0,
+        "llmvisor.service exposure {supervisor_score}"
+    );
+
     // The model's own output is in its unit's journal: `llmvisor logs` and the
     // admin route show it, with llmvisor's lines about the model.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let logs = c.sh(&["/opt/llmvisor/llmvisor", "logs", "m1", "-n", "50"]);
+        let logs = c.sh(&["/usr/local/bin/llmvisor", "logs", "m1", "-n", "50"]);
         if logs.contains("llmvisor-mock listening on http://127.0.0.1:")
             && logs.contains("ready after")
         {
@@ -428,7 +455,7 @@ async fn a_killed_model_is_failed_then_restarted_and_a_restarted_llmvisor_adopts
 
     // `llmvisor status` shows the unit and its main PID from systemd.
     let table = c.sh(&[
-        "/opt/llmvisor/llmvisor",
+        "/usr/local/bin/llmvisor",
         "status",
         "--config",
         "/etc/llmvisor/llmvisor.toml",

@@ -76,6 +76,14 @@ pub fn drop_capabilities() {
     for cap in caps::all() {
         let _ = caps::drop(None, CapSet::Bounding, cap);
     }
+    let none_left = [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective]
+        .into_iter()
+        .all(|set| caps::read(None, set).is_ok_and(|c| c.is_empty()));
+    if held.is_empty() && none_left {
+        // Started without any (CapabilityBoundingSet= in llmvisor.service).
+        tracing::info!("holds no capabilities");
+        return;
+    }
     let mut failed = Vec::new();
     for set in [
         CapSet::Ambient,

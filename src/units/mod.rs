@@ -38,6 +38,9 @@ pub struct ExitInfo {
     pub code: Option<i32>,
     /// Signal number when it was killed.
     pub signal: Option<i32>,
+    /// systemd's `Result` when it says more than the code or signal does
+    /// (`oom-kill`, `timeout`, `watchdog`, `core-dump`, …).
+    pub result: Option<String>,
 }
 
 impl ExitInfo {
@@ -50,15 +53,19 @@ impl ExitInfo {
 impl fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.code, self.signal) {
-            (Some(c), _) => write!(f, "exited with status {c}"),
+            (Some(c), _) => write!(f, "exited with status {c}")?,
             (None, Some(s)) => {
                 let name = nix::sys::signal::Signal::try_from(s)
                     .map(|sig| sig.as_str())
                     .unwrap_or("?");
-                write!(f, "killed by signal {s} ({name})")
+                write!(f, "killed by signal {s} ({name})")?
             }
-            (None, None) => f.write_str("ended for an unknown reason"),
+            (None, None) => f.write_str("ended for an unknown reason")?,
         }
+        if let Some(r) = &self.result {
+            write!(f, " (systemd: {r})")?;
+        }
+        Ok(())
     }
 }
 

@@ -177,6 +177,7 @@ impl UnitManager for ProcessManager {
                     ExitInfo {
                         code: s.code(),
                         signal: s.signal(),
+                        result: None,
                     }
                 }
                 Err(e) => {
@@ -184,6 +185,7 @@ impl UnitManager for ProcessManager {
                     ExitInfo {
                         code: None,
                         signal: None,
+                        result: None,
                     }
                 }
             };

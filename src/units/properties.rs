@@ -230,6 +230,10 @@ mod tests {
         );
         let p = properties(&spec, &unit);
         assert_eq!(values(&p, "Slice"), ["llmvisor.slice"]);
+        assert_eq!(
+            values(&p, "Description"),
+            ["llmvisor model big (vllm, GPU 0,1)"]
+        );
         assert_eq!(values(&p, "MemoryMax"), ["68719476736"]);
         assert_eq!(values(&p, "MemoryHigh"), ["64424509440"]);
         assert_eq!(values(&p, "CPUQuota"), ["800%"]);

@@ -175,7 +175,17 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
     let mut unit = UnitSpec {
         unit: unit_name(&spec.name),
         model: spec.name.clone(),
-        description: format!("llmvisor model {} ({})", spec.name, spec.kind.as_str()),
+        description: if spec.limits.gpus.is_empty() {
+            format!("llmvisor model {} ({})", spec.name, spec.kind.as_str())
+        } else {
+            let gpus: Vec<String> = spec.limits.gpus.iter().map(u32::to_string).collect();
+            format!(
+                "llmvisor model {} ({}, GPU {})",
+                spec.name,
+                spec.kind.as_str(),
+                gpus.join(",")
+            )
+        },
         argv,
         env,
         spec_hash,

@@ -95,6 +95,8 @@ trait Service {
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
     #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property)]
     fn memory_current(&self) -> zbus::Result<u64>;
 }
 
@@ -227,6 +229,7 @@ impl SystemdManager {
                     ExitInfo {
                         code: None,
                         signal: None,
+                        result: None,
                     }
                 }
             };
@@ -266,22 +269,28 @@ async fn follow_until_stopped(
     // Values already set (a process may have died before we subscribed).
     let mut code = service.exec_main_code().await.unwrap_or(0);
     let mut status = service.exec_main_status().await.unwrap_or(0);
+    let mut result = service.result().await.unwrap_or_default();
     let mut active = unit
         .active_state()
         .await
         .unwrap_or_else(|_| "inactive".into());
     loop {
         if active == "inactive" || active == "failed" {
-            return Ok(exit_info(code, status));
+            return Ok(exit_info(code, status, &result));
         }
         let Some(signal) = changes.next().await else {
-            return Ok(exit_info(code, status));
+            return Ok(exit_info(code, status, &result));
         };
         let Ok(args) = signal.args() else { continue };
         for (name, value) in args.changed_properties() {
             match *name {
                 "ExecMainCode" => code = i32::try_from(value).unwrap_or(code),
                 "ExecMainStatus" => status = i32::try_from(value).unwrap_or(status),
+                "Result" => {
+                    if let Ok(r) = <&str>::try_from(value) {
+                        result = r.to_string();
+                    }
+                }
                 "ActiveState" => {
                     if let Ok(s) = <&str>::try_from(value) {
                         active = s.to_string();
@@ -294,20 +303,19 @@ async fn follow_until_stopped(
 }
 
 /// `ExecMainCode` is a `siginfo` `si_code`: 1 exited, 2 killed, 3 dumped core.
-fn exit_info(code: i32, status: i32) -> ExitInfo {
-    match code {
-        1 => ExitInfo {
-            code: Some(status),
-            signal: None,
-        },
-        2 | 3 => ExitInfo {
-            code: None,
-            signal: Some(status),
-        },
-        _ => ExitInfo {
-            code: None,
-            signal: None,
-        },
+fn exit_info(code: i32, status: i32, result: &str) -> ExitInfo {
+    let (code, signal) = match code {
+        1 => (Some(status), None),
+        2 | 3 => (None, Some(status)),
+        _ => (None, None),
+    };
+    // exit-code and signal say nothing the code or signal does not.
+    let result =
+        (!matches!(result, "" | "success" | "exit-code" | "signal")).then(|| result.to_string());
+    ExitInfo {
+        code,
+        signal,
+        result,
     }
 }
 
@@ -636,6 +644,22 @@ mod tests {
         assert_eq!(devices[0], ("/dev/nvidia1".to_string(), "rw".to_string()));
         // Every rendered property has a D-Bus counterpart (names may differ).
         assert!(p.len() >= 30, "{}", p.len());
+    }
+
+    #[test]
+    fn exits_read_from_systemd() {
+        assert_eq!(
+            exit_info(1, 3, "exit-code").to_string(),
+            "exited with status 3"
+        );
+        assert_eq!(
+            exit_info(2, 9, "signal").to_string(),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            exit_info(2, 9, "oom-kill").to_string(),
+            "killed by signal 9 (SIGKILL) (systemd: oom-kill)"
+        );
     }
 
     #[test]

@@ -372,6 +372,30 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
         assert!(Instant::now() < deadline, "llmvisor logs m1:\n{logs}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // -f prints the last lines and keeps following until stopped.
+    let followed = c.sh(&[
+        "sh",
+        "-c",
+        "timeout 2 /usr/local/bin/llmvisor logs m1 -f; echo rc=$?",
+    ]);
+    assert!(
+        followed.contains("rc=124"),
+        "logs -f did not keep following:\n{followed}"
+    );
+    assert!(
+        followed.contains("llmvisor-mock listening on"),
+        "logs -f:\n{followed}"
+    );
+    // systemctl status shows llmvisor's one-line summary (STATUS=).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.show("llmvisor.service", "StatusText").contains("1 ready") {
+        assert!(
+            Instant::now() < deadline,
+            "StatusText: {}",
+            c.show("llmvisor.service", "StatusText")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let api: Value = c
         .client
         .get(c.url("/admin/models/m1/logs?lines=20"))

@@ -476,6 +476,11 @@ impl UnitManager for SystemdManager {
     async fn start(&self, unit: &UnitSpec) -> Result<Invocation, UnitError> {
         // A failed run of the same name would block the new one.
         let _ = self.manager.reset_failed_unit(&unit.unit).await;
+        // A stop asked of an earlier run must not mark this run's end as asked for.
+        self.stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&unit.unit);
         let props = dbus_properties(unit, self.bus);
         let args: Vec<(&str, Value<'_>)> = props
             .iter()
@@ -522,7 +527,13 @@ impl UnitManager for SystemdManager {
             .map_err(|e| manager_error("cannot follow systemd jobs", e))?;
         let job = match self.manager.stop_unit(unit, "replace").await {
             Ok(job) => job,
-            Err(e) if is_no_such_unit(&e) => return Ok(()),
+            Err(e) if is_no_such_unit(&e) => {
+                self.stopping
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(unit);
+                return Ok(());
+            }
             Err(e) => return Err(manager_error(&format!("cannot stop {unit}"), e)),
         };
         // systemd itself escalates to SIGKILL after TimeoutStopSec.
@@ -554,7 +565,10 @@ impl UnitManager for SystemdManager {
         let mut out = Vec::new();
         for row in rows {
             let (name, active, path) = (row.0, row.3, row.6);
-            let invocation = self.invocation_of(&path).await?;
+            // A unit that vanished since the listing is simply not there.
+            let Ok(invocation) = self.invocation_of(&path).await else {
+                continue;
+            };
             let service = ServiceProxy::builder(&self.conn)
                 .path(path.clone())
                 .map_err(|e| manager_error("bad unit path", e))?

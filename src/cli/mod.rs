@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::api::{self, App};
-use crate::config::{Config, ConfigError, ManagerChoice, Settings};
+use crate::config::{Config, ManagerChoice, Settings};
 use crate::fleet::Fleet;
 use crate::telemetry::{self, metrics::Metrics};
 use crate::units::UnitManager;
@@ -86,46 +86,38 @@ enum Command {
 
 /// Run the command line; the process exit code is returned.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(s) => {
-                println!("{}: ok — {}", config.display(), summary(&s));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("llmvisor: {e}");
-                ExitCode::FAILURE
-            }
-        },
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("llmvisor: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A tokio runtime for a command.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, String> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// One command; an error is the message printed before exiting with status 1.
+fn run(command: Command) -> Result<(), String> {
+    let load = |path: &std::path::Path| Config::load(path).map_err(|e| e.to_string());
+    match command {
+        Command::CheckConfig { config } => {
+            let s = load(&config)?;
+            println!("{}: ok — {}", config.display(), summary(&s));
+        }
         Command::Status { config } => {
-            let settings = match Config::load(&config) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("llmvisor: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("llmvisor: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(status::render(&settings)) {
-                Ok(table) => {
-                    print!("{table}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("llmvisor: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let settings = load(&config)?;
+            print!("{}", runtime(false)?.block_on(status::render(&settings))?);
         }
         Command::Logs {
             config,
@@ -133,17 +125,13 @@ pub fn main() -> ExitCode {
             lines,
             follow,
         } => {
-            let name = match config.map(|c| Config::load(&c)) {
-                Some(Ok(s)) => s
+            let name = match config {
+                Some(c) => load(&c)?
                     .models
                     .iter()
                     .find(|m| m.name == model || m.aliases.contains(&model))
                     .map_or(model.clone(), |m| m.name.clone()),
-                Some(Err(e)) => {
-                    eprintln!("llmvisor: {e}");
-                    return ExitCode::FAILURE;
-                }
-                None => model.clone(),
+                None => model,
             };
             let unit = crate::units::unit_name(&name);
             let q = crate::units::journal::Query {
@@ -151,76 +139,42 @@ pub fn main() -> ExitCode {
                 model: Some(&name),
                 invocation: None,
             };
-            let result = if follow {
+            if follow {
                 crate::units::journal::follow(&q, lines, |l| {
                     use std::io::Write;
                     writeln!(std::io::stdout(), "{l}").is_ok()
-                })
+                })?;
             } else {
-                crate::units::journal::tail(&q, lines).map(|ls| {
-                    for l in ls {
-                        println!("{l}");
-                    }
-                })
-            };
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("llmvisor: {e}");
-                    ExitCode::FAILURE
+                for l in crate::units::journal::tail(&q, lines)? {
+                    println!("{l}");
                 }
             }
         }
-        Command::RenderUnit { config, model } => match Config::load(&config) {
-            Ok(s) => match render_unit(&s, &model) {
-                Some(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                None => {
-                    let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
-                    eprintln!(
-                        "llmvisor: no model `{model}` in {}; models: {}",
-                        config.display(),
-                        names.join(", ")
-                    );
-                    ExitCode::FAILURE
-                }
-            },
-            Err(e) => {
-                eprintln!("llmvisor: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::RenderUnit { config, model } => {
+            let s = load(&config)?;
+            let Some(text) = render_unit(&s, &model) else {
+                let names: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
+                return Err(format!(
+                    "no model `{model}` in {}; models: {}",
+                    config.display(),
+                    names.join(", ")
+                ));
+            };
+            print!("{text}");
+        }
         Command::Serve { config, log_level } => {
             telemetry::init_logging(&log_level);
-            let settings = match Config::load(&config) {
-                Ok(s) => s,
-                Err(e) => {
-                    report_config_error(&e);
-                    return ExitCode::FAILURE;
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("llmvisor: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(serve(settings, &config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
+            let settings =
+                Config::load(&config).map_err(|e| format!("{e}\nnothing was started."))?;
+            runtime(true)?
+                .block_on(serve(settings, &config))
+                .map_err(|e| {
                     tracing::error!("{e:#}");
-                    eprintln!("llmvisor: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+                    format!("{e:#}")
+                })?;
         }
     }
+    Ok(())
 }
 
 /// SIGHUP (`systemctl reload llmvisor`): re-read the file and apply only what
@@ -288,11 +242,6 @@ async fn unit_manager(choice: ManagerChoice) -> anyhow::Result<Arc<dyn UnitManag
     };
     tracing::info!("models run under the {} unit manager", m.name());
     Ok(m)
-}
-
-fn report_config_error(e: &ConfigError) {
-    eprintln!("llmvisor: {e}");
-    eprintln!("nothing was started.");
 }
 
 /// The unit of `model` (a name or an alias) as `Name=value` lines and a

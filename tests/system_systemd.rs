@@ -276,9 +276,7 @@ impl Container {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        common::metric_value(&text, series)
     }
 }
 

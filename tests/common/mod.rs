@@ -236,12 +236,9 @@ impl Llmvisor {
         tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap().status() })
     }
 
-    /// The value of one metric series (exact line prefix match), or 0.
+    /// The value of one metric series, or 0.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.metrics_text().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        metric_value(&self.metrics_text().await, series)
     }
 
     /// Send SIGTERM and wait for the exit; returns the exit status.
@@ -280,6 +277,13 @@ impl Drop for Llmvisor {
             let _ = child.wait();
         }
     }
+}
+
+/// The value of one series in Prometheus text (exact line prefix match), or 0.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
 
 /// Send a signal to a pid.

@@ -106,7 +106,7 @@ impl Container {
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("nspawn.log")).unwrap())
             .spawn()
             .expect("systemd-nspawn");
         let mut me = Self {
@@ -118,18 +118,21 @@ impl Container {
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
         me.pid1 = me.find_init();
-        // systemctl cannot connect until init has its bus socket up.
+        // Until init has its bus socket up (or while nsenter races its start),
+        // systemctl answers with errors: ask again.
         let deadline = Instant::now() + Duration::from_secs(60);
         let state = loop {
             let state = me.sh(&["systemctl", "is-system-running", "--wait"]);
-            if !state.contains("Failed to connect to bus") || Instant::now() > deadline {
+            if state.contains("running") || state.contains("degraded") || Instant::now() > deadline
+            {
                 break state;
             }
             std::thread::sleep(Duration::from_millis(100));
         };
         assert!(
             state.contains("running") || state.contains("degraded"),
-            "container did not boot: {state}"
+            "container did not boot: {state}\nsystemd-nspawn said: {}",
+            std::fs::read_to_string(me.dir.path().join("nspawn.log")).unwrap_or_default()
         );
         let out = me.run(&["systemctl", "start", "llmvisor.service"]);
         assert!(

@@ -73,3 +73,77 @@ async fn reload_applies_only_what_changed() {
     assert_eq!(lv.state("new").await, "stopped");
     assert_eq!(lv.chat("new").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_request_queued_across_a_reload_is_served_by_the_new_instance() {
+    let base = mock_model(
+        "q",
+        &["--token-delay", "100ms", "--max-tokens", "10"],
+        "max_concurrent = 1\n",
+    );
+    let lv = Llmvisor::start("", &base).await;
+    assert_eq!(lv.chat("q").await.status(), 200);
+    let old_pid = lv.mock_stats("q").await["pid"].as_u64().unwrap() as u32;
+    let in_flight = lv.spawn_chat("q");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queued = lv.spawn_chat("q");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(lv.model("q").await["queued"], 1);
+
+    let changed = base.replace("\"10\"]", "\"11\"]");
+    lv.reconfigure(&changed);
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the in-flight request drains"
+    );
+    assert_eq!(
+        queued.await.unwrap(),
+        200,
+        "the queued request is served after the swap"
+    );
+    lv.wait_state("q", "ready", Duration::from_secs(10)).await;
+    assert!(!alive(old_pid));
+    let log = lv.log();
+    assert!(
+        !log.contains("Address already in use"),
+        "two copies raced:\n{log}"
+    );
+    assert_eq!(
+        log.matches("llmvisor-mock listening on").count(),
+        2,
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn two_quick_reloads_leave_exactly_one_process() {
+    let base = mock_model("d", &["--max-tokens", "10"], "");
+    let lv = Llmvisor::start("", &base).await;
+    assert_eq!(lv.chat("d").await.status(), 200);
+    lv.reconfigure(&base.replace("\"10\"]", "\"11\"]"));
+    lv.reconfigure(&base.replace("\"10\"]", "\"12\"]"));
+    lv.wait_log("reloaded ", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lv.wait_state("d", "ready", Duration::from_secs(10)).await;
+    let body: serde_json::Value = lv
+        .post(
+            "/v1/chat/completions",
+            &serde_json::json!({"model": "d", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 12, "{body}");
+    // Only the last configuration's process runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mocks = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+        .filter(|c| c.contains("--served-name\0d\0") && c.contains(MOCK))
+        .count();
+    assert_eq!(mocks, 1, "{}", lv.log());
+    assert!(!lv.log().contains("already running"), "{}", lv.log());
+}

@@ -537,3 +537,27 @@ async fn reload_restarts_only_the_changed_unit() {
     assert_eq!(c.model("c").await["max_queue"], 7);
     assert_eq!(c.show("llmvisor.service", "ActiveState"), "active");
 }
+
+#[tokio::test]
+async fn a_backend_that_dies_at_once_is_failed_with_its_status_and_output() {
+    require_systemd!();
+    let models = format!(
+        "[models.boom]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo boom-marker >&2; sleep 0.3; exit 3\"]\nport = {}\nstart_timeout = \"20s\"\n",
+        free_port()
+    );
+    let c = Container::boot(&models).await;
+    let resp = c.chat("boom").await;
+    assert_eq!(resp.status(), 503);
+    let m = c.model("boom").await;
+    assert_eq!(m["state"], "failed", "{m}");
+    assert_eq!(m["exit"]["code"], 3, "{m}");
+    assert!(
+        m["last_error"].as_str().unwrap().contains("boom-marker"),
+        "{m}"
+    );
+    // The failed unit stays for the operator to inspect until the next start.
+    assert_eq!(
+        c.show("llmvisor-model-boom.service", "ActiveState"),
+        "failed"
+    );
+}

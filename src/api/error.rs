@@ -173,6 +173,13 @@ impl ApiError {
                     ),
                     None,
                 ),
+                FleetError::Replaced { .. } => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "model_reconfigured",
+                    format!("{e}; retry."),
+                    Some(1),
+                ),
                 FleetError::ShuttingDown => r(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service_unavailable",

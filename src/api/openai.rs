@@ -120,8 +120,22 @@ async fn dispatch(
 ) -> Response {
     let inst = prepared.instance.clone();
     let acquire = {
-        let inst = inst.clone();
-        async move { inst.acquire().await }
+        let (inst, app) = (inst.clone(), app.clone());
+        async move {
+            match inst.acquire().await {
+                // A reload replaced the model while this request waited: once more,
+                // with the instance now configured under that name.
+                Err(FleetError::Replaced { .. }) if !app.fleet.shutting_down() => {
+                    match app.fleet.get(inst.name()) {
+                        Some(next) if !next.is_retired() => next.acquire().await,
+                        _ => Err(FleetError::Replaced {
+                            model: inst.name().to_string(),
+                        }),
+                    }
+                }
+                r => r,
+            }
+        }
     };
     let keepalive = &app.settings.server;
     let lease =

@@ -197,7 +197,7 @@ async fn reload(app: &App, config: &std::path::Path) {
             );
         }
     }
-    telemetry::notify_ready("configuration reloaded");
+    telemetry::notify_reloaded();
 }
 
 /// The unit manager `[units] manager` asks for; `auto` logs what it picked and why.

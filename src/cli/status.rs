@@ -86,8 +86,13 @@ pub async fn render(settings: &Settings) -> Result<String, String> {
         .map(String::from)
         .to_vec(),
     ];
-    let empty = serde_json::Map::new();
-    for (name, m) in h["models"].as_object().unwrap_or(&empty) {
+    // In configuration order.
+    for spec in &settings.models {
+        let name = &spec.name;
+        let m = &h["models"][name];
+        if m.is_null() {
+            continue;
+        }
         let unit = m["unit"].as_str().unwrap_or("-").to_string();
         let (pid, mem) = match &systemd {
             Some(s) => s.runtime(&unit).await.unwrap_or((0, None)),

@@ -86,8 +86,10 @@ pub struct Instance {
     /// Milliseconds since `ctx.epoch` when the instance last became idle.
     idle_since_ms: AtomicU64,
     idle: Notify,
-    /// Replaced by a reload: no more idle stops from this object.
+    /// Replaced by a reload: no more starts or idle stops from this object.
     retired: AtomicBool,
+    /// Replacing a running model: start once the old process is gone.
+    pub(super) pending_start: AtomicBool,
     failures: Mutex<VecDeque<Instant>>,
     ctx: Arc<Ctx>,
 }
@@ -139,6 +141,7 @@ impl Instance {
             idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
             retired: AtomicBool::new(false),
+            pending_start: AtomicBool::new(false),
             failures: Mutex::new(VecDeque::new()),
             ctx,
         });
@@ -276,6 +279,11 @@ impl Instance {
                     if self.ctx.shutting_down() {
                         return Err(FleetError::ShuttingDown);
                     }
+                    if self.is_retired() {
+                        return Err(FleetError::Replaced {
+                            model: self.spec.name.clone(),
+                        });
+                    }
                     self.begin_start(false);
                     saw_start = true;
                     continue;
@@ -328,7 +336,10 @@ impl Instance {
         let start_timeout = self.spec.start_timeout;
         let mut generation = None;
         self.status.send_if_modified(|s| {
-            if !matches!(s.state, State::Stopped | State::Failed) || (s.locked_out && !operator) {
+            if !matches!(s.state, State::Stopped | State::Failed)
+                || (s.locked_out && !operator)
+                || self.retired.load(Ordering::SeqCst)
+            {
                 return false;
             }
             s.locked_out = false;
@@ -441,13 +452,23 @@ impl Instance {
     /// Mark this object as replaced by a reload: its idle timer ends. Requests in
     /// flight finish on it; the caller decides what happens to its unit.
     pub(super) fn retire(&self) {
-        self.retired.store(true, Ordering::SeqCst);
+        self.status.send_modify(|s| {
+            self.retired.store(true, Ordering::SeqCst);
+            // Any start or health wait under way belongs to the old configuration:
+            // a new generation makes each of its next steps a no-op.
+            s.generation += 1;
+        });
         self.idle.notify_one();
+    }
+
+    /// Whether a reload replaced this object.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// The instance this one replaces has stopped: from Stopping to Stopped, and
     /// started again when the old one was running.
-    pub(super) fn replace_done(self: &Arc<Self>, start: bool) {
+    pub(super) fn replace_done(self: &Arc<Self>) {
         self.status.send_if_modified(|s| {
             let waiting = s.state == State::Stopping;
             if waiting {
@@ -455,7 +476,9 @@ impl Instance {
             }
             waiting
         });
-        if start {
+        // A later reload may have replaced this one meanwhile; begin_start refuses
+        // then, and that reload carried the intent over.
+        if self.pending_start.swap(false, Ordering::SeqCst) {
             self.begin_start(false);
         }
     }

@@ -141,6 +141,12 @@ pub enum FleetError {
     /// llmvisor is shutting down.
     #[error("llmvisor is shutting down")]
     ShuttingDown,
+    /// A reload replaced the model while the request waited; look it up again.
+    #[error("model `{model}` was reconfigured while the request waited")]
+    Replaced {
+        /// Instance.
+        model: String,
+    },
 }
 
 /// What every instance shares.
@@ -301,30 +307,40 @@ impl Fleet {
     pub async fn adopt_running(&self) -> Result<(), crate::units::UnitError> {
         let live = self.live();
         for u in self.ctx.manager.list().await? {
+            // One unit that cannot be handled must not leave the others untouched.
             let Some(inst) = live.by_unit(&u.unit) else {
                 tracing::info!(unit = %u.unit, "stopping a unit no model in the configuration claims");
-                self.ctx
+                if let Err(e) = self
+                    .ctx
                     .manager
                     .stop(&u.unit, Duration::from_secs(30))
-                    .await?;
+                    .await
+                {
+                    tracing::error!(unit = %u.unit, "cannot stop: {e}");
+                }
                 continue;
             };
             if !u.active {
                 continue;
             }
             if u.spec_hash.as_deref() == Some(inst.unit.spec_hash.as_str()) {
-                let invocation = self.ctx.manager.adopt(&u.unit).await?;
-                inst.adopt(invocation);
+                match self.ctx.manager.adopt(&u.unit).await {
+                    Ok(invocation) => {
+                        inst.adopt(invocation);
+                    }
+                    Err(e) => tracing::error!(unit = %u.unit, "cannot adopt: {e}"),
+                }
             } else {
                 tracing::info!(
                     model = %inst.name(),
                     "the running unit was started from another spec; restarting it"
                 );
-                self.ctx
-                    .manager
-                    .stop(&u.unit, inst.spec.stop_timeout)
-                    .await?;
-                inst.begin_start(false);
+                match self.ctx.manager.stop(&u.unit, inst.spec.stop_timeout).await {
+                    Ok(()) => {
+                        inst.begin_start(false);
+                    }
+                    Err(e) => tracing::error!(unit = %u.unit, "cannot stop: {e}"),
+                }
             }
         }
         Ok(())
@@ -358,12 +374,18 @@ impl Fleet {
                 summary.unchanged.push(name);
                 continue;
             }
-            let running = matches!(
-                prev.state(),
-                State::Ready | State::Loading | State::Starting
-            );
+            let state = prev.state();
+            // A replacement made by an earlier reload may still wait to start.
+            let pending = prev.pending_start.load(Ordering::SeqCst);
+            let running =
+                pending || matches!(state, State::Ready | State::Loading | State::Starting);
             let same_process = prev.unit.spec_hash == unit.spec_hash;
-            if same_process && running && can_adopt {
+            // Only a unit that exists can be kept (a Starting one may not yet).
+            if same_process
+                && can_adopt
+                && !pending
+                && matches!(state, State::Ready | State::Loading)
+            {
                 let next = Instance::new(spec.clone(), unit, self.ctx.clone(), State::Stopped);
                 prev.retire();
                 match self.ctx.manager.adopt(&next.unit.unit).await {
@@ -378,11 +400,13 @@ impl Fleet {
                 // The new instance waits (Stopping) until the old process is gone,
                 // so the two never race for the unit name or the port.
                 let next = Instance::new(spec.clone(), unit, self.ctx.clone(), State::Stopping);
+                next.pending_start.store(running, Ordering::SeqCst);
                 prev.retire();
+                prev.pending_start.store(false, Ordering::SeqCst);
                 let (prev, waiting) = (prev.clone(), next.clone());
                 tokio::spawn(async move {
                     prev.stop(StopReason::Reload, drain).await;
-                    waiting.replace_done(running);
+                    waiting.replace_done();
                 });
                 instances.push(next);
                 summary.restarted.push(name);
@@ -391,6 +415,7 @@ impl Fleet {
         for prev in &old.instances {
             if !settings.models.iter().any(|m| m.name == prev.spec.name) {
                 prev.retire();
+                prev.pending_start.store(false, Ordering::SeqCst);
                 let prev = prev.clone();
                 summary.removed.push(prev.spec.name.clone());
                 tokio::spawn(async move { prev.stop(StopReason::Reload, drain).await });

@@ -53,6 +53,15 @@ pub fn notify_ready(status: &str) {
     if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(status)]) {
         tracing::warn!("cannot notify the service manager: {e}");
     }
+    start_watchdog();
+}
+
+/// READY=1 again after a reload.
+pub fn notify_reloaded() {
+    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+}
+
+fn start_watchdog() {
     let mut usec = 0;
     if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
         let every = Duration::from_micros(usec / 2);

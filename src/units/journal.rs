@@ -21,6 +21,7 @@ pub struct Query<'a> {
 fn open(q: &Query<'_>) -> Result<Journal, String> {
     let mut j = OpenOptions::default()
         .system(true)
+        .current_user(true)
         .local_only(true)
         .open()
         .map_err(|e| format!("cannot open the journal: {e}"))?;
@@ -28,6 +29,10 @@ fn open(q: &Query<'_>) -> Result<Journal, String> {
     j.match_add("_SYSTEMD_UNIT", q.unit).map_err(err)?;
     if let Some(inv) = q.invocation {
         j.match_add("_SYSTEMD_INVOCATION_ID", inv).map_err(err)?;
+    } else {
+        // The same unit under a user's manager (`systemd-user`).
+        j.match_or().map_err(err)?;
+        j.match_add("_SYSTEMD_USER_UNIT", q.unit).map_err(err)?;
     }
     if let Some(model) = q.model {
         j.match_or().map_err(err)?;

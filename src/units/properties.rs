@@ -145,7 +145,9 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
     // Stopping
     p.push(prop("KillMode", "mixed"));
     p.push(prop("TimeoutStopSec", seconds(spec.stop_timeout)));
-    p.push(prop("CollectMode", "inactive-or-failed"));
+    // Failed units stay until the next start resets them, so their exit status
+    // and journal can still be read (and `systemctl status` shows them).
+    p.push(prop("CollectMode", "inactive"));
     p.push(prop("ExecStart", shell_join(&unit.argv)));
     p
 }
@@ -263,7 +265,7 @@ mod tests {
         assert_eq!(values(&p, "IPAddressAllow"), ["localhost"]);
         assert_eq!(values(&p, "KillMode"), ["mixed"]);
         assert_eq!(values(&p, "TimeoutStopSec"), ["30s"]);
-        assert_eq!(values(&p, "CollectMode"), ["inactive-or-failed"]);
+        assert_eq!(values(&p, "CollectMode"), ["inactive"]);
         assert_eq!(p.last().unwrap().name, "ExecStart");
     }
 

@@ -117,6 +117,8 @@ pub struct SystemdManager {
     events: broadcast::Sender<UnitEvent>,
     /// Units llmvisor is stopping: their end is not a failure.
     stopping: Arc<Mutex<HashSet<String>>>,
+    /// Runs being followed, so one run never gets two watchers (after an adopt).
+    watched: Arc<Mutex<HashSet<(String, Invocation)>>>,
 }
 
 fn is_no_such_unit(e: &zbus::Error) -> bool {
@@ -155,6 +157,7 @@ impl SystemdManager {
             bus,
             events: broadcast::channel(256).0,
             stopping: Arc::new(Mutex::new(HashSet::new())),
+            watched: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -218,9 +221,19 @@ impl SystemdManager {
 
     /// Follow one unit until it stops; then report how its main process ended.
     fn watch(&self, unit: String, path: OwnedObjectPath, invocation: Invocation) {
+        let key = (unit.clone(), invocation.clone());
+        if !self
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
         let conn = self.conn.clone();
         let events = self.events.clone();
         let stopping = self.stopping.clone();
+        let watched = self.watched.clone();
         tokio::spawn(async move {
             let exit = match follow_until_stopped(&conn, &path).await {
                 Ok(exit) => exit,
@@ -233,6 +246,10 @@ impl SystemdManager {
                     }
                 }
             };
+            watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
             let requested = stopping
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -270,6 +287,7 @@ async fn follow_until_stopped(
     let mut code = service.exec_main_code().await.unwrap_or(0);
     let mut status = service.exec_main_status().await.unwrap_or(0);
     let mut result = service.result().await.unwrap_or_default();
+    // A unit already collected cannot be read: it has ended, how is unknown.
     let mut active = unit
         .active_state()
         .await
@@ -382,7 +400,12 @@ pub fn dbus_properties(unit: &UnitSpec, bus: Bus) -> Vec<(&'static str, OwnedVal
     let mut devices: Vec<(String, String)> = Vec::new();
     let v = |value: Value<'static>| OwnedValue::try_from(value).expect("plain values have no fds");
     for Property { name, value } in &unit.properties {
-        if bus == Bus::User && PRIVILEGED.contains(name) {
+        if bus == Bus::User
+            && (PRIVILEGED.contains(name)
+                || (*name == "Environment"
+                    && (value.starts_with("HOME=") || value.starts_with("HF_HOME="))))
+        {
+            // The user's own HOME and ~/.cache serve there.
             continue;
         }
         let value = value.as_str();

@@ -25,6 +25,7 @@ mock() { printf '["%s", "--port", "{port}", "--served-name", "{served_name}"%s]'
 cat > "$work/bench.toml" <<EOF
 [server]
 listen = "127.0.0.1:$LV_PORT"
+auth = "none"
 
 [models.fast]
 kind = "command"

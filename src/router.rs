@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn names_and_aliases_resolve() {
-        let s = Config::parse(
+        let s = Config::parse_open(
             "[models.big]\nkind = \"command\"\ncommand = [\"x\"]\naliases = [\"gpt-4o\", \"default\"]\n",
         )
         .unwrap()

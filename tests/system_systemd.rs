@@ -78,7 +78,7 @@ impl Container {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let header = format!(
-            "[units]\nmanager = \"systemd\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\n\n"
+            "[units]\nmanager = \"systemd\"\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\"\nauth = \"none\"\n\n"
         );
         std::fs::write(
             dir.path().join("llmvisor.toml"),

@@ -4,6 +4,7 @@
 //! Parsing is strict (`deny_unknown_fields`); `validate()` then collects *every*
 //! semantic problem with its key path, so an operator fixes a file in one pass.
 
+pub mod routing;
 mod validate;
 pub mod values;
 
@@ -13,6 +14,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use routing::{
+    AdminSpec, AuthMode, ClientSpec, Priority, ProviderSpec, RouteSpec, RuleSpec, SecretsMode,
+    Strategy, TargetRef,
+};
 pub use validate::Problem;
 pub use values::{ByteSize, HumanDuration};
 
@@ -30,6 +35,17 @@ pub struct Config {
     /// and becomes the unit name `llmvisor-model-<name>.service`.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+    /// Public names served by rules over several targets.
+    #[serde(default)]
+    pub routes: BTreeMap<String, routing::RouteConfig>,
+    /// Callers of the API and their keys.
+    #[serde(default)]
+    pub clients: BTreeMap<String, routing::ClientConfig>,
+    /// External OpenAI-compatible endpoints (clouds, peer hosts).
+    #[serde(default)]
+    pub providers: BTreeMap<String, routing::ProviderConfig>,
+    /// The key guarding `/admin/*`.
+    pub admin: Option<routing::AdminConfig>,
 }
 
 /// `[server]`: the API listener and what applies to every request.
@@ -60,6 +76,20 @@ pub struct ServerConfig {
     pub health_poll_interval: HumanDuration,
     /// Ports handed to models that set no `port`, as `[first, last]` (inclusive).
     pub port_range: [u16; 2],
+    /// `required` (default): every `/v1/*` request carries a client's key.
+    /// `none`: no keys, every request is `anonymous` (loopback listeners only).
+    pub auth: AuthMode,
+    /// Allow `auth = "none"` on a listener that is not loopback.
+    pub auth_none_on_network: bool,
+    /// Targets one request may try (the first plus retries before the first byte).
+    pub max_attempts: u32,
+    /// Retries allowed on top of first attempts, as a fraction of requests over the
+    /// last 10 seconds (plus 10 per second), so retries cannot multiply an outage.
+    pub retry_budget: f64,
+    /// Consecutive failures that open a target's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its target before one trial request.
+    pub breaker_cooldown: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +105,12 @@ impl Default for ServerConfig {
             shutdown_grace: HumanDuration::secs(30),
             health_poll_interval: HumanDuration::millis(50),
             port_range: [28100, 28999],
+            auth: AuthMode::Required,
+            auth_none_on_network: false,
+            max_attempts: 3,
+            retry_budget: 0.2,
+            breaker_failures: 5,
+            breaker_cooldown: HumanDuration::secs(30),
         }
     }
 }
@@ -206,7 +242,11 @@ pub struct ModelConfig {
     #[serde(default = "defaults::stop_timeout")]
     pub stop_timeout: HumanDuration,
     /// Context window in tokens (vllm `--max-model-len`, llama-server `--ctx-size`).
+    /// Requests whose prompt plus `max_tokens` exceed it are sent elsewhere or refused.
     pub context_length: Option<u32>,
+    /// The model's Hugging Face `tokenizer.json`, for exact prompt token counts
+    /// (the context guard and routing rules); without it a heuristic estimates.
+    pub tokenizer: Option<String>,
     /// Extra environment variables of the backend process.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -367,6 +407,8 @@ pub struct ModelSpec {
     pub stop_timeout: std::time::Duration,
     /// Context window in tokens.
     pub context_length: Option<u32>,
+    /// `tokenizer.json` path.
+    pub tokenizer: Option<String>,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
     /// Health path.
@@ -417,6 +459,14 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     /// Every model, ports assigned.
     pub models: Vec<ModelSpec>,
+    /// Routes.
+    pub routes: Vec<RouteSpec>,
+    /// Clients (keys hashed once `load_secrets` ran).
+    pub clients: Vec<ClientSpec>,
+    /// Providers.
+    pub providers: Vec<ProviderSpec>,
+    /// The admin key, if any.
+    pub admin: Option<AdminSpec>,
 }
 
 /// Why a configuration could not be loaded.
@@ -469,8 +519,44 @@ impl Config {
         toml::from_str(text)
     }
 
-    /// Read, parse and validate a file.
+    /// For unit tests of other modules: parse, and without `[clients]` run with
+    /// `auth = "none"` (which validation otherwise asks for).
+    #[cfg(test)]
+    pub fn parse_open(text: &str) -> Result<Self, toml::de::Error> {
+        let mut c = Self::parse(text)?;
+        if c.clients.is_empty() {
+            c.server.auth = AuthMode::None;
+        }
+        Ok(c)
+    }
+
+    /// Read, parse and validate a file, and read the key files it names.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with(path, SecretsMode::Serve).map(|(s, _)| s)
+    }
+
+    /// Read, parse and validate a file; read key files as `mode` says. Also returns
+    /// notes about what was not checked.
+    pub fn load_with(path: &Path, mode: SecretsMode) -> Result<(Settings, Vec<String>), ConfigError> {
+        let mut settings = Self::load_layout(path)?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        let (problems, notes) = settings.load_secrets(dir, creds.as_deref(), mode);
+        if problems.is_empty() {
+            Ok((settings, notes))
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Read, parse and validate a file without reading key files.
+    fn load_layout(path: &Path) -> Result<Settings, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),

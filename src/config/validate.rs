@@ -33,10 +33,10 @@ const MAX_QUEUE: u32 = 1_000_000;
 const MAX_NAME: usize = 255 - "llmvisor-model-".len() - ".service".len();
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(pub(super) Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
@@ -222,12 +222,58 @@ impl Config {
             }
         }
 
+        if s.max_attempts == 0 {
+            p.add("server.max_attempts", "must be at least 1 (1: no retries)");
+        }
+        if !(0.0..=10.0).contains(&s.retry_budget) || s.retry_budget.is_nan() {
+            p.add("server.retry_budget", "must be a fraction between 0 and 10, e.g. 0.2");
+        }
+        if s.breaker_failures == 0 {
+            p.add("server.breaker_failures", "must be at least 1");
+        }
+        if s.breaker_cooldown.is_zero() {
+            p.add("server.breaker_cooldown", "must be more than 0");
+        }
+        match s.auth {
+            super::AuthMode::None => {
+                if let Some(a) = listen.iter().find(|a| !a.ip().is_loopback())
+                    && !s.auth_none_on_network
+                {
+                    p.add(
+                        "server.auth",
+                        format!("\"none\" lets anyone who reaches {a} use every model; configure [clients] keys, listen on loopback only, or set server.auth_none_on_network = true"),
+                    );
+                }
+            }
+            super::AuthMode::Required => {
+                if self.clients.is_empty() {
+                    p.add(
+                        "server.auth",
+                        "is \"required\" (the default) but no [clients.<name>] has a key, so every request would be refused; add a client, or set auth = \"none\" on a loopback listener",
+                    );
+                }
+            }
+        }
+        let resolved = super::routing::check(
+            &self.routes,
+            &self.clients,
+            &self.providers,
+            self.admin.as_ref(),
+            &models,
+            &public,
+            &mut p,
+        );
+
         if p.0.is_empty() {
             Ok(Settings {
                 server: s.clone(),
                 units: self.units.clone(),
                 listen,
                 models,
+                routes: resolved.routes,
+                clients: resolved.clients,
+                providers: resolved.providers,
+                admin: resolved.admin,
             })
         } else {
             Err(p.0)
@@ -393,6 +439,9 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
     if m.restart_window.is_zero() {
         p.add(at("restart_window"), "must be more than 0");
     }
+    if m.tokenizer.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        p.add(at("tokenizer"), "cannot be empty");
+    }
     if m.context_length == Some(0) {
         p.add(at("context_length"), "must be more than 0");
     }
@@ -504,6 +553,7 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
         idle_ttl: (!m.idle_ttl.is_zero()).then_some(m.idle_ttl.0),
         stop_timeout: m.stop_timeout.0,
         context_length: m.context_length,
+        tokenizer: m.tokenizer.clone(),
         env: m.env.clone(),
         health_path: m
             .health_path
@@ -532,7 +582,7 @@ mod tests {
     use super::*;
 
     fn problems(toml: &str) -> Vec<String> {
-        let cfg = Config::parse(toml).expect("parses");
+        let cfg = Config::parse_open(toml).expect("parses");
         match cfg.validate() {
             Ok(_) => vec![],
             Err(ps) => ps.into_iter().map(|p| p.to_string()).collect(),
@@ -541,7 +591,7 @@ mod tests {
 
     #[test]
     fn minimal_config_resolves_defaults() {
-        let cfg = Config::parse(
+        let cfg = Config::parse_open(
             r#"
             [models.small]
             kind = "command"

@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
+use super::gate::{Gate, Permit};
 use super::{Ctx, FleetError, State, StopReason};
+use crate::config::Priority;
 use crate::config::ModelSpec;
 use crate::units::{ExitInfo, Invocation, UnitSpec};
 
@@ -79,7 +81,7 @@ pub struct Instance {
     /// What the unit manager starts.
     pub unit: UnitSpec,
     status: watch::Sender<Status>,
-    gate: Arc<Semaphore>,
+    gate: Arc<Gate>,
     /// Requests admitted: in flight plus waiting for a start or a slot.
     admitted: AtomicUsize,
     in_flight: AtomicUsize,
@@ -98,8 +100,12 @@ pub struct Instance {
 /// it (the response finished or the client went away) frees the slot.
 pub struct Lease {
     instance: Arc<Instance>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
     _admission: Admission,
+    /// How long the request waited for the model to start, if it had to.
+    pub cold_start: Option<Duration>,
+    /// How long it waited for a free slot.
+    pub queued: Duration,
 }
 
 impl Lease {
@@ -130,7 +136,7 @@ impl Drop for Admission {
 
 impl Instance {
     pub(super) fn new(spec: ModelSpec, unit: UnitSpec, ctx: Arc<Ctx>, initial: State) -> Arc<Self> {
-        let gate = Arc::new(Semaphore::new(spec.max_concurrent as usize));
+        let gate = Gate::new(spec.max_concurrent as usize);
         let inst = Arc::new(Self {
             spec,
             unit,
@@ -194,6 +200,12 @@ impl Instance {
     /// Errors: queue full (at once), start failed or timed out, queue timed out,
     /// model failing too often, shutting down.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, FleetError> {
+        self.acquire_as(Priority::Interactive).await
+    }
+
+    /// [`Instance::acquire`] for a request of the given priority: interactive
+    /// requests take free slots before batch ones.
+    pub async fn acquire_as(self: &Arc<Self>, priority: Priority) -> Result<Lease, FleetError> {
         if self.ctx.shutting_down() {
             return Err(FleetError::ShuttingDown);
         }
@@ -211,28 +223,32 @@ impl Instance {
         fence(Ordering::SeqCst);
         // A request that queued while the model crashed or began to stop goes round
         // again: it waits for the next start instead of reaching a dying backend.
+        let mut cold_start = None;
         for _ in 0..3 {
             if self.state() != State::Ready {
+                let t = Instant::now();
                 self.ensure_ready().await?;
+                *cold_start.get_or_insert(Duration::ZERO) += t.elapsed();
             }
-            let permit = match self.gate.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    tokio::time::timeout(self.spec.queue_timeout, self.gate.clone().acquire_owned())
-                        .await
-                        .map_err(|_| FleetError::QueueTimeout {
-                            model: self.spec.name.clone(),
-                            waited: self.spec.queue_timeout,
-                        })?
-                        .map_err(|_| FleetError::ShuttingDown)?
-                }
+            let t = Instant::now();
+            let permit = match self.gate.try_acquire(priority) {
+                Some(p) => p,
+                None => tokio::time::timeout(self.spec.queue_timeout, self.gate.acquire(priority))
+                    .await
+                    .map_err(|_| FleetError::QueueTimeout {
+                        model: self.spec.name.clone(),
+                        waited: self.spec.queue_timeout,
+                    })?,
             };
+            let queued = t.elapsed();
             self.in_flight.fetch_add(1, Ordering::SeqCst);
             if self.state() == State::Ready {
                 return Ok(Lease {
                     instance: self.clone(),
                     _permit: permit,
                     _admission: admission,
+                    cold_start,
+                    queued,
                 });
             }
             self.in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -1,6 +1,7 @@
 //! The fleet: one state machine per model instance, the unit events that drive it,
 //! and the operations on all of them (status, shutdown).
 
+mod gate;
 mod health;
 mod instance;
 

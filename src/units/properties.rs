@@ -196,7 +196,7 @@ mod tests {
     use crate::units::render;
 
     fn rendered(toml: &str) -> (ModelSpec, UnitSpec) {
-        let spec = Config::parse(toml)
+        let spec = Config::parse_open(toml)
             .unwrap()
             .validate()
             .unwrap()

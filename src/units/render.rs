@@ -202,7 +202,7 @@ mod tests {
     use crate::config::Config;
 
     fn spec(toml: &str) -> ModelSpec {
-        Config::parse(toml)
+        Config::parse_open(toml)
             .unwrap()
             .validate()
             .unwrap()

@@ -621,7 +621,7 @@ mod tests {
 
     fn unit(toml: &str) -> UnitSpec {
         render(
-            &Config::parse(toml)
+            &Config::parse_open(toml)
                 .unwrap()
                 .validate()
                 .unwrap()

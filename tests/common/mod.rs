@@ -57,8 +57,14 @@ impl Llmvisor {
     pub async fn start(server_extra: &str, models: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        // Tests that are not about keys run without them (loopback only).
+        let auth = if server_extra.contains("auth") || server_extra.contains("[clients") {
+            ""
+        } else {
+            "auth = \"none\"\n"
+        };
         let header = format!(
-            "[units]\nmanager = \"process\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{server_extra}\n\n"
+            "[units]\nmanager = \"process\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{auth}{server_extra}\n\n"
         );
         let config = format!("{header}{models}");
         let path = dir.path().join("llmvisor.toml");

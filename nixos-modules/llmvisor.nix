@@ -562,8 +562,8 @@ in
         }
         // lib.optionalAttrs (p.keyFile != null) { key_file = providerCredential name; }
       ) cfg.providers;
-      admin = lib.mkIf (cfg.adminKeyFile != null) { key_file = adminCredential; };
-    };
+    }
+    // lib.optionalAttrs (cfg.adminKeyFile != null) { admin.key_file = adminCredential; };
 
     environment.etc."llmvisor/llmvisor.toml".source = cfg.configFile;
     environment.systemPackages = [ cfg.package ];

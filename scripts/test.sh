@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything CI checks: formatting, lints, unit and integration tests, and the
+# Everything CI checks: formatting, lints, the Nix files (parse, hosts' settings,
+# module evaluation when NIXPKGS_LIB is set), unit and integration tests, and the
 # official `openai` Python client against a running llmvisor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== nix (flake, modules, hosts: scripts/check-nix.sh)"
+scripts/check-nix.sh
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

@@ -7,13 +7,12 @@
 { ... }:
 let
   secrets = "/var/lib/secrets/llmvisor";
-  hfCache = "/srv/models/huggingface";
 
-  # vLLM on one GPU, weights from the shared cache. 4-bit (AWQ) weights, so that the
-  # instances of a GPU fit on its 24 GiB together: the memory fractions of each GPU's
-  # models add up to 0.9. Models download their weights on
-  # first start (allow_network); pre-fetch them and drop allow_network to keep the
-  # units off the network.
+  # vLLM on one GPU, 4-bit (AWQ) weights, so that the instances of a GPU fit on its
+  # 24 GiB together: the memory fractions of each GPU's models add up to 0.9. Each
+  # model downloads its weights on first start (allow_network) into its unit's cache
+  # directory, /var/cache/private/llmvisor/models/<name> (the large disk of
+  # hardware.nix); once they are there, `allow_network = false` keeps it offline.
   vllm =
     {
       model,
@@ -33,7 +32,6 @@ let
       start_timeout = "10m";
       idle_ttl = "30m";
       allow_network = true;
-      env.HF_HOME = hfCache;
       memory_max = "24GiB";
     };
 in

@@ -26,8 +26,9 @@
     fsType = "vfat";
     options = [ "umask=0077" ];
   };
-  # Model weights: a large, fast disk for the Hugging Face cache.
-  fileSystems."/srv/models" = {
+  # Model weights: a large, fast disk for the models' cache directories
+  # (/var/cache/private/llmvisor/models/<name>, where vLLM keeps Hugging Face files).
+  fileSystems."/var/cache" = {
     device = "/dev/disk/by-label/models";
     fsType = "ext4";
   };

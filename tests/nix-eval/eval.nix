@@ -1,0 +1,726 @@
+# Evaluates the llmvisor modules, the flake's wiring, the example hosts and the VM
+# tests' nodes with nixpkgs' `lib` and the stubs of ./stubs.nix, and checks what they
+# render: the unit, the slice, the firewall, credentials and the TOML settings.
+#
+#   nix-instantiate --eval --strict --json tests/nix-eval/eval.nix --arg nixpkgsLib "$NIXPKGS_LIB"
+#
+# Output: { <case> = { failedAssertions; checks = [ { name; ok; got } ]; toml; }; }.
+# scripts/check-nix.sh prints it, and runs `llmvisor check-config` on every `toml`.
+{ nixpkgsLib }:
+let
+  lib = import (if builtins.pathExists (nixpkgsLib + "/lib") then nixpkgsLib + "/lib" else nixpkgsLib);
+  stubs = import ./stubs.nix { inherit lib; };
+  inherit (stubs) pkgs;
+  repo = ../..;
+  systems = [
+    "x86_64-linux"
+    "aarch64-linux"
+  ];
+
+  evalSystem =
+    modules:
+    lib.evalModules {
+      modules = [ stubs.module ] ++ modules;
+      specialArgs = {
+        inherit pkgs;
+        modulesPath = ./stub-modules;
+      };
+    };
+
+  # flake.nix's outputs, with nixpkgs replaced by lib and the stubs.
+  fakeNixpkgs = {
+    lib = lib // {
+      nixosSystem =
+        args:
+        let
+          system = evalSystem args.modules;
+        in
+        system
+        // {
+          pkgs = pkgs // {
+            stdenv.hostPlatform.system = system.config.nixpkgs.hostPlatform;
+          };
+        };
+    };
+    legacyPackages = lib.genAttrs systems (
+      system:
+      pkgs
+      // {
+        stdenv.hostPlatform.system = system;
+        testers.runNixOSTest = test: stubs.fakePackage "nixos-test" // { inherit test; };
+      }
+      // lib.genAttrs [
+        "clippy"
+        "rustfmt"
+        "rust-analyzer"
+        "nixfmt-tree"
+        "python3"
+      ] stubs.fakePackage
+      // {
+        mkShell = args: stubs.fakePackage "shell" // args;
+      }
+    );
+  };
+  flake = import (repo + "/flake.nix");
+  self = flake.outputs {
+    inherit self;
+    nixpkgs = fakeNixpkgs;
+  };
+  modules = self.nixosModules;
+
+  # --- helpers -----------------------------------------------------------------
+
+  # What a check shows when it fails; functions cannot be printed.
+  printable =
+    v:
+    if lib.isFunction v then
+      "<function>"
+    else if lib.isAttrs v && !(v ? outPath) then
+      lib.mapAttrs (_: printable) v
+    else if lib.isList v then
+      map printable v
+    else
+      v;
+  check = name: ok: got: {
+    inherit name ok;
+    got = printable got;
+  };
+  eq = name: got: want: check name (got == want) got;
+  has = name: list: item: check name (lib.elem item list) list;
+  contains = name: text: part: check name (lib.hasInfix part text) text;
+
+  failed = cfg: map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+
+  # One case: a system evaluated from `mods`, checks on its config.
+  case =
+    {
+      mods,
+      checks ? _: [ ],
+      toml ? true,
+      expectFailures ? [ ],
+    }:
+    let
+      cfg = (evalSystem ([ modules.default ] ++ mods)).config;
+      failures = failed cfg;
+      expected = map (
+        prefix: check "fails with ${prefix}…" (lib.any (lib.hasPrefix prefix) failures) failures
+      ) expectFailures;
+    in
+    {
+      failedAssertions = if expectFailures == [ ] then failures else [ ];
+      checks = expected ++ checks cfg;
+      toml = if toml then cfg.services.llmvisor.renderedSettings else null;
+    };
+
+  unitOf = cfg: cfg.systemd.services.llmvisor;
+  sc = cfg: (unitOf cfg).serviceConfig;
+
+  mockModel = {
+    kind = "command";
+    command = [
+      "/run/current-system/sw/bin/llmvisor-mock"
+      "--port"
+      "{port}"
+    ];
+  };
+
+  hostCase =
+    name:
+    let
+      host = self.nixosConfigurations.${name};
+    in
+    {
+      failedAssertions = failed host.config;
+      checks = [
+        (eq "package is the flake's" host.config.services.llmvisor.package.name "llmvisor")
+        (eq "hostPlatform" host.config.nixpkgs.hostPlatform "x86_64-linux")
+      ];
+      toml = host.config.services.llmvisor.renderedSettings;
+      golden = name;
+    };
+
+  # A VM test's node, evaluated like a host (the test framework's own options are
+  # stubs).
+  vmTest = file: import (repo + "/tests/nixos/${file}") { inherit lib; };
+  vmNode =
+    file: node: extra:
+    (evalSystem ([
+      modules.default
+      (vmTest file).nodes.${node}
+    ] ++ extra)).config;
+in
+let
+  cases = {
+  # The unit, the slice and the TOML of a minimal service.
+  minimal = case {
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          settings.server.auth = "none";
+        };
+      }
+    ];
+    checks = cfg: [
+      (eq "Type=notify" (sc cfg).Type "notify")
+      (eq "WatchdogSec" (sc cfg).WatchdogSec 30)
+      (eq "restartIfChanged = false" (unitOf cfg).restartIfChanged false)
+      (eq "reload on a new configuration" (unitOf cfg).reloadTriggers [ cfg.services.llmvisor.configFile ])
+      (contains "ExecReload sends SIGHUP" (sc cfg).ExecReload "kill -HUP $MAINPID")
+      (contains "ExecStart reads the stable path" (sc cfg).ExecStart "serve --config /etc/llmvisor/llmvisor.toml --log-level info")
+      (eq "/etc/llmvisor/llmvisor.toml" cfg.environment.etc."llmvisor/llmvisor.toml".source cfg.services.llmvisor.configFile)
+      (contains "the file is checked by llmvisor check-config" cfg.services.llmvisor.configFile.buildCommand "llmvisor check-config --config llmvisor.toml")
+      (eq "no capabilities" (sc cfg).CapabilityBoundingSet [ "" ])
+      (eq "NoNewPrivileges" (sc cfg).NoNewPrivileges true)
+      (eq "ProtectSystem" (sc cfg).ProtectSystem "strict")
+      (eq "PrivateDevices" (sc cfg).PrivateDevices true)
+      (eq "MemoryDenyWriteExecute" (sc cfg).MemoryDenyWriteExecute true)
+      (eq "StateDirectory" (sc cfg).StateDirectory "llmvisor")
+      (eq "no credentials" (sc cfg).LoadCredential [ ])
+      (eq "slice without a cap" cfg.systemd.slices.llmvisor.sliceConfig { })
+      (eq "no firewall port" cfg.networking.firewall.interfaces { })
+      (eq "server.listen" cfg.services.llmvisor.renderedSettings.server.listen [ "127.0.0.1:8080" ])
+      (eq "units.manager" cfg.services.llmvisor.renderedSettings.units.manager "systemd")
+      (eq "a command model is written as is" cfg.services.llmvisor.renderedSettings.models.chat {
+        inherit (mockModel) kind command;
+        gpus = [ ];
+        aliases = [ ];
+      })
+      (eq "no [admin] without a key" (cfg.services.llmvisor.renderedSettings ? admin) false)
+    ];
+  };
+
+  # Keys as credentials, the tailnet port, the slice's memory cap.
+  keys = case {
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          listen = [
+            "127.0.0.1"
+            "0.0.0.0"
+            "::1"
+          ];
+          port = 4000;
+          openFirewall = true;
+          memoryMax = "100G";
+          memoryHigh = "90G";
+          logLevel = "debug";
+          models.chat = mockModel;
+          clients.open-webui.keyFile = "/run/secrets/open-webui";
+          clients.n8n = {
+            keyFile = "/run/secrets/n8n";
+            priority = "batch";
+            rpm = 60;
+            models = [ "chat" ];
+          };
+          settings.clients.laptop.key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+          adminKeyFile = "/run/secrets/admin";
+          providers.openai = {
+            baseUrl = "https://api.openai.com/v1";
+            keyFile = "/run/secrets/openai";
+            models.gpt-4o-mini = "gpt-4o-mini";
+          };
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        s = cfg.services.llmvisor.renderedSettings;
+      in
+      [
+        (eq "LoadCredential" (lib.sort (a: b: a < b) (sc cfg).LoadCredential) [
+          "admin:/run/secrets/admin"
+          "client-n8n:/run/secrets/n8n"
+          "client-open-webui:/run/secrets/open-webui"
+          "provider-openai:/run/secrets/openai"
+        ])
+        (eq "clients.open-webui" s.clients.open-webui {
+          key_file = "client-open-webui";
+          models = [ "*" ];
+          rpm = 0;
+          tpm = 0;
+          priority = "interactive";
+        })
+        (eq "clients.n8n.priority" s.clients.n8n.priority "batch")
+        (eq "settings.clients merge with clients" s.clients.laptop.key_sha256 "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
+        (eq "admin.key_file" s.admin { key_file = "admin"; })
+        (eq "providers.openai" s.providers.openai {
+          base_url = "https://api.openai.com/v1";
+          key_file = "provider-openai";
+          models.gpt-4o-mini = "gpt-4o-mini";
+        })
+        (eq "server.listen (IPv6 in brackets)" s.server.listen [
+          "127.0.0.1:4000"
+          "0.0.0.0:4000"
+          "[::1]:4000"
+        ])
+        (eq "port on the tailnet interface only" cfg.networking.firewall.interfaces.tailscale0.allowedTCPPorts [ 4000 ])
+        (eq "no port on every interface" cfg.networking.firewall.allowedTCPPorts [ ])
+        (eq "slice memory cap" cfg.systemd.slices.llmvisor.sliceConfig {
+          MemoryMax = "100G";
+          MemoryHigh = "90G";
+        })
+        (contains "log level" (sc cfg).ExecStart "--log-level debug")
+      ];
+  };
+
+  # Models of the packaged kinds get their executables from nixpkgs.
+  packages = case {
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models = {
+            qwen = {
+              kind = "vllm";
+              model = "Qwen/Qwen2.5-7B-Instruct";
+              gpus = [ 0 ];
+            };
+            llama = {
+              kind = "ollama";
+              model = "llama3.1:8b";
+            };
+            embed = {
+              kind = "llama-cpp";
+              model = "/srv/models/bge-m3.gguf";
+              embeddings = true;
+            };
+            cpu-llama = {
+              kind = "ollama";
+              model = "llama3.2:1b";
+              package = pkgs.ollama;
+            };
+            own = {
+              kind = "vllm";
+              model = "x/y";
+              executable = "/opt/vllm/bin/vllm";
+            };
+          };
+          settings.server.auth = "none";
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        m = cfg.services.llmvisor.renderedSettings.models;
+      in
+      [
+        (eq "vllm → pkgs.vllm" m.qwen.executable "${pkgs.vllm}/bin/vllm")
+        (eq "ollama → pkgs.ollama-cuda" m.llama.executable "${pkgs.ollama-cuda}/bin/ollama")
+        (eq "llama-cpp → pkgs.llama-cpp" m.embed.executable "${pkgs.llama-cpp}/bin/llama-server")
+        (eq "package override" m.cpu-llama.executable "${pkgs.ollama}/bin/ollama")
+        (eq "explicit executable" m.own.executable "/opt/vllm/bin/vllm")
+        (eq "package is not written" (lib.any (x: x ? package) (lib.attrValues m)) false)
+        (eq "freeform keys pass through" m.embed.embeddings true)
+      ];
+  };
+
+  # Keys in the store are refused, with the option's path first.
+  store-key = case {
+    toml = false;
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          clients.x.keyFile = "/nix/store/00000000000000000000000000000000-key";
+          adminKeyFile = "relative/admin.key";
+          openFirewall = true;
+        };
+      }
+    ];
+    expectFailures = [
+      "services.llmvisor.clients.x.keyFile:"
+      "services.llmvisor.adminKeyFile:"
+      "services.llmvisor.openFirewall:"
+    ];
+  };
+
+  # "SSH only public".
+  firewall = case {
+    mods = [
+      {
+        services.openssh.enable = true;
+        llmvisor.firewall = {
+          enable = true;
+          tailnetTCPPorts = [ 9999 ];
+        };
+        services.llmvisor = {
+          enable = true;
+          listen = [ "0.0.0.0" ];
+          openFirewall = true;
+          models.chat = mockModel;
+          clients.t.keyFile = "/run/secrets/t";
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        fw = cfg.networking.firewall;
+      in
+      [
+        (eq "nftables" cfg.networking.nftables.enable true)
+        (eq "public TCP: SSH" fw.allowedTCPPorts [ 22 ])
+        (eq "public UDP: WireGuard" fw.allowedUDPPorts [ 41641 ])
+        (eq "tailnet TCP" (lib.sort (a: b: a < b) fw.interfaces.tailscale0.allowedTCPPorts) [
+          8080
+          9999
+        ])
+        (eq "openssh does not open its own port" cfg.services.openssh.openFirewall false)
+      ];
+  };
+
+  firewall-tailnet-only = case {
+    toml = false;
+    mods = [
+      {
+        services.openssh.enable = true;
+        llmvisor.firewall = {
+          enable = true;
+          publicSSH = false;
+          allowTailscaleUDP = false;
+        };
+      }
+    ];
+    checks = cfg: [
+      (eq "no public TCP port" cfg.networking.firewall.allowedTCPPorts [ ])
+      (eq "no public UDP port" cfg.networking.firewall.allowedUDPPorts [ ])
+      (eq "SSH on the tailnet" cfg.networking.firewall.interfaces.tailscale0.allowedTCPPorts [ 22 ])
+    ];
+  };
+
+  firewall-stray-port = case {
+    toml = false;
+    mods = [
+      {
+        llmvisor.firewall.enable = true;
+        networking.firewall.allowedTCPPorts = [ 3000 ];
+        networking.firewall.trustedInterfaces = [ "eth0" ];
+      }
+    ];
+    expectFailures = [
+      "llmvisor.firewall: TCP ports 3000"
+      "llmvisor.firewall: networking.firewall.trustedInterfaces"
+    ];
+  };
+
+  tailscale = case {
+    mods = [
+      {
+        networking.hostName = "gpu-lab";
+        llmvisor.tailscale = {
+          enable = true;
+          authKeyFile = "/run/secrets/ts";
+          tailnetDomain = "tail1234.ts.net";
+          serve.enable = true;
+        };
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          clients.t.keyFile = "/run/secrets/t";
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        unit = cfg.systemd.services.llmvisor-tailscale-serve;
+      in
+      [
+        (eq "services.tailscale.enable" cfg.services.tailscale.enable true)
+        (eq "auth key file" cfg.services.tailscale.authKeyFile "/run/secrets/ts")
+        (eq "MagicDNS name" cfg.services.tailscale.extraUpFlags [ "--hostname=gpu-lab" ])
+        (eq "fqdn" cfg.llmvisor.tailscale.fqdn "gpu-lab.tail1234.ts.net")
+        (eq "serve unit is a oneshot" unit.serviceConfig.Type "oneshot")
+        (has "after tailscaled" unit.after "tailscaled.service")
+        (contains "serves llmvisor on 443" unit.script "tailscale serve --bg --https=443 http://127.0.0.1:8080")
+        (contains "waits for a running node" unit.script "BackendState")
+      ];
+  };
+
+  tailscale-serve-auth-none = case {
+    toml = false;
+    mods = [
+      {
+        llmvisor.tailscale = {
+          enable = true;
+          serve.enable = true;
+        };
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          settings.server.auth = "none";
+        };
+      }
+    ];
+    expectFailures = [ "services.llmvisor.settings.server.auth:" ];
+  };
+
+  frontends = case {
+    mods = [
+      {
+        networking.hostName = "gpu-lab";
+        llmvisor.tailscale = {
+          enable = true;
+          tailnetDomain = "tail1234.ts.net";
+          serve.enable = true;
+        };
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+        };
+        llmvisor.frontends = {
+          openWebui = {
+            enable = true;
+            llmvisorKeyFile = "/run/secrets/ow";
+          };
+          n8n = {
+            enable = true;
+            llmvisorKeyFile = "/run/secrets/n8n";
+          };
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        ow = cfg.systemd.services.open-webui;
+        n8n = cfg.systemd.services.n8n;
+        s = cfg.services.llmvisor.renderedSettings;
+      in
+      [
+        (eq "Open WebUI client" s.clients.open-webui.key_file "client-open-webui")
+        (eq "n8n client, batch" s.clients.n8n.priority "batch")
+        (eq "Open WebUI on loopback" cfg.services.open-webui.host "127.0.0.1")
+        (eq "Open WebUI port" cfg.services.open-webui.port 8081)
+        (eq "Open WebUI → llmvisor" cfg.services.open-webui.environment.OPENAI_API_BASE_URL "http://127.0.0.1:8080/v1")
+        (eq "Open WebUI URL" cfg.services.open-webui.environment.WEBUI_URL "https://gpu-lab.tail1234.ts.net:8443")
+        (eq "Open WebUI key credential" ow.serviceConfig.LoadCredential [ "llmvisor-key:/run/secrets/ow" ])
+        (contains "Open WebUI reads its key at start" ow.serviceConfig.ExecStart.text "OPENAI_API_KEY=$(< \"$CREDENTIALS_DIRECTORY/llmvisor-key\")")
+        (eq "n8n key credential" n8n.serviceConfig.LoadCredential [ "llmvisor-key:/run/secrets/n8n" ])
+        (contains "n8n OpenAI credential" n8n.serviceConfig.ExecStart.text "{openAiApi: {apiKey: $key, url: $url}}")
+        (eq "n8n database" n8n.environment.DB_TYPE "postgresdb")
+        (eq "n8n socket" n8n.environment.DB_POSTGRESDB_HOST "/run/postgresql")
+        (eq "n8n webhook URL" n8n.environment.WEBHOOK_URL "https://gpu-lab.tail1234.ts.net:10000/")
+        (has "n8n after postgresql" n8n.after "postgresql.service")
+        (eq "postgres database" cfg.services.postgresql.ensureDatabases [ "n8n" ])
+        (eq "postgres user" cfg.services.postgresql.ensureUsers [
+          {
+            name = "n8n";
+            ensureDBOwnership = true;
+          }
+        ])
+        (eq "n8n firewall closed" cfg.services.n8n.openFirewall false)
+        (contains "serves Open WebUI" cfg.systemd.services.llmvisor-tailscale-serve.script "--https=8443 http://127.0.0.1:8081")
+        (contains "serves n8n" cfg.systemd.services.llmvisor-tailscale-serve.script "--https=10000 http://127.0.0.1:5678")
+        (eq "nothing opened without exposeOnTailnet" cfg.networking.firewall.interfaces { })
+      ];
+  };
+
+  monitoring = case {
+    mods = [
+      {
+        llmvisor.nvidia.enable = true;
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          clients.t.keyFile = "/run/secrets/t";
+        };
+        llmvisor.monitoring = {
+          enable = true;
+          exposeOnTailnet = true;
+          grafana = {
+            secretKeyFile = "/run/secrets/gsk";
+            adminPasswordFile = "/run/secrets/gpw";
+          };
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        p = cfg.services.prometheus;
+        g = cfg.services.grafana;
+      in
+      [
+        (eq "scrape jobs" (map (j: j.job_name) p.scrapeConfigs) [
+          "llmvisor"
+          "node"
+          "nvidia-gpu"
+        ])
+        (eq "llmvisor target" (lib.head p.scrapeConfigs).static_configs [ { targets = [ "127.0.0.1:8080" ]; } ])
+        (eq "node exporter on loopback" p.exporters.node.listenAddress "127.0.0.1")
+        (eq "systemd collector" p.exporters.node.enabledCollectors [ "systemd" ])
+        (eq "GPU exporter" p.exporters.nvidia-gpu.enable true)
+        (eq "dashboard provisioned from the repository" (lib.head g.provision.dashboards.settings.providers).options.path (
+          repo + "/nixos-modules/grafana"
+        ))
+        (check "dashboard JSON present" (builtins.pathExists (repo + "/nixos-modules/grafana/llmvisor-dashboard.json")) null)
+        (eq "Grafana secrets from credentials" g.settings.security.secret_key "$__file{/run/credentials/grafana.service/secret-key}")
+        (eq "Grafana credentials" cfg.systemd.services.grafana.serviceConfig.LoadCredential [
+          "secret-key:/run/secrets/gsk"
+          "admin-password:/run/secrets/gpw"
+        ])
+        (eq "Grafana on the tailnet" cfg.networking.firewall.interfaces.tailscale0.allowedTCPPorts [ 3000 ])
+      ];
+  };
+
+  nvidia = case {
+    toml = false;
+    mods = [ { llmvisor.nvidia.enable = true; } ];
+    checks = cfg: [
+      (eq "consumer driver" cfg.services.xserver.videoDrivers [ "nvidia" ])
+      (eq "open module" cfg.hardware.nvidia.open true)
+      (eq "persistenced" cfg.hardware.nvidia.nvidiaPersistenced true)
+      (eq "not datacenter" cfg.hardware.nvidia.datacenter.enable false)
+      (eq "graphics" cfg.hardware.graphics.enable true)
+      (eq "cudaSupport untouched" (cfg.nixpkgs.config or { }) { })
+    ];
+  };
+
+  nvidia-datacenter = case {
+    toml = false;
+    mods = [
+      {
+        llmvisor.nvidia = {
+          enable = true;
+          driver = "datacenter";
+          cudaSupport = true;
+        };
+      }
+    ];
+    checks = cfg: [
+      (eq "datacenter driver" cfg.hardware.nvidia.datacenter.enable true)
+      (eq "no X driver" cfg.services.xserver.videoDrivers [ ])
+      (eq "cudaSupport" cfg.nixpkgs.config.cudaSupport true)
+    ];
+  };
+
+  nvidia-cpu-only = case {
+    toml = false;
+    mods = [
+      {
+        llmvisor.nvidia = {
+          enable = true;
+          cpuOnly = true;
+        };
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel // {
+            gpus = [ 0 ];
+          };
+        };
+      }
+    ];
+    expectFailures = [ "services.llmvisor.models.chat.gpus:" ];
+  };
+
+  # The flake's outputs and its module wiring.
+  flake = {
+    failedAssertions = [ ];
+    toml = null;
+    checks =
+      let
+        cfg =
+          (evalSystem [
+            modules.llmvisor
+            modules.frontends
+            modules.monitoring
+            modules.default
+            { services.llmvisor.enable = true; }
+          ]).config;
+      in
+      [
+        (eq "nixosModules" (lib.attrNames self.nixosModules) [
+          "default"
+          "firewall"
+          "frontends"
+          "llmvisor"
+          "monitoring"
+          "nvidia"
+          "tailscale"
+        ])
+        (eq "nixosConfigurations: every host" (lib.attrNames self.nixosConfigurations) [
+          "gpu-droplet"
+          "homelab-2x3090"
+        ])
+        (eq "packages" (lib.attrNames self.packages.x86_64-linux) [
+          "default"
+          "llmvisor"
+        ])
+        (eq "systems" (lib.attrNames self.packages) [
+          "aarch64-linux"
+          "x86_64-linux"
+        ])
+        (eq "checks: package, clippy, every VM test, every host" (lib.attrNames self.checks.x86_64-linux) [
+          "clippy"
+          "host-gpu-droplet"
+          "host-homelab-2x3090"
+          "package"
+          "vm-firewall"
+          "vm-lifecycle"
+        ])
+        (eq "aarch64 checks hold no x86_64 host" (lib.attrNames self.checks.aarch64-linux) [
+          "clippy"
+          "package"
+          "vm-firewall"
+          "vm-lifecycle"
+        ])
+        (eq "overlay" (self.overlays.default pkgs pkgs).llmvisor.name "llmvisor")
+        (eq "several modules, one package default" cfg.services.llmvisor.package.name "llmvisor")
+        (check "devShell and formatter" (self.devShells.x86_64-linux ? default && self.formatter ? x86_64-linux) null)
+      ];
+  };
+
+  host-homelab-2x3090 = hostCase "homelab-2x3090";
+  host-gpu-droplet = hostCase "gpu-droplet";
+
+  # The VM tests' nodes: their llmvisor settings must pass check-config too.
+  vm-lifecycle =
+    let
+      cfg = vmNode "lifecycle.nix" "machine" [ ];
+    in
+    {
+      failedAssertions = failed cfg;
+      checks = [
+        (eq "the mock stands in for vLLM" (lib.head cfg.services.llmvisor.renderedSettings.models.chat.command) "${pkgs.llmvisor}/bin/llmvisor-mock")
+      ];
+      toml = cfg.services.llmvisor.renderedSettings;
+    };
+  vm-lifecycle-reloaded =
+    let
+      cfg = vmNode "lifecycle.nix" "machine" [
+        (vmTest "lifecycle.nix").nodes.machine.specialisation.reloaded.configuration
+      ];
+    in
+    {
+      failedAssertions = failed cfg;
+      checks = [
+        (eq "one model more" (lib.attrNames cfg.services.llmvisor.renderedSettings.models) [
+          "chat"
+          "embed"
+        ])
+        (eq "chat's queue" cfg.services.llmvisor.renderedSettings.models.chat.max_queue 7)
+      ];
+      toml = cfg.services.llmvisor.renderedSettings;
+    };
+  vm-firewall-server =
+    let
+      cfg = vmNode "firewall.nix" "server" [ ];
+    in
+    {
+      failedAssertions = failed cfg;
+      checks = [
+        (eq "public: SSH" cfg.networking.firewall.allowedTCPPorts [ 22 ])
+        (eq "llmvisor on tailnet0" cfg.networking.firewall.interfaces.tailnet0.allowedTCPPorts [ 8080 ])
+      ];
+      toml = cfg.services.llmvisor.renderedSettings;
+    };
+};
+in
+cases // { __cases = lib.attrNames cases; }

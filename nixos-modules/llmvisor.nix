@@ -282,7 +282,10 @@ in
   options.services.llmvisor = {
     enable = lib.mkEnableOption "llmvisor, the LLM model supervisor and OpenAI-compatible router";
 
-    package = lib.mkPackageOption pkgs "llmvisor" { };
+    package = lib.mkPackageOption pkgs "llmvisor" {
+      example = "inputs.llmvisor.packages.\${pkgs.stdenv.hostPlatform.system}.llmvisor";
+      extraDescription = "This flake's modules default to the package the flake builds.";
+    };
 
     listen = mkOption {
       type = types.listOf types.str;

@@ -677,6 +677,27 @@ let
       ];
   };
 
+  # Every option of the modules has a description and an example (read-only and
+  # internal ones aside).
+  docs =
+    let
+      evaluated = evalSystem [ modules.default ];
+      ours = lib.filter (
+        o: lib.any (d: lib.hasInfix "/nixos-modules/" (toString d)) o.declarations
+      ) (lib.optionAttrSetToDocList evaluated.options);
+      lacking = lib.filter (
+        o: o.visible && !o.internal && !o.readOnly && (o.description or null == null || !(o ? example))
+      ) ours;
+    in
+    {
+      failedAssertions = [ ];
+      toml = null;
+      checks = [
+        (check "options found" (lib.length ours > 60) (lib.length ours))
+        (eq "options without a description or an example" (map (o: o.name) lacking) [ ])
+      ];
+    };
+
   host-homelab-2x3090 = hostCase "homelab-2x3090";
   host-gpu-droplet = hostCase "gpu-droplet";
 

@@ -215,6 +215,7 @@ let
             rpm = 60;
             models = [ "chat" ];
           };
+          settings.server.upstream_header_timeout = "15m";
           settings.clients.laptop.key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
           adminKeyFile = "/run/secrets/admin";
           providers.openai = {
@@ -245,6 +246,7 @@ let
           priority = "interactive";
         })
         (eq "clients.n8n.priority" s.clients.n8n.priority "batch")
+        (eq "undeclared keys next to declared ones" s.server.upstream_header_timeout "15m")
         (eq "settings.clients merge with clients" s.clients.laptop.key_sha256 "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")
         (eq "admin.key_file" s.admin { key_file = "admin"; })
         (eq "providers.openai" s.providers.openai {
@@ -534,6 +536,7 @@ let
         llmvisor.monitoring = {
           enable = true;
           exposeOnTailnet = true;
+          llmvisorScrapeKeyFile = "/run/secrets/prom";
           grafana = {
             secretKeyFile = "/run/secrets/gsk";
             adminPasswordFile = "/run/secrets/gpw";
@@ -554,6 +557,14 @@ let
           "nvidia-gpu"
         ])
         (eq "llmvisor target" (lib.head p.scrapeConfigs).static_configs [ { targets = [ "127.0.0.1:8080" ]; } ])
+        (eq "scrape key as a bearer credential" (lib.head p.scrapeConfigs).authorization {
+          type = "Bearer";
+          credentials_file = "/run/credentials/prometheus.service/llmvisor-key";
+        })
+        (eq "Prometheus credential" cfg.systemd.services.prometheus.serviceConfig.LoadCredential [
+          "llmvisor-key:/run/secrets/prom"
+        ])
+        (eq "llmvisor client for Prometheus, no models" cfg.services.llmvisor.renderedSettings.clients.prometheus.models [ ])
         (eq "node exporter on loopback" p.exporters.node.listenAddress "127.0.0.1")
         (eq "systemd collector" p.exporters.node.enabledCollectors [ "systemd" ])
         (eq "GPU exporter" p.exporters.nvidia-gpu.enable true)

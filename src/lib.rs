@@ -2,6 +2,7 @@
 //! self-hosted LLM inference. See `DESIGN.md` for how the modules fit.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod fleet;

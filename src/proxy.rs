@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -50,7 +51,7 @@ pub enum Outcome {
 /// The client for every backend.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -66,6 +67,12 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
@@ -93,6 +100,21 @@ impl Upstream {
         body: Bytes,
     ) -> Result<Response<Incoming>, ProxyError> {
         let uri = format!("http://127.0.0.1:{port}{path_and_query}");
+        self.post_url(&uri, headers, request_id, None, body, self.header_timeout)
+            .await
+    }
+
+    /// POST `body` to any URL (an external provider), with the provider's key as
+    /// `Authorization: Bearer` if given, and `timeout` for the response headers.
+    pub async fn post_url(
+        &self,
+        uri: &str,
+        headers: &HeaderMap,
+        request_id: Option<&HeaderValue>,
+        bearer: Option<&str>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let mut req = Request::post(uri);
         for name in FORWARDED {
             if let Some(v) = headers.get(&name) {
@@ -102,14 +124,35 @@ impl Upstream {
         if let Some(id) = request_id {
             req = req.header("x-request-id", id.clone());
         }
+        if let Some(key) = bearer {
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| ProxyError::Failed("the provider key is not a valid header value".into()))?;
+            v.set_sensitive(true);
+            req = req.header(header::AUTHORIZATION, v);
+        }
         let req = req
             .body(Full::new(body))
             .map_err(|e| ProxyError::Failed(e.to_string()))?;
-        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::Timeout(self.header_timeout)),
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::Timeout(timeout)),
             Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(ProxyError::Failed(error_chain(&e))),
             Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+impl Upstream {
+    /// GET `url` and expect a 2xx within `timeout` (a provider's health check).
+    pub async fn check(&self, url: &str, timeout: Duration) -> Result<(), String> {
+        let req = Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+            Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
         }
     }
 }

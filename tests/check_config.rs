@@ -49,10 +49,11 @@ fn check_config_lists_every_problem_and_exits_1() {
         "models.a.command: kind = \"command\" needs a non-empty argv",
         "models.b.port: 9100 is also the port of models.a",
         "models.b.max_concurrent: must be at least 1",
+        "server.auth: is \"required\" (the default) but no [clients.<name>] has a key",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
-    assert!(err.contains("4 problem(s)"), "{err}");
+    assert!(err.contains("5 problem(s)"), "{err}");
 }
 
 #[test]

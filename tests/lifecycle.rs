@@ -38,7 +38,7 @@ async fn on_demand_start_and_monitoring_never_starts_a_model() {
     assert!(m["since"].as_str().unwrap().ends_with('Z'));
     let metrics = lv.metrics_text().await;
     for series in [
-        "llmvisor_requests_total{model=\"m1\",endpoint=\"chat/completions\",status=\"200\"} 1",
+        "llmvisor_requests_total{route=\"m1\",target=\"m1\",client=\"anonymous\",endpoint=\"chat/completions\",status=\"200\"} 1",
         "llmvisor_model_state{model=\"m1\",state=\"ready\"} 1",
         "llmvisor_cold_start_duration_seconds_count{model=\"m1\"} 1",
         "llmvisor_requests_in_flight{model=\"m1\"} 0",

@@ -157,7 +157,7 @@ async fn client_disconnect_cancels_the_backend_request() {
     assert_eq!(lv.model("s").await["in_flight"], 0);
     let deadline = Instant::now() + Duration::from_secs(2);
     while lv
-        .metric("llmvisor_requests_total{model=\"s\",endpoint=\"chat/completions\",status=\"499\"}")
+        .metric("llmvisor_requests_total{route=\"s\",target=\"s\",client=\"anonymous\",endpoint=\"chat/completions\",status=\"499\"}")
         .await
         != 1.0
     {
@@ -213,7 +213,7 @@ async fn a_client_that_leaves_the_queue_frees_its_place() {
     );
     assert_eq!(
         lv.metric(
-            "llmvisor_requests_total{model=\"q\",endpoint=\"chat/completions\",status=\"499\"}"
+            "llmvisor_requests_total{route=\"q\",target=\"-\",client=\"anonymous\",endpoint=\"chat/completions\",status=\"499\"}"
         )
         .await,
         1.0

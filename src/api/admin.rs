@@ -1,5 +1,5 @@
-//! `/admin/*`: operator actions. Until API keys exist they answer only to clients on
-//! the loopback interface.
+//! `/admin/*`: operator actions. With an `[admin]` key they need that key; without
+//! one they answer only to clients on the loopback interface.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,16 +10,40 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use axum::http::HeaderMap;
+
 use super::{ApiError, App};
+use crate::auth::{Auth, Denied};
+
+/// With an `[admin]` key: that key, from anywhere. Without: loopback only.
+pub fn allowed(auth: &Auth, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    match auth.admin_allowed(headers, peer.ip().is_loopback()) {
+        Ok(()) => Ok(()),
+        Err(_) if !auth.has_admin_key() => Err(ApiError::Forbidden(
+            "Admin routes answer only on the loopback interface (configure an [admin] key to use them from elsewhere).",
+        )),
+        Err(Denied::Missing) => Err(ApiError::Unauthorized {
+            message: "Admin routes need the admin key as `Authorization: Bearer <key>`.",
+            code: "missing_api_key",
+        }),
+        Err(Denied::Invalid) => Err(ApiError::Unauthorized {
+            message: "Incorrect admin key provided.",
+            code: "invalid_api_key",
+        }),
+    }
+}
 use crate::fleet::{Instance, StopReason};
 
-fn find(app: &App, peer: SocketAddr, name: &str) -> Result<Arc<Instance>, ApiError> {
-    if !peer.ip().is_loopback() {
-        return Err(ApiError::Forbidden(
-            "Admin routes answer only on the loopback interface.",
-        ));
-    }
-    app.router()
+fn find(
+    app: &App,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Arc<Instance>, ApiError> {
+    let policy = app.policy();
+    allowed(&policy.auth, peer, headers)?;
+    policy
+        .router
         .resolve(name)
         .and_then(|i| app.fleet.get(i))
         .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))
@@ -30,9 +54,10 @@ fn find(app: &App, peer: SocketAddr, name: &str) -> Result<Arc<Instance>, ApiErr
 pub async fn start(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let inst = match find(&app, peer, &name) {
+    let inst = match find(&app, peer, &headers, &name) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
@@ -65,10 +90,11 @@ pub struct LogsQuery {
 pub async fn logs(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<LogsQuery>,
 ) -> Response {
-    let inst = match find(&app, peer, &name) {
+    let inst = match find(&app, peer, &headers, &name) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
@@ -104,9 +130,10 @@ pub async fn logs(
 pub async fn stop(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let inst = match find(&app, peer, &name) {
+    let inst = match find(&app, peer, &headers, &name) {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };

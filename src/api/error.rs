@@ -37,6 +37,59 @@ pub enum ApiError {
     /// A facility of the host is missing (the journal, say).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// No key, or a key that is no client's.
+    #[error("{message}")]
+    Unauthorized {
+        /// For the client.
+        message: &'static str,
+        /// `missing_api_key` or `invalid_api_key`.
+        code: &'static str,
+    },
+    /// The client's key may not use this model.
+    #[error("the client may not use the model `{0}`")]
+    ModelNotAllowed(String),
+    /// No target's context window holds the request.
+    #[error("the request needs {} tokens, more than the limit of {limit}", prompt + max_tokens)]
+    ContextLengthExceeded {
+        /// Estimated prompt tokens.
+        prompt: u64,
+        /// `max_tokens` asked for.
+        max_tokens: u64,
+        /// The largest context window available.
+        limit: u32,
+    },
+    /// The client is over its rate limit.
+    #[error("rate limit of client `{client}` reached ({kind})")]
+    RateLimited {
+        /// The client.
+        client: String,
+        /// `requests` or `tokens`.
+        kind: &'static str,
+        /// The limit per minute.
+        limit: u32,
+        /// When a retry would fit.
+        retry_after: std::time::Duration,
+        /// `x-ratelimit-*` figures.
+        quota: crate::auth::Quota,
+    },
+    /// One request asks for more tokens than the client's per-minute limit.
+    #[error("request of {needed} tokens is over client `{client}`'s limit of {tpm} tokens per minute")]
+    TooManyTokens {
+        /// The client.
+        client: String,
+        /// Tokens counted.
+        needed: u64,
+        /// The limit.
+        tpm: u32,
+    },
+    /// Every target of the route was skipped (breakers open, hosts down).
+    #[error("no target of `{route}` can take requests now: {}", skipped.join(", "))]
+    NoTarget {
+        /// The public name.
+        route: String,
+        /// Each target and why it was skipped.
+        skipped: Vec<String>,
+    },
     /// The model could not take the request.
     #[error(transparent)]
     Fleet(#[from] FleetError),
@@ -62,6 +115,8 @@ pub struct Rendered {
     pub message: String,
     /// Seconds for `Retry-After`.
     pub retry_after: Option<u64>,
+    /// OpenAI `param`.
+    pub param: Option<&'static str>,
 }
 
 impl ApiError {
@@ -73,8 +128,75 @@ impl ApiError {
             code,
             message,
             retry_after,
+            param: None,
         };
         match self {
+            ApiError::Unauthorized { message, code } => r(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                code,
+                (*message).to_string(),
+                None,
+            ),
+            ApiError::ModelNotAllowed(m) => r(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_allowed",
+                format!("Your API key is not allowed to use the model `{m}`."),
+                None,
+            ),
+            ApiError::ContextLengthExceeded {
+                prompt,
+                max_tokens,
+                limit,
+            } => Rendered {
+                param: Some("messages"),
+                ..r(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "context_length_exceeded",
+                    format!(
+                        "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                        prompt + max_tokens
+                    ),
+                    None,
+                )
+            },
+            ApiError::RateLimited {
+                client,
+                kind,
+                limit,
+                retry_after,
+                ..
+            } => r(
+                StatusCode::TOO_MANY_REQUESTS,
+                kind,
+                "rate_limit_exceeded",
+                format!(
+                    "Rate limit reached for client `{client}` on {kind} per min (RPM/TPM): Limit {limit}. Please try again in {}.",
+                    crate::auth::reset_text(*retry_after)
+                ),
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ),
+            ApiError::TooManyTokens { client, needed, tpm } => r(
+                StatusCode::TOO_MANY_REQUESTS,
+                "tokens",
+                "rate_limit_exceeded",
+                format!(
+                    "Request too large for client `{client}`: Limit {tpm} tokens per min, Requested {needed}. Reduce the length of the messages or max_tokens."
+                ),
+                None,
+            ),
+            ApiError::NoTarget { route, skipped } => r(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "no_target_available",
+                format!(
+                    "No target of `{route}` can take requests now ({}).",
+                    skipped.join(", ")
+                ),
+                Some(5),
+            ),
             ApiError::BadRequest { message, code } => r(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
@@ -231,9 +353,16 @@ impl IntoResponse for ApiError {
             tracing::debug!(status = r.status.as_u16(), "{self}");
         }
         let body = serde_json::json!({
-            "error": {"message": r.message, "type": r.kind, "param": null, "code": r.code}
+            "error": {"message": r.message, "type": r.kind, "param": r.param, "code": r.code}
         });
         let mut resp = (r.status, Json(body)).into_response();
+        if let ApiError::RateLimited { quota, .. } = &self {
+            crate::api::openai::quota_headers(quota, resp.headers_mut());
+        }
+        if matches!(self, ApiError::Unauthorized { .. }) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(s) = r.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));

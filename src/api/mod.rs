@@ -2,7 +2,7 @@
 
 mod admin;
 pub mod error;
-mod openai;
+pub mod openai;
 mod status;
 
 use std::sync::{Arc, RwLock};
@@ -15,20 +15,29 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::proxy::Upstream;
-use crate::router;
+use crate::router::{self, Tokenizers};
 use crate::telemetry::metrics::Metrics;
+
+/// The routing table and the clients, replaced together on reload.
+pub struct Policy {
+    /// Public names → targets.
+    pub router: router::Router,
+    /// Keys, clients, limits.
+    pub auth: Auth,
+}
 
 /// What every handler shares.
 pub struct App {
-    /// The configuration in force.
+    /// The configuration in force at start (`[server]` applies until a restart).
     pub settings: Settings,
     /// Every model instance.
     pub fleet: Arc<Fleet>,
-    /// Public names → instances; replaced on reload.
-    router: RwLock<Arc<router::Router>>,
+    /// Routing and clients; replaced on reload.
+    policy: RwLock<Arc<Policy>>,
     /// The backend client.
     pub upstream: Upstream,
     /// Metrics registry.
@@ -38,16 +47,25 @@ pub struct App {
 }
 
 impl App {
-    /// Put the pieces together.
-    pub fn new(settings: Settings, fleet: Arc<Fleet>, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Put the pieces together (inside the runtime: provider health checks start).
+    pub fn new(
+        settings: Settings,
+        tokenizers: &Tokenizers,
+        fleet: Arc<Fleet>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let s = &settings.server;
         let upstream = Upstream::new(
             s.upstream_connect_timeout.0,
             s.upstream_header_timeout.0,
             s.upstream_idle_timeout.0,
         );
+        let policy = Policy {
+            router: router::Router::new(&settings, tokenizers, Some(&upstream), None),
+            auth: Auth::new(&settings, None),
+        };
         Arc::new(Self {
-            router: RwLock::new(Arc::new(router::Router::new(&settings))),
+            policy: RwLock::new(Arc::new(policy)),
             settings,
             fleet,
             upstream,
@@ -58,9 +76,9 @@ impl App {
 }
 
 impl App {
-    /// The name table in force.
-    pub fn router(&self) -> Arc<router::Router> {
-        self.router
+    /// The routing table and clients in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -68,7 +86,11 @@ impl App {
 
     /// Apply a new, validated configuration: models through the fleet (only what
     /// changed), then the name table. `[server]` and `[units]` need a restart.
-    pub async fn reload(&self, new: &Settings) -> crate::fleet::ReloadSummary {
+    pub async fn reload(
+        &self,
+        new: &Settings,
+        tokenizers: &Tokenizers,
+    ) -> crate::fleet::ReloadSummary {
         if new.server != self.settings.server || new.listen != self.settings.listen {
             tracing::warn!("[server] changed; those settings apply after a restart");
         }
@@ -79,8 +101,12 @@ impl App {
             .fleet
             .reload(new, self.settings.server.shutdown_grace.0)
             .await;
-        *self.router.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(router::Router::new(new));
+        let old = self.policy();
+        let policy = Policy {
+            router: router::Router::new(new, tokenizers, Some(&self.upstream), Some(&old.router)),
+            auth: Auth::new(new, Some(&old.auth)),
+        };
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
         summary
     }
 }

@@ -1,10 +1,12 @@
 //! The forwarding endpoints (`/v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings`, `/v1/rerank`): read the body, find the model, wait for a slot,
-//! relay the backend's answer as it comes.
+//! `/v1/embeddings`, `/v1/rerank`): identify the client, read the body, plan the
+//! targets, then try them in order — a retry only ever happens before the first byte
+//! of a response reaches the client — and relay the answer as it comes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -12,13 +14,20 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::{ApiError, App};
-use crate::fleet::{FleetError, Instance, Lease, State as ModelState};
-use crate::proxy::{Outcome, Relay};
+use super::{ApiError, App, Policy};
+use crate::auth::{Client, Denied, OverLimit, Quota, reset_text};
+use crate::fleet::{FleetError, Lease, State as ModelState};
+use crate::proxy::{Outcome, ProxyError, Relay};
+use crate::router::breaker::Breaker;
+use crate::router::estimate::Estimator;
+use crate::router::provider::ProviderLease;
+use crate::router::{Candidate, Plan, PlanError, Target};
+use crate::telemetry::metrics::RequestLabels;
 
 /// The status recorded for a request whose client went away (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -44,13 +53,6 @@ struct Head<'a> {
     stream: Option<bool>,
 }
 
-/// A request ready to be sent: its model found, its body rewritten.
-struct Prepared {
-    instance: Arc<Instance>,
-    body: Bytes,
-    stream: bool,
-}
-
 fn endpoint_of(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat/completions",
@@ -61,117 +63,253 @@ fn endpoint_of(path: &str) -> &'static str {
     }
 }
 
+/// A request id: the client's `x-request-id` when it is sane, else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id")
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.to_str().is_ok()
+    {
+        return v.clone();
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let id = format!("req-{:012x}{:04x}{:06x}", t >> 8, std::process::id() & 0xffff, n & 0xff_ffff);
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req"))
+}
+
+/// One request on its way: who sent it, what it asked, where it stands.
+struct Call {
+    app: Arc<App>,
+    policy: Arc<Policy>,
+    client: Arc<Client>,
+    parts: Parts,
+    body: Bytes,
+    /// Byte range of the `model` value in `body`.
+    model_span: (usize, usize),
+    stream: bool,
+    endpoint: &'static str,
+    started: Instant,
+    request_id: HeaderValue,
+    route: String,
+    quota: Option<Quota>,
+}
+
+impl Call {
+    fn labels(&self, target: &str, status: u16) -> RequestLabels {
+        RequestLabels {
+            route: self.route.clone(),
+            target: target.to_string(),
+            client: self.client.name.clone(),
+            endpoint: self.endpoint,
+            status,
+        }
+    }
+
+    fn observe(&self, target: &str, status: u16) {
+        self.app.metrics.observe_request(
+            &self.labels(target, status),
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+
+    /// The body with `model` replaced by `name` (every other byte as sent).
+    fn body_for(&self, name: &str) -> Bytes {
+        let (start, end) = self.model_span;
+        let quoted = serde_json::to_string(name).unwrap_or_default();
+        if self.body[start..end] == *quoted.as_bytes() {
+            return self.body.clone();
+        }
+        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len());
+        out.extend_from_slice(&self.body[..start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&self.body[end..]);
+        out.freeze()
+    }
+}
+
+/// What keeps a target's slot while a response is relayed.
+enum Hold {
+    Model(#[allow(dead_code)] Lease),
+    Provider(#[allow(dead_code)] ProviderLease),
+}
+
+/// A target answered with headers.
+struct Served {
+    resp: hyper::Response<Incoming>,
+    label: String,
+    instance: Option<String>,
+    hold: Hold,
+    cold_start: Option<Duration>,
+    queued: Option<Duration>,
+}
+
+/// Why one attempt did not produce a response to relay.
+struct Failure {
+    error: ApiError,
+    /// Counts against the target's breaker.
+    breaker: bool,
+    /// Another target may be tried.
+    retry: bool,
+}
+
 /// Handler of every forwarding endpoint.
 pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let endpoint = endpoint_of(parts.uri.path());
-    let prepared = match prepare(&app, &parts.headers, body).await {
-        Ok(p) => p,
-        Err((model, e)) => return fail(&app, &model, endpoint, started, e),
+    let id = request_id(&parts.headers);
+    let policy = app.policy();
+    let mut resp = match admit(app.clone(), policy, parts, body, endpoint, started, id.clone()).await {
+        Ok((call, plan)) => run(Arc::new(call), plan).await,
+        Err((client, route, e)) => {
+            app.metrics.observe_request(
+                &RequestLabels {
+                    route,
+                    target: "-".into(),
+                    client,
+                    endpoint,
+                    status: e.status().as_u16(),
+                },
+                started.elapsed().as_secs_f64(),
+            );
+            e.into_response()
+        }
     };
-    let inst = prepared.instance.clone();
-    let mut unanswered = Unanswered {
-        app: &app,
-        model: inst.name(),
-        endpoint,
-        started,
-        armed: true,
-    };
-    let resp = dispatch(app.clone(), parts, prepared, started, endpoint).await;
-    unanswered.armed = false;
+    resp.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
     resp
 }
 
-/// Counts a request whose client went away before a response began (while it
-/// waited for a start, a slot or the backend's headers): the handler's future is
-/// dropped, and so is this guard, still armed.
-struct Unanswered<'a> {
-    app: &'a App,
-    model: &'a str,
-    endpoint: &'static str,
-    started: Instant,
-    armed: bool,
-}
+type Rejected = (String, String, ApiError);
 
-impl Drop for Unanswered<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let secs = self.started.elapsed().as_secs_f64();
-            self.app
-                .metrics
-                .observe_request(self.model, self.endpoint, CLIENT_CLOSED, secs);
-            tracing::debug!(
-                model = self.model,
-                "client went away before the response began"
-            );
-        }
-    }
-}
-
-/// Wait for a slot (keeping a streaming client informed during a cold start), then
-/// send to the backend.
-async fn dispatch(
+/// Everything before the first target: key, body, model, permission, plan, limits.
+async fn admit(
     app: Arc<App>,
+    policy: Arc<Policy>,
     parts: Parts,
-    prepared: Prepared,
-    started: Instant,
+    body: Body,
     endpoint: &'static str,
-) -> Response {
-    let inst = prepared.instance.clone();
-    let acquire = {
-        let (inst, app) = (inst.clone(), app.clone());
-        async move {
-            match inst.acquire().await {
-                // A reload replaced the model while this request waited: once more,
-                // with the instance now configured under that name.
-                Err(FleetError::Replaced { .. }) if !app.fleet.shutting_down() => {
-                    match app.fleet.get(inst.name()) {
-                        Some(next) if !next.is_retired() => next.acquire().await,
-                        _ => Err(FleetError::Replaced {
-                            model: inst.name().to_string(),
-                        }),
-                    }
-                }
-                r => r,
+    started: Instant,
+    request_id: HeaderValue,
+) -> Result<(Call, Plan), Rejected> {
+    let anon = |e| ("-".to_string(), "-".to_string(), e);
+    let client = policy.auth.identify(&parts.headers).map_err(|d| {
+        anon(match d {
+            Denied::Missing => ApiError::Unauthorized {
+                message: "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+                code: "missing_api_key",
+            },
+            Denied::Invalid => ApiError::Unauthorized {
+                message: "Incorrect API key provided.",
+                code: "invalid_api_key",
+            },
+        })
+    })?;
+    let who = |route: &str, e| (client.name.clone(), route.to_string(), e);
+    let bytes = read_body(&app, &parts.headers, body)
+        .await
+        .map_err(|e| who("-", e))?;
+    let (requested, model_span, stream) = parse_head(&bytes).map_err(|e| who("-", e))?;
+    if !policy.router.knows(&requested) {
+        return Err(who("-", ApiError::ModelNotFound(requested)));
+    }
+    if !client.may_use(&requested) {
+        return Err(who(&requested, ApiError::ModelNotAllowed(requested.clone())));
+    }
+    let estimate = Estimator::new(&bytes);
+    let plan = policy
+        .router
+        .plan(
+            &requested,
+            &app.fleet,
+            &crate::router::Request {
+                client: &client.name,
+                endpoint,
+                estimate: &estimate,
+            },
+        )
+        .map_err(|e| {
+            who(
+                &requested,
+                match e {
+                    PlanError::NotFound => ApiError::ModelNotFound(requested.clone()),
+                    PlanError::ContextTooLong {
+                        prompt,
+                        max_tokens,
+                        limit,
+                    } => ApiError::ContextLengthExceeded {
+                        prompt,
+                        max_tokens,
+                        limit,
+                    },
+                },
+            )
+        })?;
+    let quota = if client.limits.limited() {
+        let tok = match plan.candidates.first().map(|c| &c.target) {
+            Some(Target::Model(i)) => policy.router.model_tokenizer(i.name()),
+            _ => None,
+        };
+        let tokens = estimate.prompt_tokens(tok) + estimate.max_tokens();
+        match client.limits.take(tokens) {
+            Ok(q) => Some(q),
+            Err(OverLimit::Requests(wait, quota)) => {
+                return Err(who(
+                    &requested,
+                    ApiError::RateLimited {
+                        client: client.name.clone(),
+                        kind: "requests",
+                        limit: client.limits.rpm,
+                        retry_after: wait,
+                        quota,
+                    },
+                ));
+            }
+            Err(OverLimit::Tokens(wait, quota)) => {
+                return Err(who(
+                    &requested,
+                    ApiError::RateLimited {
+                        client: client.name.clone(),
+                        kind: "tokens",
+                        limit: client.limits.tpm,
+                        retry_after: wait,
+                        quota,
+                    },
+                ));
+            }
+            Err(OverLimit::TooLarge { needed, tpm }) => {
+                return Err(who(
+                    &requested,
+                    ApiError::TooManyTokens {
+                        client: client.name.clone(),
+                        needed,
+                        tpm,
+                    },
+                ));
             }
         }
+    } else {
+        None
     };
-    let keepalive = &app.settings.server;
-    let lease =
-        if prepared.stream && keepalive.stream_keepalive && inst.state() != ModelState::Ready {
-            // Answer normally if the model is ready soon; otherwise commit to a 200 SSE
-            // stream and keep the client informed while the model loads.
-            let mut acquire = Box::pin(acquire);
-            tokio::select! {
-                biased;
-                r = &mut acquire => r,
-                _ = tokio::time::sleep(keepalive.stream_keepalive_interval.0) => {
-                    return keepalive_stream(app, parts, prepared, acquire, started, endpoint);
-                }
-            }
-        } else {
-            acquire.await
-        };
-    let lease = match lease {
-        Ok(l) => l,
-        Err(e) => return fail(&app, inst.name(), endpoint, started, e.into()),
-    };
-    match send(&app, &parts, &prepared, lease, started, endpoint).await {
-        Ok(resp) => resp,
-        Err(e) => fail(&app, inst.name(), endpoint, started, e),
-    }
-}
-
-fn fail(app: &App, model: &str, endpoint: &'static str, started: Instant, e: ApiError) -> Response {
-    let model = if model.is_empty() { "-" } else { model };
-    app.metrics.observe_request(
-        model,
+    drop(estimate);
+    let call = Call {
+        app,
+        policy,
+        client,
+        parts,
+        body: bytes,
+        model_span,
+        stream,
         endpoint,
-        e.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    e.into_response()
+        started,
+        request_id,
+        route: requested,
+        quota,
+    };
+    Ok((call, plan))
 }
 
 fn bad(message: impl Into<String>, code: &'static str) -> ApiError {
@@ -181,172 +319,404 @@ fn bad(message: impl Into<String>, code: &'static str) -> ApiError {
     }
 }
 
-/// Read and check the body, resolve the model, rewrite `model` to the served name.
-/// On error, also returns the model name for metrics (empty when unknown).
-async fn prepare(
-    app: &App,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Prepared, (String, ApiError)> {
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = app.settings.server.max_body.0;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err((String::new(), ApiError::PayloadTooLarge(limit)));
+        return Err(ApiError::PayloadTooLarge(limit));
     }
-    let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .collect()
         .await
     {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            return Err((String::new(), ApiError::PayloadTooLarge(limit)));
-        }
-        Err(_) => {
-            return Err((
-                String::new(),
-                bad("The request body could not be read.", "invalid_body"),
-            ));
-        }
-    };
-    parse_and_rewrite(app, bytes)
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(_) => Err(bad("The request body could not be read.", "invalid_body")),
+    }
 }
 
-fn parse_and_rewrite(app: &App, bytes: Bytes) -> Result<Prepared, (String, ApiError)> {
-    let anon = |e| (String::new(), e);
+/// The requested model, the byte range of its value, and `stream`.
+fn parse_head(bytes: &Bytes) -> Result<(String, (usize, usize), bool), ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(anon(bad(
-            "The request body must be a JSON object.",
-            "invalid_json",
-        )));
+        return Err(bad("The request body must be a JSON object.", "invalid_json"));
     }
-    let head: Head<'_> = serde_json::from_slice(&bytes).map_err(|e| {
-        anon(bad(
-            format!("The request body is not valid JSON: {e}."),
-            "invalid_json",
-        ))
-    })?;
+    let head: Head<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("The request body is not valid JSON: {e}."), "invalid_json"))?;
     let Some(raw) = head.model else {
-        return Err(anon(bad(
-            "You must provide a model parameter.",
-            "missing_model",
-        )));
+        return Err(bad("You must provide a model parameter.", "missing_model"));
     };
     let requested: String = serde_json::from_str(raw.get())
-        .map_err(|_| anon(bad("`model` must be a string.", "invalid_model")))?;
+        .map_err(|_| bad("`model` must be a string.", "invalid_model"))?;
     if requested.is_empty() {
-        return Err(anon(bad(
-            "You must provide a model parameter.",
-            "missing_model",
-        )));
+        return Err(bad("You must provide a model parameter.", "missing_model"));
     }
-    let Some(instance) = app
-        .router()
-        .resolve(&requested)
-        .and_then(|name| app.fleet.get(name))
-    else {
-        return Err((String::new(), ApiError::ModelNotFound(requested)));
-    };
-    let served = &instance.spec.served_name;
-    let body = if *served == requested {
-        bytes.clone()
-    } else {
-        // Splice the new name over the old value, leaving every other byte as sent.
-        let start = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
-        let end = start + raw.get().len();
-        let quoted = serde_json::to_string(served).unwrap_or_default();
-        let mut out = BytesMut::with_capacity(bytes.len() + quoted.len());
-        out.extend_from_slice(&bytes[..start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&bytes[end..]);
-        out.freeze()
-    };
-    Ok(Prepared {
-        instance,
-        body,
-        stream: head.stream.unwrap_or(false),
-    })
+    let start = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
+    Ok((requested, (start, start + raw.get().len()), head.stream.unwrap_or(false)))
 }
 
-/// Send to the backend and turn its answer into our response.
-async fn send(
-    app: &Arc<App>,
-    parts: &Parts,
-    prepared: &Prepared,
-    lease: Lease,
-    started: Instant,
-    endpoint: &'static str,
-) -> Result<Response, ApiError> {
-    let inst = lease.instance().clone();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let resp = app
-        .upstream
-        .post(
-            inst.spec.port,
-            path,
-            &parts.headers,
-            parts.headers.get("x-request-id"),
-            prepared.body.clone(),
+/// Try the plan; a streaming request that would wait for a cold start gets its 200
+/// and `: loading` comments at once.
+async fn run(call: Arc<Call>, plan: Plan) -> Response {
+    let cold = matches!(
+        plan.candidates.first().map(|c| &c.target),
+        Some(Target::Model(i)) if i.state() != ModelState::Ready
+    );
+    let server = &call.app.settings.server;
+    let mut unanswered = Unanswered {
+        call: &call,
+        armed: true,
+    };
+    let attempt = attempt_all(call.clone(), plan);
+    let result = if call.stream && server.stream_keepalive && cold {
+        let mut attempt = Box::pin(attempt);
+        tokio::select! {
+            biased;
+            r = &mut attempt => r,
+            _ = tokio::time::sleep(server.stream_keepalive_interval.0) => {
+                unanswered.armed = false;
+                return keepalive_stream(call.clone(), attempt);
+            }
+        }
+    } else {
+        attempt.await
+    };
+    unanswered.armed = false;
+    match result {
+        Ok(served) => respond(&call, served),
+        Err((label, e)) => {
+            call.observe(&label, e.status().as_u16());
+            let mut resp = e.into_response();
+            route_headers(&call, None, resp.headers_mut());
+            resp
+        }
+    }
+}
+
+/// Counts a request whose client went away before a response began (while it
+/// waited for a start, a slot or the backend's headers): the handler's future is
+/// dropped, and so is this guard, still armed.
+struct Unanswered<'a> {
+    call: &'a Call,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.call.observe("-", CLIENT_CLOSED);
+            tracing::debug!(route = %self.call.route, "client went away before the response began");
+        }
+    }
+}
+
+/// Try each candidate in order until one answers. Returns the label of the last
+/// target tried with the error.
+async fn attempt_all(call: Arc<Call>, plan: Plan) -> Result<Served, (String, ApiError)> {
+    let max = call.app.settings.server.max_attempts as usize;
+    let budget = call.policy.router.budget();
+    budget.request();
+    let mut attempts = 0usize;
+    let mut first_error: Option<(String, ApiError)> = None;
+    let mut skipped = Vec::new();
+    let n = plan.candidates.len();
+    for (i, c) in plan.candidates.iter().enumerate() {
+        if attempts >= max {
+            break;
+        }
+        if let Target::Provider { provider, .. } = &c.target
+            && !provider.healthy()
+        {
+            skipped.push(format!("{} (host down)", c.label));
+            continue;
+        }
+        if !c.breaker.allow() {
+            skipped.push(format!("{} (circuit open)", c.label));
+            continue;
+        }
+        if attempts > 0 && !budget.try_retry() {
+            tracing::warn!(route = %call.route, "retry budget exhausted; not trying {}", c.label);
+            break;
+        }
+        attempts += 1;
+        let more = attempts < max && i + 1 < n;
+        match attempt(&call, c, more).await {
+            Ok(served) => return Ok(served),
+            Err(f) => {
+                if f.breaker {
+                    c.breaker.failure();
+                }
+                if f.retry && more {
+                    tracing::info!(
+                        route = %call.route,
+                        target = %c.label,
+                        "{}; trying the next target",
+                        f.error
+                    );
+                }
+                if !f.retry {
+                    return Err((c.label.clone(), f.error));
+                }
+                if first_error.is_none() {
+                    first_error = Some((c.label.clone(), f.error));
+                }
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| {
+        (
+            "-".into(),
+            ApiError::NoTarget {
+                route: call.route.clone(),
+                skipped,
+            },
         )
-        .await
-        .map_err(|source| ApiError::Proxy {
-            model: inst.name().to_string(),
-            source,
-        })?;
+    }))
+}
+
+/// Statuses from a target that mean "try another one" when one is left.
+fn retryable_status(s: StatusCode, provider: bool) -> bool {
+    matches!(s.as_u16(), 500 | 502 | 503 | 504) || (provider && s == StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// One target: take a slot (starting the model if needed), send, and judge the
+/// response headers.
+async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failure> {
+    let headers = &call.parts.headers;
+    let path = call.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match &c.target {
+        Target::Model(inst) => {
+            let lease = acquire(call, inst).await.map_err(|e| Failure {
+                breaker: matches!(
+                    e,
+                    FleetError::StartFailed { .. } | FleetError::StartTimeout { .. } | FleetError::CrashLoop { .. }
+                ),
+                retry: !matches!(e, FleetError::ShuttingDown),
+                error: e.into(),
+            })?;
+            let inst = lease.instance().clone();
+            let resp = call
+                .app
+                .upstream
+                .post(
+                    inst.spec.port,
+                    path,
+                    headers,
+                    Some(&call.request_id),
+                    call.body_for(&inst.spec.served_name),
+                )
+                .await
+                .map_err(|source| Failure {
+                    error: ApiError::Proxy {
+                        model: inst.name().to_string(),
+                        source,
+                    },
+                    breaker: true,
+                    retry: true,
+                })?;
+            judge(&c.breaker, &resp, false, more, &c.label)?;
+            Ok(Served {
+                resp,
+                label: c.label.clone(),
+                instance: Some(inst.name().to_string()),
+                cold_start: lease.cold_start,
+                queued: Some(lease.queued),
+                hold: Hold::Model(lease),
+            })
+        }
+        Target::Provider { provider, model } => {
+            let Some(lease) = provider.try_begin() else {
+                return Err(Failure {
+                    error: ApiError::Fleet(FleetError::QueueFull {
+                        model: c.label.clone(),
+                        limit: provider.spec.max_concurrent as usize,
+                    }),
+                    breaker: false,
+                    retry: true,
+                });
+            };
+            let resp = call
+                .app
+                .upstream
+                .post_url(
+                    &provider.url(path),
+                    headers,
+                    Some(&call.request_id),
+                    provider.spec.api_key.as_ref().map(|k| k.0.as_str()),
+                    call.body_for(provider.upstream_model(model)),
+                    provider.spec.timeout,
+                )
+                .await
+                .map_err(|source| Failure {
+                    error: ApiError::Proxy {
+                        model: c.label.clone(),
+                        source,
+                    },
+                    breaker: true,
+                    retry: true,
+                })?;
+            judge(&c.breaker, &resp, true, more, &c.label)?;
+            Ok(Served {
+                resp,
+                label: c.label.clone(),
+                instance: None,
+                cold_start: None,
+                queued: None,
+                hold: Hold::Provider(lease),
+            })
+        }
+    }
+}
+
+/// Record the outcome in the breaker; a retryable status with a target left is a
+/// failure of this attempt (its body is dropped unread).
+fn judge(
+    breaker: &Breaker,
+    resp: &hyper::Response<Incoming>,
+    provider: bool,
+    more: bool,
+    label: &str,
+) -> Result<(), Failure> {
+    let status = resp.status();
+    if status.is_server_error() {
+        breaker.failure();
+    } else if status != StatusCode::TOO_MANY_REQUESTS {
+        breaker.success();
+    }
+    if more && retryable_status(status, provider) {
+        return Err(Failure {
+            error: ApiError::Proxy {
+                model: label.to_string(),
+                source: ProxyError::Failed(format!("answered {status}")),
+            },
+            // Already counted above.
+            breaker: false,
+            retry: true,
+        });
+    }
+    Ok(())
+}
+
+/// A slot at a model; once more if a reload replaced the model meanwhile.
+async fn acquire(call: &Call, inst: &Arc<crate::fleet::Instance>) -> Result<Lease, FleetError> {
+    let priority = call.client.priority;
+    match inst.acquire_as(priority).await {
+        Err(FleetError::Replaced { .. }) if !call.app.fleet.shutting_down() => {
+            match call.app.fleet.get(inst.name()) {
+                Some(next) if !next.is_retired() => next.acquire_as(priority).await,
+                _ => Err(FleetError::Replaced {
+                    model: inst.name().to_string(),
+                }),
+            }
+        }
+        r => r,
+    }
+}
+
+/// `x-ratelimit-*` headers as OpenAI sends them.
+pub fn quota_headers(q: &Quota, h: &mut HeaderMap) {
+    for (kind, v) in [("requests", q.requests), ("tokens", q.tokens)] {
+        if let Some((limit, remaining, reset)) = v {
+            let mut put = |name: String, value: String| {
+                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+                    h.insert(n, v);
+                }
+            };
+            put(format!("x-ratelimit-limit-{kind}"), limit.to_string());
+            put(format!("x-ratelimit-remaining-{kind}"), remaining.to_string());
+            put(format!("x-ratelimit-reset-{kind}"), reset_text(reset));
+        }
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// What the `x-llmvisor-*` headers say about the target that answered.
+struct Info<'a> {
+    label: &'a str,
+    instance: Option<&'a str>,
+    queued: Option<Duration>,
+    cold_start: Option<Duration>,
+}
+
+/// `x-llmvisor-*` and rate-limit headers.
+fn route_headers(call: &Call, served: Option<&Info<'_>>, h: &mut HeaderMap) {
+    h.insert(HeaderName::from_static("x-llmvisor-route"), header_value(&call.route));
+    if let Some(s) = served {
+        h.insert(HeaderName::from_static("x-llmvisor-target"), header_value(s.label));
+        if let Some(i) = s.instance {
+            h.insert(HeaderName::from_static("x-llmvisor-model"), header_value(i));
+        }
+        if let Some(q) = s.queued {
+            h.insert(
+                HeaderName::from_static("x-llmvisor-queue-ms"),
+                HeaderValue::from(q.as_millis() as u64),
+            );
+        }
+        if let Some(c) = s.cold_start {
+            h.insert(
+                HeaderName::from_static("x-llmvisor-cold-start-ms"),
+                HeaderValue::from(c.as_millis() as u64),
+            );
+        }
+    }
+    if let Some(q) = &call.quota {
+        quota_headers(q, h);
+    }
+}
+
+/// Relay a served response.
+fn respond(call: &Arc<Call>, served: Served) -> Response {
+    let Served {
+        resp,
+        label,
+        instance,
+        hold,
+        cold_start,
+        queued,
+    } = served;
     let (head, body) = resp.into_parts();
     let status = head.status;
     let sse = is_sse(&head.headers);
-    let on_end = finisher(
-        app.clone(),
-        inst.name().to_string(),
-        endpoint,
-        status,
-        started,
-        lease,
-    );
-    let relay = Relay::new(
-        body,
-        app.upstream.idle_timeout(),
-        sse,
-        inst.name().to_string(),
-        on_end,
-    );
+    let mut headers = HeaderMap::new();
+    copy_headers(&head.headers, &mut headers);
+    let info = Info {
+        label: &label,
+        instance: instance.as_deref(),
+        queued,
+        cold_start,
+    };
+    route_headers(call, Some(&info), &mut headers);
+    let on_end = finisher(call.clone(), label.clone(), status, hold);
+    let relay = Relay::new(body, call.app.upstream.idle_timeout(), sse, label, on_end);
     let mut out = Response::new(Body::new(relay));
     *out.status_mut() = status;
-    copy_headers(&head.headers, out.headers_mut());
-    out.headers_mut().insert(
-        HeaderName::from_static("x-llmvisor-model"),
-        HeaderValue::from_str(inst.name()).unwrap_or(HeaderValue::from_static("-")),
-    );
-    Ok(out)
+    *out.headers_mut() = headers;
+    out
 }
 
 /// What runs when a relayed response ends: the slot is freed, metrics and log written.
-fn finisher(
-    app: Arc<App>,
-    model: String,
-    endpoint: &'static str,
-    status: StatusCode,
-    started: Instant,
-    lease: Lease,
-) -> crate::proxy::OnEnd {
+fn finisher(call: Arc<Call>, target: String, status: StatusCode, hold: Hold) -> crate::proxy::OnEnd {
     Box::new(move |outcome| {
-        drop(lease);
+        drop(hold);
         let code = match outcome {
             Outcome::Complete => status.as_u16(),
             Outcome::ClientGone => CLIENT_CLOSED,
             Outcome::UpstreamFailed => StatusCode::BAD_GATEWAY.as_u16(),
             Outcome::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT.as_u16(),
         };
-        let secs = started.elapsed().as_secs_f64();
-        app.metrics.observe_request(&model, endpoint, code, secs);
+        call.observe(&target, code);
         tracing::debug!(
-            model = %model,
-            endpoint,
+            route = %call.route,
+            target = %target,
+            client = %call.client.name,
+            endpoint = call.endpoint,
             status = code,
-            latency_ms = (secs * 1000.0) as u64,
+            latency_ms = call.started.elapsed().as_millis() as u64,
             "request done"
         );
     })
@@ -367,63 +737,56 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+type Attempt = std::pin::Pin<Box<dyn Future<Output = Result<Served, (String, ApiError)>> + Send>>;
+
 /// A streaming request that outlasted the first keep-alive interval while its model
-/// starts: answer 200 with an SSE stream now, send `: loading` comments until the
-/// model is ready, then relay the backend's stream (or an error event).
-fn keepalive_stream(
-    app: Arc<App>,
-    parts: Parts,
-    prepared: Prepared,
-    acquire: std::pin::Pin<Box<dyn Future<Output = Result<Lease, FleetError>> + Send>>,
-    started: Instant,
-    endpoint: &'static str,
-) -> Response {
+/// starts: answer 200 with an SSE stream now, send `: loading` comments until a
+/// target answers (the comments carry no content, so trying a fallback is still
+/// invisible to the client), then relay that target's stream or an error event.
+fn keepalive_stream<F>(call: Arc<Call>, attempt: std::pin::Pin<Box<F>>) -> Response
+where
+    F: Future<Output = Result<Served, (String, ApiError)>> + Send + 'static,
+{
+    let attempt: Attempt = attempt;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let model = prepared.instance.name().to_string();
+    let c = call.clone();
     tokio::spawn(async move {
-        let interval = app.settings.server.stream_keepalive_interval.0;
-        let mut acquire = acquire;
-        let comment = |model: &str| {
+        let call = c;
+        let interval = call.app.settings.server.stream_keepalive_interval.0;
+        let mut attempt = attempt;
+        let comment = || {
             Bytes::from(format!(
-                ": loading {model} ({} s)\n\n",
-                started.elapsed().as_secs()
+                ": loading {} ({} s)\n\n",
+                call.route,
+                call.started.elapsed().as_secs()
             ))
         };
         let mut next = tokio::time::Instant::now();
-        let lease = loop {
+        let served = loop {
             tokio::select! {
-                r = &mut acquire => break r,
+                r = &mut attempt => break r,
                 _ = tokio::time::sleep_until(next) => {
-                    if tx.send(comment(&model)).await.is_err() {
-                        app.metrics.observe_request(&model, endpoint, CLIENT_CLOSED, started.elapsed().as_secs_f64());
+                    if tx.send(comment()).await.is_err() {
+                        call.observe("-", CLIENT_CLOSED);
                         return;
                     }
                     next += interval;
                 }
                 _ = tx.closed() => {
-                    app.metrics.observe_request(&model, endpoint, CLIENT_CLOSED, started.elapsed().as_secs_f64());
+                    call.observe("-", CLIENT_CLOSED);
                     return;
                 }
             }
         };
-        let lease = match lease {
-            Ok(l) => l,
-            Err(e) => return stream_error(&app, &tx, &model, endpoint, started, e.into()).await,
+        let served = match served {
+            Ok(s) => s,
+            Err((label, e)) => return stream_error(&call, &tx, &label, e).await,
         };
-        let resp = tokio::select! {
-            r = send(&app, &parts, &prepared, lease, started, endpoint) => match r {
-                Ok(r) => r,
-                Err(e) => return stream_error(&app, &tx, &model, endpoint, started, e).await,
-            },
-            _ = tx.closed() => {
-                app.metrics.observe_request(&model, endpoint, CLIENT_CLOSED, started.elapsed().as_secs_f64());
-                return;
-            }
-        };
-        if !resp.status().is_success() {
-            // The backend refused; pass its error on as an event (bounded read).
-            let status = resp.status();
-            let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        let label = served.label.clone();
+        let status = served.resp.status();
+        if !status.is_success() {
+            // The target refused; pass its error on as an event (bounded read).
+            let body = tokio::time::timeout(Duration::from_secs(10), served.resp.into_body().collect())
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -444,55 +807,50 @@ fn keepalive_stream(
                     "backend_error",
                 )
             };
+            call.observe(&label, status.as_u16());
             let _ = tx.send(event).await;
             return;
         }
+        let Served { resp, hold, .. } = served;
         let mut body = resp.into_body();
-        loop {
+        let outcome = loop {
             tokio::select! {
                 frame = body.frame() => match frame {
                     Some(Ok(f)) => {
                         if let Ok(data) = f.into_data() && tx.send(data).await.is_err() {
-                            return;
+                            break CLIENT_CLOSED;
                         }
                     }
-                    Some(Err(_)) | None => return,
+                    Some(Err(_)) => {
+                        let _ = tx.send(crate::proxy::sse_error(
+                            "the model's backend failed in the middle of the response",
+                            "server_error",
+                            "backend_error",
+                        )).await;
+                        break StatusCode::BAD_GATEWAY.as_u16();
+                    }
+                    None => break status.as_u16(),
                 },
-                _ = tx.closed() => return,
+                _ = tx.closed() => break CLIENT_CLOSED,
             }
-        }
+        };
+        drop(hold);
+        call.observe(&label, outcome);
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
+    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    route_headers(&call, None, h);
     resp.into_response()
 }
 
-async fn stream_error(
-    app: &App,
-    tx: &mpsc::Sender<Bytes>,
-    model: &str,
-    endpoint: &'static str,
-    started: Instant,
-    e: ApiError,
-) {
-    app.metrics.observe_request(
-        model,
-        endpoint,
-        e.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    tracing::warn!(model, "stream ended with an error: {e}");
+async fn stream_error(call: &Call, tx: &mpsc::Sender<Bytes>, label: &str, e: ApiError) {
+    call.observe(label, e.status().as_u16());
+    tracing::warn!(route = %call.route, "stream ended with an error: {e}");
     let _ = tx.send(e.sse_event()).await;
 }

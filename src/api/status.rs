@@ -6,16 +6,21 @@ use std::time::UNIX_EPOCH;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::App;
+use super::{ApiError, App};
+use crate::auth::Denied;
 use crate::fleet::{Instance, State as ModelState};
+use crate::router::{NameKind, Router};
 
-fn model_status(i: &Instance) -> Value {
+fn model_status(i: &Instance, router: &Router) -> Value {
     let s = i.status();
+    let breaker = router.model_breaker(i.name());
     json!({
+        "breaker": breaker.map(|b| b.state().as_str()),
+        "consecutive_failures": breaker.map(|b| b.failures()),
         "state": s.state.as_str(),
         "since": humantime::format_rfc3339_seconds(s.since_wall).to_string(),
         "state_seconds": (s.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
@@ -27,6 +32,7 @@ fn model_status(i: &Instance) -> Value {
         "port": i.spec.port,
         "in_flight": i.in_flight(),
         "queued": i.queued(),
+        "waiting_for_slot": {"interactive": i.waiting_by_priority()[0], "batch": i.waiting_by_priority()[1]},
         "idle_seconds": i.idle_for().map(|d| d.as_secs()),
         "gpus": i.spec.limits.gpus,
         "max_concurrent": i.spec.max_concurrent,
@@ -38,11 +44,28 @@ fn model_status(i: &Instance) -> Value {
 /// `GET /health`: overall and per model. 200 while serving (even with failed models,
 /// shown as `degraded`); 503 while shutting down.
 pub async fn health(State(app): State<Arc<App>>) -> Response {
+    let policy = app.policy();
     let mut models = serde_json::Map::new();
     let mut failed = false;
     for i in app.fleet.instances() {
         failed |= i.state() == ModelState::Failed;
-        models.insert(i.name().to_string(), model_status(&i));
+        models.insert(i.name().to_string(), model_status(&i, &policy.router));
+    }
+    let mut providers = serde_json::Map::new();
+    for p in policy.router.providers() {
+        failed |= !p.healthy();
+        providers.insert(
+            p.spec.name.clone(),
+            json!({
+                "base_url": p.spec.base_url,
+                "healthy": p.healthy(),
+                "health_check": p.spec.health.as_ref().map(|h| h.path.clone()),
+                "last_check_error": p.last_check_error(),
+                "breaker": p.breaker.state().as_str(),
+                "consecutive_failures": p.breaker.failures(),
+                "in_flight": p.outstanding(),
+            }),
+        );
     }
     let (status, overall) = if app.fleet.shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
@@ -57,34 +80,60 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
         "unit_manager": app.fleet.manager_name(),
         "uptime_seconds": app.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         "models": models,
+        "providers": providers,
     });
     (status, Json(body)).into_response()
 }
 
-/// `GET /v1/models`: OpenAI's list shape, one entry per public name, with state.
-pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+/// `GET /v1/models`: OpenAI's list shape: the routes, models and aliases the
+/// client's key may use, with their state.
+pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let policy = app.policy();
+    let client = match policy.auth.identify(&headers) {
+        Ok(c) => c,
+        Err(Denied::Missing) => {
+            return ApiError::Unauthorized {
+                message: "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+                code: "missing_api_key",
+            }
+            .into_response();
+        }
+        Err(Denied::Invalid) => {
+            return ApiError::Unauthorized {
+                message: "Incorrect API key provided.",
+                code: "invalid_api_key",
+            }
+            .into_response();
+        }
+    };
     let created = app
         .started
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let data: Vec<Value> = app
-        .router()
+    let data: Vec<Value> = policy
+        .router
         .public_names()
         .iter()
+        .filter(|p| client.may_use(&p.name))
         .filter_map(|p| {
-            let i = app.fleet.get(&p.instance)?;
-            let s = i.status();
             let mut entry = json!({
                 "id": p.name,
                 "object": "model",
                 "created": created,
                 "owned_by": "llmvisor",
-                "state": s.state.as_str(),
-                "state_seconds": s.since.elapsed().as_secs(),
             });
-            if p.alias {
-                entry["alias_of"] = json!(p.instance);
+            if p.kind == NameKind::Route {
+                entry["route"] = json!(true);
+                entry["targets"] = json!(p.targets);
+                return Some(entry);
+            }
+            let i = app.fleet.get(p.instance.as_deref()?)?;
+            let s = i.status();
+            entry["state"] = json!(s.state.as_str());
+            entry["state_seconds"] = json!(s.since.elapsed().as_secs());
+            if p.kind == NameKind::Alias {
+                entry["alias_of"] = json!(i.name());
             }
             if let Some(ctx) = i.spec.context_length {
                 entry["max_model_len"] = json!(ctx);
@@ -92,12 +141,33 @@ pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
             Some(entry)
         })
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.fleet.update_gauges();
+    let policy = app.policy();
+    let m = &app.metrics;
+    for i in app.fleet.instances() {
+        if let Some(b) = policy.router.model_breaker(i.name()) {
+            m.breaker_state
+                .get_or_create(&crate::telemetry::metrics::TargetLabels {
+                    target: i.name().to_string(),
+                })
+                .set(b.state().as_gauge());
+        }
+    }
+    for p in policy.router.providers() {
+        let l = crate::telemetry::metrics::TargetLabels {
+            target: p.spec.name.clone(),
+        };
+        m.breaker_state.get_or_create(&l).set(p.breaker.state().as_gauge());
+        m.provider_up.get_or_create(&l).set(i64::from(p.healthy()));
+        m.provider_in_flight
+            .get_or_create(&l)
+            .set(p.outstanding() as i64);
+    }
     let mut resp = app.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::api::{self, App};
-use crate::config::{Config, ManagerChoice, Settings};
+use crate::config::{Config, ConfigError, ManagerChoice, SecretsMode, Settings};
+use crate::router::Tokenizers;
 use crate::fleet::Fleet;
 use crate::telemetry::{self, metrics::Metrics};
 use crate::units::UnitManager;
@@ -107,12 +108,39 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
+/// Read a configuration with its key files and tokenizers; every problem of the
+/// file, its keys and its tokenizers is listed in one error.
+pub fn load_full(
+    path: &std::path::Path,
+    mode: SecretsMode,
+) -> Result<(Settings, Tokenizers, Vec<String>), String> {
+    let (settings, notes) = Config::load_with(path, mode).map_err(|e| e.to_string())?;
+    if mode == SecretsMode::Skip {
+        return Ok((settings, Tokenizers::default(), notes));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tokenizers = Tokenizers::load(&settings, dir).map_err(|problems| {
+        ConfigError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        }
+        .to_string()
+    })?;
+    Ok((settings, tokenizers, notes))
+}
+
 /// One command; an error is the message printed before exiting with status 1.
 fn run(command: Command) -> Result<(), String> {
-    let load = |path: &std::path::Path| Config::load(path).map_err(|e| e.to_string());
+    let load = |path: &std::path::Path| load_full(path, SecretsMode::Skip).map(|(s, _, _)| s);
     match command {
         Command::CheckConfig { config } => {
-            let s = load(&config)?;
+            let (s, _, notes) = load_full(&config, SecretsMode::Check)?;
+            for n in notes {
+                println!("note: {n}");
+            }
             println!("{}: ok — {}", config.display(), summary(&s));
         }
         Command::Status { config } => {
@@ -164,10 +192,10 @@ fn run(command: Command) -> Result<(), String> {
         }
         Command::Serve { config, log_level } => {
             telemetry::init_logging(&log_level);
-            let settings =
-                Config::load(&config).map_err(|e| format!("{e}\nnothing was started."))?;
+            let (settings, tokenizers, _) = load_full(&config, SecretsMode::Serve)
+                .map_err(|e| format!("{e}\nnothing was started."))?;
             runtime(true)?
-                .block_on(serve(settings, &config))
+                .block_on(serve(settings, tokenizers, &config))
                 .map_err(|e| {
                     tracing::error!("{e:#}");
                     format!("{e:#}")
@@ -182,10 +210,10 @@ fn run(command: Command) -> Result<(), String> {
 /// configuration in force stays.
 async fn reload(app: &App, config: &std::path::Path) {
     telemetry::notify_reloading();
-    match Config::load(config) {
+    match load_full(config, SecretsMode::Serve) {
         Err(e) => tracing::error!("reload rejected, the running configuration stays: {e}"),
-        Ok(new) => {
-            let s = app.reload(&new).await;
+        Ok((new, tokenizers, _)) => {
+            let s = app.reload(&new, &tokenizers).await;
             tracing::info!(
                 "reloaded {}: added {:?}, restarted {:?}, updated in place {:?}, removed {:?}, unchanged {}",
                 config.display(),
@@ -269,17 +297,35 @@ fn summary(s: &Settings) -> String {
         .map(|m| format!("{} ({}, port {})", m.name, m.kind.as_str(), m.port))
         .collect();
     let listen: Vec<_> = s.listen.iter().map(ToString::to_string).collect();
-    format!(
+    let mut out = format!(
         "{} model(s): {}; listening on {}",
         s.models.len(),
         names.join(", "),
         listen.join(", ")
-    )
+    );
+    if !s.routes.is_empty() {
+        let routes: Vec<_> = s.routes.iter().map(|r| r.name.as_str()).collect();
+        out.push_str(&format!("; {} route(s): {}", routes.len(), routes.join(", ")));
+    }
+    if !s.providers.is_empty() {
+        let p: Vec<_> = s.providers.iter().map(|p| p.name.as_str()).collect();
+        out.push_str(&format!("; {} provider(s): {}", p.len(), p.join(", ")));
+    }
+    if s.server.auth == crate::config::AuthMode::None {
+        out.push_str("; no API keys (auth = \"none\")");
+    } else {
+        out.push_str(&format!("; {} client(s)", s.clients.len()));
+    }
+    out
 }
 
 /// Serve until SIGTERM or SIGINT, then shut down gracefully: stop accepting, let
 /// in-flight requests finish (up to `server.shutdown_grace`), stop every model.
-pub async fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    tokenizers: Tokenizers,
+    config: &std::path::Path,
+) -> anyhow::Result<()> {
     // Bind first: a port in use fails before any model could start.
     let mut listeners = Vec::new();
     for addr in &settings.listen {
@@ -301,7 +347,7 @@ pub async fn serve(settings: Settings, config: &std::path::Path) -> anyhow::Resu
         tracing::error!("cannot take over running units: {e}");
     }
     let grace = settings.server.shutdown_grace.0;
-    let app = App::new(settings, fleet.clone(), metrics);
+    let app = App::new(settings, &tokenizers, fleet.clone(), metrics);
     let routes = api::routes(app.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);

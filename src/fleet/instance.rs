@@ -188,6 +188,11 @@ impl Instance {
         ))
     }
 
+    /// Requests waiting for a free slot, as `[interactive, batch]`.
+    pub fn waiting_by_priority(&self) -> [usize; 2] {
+        self.gate.waiting()
+    }
+
     /// Requests waiting for a start or a slot.
     pub fn queued(&self) -> usize {
         self.admitted

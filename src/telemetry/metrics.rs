@@ -12,12 +12,32 @@ use prometheus_client::registry::Registry;
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Model instance (or the name asked for, when it matched none).
-    pub model: String,
+    /// The public name asked for (route, model or alias; `-` when unknown).
+    pub route: String,
+    /// The target that served it: instance or `provider/model` (`-` when none).
+    pub target: String,
+    /// The client (`anonymous` without keys, `-` before the key was checked).
+    pub client: String,
     /// API endpoint, e.g. `chat/completions`.
     pub endpoint: &'static str,
     /// HTTP status sent to the client.
     pub status: u16,
+}
+
+/// Labels of the request duration histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The public name asked for.
+    pub route: String,
+    /// The target that served it.
+    pub target: String,
+}
+
+/// A per-target label (models and providers).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// Instance name or provider name.
+    pub target: String,
 }
 
 /// A per-model label.
@@ -57,7 +77,13 @@ pub struct Metrics {
     /// Requests answered, by model, endpoint and status.
     pub requests: Family<RequestLabels, Counter>,
     /// Time from request to the end of the response.
-    pub request_duration: HistogramFamily<ModelLabels>,
+    pub request_duration: HistogramFamily<RouteLabels>,
+    /// Circuit breaker state per target: 0 closed, 1 open, 2 half-open (set at scrape).
+    pub breaker_state: Family<TargetLabels, Gauge>,
+    /// Provider health: 1 up, 0 down (set at scrape).
+    pub provider_up: Family<TargetLabels, Gauge>,
+    /// Requests in flight at each provider (set at scrape).
+    pub provider_in_flight: Family<TargetLabels, Gauge>,
     /// Requests in flight at the backend (set at scrape).
     pub in_flight: Family<ModelLabels, Gauge>,
     /// Requests waiting for a slot or a start (set at scrape).
@@ -83,8 +109,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("llmvisor");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration: HistogramFamily<ModelLabels> =
+        let request_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
+        let breaker_state = Family::<TargetLabels, Gauge>::default();
+        let provider_up = Family::<TargetLabels, Gauge>::default();
+        let provider_in_flight = Family::<TargetLabels, Gauge>::default();
         let in_flight = Family::<ModelLabels, Gauge>::default();
         let queue_depth = Family::<ModelLabels, Gauge>::default();
         let model_state = Family::<StateLabels, Gauge>::default();
@@ -94,7 +123,7 @@ impl Metrics {
         let starts = Family::<ModelLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered, by model, endpoint and HTTP status",
+            "Requests answered, by route, target, client, endpoint and HTTP status",
             requests.clone(),
         );
         registry.register(
@@ -128,10 +157,28 @@ impl Metrics {
             failures.clone(),
         );
         registry.register("model_starts", "Starts of model backends", starts.clone());
+        registry.register(
+            "breaker_state",
+            "Circuit breaker of each target: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "provider_up",
+            "1 while a provider passes its health checks, 0 while it is down",
+            provider_up.clone(),
+        );
+        registry.register(
+            "provider_requests_in_flight",
+            "Requests in flight at each external provider",
+            provider_in_flight.clone(),
+        );
         Self {
             registry,
             requests,
             request_duration,
+            breaker_state,
+            provider_up,
+            provider_in_flight,
             in_flight,
             queue_depth,
             model_state,
@@ -142,17 +189,12 @@ impl Metrics {
     }
 
     /// Count one finished request.
-    pub fn observe_request(&self, model: &str, endpoint: &'static str, status: u16, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                model: model.to_string(),
-                endpoint,
-                status,
-            })
-            .inc();
+    pub fn observe_request(&self, labels: &RequestLabels, seconds: f64) {
+        self.requests.get_or_create(labels).inc();
         self.request_duration
-            .get_or_create(&ModelLabels {
-                model: model.to_string(),
+            .get_or_create(&RouteLabels {
+                route: labels.route.clone(),
+                target: labels.target.clone(),
             })
             .observe(seconds);
     }

@@ -67,6 +67,16 @@ impl Llmvisor {
             "[units]\nmanager = \"process\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{auth}{server_extra}\n\n"
         );
         let config = format!("{header}{models}");
+        Self::launch(dir, port, header, config).await
+    }
+
+    /// Start with a whole configuration file's text that listens on `port`.
+    pub async fn start_raw(port: u16, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::launch(dir, port, String::new(), config.to_string()).await
+    }
+
+    async fn launch(dir: tempfile::TempDir, port: u16, header: String, config: String) -> Self {
         let path = dir.path().join("llmvisor.toml");
         std::fs::write(&path, &config).unwrap();
         let log = std::fs::File::create(dir.path().join("llmvisor.log")).unwrap();

@@ -776,3 +776,55 @@ mod tests {
         assert_eq!(ev[5]["usage"]["completion_tokens"], 4);
     }
 }
+
+/// `/v1/rerank` request (vLLM's and Jina's shape).
+#[derive(Deserialize)]
+struct RerankRequest {
+    model: Option<String>,
+    query: String,
+    documents: Vec<String>,
+    top_n: Option<usize>,
+}
+
+/// `/v1/rerank`: a deterministic relevance score per document (shared words with
+/// the query, with a tie-break from the text), best first.
+pub async fn rerank(State(st): State<&'static AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
+        Ok(adm) => adm,
+        Err(resp) => return resp,
+    };
+    let (adm, req) = match parse::<RerankRequest>(adm, &body) {
+        Ok(parsed) => parsed,
+        Err(resp) => return resp,
+    };
+    if !st.model_matches(req.model.as_deref(), Flavor::OpenAi) {
+        let model = req.model.as_deref().unwrap_or_default();
+        return adm.reject(state::model_not_found(Flavor::OpenAi, model));
+    }
+    let words: std::collections::HashSet<&str> = req.query.split_whitespace().collect();
+    let mut results: Vec<(usize, f64)> = req
+        .documents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let shared = d.split_whitespace().filter(|w| words.contains(w)).count();
+            let tie = (d.len() % 97) as f64 / 1000.0;
+            (i, shared as f64 + tie)
+        })
+        .collect();
+    results.sort_by(|a, b| b.1.total_cmp(&a.1));
+    results.truncate(req.top_n.unwrap_or(results.len()));
+    let response = Json(serde_json::json!({
+        "id": format!("rerank-mock-{}", adm.index),
+        "model": st.cfg.served_name,
+        "results": results.iter().map(|(i, s)| serde_json::json!({
+            "index": i,
+            "relevance_score": s,
+            "document": {"text": req.documents[*i]},
+        })).collect::<Vec<_>>(),
+        "usage": {"total_tokens": req.documents.iter().map(|d| d.len() / 4 + 1).sum::<usize>()},
+    }))
+    .into_response();
+    adm.guard.complete();
+    response
+}

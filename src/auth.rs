@@ -254,10 +254,18 @@ impl Limits {
         let full = |have: f64, cap: f64| wait(have, cap, cap);
         let quota = |b: &Buckets| Quota {
             requests: (self.rpm > 0).then(|| {
-                (self.rpm, b.requests.floor().max(0.0) as u32, full(b.requests, rpm))
+                (
+                    self.rpm,
+                    b.requests.floor().max(0.0) as u32,
+                    full(b.requests, rpm),
+                )
             }),
             tokens: (self.tpm > 0).then(|| {
-                (self.tpm, b.tokens.floor().max(0.0) as u32, full(b.tokens, tpm))
+                (
+                    self.tpm,
+                    b.tokens.floor().max(0.0) as u32,
+                    full(b.tokens, tpm),
+                )
             }),
         };
         if self.tpm > 0 && tokens > u64::from(self.tpm) {
@@ -358,7 +366,8 @@ mod tests {
 
     #[test]
     fn without_an_admin_key_admin_is_loopback_only() {
-        let a = auth("[server]\nauth = \"none\"\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n");
+        let a =
+            auth("[server]\nauth = \"none\"\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n");
         assert!(a.admin_allowed(&HeaderMap::new(), true).is_ok());
         assert!(a.admin_allowed(&HeaderMap::new(), false).is_err());
         assert_eq!(a.identify(&HeaderMap::new()).unwrap().name, "anonymous");
@@ -372,7 +381,10 @@ mod tests {
         assert_eq!(q.requests.unwrap().1, 59);
         assert_eq!(q.tokens.unwrap().1, 900);
         // Too large for the limit at all.
-        assert!(matches!(l.take_at(1001, t0), Err(OverLimit::TooLarge { .. })));
+        assert!(matches!(
+            l.take_at(1001, t0),
+            Err(OverLimit::TooLarge { .. })
+        ));
         // Tokens run out: 900 left, 950 asked: 50 tokens at 1000/min = 3 s.
         match l.take_at(950, t0) {
             Err(OverLimit::Tokens(wait, _)) => assert_eq!(wait.as_secs(), 3),

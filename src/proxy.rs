@@ -125,8 +125,9 @@ impl Upstream {
             req = req.header("x-request-id", id.clone());
         }
         if let Some(key) = bearer {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| ProxyError::Failed("the provider key is not a valid header value".into()))?;
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                ProxyError::Failed("the provider key is not a valid header value".into())
+            })?;
             v.set_sensitive(true);
             req = req.header(header::AUTHORIZATION, v);
         }

@@ -13,7 +13,11 @@ use serde_json::{Value, json};
 
 /// The two-GPU example with the mock's path, free ports and a fast start-up.
 fn two_gpu_config(port: u16) -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/two-gpu.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/two-gpu.toml"
+    ))
+    .unwrap();
     let mut out = String::new();
     for line in text.lines() {
         let line = if line.starts_with("port = ") {
@@ -22,7 +26,10 @@ fn two_gpu_config(port: u16) -> String {
             format!("listen = [\"127.0.0.1:{port}\"]")
         } else {
             line.replace("\"llmvisor-mock\"", &format!("{MOCK:?}"))
-                .replace("\"--startup-delay\", \"1s\"", "\"--startup-delay\", \"100ms\"")
+                .replace(
+                    "\"--startup-delay\", \"1s\"",
+                    "\"--startup-delay\", \"100ms\"",
+                )
         };
         out.push_str(&line);
         out.push('\n');
@@ -63,7 +70,12 @@ async fn seed_003_data_flows() {
     assert_eq!(header(&r, "x-llmvisor-route"), "llama");
     assert_eq!(header(&r, "x-llmvisor-target"), "llama-gpu0");
     assert!(!header(&r, "x-request-id").is_empty());
-    assert!(header(&r, "x-llmvisor-cold-start-ms").parse::<u64>().unwrap() >= 100);
+    assert!(
+        header(&r, "x-llmvisor-cold-start-ms")
+            .parse::<u64>()
+            .unwrap()
+            >= 100
+    );
     assert!(header(&r, "x-llmvisor-queue-ms").parse::<u64>().is_ok());
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["model"], "meta-llama/Llama-3.1-8B-Instruct");
@@ -73,7 +85,12 @@ async fn seed_003_data_flows() {
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-llmvisor-target"), "llama-gpu1");
     assert_eq!(header(&r, "x-ratelimit-limit-requests"), "600");
-    assert!(header(&r, "x-ratelimit-remaining-requests").parse::<u32>().unwrap() < 600);
+    assert!(
+        header(&r, "x-ratelimit-remaining-requests")
+            .parse::<u32>()
+            .unwrap()
+            < 600
+    );
 
     // 3. A 6K-token chat from n8n → the long-context instance.
     let r = call(&lv, "sk-n8n-demo", "/v1/chat/completions", &chat(4800)).await;
@@ -82,7 +99,13 @@ async fn seed_003_data_flows() {
 
     // 4. Embeddings → bge-m3 (by its alias too).
     for name in ["bge-m3", "text-embedding-3-small"] {
-        let r = call(&lv, "sk-n8n-demo", "/v1/embeddings", &json!({"model": name, "input": "hello"})).await;
+        let r = call(
+            &lv,
+            "sk-n8n-demo",
+            "/v1/embeddings",
+            &json!({"model": name, "input": "hello"}),
+        )
+        .await;
         assert_eq!(r.status(), 200, "{name}");
         assert_eq!(header(&r, "x-llmvisor-target"), "bge-m3");
         let v: Value = r.json().await.unwrap();
@@ -109,8 +132,17 @@ async fn seed_003_data_flows() {
         let body = json!({"model": "llama", "stream": true, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
         let (client, url) = (lv.client.clone(), lv.url("/v1/chat/completions"));
         streams.push(tokio::spawn(async move {
-            let r = client.post(url).bearer_auth("sk-n8n-demo").json(&body).send().await.unwrap();
-            let target = r.headers()["x-llmvisor-target"].to_str().unwrap().to_string();
+            let r = client
+                .post(url)
+                .bearer_auth("sk-n8n-demo")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let target = r.headers()["x-llmvisor-target"]
+                .to_str()
+                .unwrap()
+                .to_string();
             let status = r.status();
             let text = r.text().await.unwrap();
             (status, target, text)
@@ -132,11 +164,26 @@ async fn seed_003_data_flows() {
     // 7. A bad key → 401; a key not allowed a model → 403.
     let r = call(&lv, "sk-wrong", "/v1/chat/completions", &chat(1)).await;
     assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_api_key");
-    let r = lv.client.post(lv.url("/v1/chat/completions")).json(&chat(1)).send().await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_api_key"
+    );
+    let r = lv
+        .client
+        .post(lv.url("/v1/chat/completions"))
+        .json(&chat(1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    let r = call(&lv, "sk-n8n-demo", "/v1/chat/completions", &json!({"model": "deepseek", "messages": []})).await;
+    let r = call(
+        &lv,
+        "sk-n8n-demo",
+        "/v1/chat/completions",
+        &json!({"model": "deepseek", "messages": []}),
+    )
+    .await;
     assert_eq!(r.status(), 403);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "permission_error");
@@ -146,16 +193,39 @@ async fn seed_003_data_flows() {
     let list = |key: &'static str| {
         let (c, u) = (lv.client.clone(), lv.url("/v1/models"));
         async move {
-            let v: Value = c.get(u).bearer_auth(key).send().await.unwrap().json().await.unwrap();
-            v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+            let v: Value = c
+                .get(u)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
         }
     };
     let n8n = list("sk-n8n-demo").await;
-    assert!(n8n.contains(&"llama".to_string()) && n8n.contains(&"text-embedding-3-small".to_string()));
+    assert!(
+        n8n.contains(&"llama".to_string()) && n8n.contains(&"text-embedding-3-small".to_string())
+    );
     assert!(!n8n.iter().any(|m| m.contains("deepseek")), "{n8n:?}");
     let webui = list("sk-webui-demo").await;
     assert!(webui.contains(&"deepseek".to_string()) && webui.contains(&"llama-gpu0".to_string()));
-    assert_eq!(lv.client.get(lv.url("/v1/models")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        lv.client
+            .get(lv.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 
     // A prompt longer than every window → OpenAI's context_length_exceeded.
     let r = call(&lv, "sk-webui-demo", "/v1/chat/completions", &chat(30_000)).await;
@@ -163,14 +233,36 @@ async fn seed_003_data_flows() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "context_length_exceeded");
     assert_eq!(e["error"]["param"], "messages");
-    assert!(e["error"]["message"].as_str().unwrap().contains("maximum context length is 32768 tokens"));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 32768 tokens")
+    );
 
     // Admin routes need the admin key (even on loopback, once one is configured).
-    let r = lv.client.post(lv.url("/admin/models/reranker/stop")).send().await.unwrap();
+    let r = lv
+        .client
+        .post(lv.url("/admin/models/reranker/stop"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = lv.client.post(lv.url("/admin/models/reranker/stop")).bearer_auth("sk-webui-demo").send().await.unwrap();
+    let r = lv
+        .client
+        .post(lv.url("/admin/models/reranker/stop"))
+        .bearer_auth("sk-webui-demo")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = lv.client.post(lv.url("/admin/models/reranker/stop")).bearer_auth("sk-admin-demo").send().await.unwrap();
+    let r = lv
+        .client
+        .post(lv.url("/admin/models/reranker/stop"))
+        .bearer_auth("sk-admin-demo")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
 
     // Metrics carry route, target and client.
@@ -248,14 +340,26 @@ async fn providers_get_their_own_key_and_mapped_names_never_the_clients() {
         key_path.display().to_string()
     );
     let lv = Llmvisor::start(&extra, &mock_model("local", &[], "")).await;
-    let r = call(&lv, "test", "/v1/chat/completions", &json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}]})).await;
+    let r = call(
+        &lv,
+        "test",
+        "/v1/chat/completions",
+        &json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-llmvisor-target"), "cloud/gpt-4o-mini");
     let s = cloud.stats().await;
-    assert_eq!(s["last_headers"]["authorization"], "Bearer sk-provider-secret");
+    assert_eq!(
+        s["last_headers"]["authorization"],
+        "Bearer sk-provider-secret"
+    );
     assert_eq!(s["last_request"]["model"], "gpt-4o-mini-2024-07-18");
     let all = s["last_headers"].to_string();
-    assert!(!all.contains("Bearer test") && !all.contains("\"test\""), "{all}");
+    assert!(
+        !all.contains("Bearer test") && !all.contains("\"test\""),
+        "{all}"
+    );
     assert!(!lv.log().contains("sk-provider-secret"));
 }
 
@@ -267,7 +371,11 @@ async fn fallback_before_the_first_byte_and_a_breaker_that_opens() {
         backup.port
     );
     // `bad` answers every request with a 500.
-    let lv = Llmvisor::start(&extra, &mock_model("bad", &["--fail-rate", "1.0"], "idle_ttl = \"0\"")).await;
+    let lv = Llmvisor::start(
+        &extra,
+        &mock_model("bad", &["--fail-rate", "1.0"], "idle_ttl = \"0\""),
+    )
+    .await;
     let body = json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]});
     for _ in 0..2 {
         let r = call(&lv, "test", "/v1/chat/completions", &body).await;
@@ -282,14 +390,28 @@ async fn fallback_before_the_first_byte_and_a_breaker_that_opens() {
     assert_eq!(r.status(), 200);
     assert_eq!(lv.mock_stats("bad").await["requests"], 2);
     assert_eq!(backup.stats().await["requests"], 3);
-    assert_eq!(lv.metric("llmvisor_breaker_state{target=\"bad\"}").await, 1.0);
+    assert_eq!(
+        lv.metric("llmvisor_breaker_state{target=\"bad\"}").await,
+        1.0
+    );
     // Asked for directly (not through the route), `bad` has no fallback: the open
     // breaker is a 503 that says so.
-    let r = call(&lv, "test", "/v1/chat/completions", &json!({"model": "bad", "messages": []})).await;
+    let r = call(
+        &lv,
+        "test",
+        "/v1/chat/completions",
+        &json!({"model": "bad", "messages": []}),
+    )
+    .await;
     assert_eq!(r.status(), 503);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "no_target_available");
-    assert!(e["error"]["message"].as_str().unwrap().contains("bad (circuit open)"));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad (circuit open)")
+    );
 }
 
 #[tokio::test]
@@ -299,8 +421,17 @@ async fn no_retry_after_the_first_streamed_byte() {
         "{CLIENT}\n[providers.backup]\nbase_url = \"http://127.0.0.1:{}/v1\"\n\n[routes.r]\ntargets = [\"slow\"]\nfallback = [\"backup/backup\"]\n",
         backup.port
     );
-    let lv = Llmvisor::start(&extra, &mock_model("slow", &["--token-delay", "100ms", "--max-tokens", "50"], "idle_ttl = \"0\"")).await;
-    let body = json!({"model": "r", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let lv = Llmvisor::start(
+        &extra,
+        &mock_model(
+            "slow",
+            &["--token-delay", "100ms", "--max-tokens", "50"],
+            "idle_ttl = \"0\"",
+        ),
+    )
+    .await;
+    let body =
+        json!({"model": "r", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let r = call(&lv, "test", "/v1/chat/completions", &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-llmvisor-target"), "slow");
@@ -317,7 +448,11 @@ async fn no_retry_after_the_first_streamed_byte() {
         rest.push_str(&String::from_utf8_lossy(&c));
     }
     assert!(rest.contains("backend_error"), "{rest}");
-    assert_eq!(backup.stats().await["requests"], 0, "a retry happened after the first byte");
+    assert_eq!(
+        backup.stats().await["requests"],
+        0,
+        "a retry happened after the first byte"
+    );
 }
 
 /// SIGKILL the process listening on `port` (the mock of a model).
@@ -325,12 +460,20 @@ fn kill_listener(port: u16, pid: Option<u64>) {
     let pid = pid.map(|p| p as i32).unwrap_or_else(|| {
         let out = Command::new("sh")
             .arg("-c")
-            .arg(format!("ss -Hltnp 'sport = :{port}' | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -1"))
+            .arg(format!(
+                "ss -Hltnp 'sport = :{port}' | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -1"
+            ))
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid of the backend")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pid of the backend")
     });
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 #[tokio::test]
@@ -355,8 +498,14 @@ async fn rate_limits_answer_429_with_sane_retry_after() {
     assert_eq!(e["error"]["type"], "requests");
 
     // Tokens: 100 per minute; a request of ~60 (prompt + max_tokens) fits once.
-    let tok = json!({"model": "m", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]});
-    assert_eq!(call(&lv, "test2", "/v1/chat/completions", &tok).await.status(), 200);
+    let tok =
+        json!({"model": "m", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        call(&lv, "test2", "/v1/chat/completions", &tok)
+            .await
+            .status(),
+        200
+    );
     let r = call(&lv, "test2", "/v1/chat/completions", &tok).await;
     assert_eq!(r.status(), 429);
     let wait: u64 = header(&r, "retry-after").parse().unwrap();
@@ -373,16 +522,30 @@ async fn interactive_requests_overtake_waiting_batch_ones() {
     let extra = "[clients.ui]\nkey_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n[clients.batch]\nkey_sha256 = \"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752\"\npriority = \"batch\"\n";
     let lv = Llmvisor::start(
         extra,
-        &mock_model("m", &["--token-delay", "100ms", "--max-tokens", "3"], "max_concurrent = 1\nidle_ttl = \"0\""),
+        &mock_model(
+            "m",
+            &["--token-delay", "100ms", "--max-tokens", "3"],
+            "max_concurrent = 1\nidle_ttl = \"0\"",
+        ),
     )
     .await;
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     // Warm up so every request below queues only for the slot.
-    assert_eq!(call(&lv, "test", "/v1/chat/completions", &body).await.status(), 200);
+    assert_eq!(
+        call(&lv, "test", "/v1/chat/completions", &body)
+            .await
+            .status(),
+        200
+    );
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (i, key) in ["test2", "test2", "test2", "test"].into_iter().enumerate() {
-        let (c, u, b, o) = (lv.client.clone(), lv.url("/v1/chat/completions"), body.clone(), order.clone());
+        let (c, u, b, o) = (
+            lv.client.clone(),
+            lv.url("/v1/chat/completions"),
+            body.clone(),
+            order.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let r = c.post(u).bearer_auth(key).json(&b).send().await.unwrap();
             assert_eq!(r.status(), 200);
@@ -404,9 +567,19 @@ async fn interactive_requests_overtake_waiting_batch_ones() {
 async fn homelab_hosts_fail_over_without_losing_requests() {
     let mut hosts = Vec::new();
     for _ in 0..3 {
-        hosts.push(Host::start("llama3.1:8b", &["--token-delay", "5ms", "--max-tokens", "8"]).await);
+        hosts.push(
+            Host::start(
+                "llama3.1:8b",
+                &["--token-delay", "5ms", "--max-tokens", "8"],
+            )
+            .await,
+        );
     }
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/homelab.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/homelab.toml"
+    ))
+    .unwrap();
     let port = free_port();
     let mut config = String::new();
     let mut next = 0;
@@ -415,7 +588,10 @@ async fn homelab_hosts_fail_over_without_losing_requests() {
             format!("listen = [\"127.0.0.1:{port}\"]")
         } else if line.starts_with("base_url = ") {
             next += 1;
-            format!("base_url = \"http://127.0.0.1:{}/v1\"", hosts[next - 1].port)
+            format!(
+                "base_url = \"http://127.0.0.1:{}/v1\"",
+                hosts[next - 1].port
+            )
         } else if line.starts_with("health_interval") {
             "health_interval = \"100ms\"".to_string()
         } else if line.starts_with("port = ") {
@@ -430,10 +606,23 @@ async fn homelab_hosts_fail_over_without_losing_requests() {
     let lv = Llmvisor::start_raw(port, &config).await;
     let body = json!({"model": "llama3", "messages": [{"role": "user", "content": "hi"}]});
     let send = |lv: &Llmvisor| {
-        let (c, u, b) = (lv.client.clone(), lv.url("/v1/chat/completions"), body.clone());
+        let (c, u, b) = (
+            lv.client.clone(),
+            lv.url("/v1/chat/completions"),
+            body.clone(),
+        );
         tokio::spawn(async move {
-            let r = c.post(u).bearer_auth("sk-webui-demo").json(&b).send().await.unwrap();
-            let target = r.headers().get("x-llmvisor-target").map(|v| v.to_str().unwrap().to_string());
+            let r = c
+                .post(u)
+                .bearer_auth("sk-webui-demo")
+                .json(&b)
+                .send()
+                .await
+                .unwrap();
+            let target = r
+                .headers()
+                .get("x-llmvisor-target")
+                .map(|v| v.to_str().unwrap().to_string());
             (r.status().as_u16(), target)
         })
     };
@@ -489,20 +678,36 @@ fn auth_none_is_refused_on_a_network_listener() {
         "[server]\nlisten = \"0.0.0.0:8080\"\nauth = \"none\"\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n",
     )
     .unwrap();
-    let out = Command::new(common::LLMVISOR).arg("check-config").arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(common::LLMVISOR)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("server.auth: \"none\" lets anyone who reaches 0.0.0.0:8080 use every model"), "{err}");
+    assert!(
+        err.contains("server.auth: \"none\" lets anyone who reaches 0.0.0.0:8080 use every model"),
+        "{err}"
+    );
     // A key file that cannot be read is a problem with its key path.
     std::fs::write(
         &path,
         "[server]\nlisten = \"127.0.0.1:8080\"\n[clients.a]\nkey_file = \"/nonexistent/a.key\"\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n",
     )
     .unwrap();
-    let out = Command::new(common::LLMVISOR).arg("check-config").arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(common::LLMVISOR)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("clients.a.key_file: cannot read /nonexistent/a.key"), "{err}");
+    assert!(
+        err.contains("clients.a.key_file: cannot read /nonexistent/a.key"),
+        "{err}"
+    );
     // A relative one is a systemd credential: noted by check-config, read at start.
     std::fs::write(
         &path,
@@ -516,7 +721,12 @@ fn auth_none_is_refused_on_a_network_listener() {
         .env_remove("CREDENTIALS_DIRECTORY")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("not checked"));
     // With the credentials directory set, it is read from there.
     std::fs::write(dir.path().join("client-a"), "sk-a\n").unwrap();
@@ -527,5 +737,10 @@ fn auth_none_is_refused_on_a_network_listener() {
         .env("CREDENTIALS_DIRECTORY", dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

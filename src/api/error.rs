@@ -73,7 +73,9 @@ pub enum ApiError {
         quota: crate::auth::Quota,
     },
     /// One request asks for more tokens than the client's per-minute limit.
-    #[error("request of {needed} tokens is over client `{client}`'s limit of {tpm} tokens per minute")]
+    #[error(
+        "request of {needed} tokens is over client `{client}`'s limit of {tpm} tokens per minute"
+    )]
     TooManyTokens {
         /// The client.
         client: String,
@@ -178,7 +180,11 @@ impl ApiError {
                 ),
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             ),
-            ApiError::TooManyTokens { client, needed, tpm } => r(
+            ApiError::TooManyTokens {
+                client,
+                needed,
+                tpm,
+            } => r(
                 StatusCode::TOO_MANY_REQUESTS,
                 "tokens",
                 "rate_limit_exceeded",

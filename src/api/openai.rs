@@ -77,7 +77,12 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let id = format!("req-{:012x}{:04x}{:06x}", t >> 8, std::process::id() & 0xffff, n & 0xff_ffff);
+    let id = format!(
+        "req-{:012x}{:04x}{:06x}",
+        t >> 8,
+        std::process::id() & 0xffff,
+        n & 0xff_ffff
+    );
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("req"))
 }
 
@@ -163,7 +168,17 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
     let endpoint = endpoint_of(parts.uri.path());
     let id = request_id(&parts.headers);
     let policy = app.policy();
-    let mut resp = match admit(app.clone(), policy, parts, body, endpoint, started, id.clone()).await {
+    let mut resp = match admit(
+        app.clone(),
+        policy,
+        parts,
+        body,
+        endpoint,
+        started,
+        id.clone(),
+    )
+    .await
+    {
         Ok((call, plan)) => run(Arc::new(call), plan).await,
         Err((client, route, e)) => {
             app.metrics.observe_request(
@@ -179,7 +194,8 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
             e.into_response()
         }
     };
-    resp.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
+    resp.headers_mut()
+        .insert(HeaderName::from_static("x-request-id"), id);
     resp
 }
 
@@ -217,7 +233,10 @@ async fn admit(
         return Err(who("-", ApiError::ModelNotFound(requested)));
     }
     if !client.may_use(&requested) {
-        return Err(who(&requested, ApiError::ModelNotAllowed(requested.clone())));
+        return Err(who(
+            &requested,
+            ApiError::ModelNotAllowed(requested.clone()),
+        ));
     }
     let estimate = Estimator::new(&bytes);
     let plan = policy
@@ -341,10 +360,17 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
 /// The requested model, the byte range of its value, and `stream`.
 fn parse_head(bytes: &Bytes) -> Result<(String, (usize, usize), bool), ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(bad("The request body must be a JSON object.", "invalid_json"));
+        return Err(bad(
+            "The request body must be a JSON object.",
+            "invalid_json",
+        ));
     }
-    let head: Head<'_> = serde_json::from_slice(bytes)
-        .map_err(|e| bad(format!("The request body is not valid JSON: {e}."), "invalid_json"))?;
+    let head: Head<'_> = serde_json::from_slice(bytes).map_err(|e| {
+        bad(
+            format!("The request body is not valid JSON: {e}."),
+            "invalid_json",
+        )
+    })?;
     let Some(raw) = head.model else {
         return Err(bad("You must provide a model parameter.", "missing_model"));
     };
@@ -354,7 +380,11 @@ fn parse_head(bytes: &Bytes) -> Result<(String, (usize, usize), bool), ApiError>
         return Err(bad("You must provide a model parameter.", "missing_model"));
     }
     let start = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
-    Ok((requested, (start, start + raw.get().len()), head.stream.unwrap_or(false)))
+    Ok((
+        requested,
+        (start, start + raw.get().len()),
+        head.stream.unwrap_or(false),
+    ))
 }
 
 /// Try the plan; a streaming request that would wait for a cold start gets its 200
@@ -491,7 +521,9 @@ async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failu
             let lease = acquire(call, inst).await.map_err(|e| Failure {
                 breaker: matches!(
                     e,
-                    FleetError::StartFailed { .. } | FleetError::StartTimeout { .. } | FleetError::CrashLoop { .. }
+                    FleetError::StartFailed { .. }
+                        | FleetError::StartTimeout { .. }
+                        | FleetError::CrashLoop { .. }
                 ),
                 retry: !matches!(e, FleetError::ShuttingDown),
                 error: e.into(),
@@ -620,12 +652,16 @@ pub fn quota_headers(q: &Quota, h: &mut HeaderMap) {
     for (kind, v) in [("requests", q.requests), ("tokens", q.tokens)] {
         if let Some((limit, remaining, reset)) = v {
             let mut put = |name: String, value: String| {
-                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value))
+                {
                     h.insert(n, v);
                 }
             };
             put(format!("x-ratelimit-limit-{kind}"), limit.to_string());
-            put(format!("x-ratelimit-remaining-{kind}"), remaining.to_string());
+            put(
+                format!("x-ratelimit-remaining-{kind}"),
+                remaining.to_string(),
+            );
             put(format!("x-ratelimit-reset-{kind}"), reset_text(reset));
         }
     }
@@ -645,9 +681,15 @@ struct Info<'a> {
 
 /// `x-llmvisor-*` and rate-limit headers.
 fn route_headers(call: &Call, served: Option<&Info<'_>>, h: &mut HeaderMap) {
-    h.insert(HeaderName::from_static("x-llmvisor-route"), header_value(&call.route));
+    h.insert(
+        HeaderName::from_static("x-llmvisor-route"),
+        header_value(&call.route),
+    );
     if let Some(s) = served {
-        h.insert(HeaderName::from_static("x-llmvisor-target"), header_value(s.label));
+        h.insert(
+            HeaderName::from_static("x-llmvisor-target"),
+            header_value(s.label),
+        );
         if let Some(i) = s.instance {
             h.insert(HeaderName::from_static("x-llmvisor-model"), header_value(i));
         }
@@ -700,7 +742,12 @@ fn respond(call: &Arc<Call>, served: Served) -> Response {
 }
 
 /// What runs when a relayed response ends: the slot is freed, metrics and log written.
-fn finisher(call: Arc<Call>, target: String, status: StatusCode, hold: Hold) -> crate::proxy::OnEnd {
+fn finisher(
+    call: Arc<Call>,
+    target: String,
+    status: StatusCode,
+    hold: Hold,
+) -> crate::proxy::OnEnd {
     Box::new(move |outcome| {
         drop(hold);
         let code = match outcome {
@@ -786,12 +833,13 @@ where
         let status = served.resp.status();
         if !status.is_success() {
             // The target refused; pass its error on as an event (bounded read).
-            let body = tokio::time::timeout(Duration::from_secs(10), served.resp.into_body().collect())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
+            let body =
+                tokio::time::timeout(Duration::from_secs(10), served.resp.into_body().collect())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
             let event = if body.len() < 64 << 10
                 && serde_json::from_slice::<serde_json::Value>(&body)
                     .is_ok_and(|v| v.get("error").is_some())
@@ -842,9 +890,15 @@ where
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
     route_headers(&call, None, h);
     resp.into_response()
 }

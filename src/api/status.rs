@@ -162,7 +162,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         let l = crate::telemetry::metrics::TargetLabels {
             target: p.spec.name.clone(),
         };
-        m.breaker_state.get_or_create(&l).set(p.breaker.state().as_gauge());
+        m.breaker_state
+            .get_or_create(&l)
+            .set(p.breaker.state().as_gauge());
         m.provider_up.get_or_create(&l).set(i64::from(p.healthy()));
         m.provider_in_flight
             .get_or_create(&l)

@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 
 use crate::api::{self, App};
 use crate::config::{Config, ConfigError, ManagerChoice, SecretsMode, Settings};
-use crate::router::Tokenizers;
 use crate::fleet::Fleet;
+use crate::router::Tokenizers;
 use crate::telemetry::{self, metrics::Metrics};
 use crate::units::UnitManager;
 use crate::units::process::ProcessManager;
@@ -305,7 +305,11 @@ fn summary(s: &Settings) -> String {
     );
     if !s.routes.is_empty() {
         let routes: Vec<_> = s.routes.iter().map(|r| r.name.as_str()).collect();
-        out.push_str(&format!("; {} route(s): {}", routes.len(), routes.join(", ")));
+        out.push_str(&format!(
+            "; {} route(s): {}",
+            routes.len(),
+            routes.join(", ")
+        ));
     }
     if !s.providers.is_empty() {
         let p: Vec<_> = s.providers.iter().map(|p| p.name.as_str()).collect();

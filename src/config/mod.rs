@@ -537,7 +537,10 @@ impl Config {
 
     /// Read, parse and validate a file; read key files as `mode` says. Also returns
     /// notes about what was not checked.
-    pub fn load_with(path: &Path, mode: SecretsMode) -> Result<(Settings, Vec<String>), ConfigError> {
+    pub fn load_with(
+        path: &Path,
+        mode: SecretsMode,
+    ) -> Result<(Settings, Vec<String>), ConfigError> {
         let mut settings = Self::load_layout(path)?;
         let dir = path
             .parent()

@@ -29,7 +29,9 @@ pub enum AuthMode {
 }
 
 /// How a queue orders waiting requests of a client.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Priority {
     /// Served before every waiting `batch` request.
@@ -450,20 +452,23 @@ pub(super) fn check(
         if model_names.contains(name.as_str()) {
             p.add(
                 format!("providers.{name}"),
-                format!("`{name}` is also a model instance name; a target `{name}/…` would be ambiguous"),
+                format!(
+                    "`{name}` is also a model instance name; a target `{name}/…` would be ambiguous"
+                ),
             );
         }
         let base = c.base_url.trim().trim_end_matches('/').to_string();
         let ok_url = match base.split_once("://") {
-            Some(("http" | "https", rest)) => {
-                !rest.is_empty() && !rest.contains(['?', '#', ' '])
-            }
+            Some(("http" | "https", rest)) => !rest.is_empty() && !rest.contains(['?', '#', ' ']),
             _ => false,
         };
         if !ok_url {
             p.add(
                 at("base_url"),
-                format!("`{}` is not an http:// or https:// URL, e.g. \"https://api.openai.com/v1\"", c.base_url),
+                format!(
+                    "`{}` is not an http:// or https:// URL, e.g. \"https://api.openai.com/v1\"",
+                    c.base_url
+                ),
             );
         }
         if c.timeout.is_zero() {
@@ -529,10 +534,7 @@ pub(super) fn check(
                 });
             }
             if !providers.contains_key(prov) {
-                p.add(
-                    at,
-                    format!("`{t}`: there is no [providers.{prov}]"),
-                );
+                p.add(at, format!("`{t}`: there is no [providers.{prov}]"));
                 return None;
             }
         }
@@ -566,7 +568,10 @@ pub(super) fn check(
         let mut seen = HashSet::new();
         for (i, t) in r.targets.iter().enumerate() {
             if !seen.insert(t.as_str()) {
-                p.add(format!("routes.{name}.targets[{i}]"), format!("`{t}` is listed twice"));
+                p.add(
+                    format!("routes.{name}.targets[{i}]"),
+                    format!("`{t}` is listed twice"),
+                );
                 continue;
             }
             if let Some(t) = target(p, format!("routes.{name}.targets[{i}]"), t) {
@@ -617,7 +622,10 @@ pub(super) fn check(
                     if !ENDPOINTS.contains(&e.as_str()) {
                         p.add(
                             format!("{rat}.endpoints[{j}]"),
-                            format!("`{e}` is not an endpoint; use one of {}", ENDPOINTS.join(", ")),
+                            format!(
+                                "`{e}` is not an endpoint; use one of {}",
+                                ENDPOINTS.join(", ")
+                            ),
                         );
                     }
                 }
@@ -634,7 +642,10 @@ pub(super) fn check(
         let default = match &r.default {
             Some(d) => {
                 if d.is_empty() {
-                    p.add(at("default"), "cannot be empty; leave it out to use every target");
+                    p.add(
+                        at("default"),
+                        "cannot be empty; leave it out to use every target",
+                    );
                 }
                 member(p, at("default"), d)
             }
@@ -671,8 +682,15 @@ pub(super) fn check(
                 "`anonymous` is the name of requests without a key; choose another",
             );
         }
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            p.add(at.clone(), "a client name may use letters, digits, `.`, `_`, `-`");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            p.add(
+                at.clone(),
+                "a client name may use letters, digits, `.`, `_`, `-`",
+            );
         }
         let key = key_source(p, &at, &c.key_file, &c.key_sha256);
         for (i, g) in c.models.iter().enumerate() {
@@ -740,7 +758,8 @@ pub fn resolve_key_path(name: &str, config_dir: &Path, credentials: Option<&Path
 
 /// Read one key file: the first line, trimmed.
 fn read_key(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let key = text.lines().next().unwrap_or("").trim().to_string();
     if key.is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -823,7 +842,9 @@ impl super::Settings {
             {
                 problems.push(Problem {
                     path: format!("clients.{}", c.name),
-                    message: format!("has the same key as clients.{other}; each client needs its own key"),
+                    message: format!(
+                        "has the same key as clients.{other}; each client needs its own key"
+                    ),
                 });
             }
         }
@@ -833,7 +854,9 @@ impl super::Settings {
         {
             problems.push(Problem {
                 path: "admin".into(),
-                message: format!("the admin key is also the key of clients.{c}; use a separate key"),
+                message: format!(
+                    "the admin key is also the key of clients.{c}; use a separate key"
+                ),
             });
         }
         (problems, notes)

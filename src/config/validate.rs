@@ -226,7 +226,10 @@ impl Config {
             p.add("server.max_attempts", "must be at least 1 (1: no retries)");
         }
         if !(0.0..=10.0).contains(&s.retry_budget) || s.retry_budget.is_nan() {
-            p.add("server.retry_budget", "must be a fraction between 0 and 10, e.g. 0.2");
+            p.add(
+                "server.retry_budget",
+                "must be a fraction between 0 and 10, e.g. 0.2",
+            );
         }
         if s.breaker_failures == 0 {
             p.add("server.breaker_failures", "must be at least 1");

@@ -77,7 +77,9 @@ impl Gate {
         let mut g = self.lock();
         if g.free > 0 && !g.ahead(priority) {
             g.free -= 1;
-            Some(Permit { gate: Some(self.clone()) })
+            Some(Permit {
+                gate: Some(self.clone()),
+            })
         } else {
             None
         }
@@ -94,7 +96,9 @@ impl Gate {
             // Re-check under the lock: a slot may have been freed meanwhile.
             if g.free > 0 && !g.ahead(priority) {
                 g.free -= 1;
-                return Permit { gate: Some(self.clone()) };
+                return Permit {
+                    gate: Some(self.clone()),
+                };
             }
             let (tx, rx) = oneshot::channel();
             g.waiting[lane(priority)].push_back(tx);
@@ -121,7 +125,9 @@ impl Gate {
             };
             // The permit carries the freed slot. If the waiter has gone, disarm it
             // (its Drop would re-enter this lock) and try the next one.
-            match next.send(Permit { gate: Some(self.clone()) }) {
+            match next.send(Permit {
+                gate: Some(self.clone()),
+            }) {
                 Ok(()) => return,
                 Err(mut p) => drop(p.gate.take()),
             }

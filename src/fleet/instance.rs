@@ -10,8 +10,8 @@ use tokio::sync::{Notify, watch};
 
 use super::gate::{Gate, Permit};
 use super::{Ctx, FleetError, State, StopReason};
-use crate::config::Priority;
 use crate::config::ModelSpec;
+use crate::config::Priority;
 use crate::units::{ExitInfo, Invocation, UnitSpec};
 
 /// Longest wait between two restarts of a crashing model.

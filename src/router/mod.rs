@@ -92,7 +92,11 @@ impl Tokenizers {
                 }),
             }
         }
-        if problems.is_empty() { Ok(out) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
     }
 
     fn get(&self, name: Option<&String>) -> Option<Arc<Tokenizer>> {
@@ -371,7 +375,12 @@ impl Router {
     }
 
     /// The targets for a request, in the order to try them.
-    pub fn plan(&self, requested: &str, fleet: &Fleet, req: &Request<'_>) -> Result<Plan, PlanError> {
+    pub fn plan(
+        &self,
+        requested: &str,
+        fleet: &Fleet,
+        req: &Request<'_>,
+    ) -> Result<Plan, PlanError> {
         let mut widest = 0u32;
         let too_long = |widest: u32, tok: Option<&Arc<Tokenizer>>| PlanError::ContextTooLong {
             prompt: req.estimate.prompt_tokens(tok),

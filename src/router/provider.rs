@@ -135,13 +135,19 @@ impl Provider {
                 *s = (0, s.1.saturating_add(1));
                 if !self.healthy() && s.1 >= healthy_after {
                     self.up.store(true, Ordering::SeqCst);
-                    *self.last_check_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    *self
+                        .last_check_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
                     tracing::info!(provider = %name, "provider {name} is up again ({} passed health checks)", s.1);
                 }
             }
             Err(e) => {
                 *s = (s.0.saturating_add(1), 0);
-                *self.last_check_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                *self
+                    .last_check_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
                 if self.healthy() && s.0 >= unhealthy_after {
                     self.up.store(false, Ordering::SeqCst);
                     tracing::warn!(provider = %name, "provider {name} is down after {} failed health checks: {e}", s.0);
@@ -155,7 +161,10 @@ impl Provider {
         self.up.store(old.healthy(), Ordering::SeqCst);
         *self.streak.lock().unwrap_or_else(|e| e.into_inner()) =
             *old.streak.lock().unwrap_or_else(|e| e.into_inner());
-        *self.last_check_error.lock().unwrap_or_else(|e| e.into_inner()) = old.last_check_error();
+        *self
+            .last_check_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = old.last_check_error();
     }
 }
 
@@ -199,7 +208,10 @@ mod tests {
     #[test]
     fn urls_and_names() {
         let p = provider("https://api.openai.com/v1", 0);
-        assert_eq!(p.url("/v1/chat/completions"), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(
+            p.url("/v1/chat/completions"),
+            "https://api.openai.com/v1/chat/completions"
+        );
         assert_eq!(p.origin(), "https://api.openai.com");
         assert_eq!(p.upstream_model("gpt"), "gpt-4o-2024");
         assert_eq!(p.upstream_model("other"), "other");

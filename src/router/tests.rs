@@ -57,7 +57,11 @@ strategy = "round-robin"
 
 fn setup(toml: &str) -> (Router, Arc<Fleet>) {
     let s = Config::parse(toml).unwrap().validate().unwrap();
-    let fleet = Fleet::new(&s, Arc::new(ProcessManager::new()), Arc::new(Metrics::new()));
+    let fleet = Fleet::new(
+        &s,
+        Arc::new(ProcessManager::new()),
+        Arc::new(Metrics::new()),
+    );
     let r = Router::new(&s, &Tokenizers::default(), None, None);
     (r, fleet)
 }
@@ -65,7 +69,8 @@ fn setup(toml: &str) -> (Router, Arc<Fleet>) {
 fn chat(words: usize, max_tokens: Option<u64>) -> Vec<u8> {
     // "word " is 5 ASCII characters: 1.25 tokens each by the heuristic.
     let text = "word ".repeat(words);
-    let mut v = serde_json::json!({"model": "llama", "messages": [{"role": "user", "content": text}]});
+    let mut v =
+        serde_json::json!({"model": "llama", "messages": [{"role": "user", "content": text}]});
     if let Some(m) = max_tokens {
         v["max_tokens"] = m.into();
     }
@@ -76,9 +81,24 @@ fn labels(p: &Plan) -> Vec<String> {
     p.candidates.iter().map(|c| c.label.clone()).collect()
 }
 
-fn plan(r: &Router, f: &Fleet, name: &str, client: &str, endpoint: &str, body: &[u8]) -> Result<Plan, PlanError> {
+fn plan(
+    r: &Router,
+    f: &Fleet,
+    name: &str,
+    client: &str,
+    endpoint: &str,
+    body: &[u8],
+) -> Result<Plan, PlanError> {
     let est = Estimator::new(body);
-    r.plan(name, f, &Request { client, endpoint, estimate: &est })
+    r.plan(
+        name,
+        f,
+        &Request {
+            client,
+            endpoint,
+            estimate: &est,
+        },
+    )
 }
 
 #[tokio::test]
@@ -92,7 +112,10 @@ async fn rules_pick_by_client_length_and_endpoint() {
     assert!(p.is_route && !p.candidates[0].fallback && p.candidates[1].fallback);
     // n8n, short → the default, GPU 1, with the fallback chain after it.
     let p = plan(&r, &f, "llama", "n8n", "chat/completions", &short).unwrap();
-    assert_eq!(labels(&p), ["llama-fast", "llama-long", "cloud/gpt-4o-mini"]);
+    assert_eq!(
+        labels(&p),
+        ["llama-fast", "llama-long", "cloud/gpt-4o-mini"]
+    );
     // n8n, 6K tokens → the min_prompt_tokens rule.
     let p = plan(&r, &f, "llama", "n8n", "chat/completions", &long).unwrap();
     assert_eq!(labels(&p)[0], "llama-long");
@@ -124,7 +147,15 @@ async fn the_context_guard_skips_what_does_not_fit() {
         Err(PlanError::ContextTooLong { limit, .. }) => assert_eq!(limit, 8192),
         other => panic!("{:?}", other.map(|p| labels(&p))),
     }
-    let p = plan(&r, &f, "gpt-4o-mini", "n8n", "chat/completions", &chat(10, None)).unwrap();
+    let p = plan(
+        &r,
+        &f,
+        "gpt-4o-mini",
+        "n8n",
+        "chat/completions",
+        &chat(10, None),
+    )
+    .unwrap();
     assert_eq!(labels(&p), ["llama-fast"]);
     assert!(!p.is_route);
     assert!(matches!(
@@ -137,10 +168,15 @@ async fn the_context_guard_skips_what_does_not_fit() {
 async fn strategies_order_the_pool_and_open_breakers_go_last() {
     let (r, f) = setup(LAYOUT);
     let body = chat(10, None);
-    let first = |r: &Router| labels(&plan(r, &f, "pair", "x", "chat/completions", &body).unwrap())[0].clone();
+    let first = |r: &Router| {
+        labels(&plan(r, &f, "pair", "x", "chat/completions", &body).unwrap())[0].clone()
+    };
     // Round robin alternates.
     let seq: Vec<String> = (0..4).map(|_| first(&r)).collect();
-    assert_eq!(seq, ["llama-long", "llama-fast", "llama-long", "llama-fast"]);
+    assert_eq!(
+        seq,
+        ["llama-long", "llama-fast", "llama-long", "llama-fast"]
+    );
     // An open breaker sends its target to the end.
     let b = r.model_breaker("llama-long").unwrap();
     for _ in 0..5 {
@@ -160,7 +196,11 @@ async fn breakers_survive_a_rebuild() {
     assert_eq!(r2.resolve("gpt-4o-mini"), Some("llama-fast"));
     assert_eq!(r2.resolve("llama"), None);
     assert!(r2.knows("llama"));
-    let kinds: Vec<_> = r2.public_names().iter().map(|p| (p.name.as_str(), p.kind.clone())).collect();
+    let kinds: Vec<_> = r2
+        .public_names()
+        .iter()
+        .map(|p| (p.name.as_str(), p.kind.clone()))
+        .collect();
     assert_eq!(kinds[0], ("llama", NameKind::Route));
     assert!(kinds.contains(&("gpt-4o-mini", NameKind::Alias)));
 }
@@ -207,6 +247,9 @@ targets = ["zzz"]
         "routes.r.fallback[0]: `ghost2` is neither a model instance nor provider/model",
     ];
     for w in want {
-        assert!(problems.iter().any(|p| p.starts_with(w)), "missing {w:?} in {problems:#?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with(w)),
+            "missing {w:?} in {problems:#?}"
+        );
     }
 }

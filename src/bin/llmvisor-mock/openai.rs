@@ -788,7 +788,11 @@ struct RerankRequest {
 
 /// `/v1/rerank`: a deterministic relevance score per document (shared words with
 /// the query, with a tie-break from the text), best first.
-pub async fn rerank(State(st): State<&'static AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn rerank(
+    State(st): State<&'static AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
         Ok(adm) => adm,
         Err(resp) => return resp,

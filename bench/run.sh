@@ -48,6 +48,26 @@ command = $(mock ', "--startup-delay", "2s", "--max-tokens", "4"')
 port = $COLD_PORT
 idle_ttl = "0"
 EOF
+# 20 routes with three rules each, all reaching `fast`: the routed leg asks for the
+# last one, whose rules test the endpoint and the estimated prompt length (so every
+# request is estimated), against the same model asked for by name.
+for i in $(seq -w 0 19); do
+  cat >> "$work/bench.toml" <<EOF
+
+[routes.r$i]
+targets = ["fast"]
+[[routes.r$i.rules]]
+endpoints = ["embeddings"]
+targets = ["fast"]
+[[routes.r$i.rules]]
+min_prompt_tokens = 100000
+targets = ["fast"]
+[[routes.r$i.rules]]
+max_prompt_tokens = 50000
+endpoints = ["chat/completions"]
+targets = ["fast"]
+EOF
+done
 
 RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/bench.toml" 2>"$work/llmvisor.log" &
 lv=$!
@@ -92,6 +112,8 @@ body=$(chat fast 16)
 echo "bench: c=64 throughput, $DURATION per leg" >&2
 ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$FAST_PORT/v1/chat/completions" > "$work/direct64.json"
 ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/lv64.json"
+routed=$(chat r19 16)
+ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$routed" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/routed64.json"
 if [ -n "$nginx_pid" ]; then
   ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" > "$work/nginx64.json"
   ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" > "$work/nginx1.json"
@@ -99,6 +121,7 @@ fi
 echo "bench: c=1 latency, 3000 requests per leg" >&2
 ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$FAST_PORT/v1/chat/completions" > "$work/direct1.json"
 ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/lv1.json"
+ohajson -n 3000 -c 1 -m POST -H 'content-type: application/json' -d "$routed" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/routed1.json"
 echo "bench: time to first streamed byte, c=1, 1000 streams per leg" >&2
 "$STREAMLOAD" --url "http://127.0.0.1:$FAST_PORT" --model fast --concurrency 1 --requests 1000 > "$work/direct_ttfb.json"
 "$STREAMLOAD" --url "http://127.0.0.1:$LV_PORT" --model fast --concurrency 1 --requests 1000 > "$work/lv_ttfb.json"
@@ -142,6 +165,10 @@ addb = lt["ttfb_p50_ms"] - dt["ttfb_p50_ms"]
 row("time to first streamed byte, p50, c=1", f"{dt['ttfb_p50_ms']:.3f} ms", f"{lt['ttfb_p50_ms']:.3f} ms", f"+{addb:.3f} ms", "<= +1 ms", addb <= 1.0)
 tr = lp["tokens_per_s"] / dp["tokens_per_s"]
 row("tokens/s, 64 paced streams", f"{dp['tokens_per_s']:.0f}", f"{lp['tokens_per_s']:.0f}", f"{tr:.3f}x", ">= 0.95x", tr >= 0.95)
+r64, r1 = j("routed64.json"), j("routed1.json")
+rr = rps(r64) / rps(l64)
+row("routing: 20 routes x 3 rules, req/s c=64 (vs the model by name)", f"{rps(l64):.0f}", f"{rps(r64):.0f}", f"{rr:.3f}x", ">= 0.97x", rr >= 0.97)
+row("routing: p50 latency c=1 (vs the model by name)", f"{p(l1,'p50'):.3f} ms", f"{p(r1,'p50'):.3f} ms", f"+{p(r1,'p50')-p(l1,'p50'):.3f} ms", "(reported)", True)
 row("llmvisor peak RSS under load", "", f"{rss_mb:.1f} MB", "", "<= 50 MB", rss_mb <= 50)
 worst = max(cold)
 row("cold start: first byte, 2 s backend", "", " / ".join(f"{c:.3f} s" for c in cold), f"worst {worst:.3f} s", "<= 2.15 s", worst <= 2.15)

@@ -744,3 +744,61 @@ fn auth_none_is_refused_on_a_network_listener() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_reload_rereads_key_files_and_routes() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("app.key");
+    std::fs::write(&key, "sk-old\n").unwrap();
+    let extra = format!(
+        "[clients.app]\nkey_file = {:?}\n",
+        key.display().to_string()
+    );
+    let models = mock_model("m", &[], "");
+    let lv = Llmvisor::start(&extra, &models).await;
+    let body = json!({"model": "m", "messages": []});
+    assert_eq!(
+        call(&lv, "sk-old", "/v1/chat/completions", &body)
+            .await
+            .status(),
+        200
+    );
+    // Rotate the key and add a route; `systemctl reload` is a SIGHUP.
+    std::fs::write(&key, "sk-new\n").unwrap();
+    lv.reconfigure(&format!(
+        "{models}\n[routes.alias-route]\ntargets = [\"m\"]\n"
+    ));
+    lv.wait_log("reloaded", Duration::from_secs(5)).await;
+    assert_eq!(
+        call(&lv, "sk-old", "/v1/chat/completions", &body)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        call(&lv, "sk-new", "/v1/chat/completions", &body)
+            .await
+            .status(),
+        200
+    );
+    let r = call(
+        &lv,
+        "sk-new",
+        "/v1/chat/completions",
+        &json!({"model": "alias-route", "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-llmvisor-target"), "m");
+    // A key file that vanished rejects the reload; the running keys stay.
+    std::fs::remove_file(&key).unwrap();
+    lv.reconfigure(&models);
+    lv.wait_log("reload rejected", Duration::from_secs(5)).await;
+    assert!(lv.log().contains("clients.app.key_file: cannot read"));
+    assert_eq!(
+        call(&lv, "sk-new", "/v1/chat/completions", &body)
+            .await
+            .status(),
+        200
+    );
+}

@@ -65,6 +65,10 @@ pub async fn start(
         return ApiError::Fleet(crate::fleet::FleetError::ShuttingDown).into_response();
     }
     let begun = inst.begin_start(true);
+    // An operator's start also gives the model a fresh circuit breaker.
+    if let Some(b) = app.policy().router.model_breaker(inst.name()) {
+        b.success();
+    }
     tracing::info!(model = %inst.name(), begun, "start requested by an operator");
     let status = if begun {
         StatusCode::ACCEPTED

@@ -91,7 +91,20 @@ impl App {
         new: &Settings,
         tokenizers: &Tokenizers,
     ) -> crate::fleet::ReloadSummary {
-        if new.server != self.settings.server || new.listen != self.settings.listen {
+        // Keys and breaker/retry settings apply now (with the new policy); the rest of
+        // [server] (listeners, timeouts) needs a restart.
+        let restart_only = |s: &crate::config::ServerConfig| {
+            let mut s = s.clone();
+            s.auth = crate::config::AuthMode::Required;
+            s.auth_none_on_network = false;
+            s.breaker_failures = 0;
+            s.breaker_cooldown = crate::config::HumanDuration::secs(0);
+            s.retry_budget = 0.0;
+            s
+        };
+        if restart_only(&new.server) != restart_only(&self.settings.server)
+            || new.listen != self.settings.listen
+        {
             tracing::warn!("[server] changed; those settings apply after a restart");
         }
         if new.units != self.settings.units {

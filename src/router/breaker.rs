@@ -64,6 +64,11 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether this breaker was made with these settings (a reload keeps it then).
+    pub fn has_settings(&self, threshold: u32, cooldown: Duration) -> bool {
+        self.threshold == threshold.max(1) && self.cooldown == cooldown
+    }
+
     /// Whether a request may go to the target now (taking the trial slot when
     /// half-open).
     pub fn allow(&self) -> bool {
@@ -184,6 +189,11 @@ impl RetryBudget {
             w.slots[i] = (sec, 0, 0);
         }
         f(&mut w, i)
+    }
+
+    /// The fraction it was made with.
+    pub fn ratio(&self) -> f64 {
+        self.ratio
     }
 
     /// Count a first attempt.

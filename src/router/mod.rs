@@ -202,6 +202,7 @@ impl Router {
     ) -> Self {
         let s = &settings.server;
         let new_breaker = || Arc::new(Breaker::new(s.breaker_failures, s.breaker_cooldown.0));
+        let keep = |b: &Arc<Breaker>| b.has_settings(s.breaker_failures, s.breaker_cooldown.0);
         let mut listing = Vec::new();
         let mut names = HashMap::new();
         for r in &settings.routes {
@@ -245,13 +246,17 @@ impl Router {
             }
             let b = previous
                 .and_then(|p| p.model_breakers.get(&m.name).cloned())
+                .filter(keep)
                 .unwrap_or_else(new_breaker);
             model_breakers.insert(m.name.clone(), b);
         }
         let mut providers = HashMap::new();
         for spec in &settings.providers {
             let old = previous.and_then(|p| p.providers.get(&spec.name));
-            let breaker = old.map_or_else(new_breaker, |o| o.breaker.clone());
+            let breaker = old
+                .map(|o| o.breaker.clone())
+                .filter(keep)
+                .unwrap_or_else(new_breaker);
             let p = Provider::new(spec.clone(), breaker);
             if let Some(o) = old
                 && o.spec == *spec
@@ -280,10 +285,10 @@ impl Router {
                 }
             })
             .collect();
-        let budget = previous.map_or_else(
-            || Arc::new(RetryBudget::new(s.retry_budget)),
-            |p| p.budget.clone(),
-        );
+        let budget = previous
+            .map(|p| p.budget.clone())
+            .filter(|b| b.ratio() == s.retry_budget)
+            .unwrap_or_else(|| Arc::new(RetryBudget::new(s.retry_budget)));
         Self {
             names,
             listing,

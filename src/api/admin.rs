@@ -151,3 +151,137 @@ pub async fn stop(
     )
         .into_response()
 }
+
+/// `GET /admin/gpus`: every GPU (NVML or simulated), its memory, utilisation,
+/// temperature, power and processes, and the models placed on it.
+pub async fn gpus(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = allowed(&app.policy().auth, peer, &headers) {
+        return e.into_response();
+    }
+    let fleet = app.fleet.clone();
+    // NVML calls block briefly; keep them off the async workers.
+    match tokio::task::spawn_blocking(move || fleet.gpu_report()).await {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => ApiError::Unavailable("Reading the GPUs failed.").into_response(),
+    }
+}
+
+/// `GET /admin/profiles`: profiles, which are active, the override, the next
+/// switch, and which models are allowed now.
+pub async fn profiles(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = allowed(&app.policy().auth, peer, &headers) {
+        return e.into_response();
+    }
+    Json(app.fleet.profile_status()).into_response()
+}
+
+/// Body of the activate route.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateBody {
+    /// How long, e.g. `"2h"`; without it, until `POST /admin/profiles/resume`.
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+fn bad(message: String) -> Response {
+    ApiError::BadRequest {
+        message,
+        code: "invalid_request",
+    }
+    .into_response()
+}
+
+/// `POST /admin/profiles/{name}/activate` with `{"for": "2h"}` (optional): only
+/// this profile is active for that long; the models it does not allow are drained
+/// and stopped, its `preload` models started.
+pub async fn activate_profile(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = allowed(&app.policy().auth, peer, &headers) {
+        return e.into_response();
+    }
+    let body: ActivateBody = if body.is_empty() {
+        ActivateBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return bad(format!("The body is not {{\"for\": \"2h\"}}: {e}")),
+        }
+    };
+    let duration = match body.duration.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return bad(format!("`for`: {e} (write e.g. \"2h\" or \"30m\")")),
+    };
+    match app.fleet.activate_profile(&name, duration) {
+        Ok(()) => Json(app.fleet.profile_status()).into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": e, "type": "invalid_request_error", "param": null, "code": "profile_not_found"}})),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /admin/profiles/resume`: end a manual activation; windows decide again.
+pub async fn resume_profiles(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = allowed(&app.policy().auth, peer, &headers) {
+        return e.into_response();
+    }
+    app.fleet.resume_schedule();
+    Json(app.fleet.profile_status()).into_response()
+}
+
+/// Body of the test clock route.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockBody {
+    /// Local time, e.g. `"2025-06-01T02:00:00"`.
+    now: String,
+}
+
+/// `POST /admin/test/clock` with `{"now": "2025-06-01T02:00:00"}`: move llmvisor's
+/// clock. TEST ONLY: refused unless llmvisor runs with `LLMVISOR_TEST_CLOCK`.
+pub async fn test_clock(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = allowed(&app.policy().auth, peer, &headers) {
+        return e.into_response();
+    }
+    let body: ClockBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad(format!(
+                "The body is not {{\"now\": \"2025-06-01T02:00:00\"}}: {e}"
+            ));
+        }
+    };
+    match app.fleet.set_test_clock(&body.now) {
+        Ok(now) => Json(json!({"now": now})).into_response(),
+        Err(e) => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": {"message": e, "type": "permission_error", "param": null, "code": "forbidden"}})),
+        )
+            .into_response(),
+    }
+}

@@ -308,6 +308,22 @@ impl ApiError {
                     format!("{e}; retry."),
                     Some(1),
                 ),
+                FleetError::NotScheduled { retry_after, .. } => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "model_not_scheduled",
+                    format!("{e}."),
+                    // Seconds until a profile allows it (at least 1); an hour when
+                    // nothing allows it within two days.
+                    Some(retry_after.map_or(3600, |d| d.as_secs().max(1))),
+                ),
+                FleetError::NoGpuRoom { .. } => r(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "no_gpu_room",
+                    format!("{e}."),
+                    Some(30),
+                ),
                 FleetError::ShuttingDown => r(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service_unavailable",

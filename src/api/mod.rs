@@ -42,6 +42,8 @@ pub struct App {
     pub upstream: Upstream,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The usage store (request log, model events).
+    pub store: crate::store::Store,
     /// When llmvisor started.
     pub started: SystemTime,
 }
@@ -53,6 +55,7 @@ impl App {
         tokenizers: &Tokenizers,
         fleet: Arc<Fleet>,
         metrics: Arc<Metrics>,
+        store: crate::store::Store,
     ) -> Arc<Self> {
         let s = &settings.server;
         let upstream = Upstream::new(
@@ -70,6 +73,7 @@ impl App {
             fleet,
             upstream,
             metrics,
+            store,
             started: SystemTime::now(),
         })
     }
@@ -107,6 +111,9 @@ impl App {
         {
             tracing::warn!("[server] changed; those settings apply after a restart");
         }
+        if new.store != self.settings.store {
+            tracing::warn!("[store] changed; that applies after a restart");
+        }
         if new.units != self.settings.units {
             tracing::warn!("[units] changed; that applies after a restart");
         }
@@ -137,6 +144,14 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/admin/models/{name}/start", post(admin::start))
         .route("/admin/models/{name}/stop", post(admin::stop))
         .route("/admin/models/{name}/logs", get(admin::logs))
+        .route("/admin/gpus", get(admin::gpus))
+        .route("/admin/profiles", get(admin::profiles))
+        .route(
+            "/admin/profiles/{name}/activate",
+            post(admin::activate_profile),
+        )
+        .route("/admin/profiles/resume", post(admin::resume_profiles))
+        .route("/admin/test/clock", post(admin::test_clock))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

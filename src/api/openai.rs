@@ -23,10 +23,12 @@ use super::{ApiError, App, Policy};
 use crate::auth::{Client, Denied, OverLimit, Quota, reset_text};
 use crate::fleet::{FleetError, Lease, State as ModelState};
 use crate::proxy::{Outcome, ProxyError, Relay};
+use crate::proxy::{Tap, Tapped};
 use crate::router::breaker::Breaker;
 use crate::router::estimate::Estimator;
 use crate::router::provider::ProviderLease;
 use crate::router::{Candidate, Plan, PlanError, Target};
+use crate::store::RequestRecord;
 use crate::telemetry::metrics::RequestLabels;
 
 /// The status recorded for a request whose client went away (nginx's convention).
@@ -51,6 +53,14 @@ struct Head<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 fn endpoint_of(path: &str) -> &'static str {
@@ -101,6 +111,21 @@ struct Call {
     request_id: HeaderValue,
     route: String,
     quota: Option<Quota>,
+    /// Unix milliseconds at arrival (the usage store's time).
+    ts_ms: i64,
+    /// llmvisor adds `stream_options.include_usage` (and removes what it brings).
+    inject_usage: bool,
+}
+
+/// How one request ended, for metrics, the store and the log line.
+#[derive(Default)]
+struct Ending {
+    tapped: Tapped,
+    queued: Option<Duration>,
+    cold_start: Option<Duration>,
+    error: Option<String>,
+    /// USD per million (prompt, completion) tokens of the provider that served.
+    prices: Option<(f64, f64)>,
 }
 
 impl Call {
@@ -115,21 +140,112 @@ impl Call {
     }
 
     fn observe(&self, target: &str, status: u16) {
-        self.app.metrics.observe_request(
-            &self.labels(target, status),
-            self.started.elapsed().as_secs_f64(),
+        let error = match status {
+            CLIENT_CLOSED => Some("client_closed".to_string()),
+            s if s >= 400 => Some(format!("http_{s}")),
+            _ => None,
+        };
+        self.done(
+            target,
+            status,
+            Ending {
+                error,
+                ..Ending::default()
+            },
         );
     }
 
-    /// The body with `model` replaced by `name` (every other byte as sent).
+    fn fail(&self, target: &str, e: &ApiError) {
+        let r = e.render();
+        self.done(
+            target,
+            r.status.as_u16(),
+            Ending {
+                error: Some(r.code.to_string()),
+                ..Ending::default()
+            },
+        );
+    }
+
+    /// The one place a finished request is accounted: metrics, the usage store, the
+    /// request log line.
+    fn done(&self, target: &str, status: u16, end: Ending) {
+        let total = self.started.elapsed();
+        let labels = self.labels(target, status);
+        let m = &self.app.metrics;
+        m.observe_request(&labels, total.as_secs_f64());
+        let ttft = end
+            .tapped
+            .first_byte
+            .map(|t| t.into_std().saturating_duration_since(self.started));
+        if let Some(t) = ttft {
+            m.observe_ttft(&self.route, target, t.as_secs_f64());
+        }
+        let usage = end.tapped.usage;
+        if let Some(u) = usage {
+            m.count_tokens(&labels, u.prompt_tokens, u.completion_tokens);
+        }
+        let cost = match (end.prices, usage) {
+            (Some((pi, po)), Some(u)) => {
+                Some((u.prompt_tokens as f64 * pi + u.completion_tokens as f64 * po) / 1e6)
+            }
+            _ => None,
+        };
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        tracing::info!(
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            client = %self.client.name,
+            route = %self.route,
+            model = %target,
+            endpoint = self.endpoint,
+            status,
+            prompt_tokens = usage.map(|u| u.prompt_tokens),
+            completion_tokens = usage.map(|u| u.completion_tokens),
+            queue_ms = ms(end.queued),
+            cold_start_ms = ms(end.cold_start),
+            ttft_ms = ms(ttft),
+            latency_ms = total.as_millis() as u64,
+            error = end.error.as_deref(),
+            "request"
+        );
+        self.app.store.request(RequestRecord {
+            ts_ms: self.ts_ms,
+            request_id: self.request_id.to_str().unwrap_or("-").to_string(),
+            client: self.client.name.clone(),
+            route: self.route.clone(),
+            target: target.to_string(),
+            endpoint: self.endpoint.to_string(),
+            status,
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: usage.map(|u| u.completion_tokens),
+            queue_ms: ms(end.queued),
+            cold_start_ms: ms(end.cold_start),
+            ttft_ms: ms(ttft),
+            total_ms: total.as_millis() as u64,
+            error: end.error,
+            cost_usd: cost,
+            stream: self.stream,
+        });
+    }
+
+    /// The body with `model` replaced by `name` (every other byte as sent), and,
+    /// when llmvisor wants the usage of a stream the client did not ask it for,
+    /// `"stream_options":{"include_usage":true}` added first.
     fn body_for(&self, name: &str) -> Bytes {
         let (start, end) = self.model_span;
         let quoted = serde_json::to_string(name).unwrap_or_default();
-        if self.body[start..end] == *quoted.as_bytes() {
+        let same = self.body[start..end] == *quoted.as_bytes();
+        if same && !self.inject_usage {
             return self.body.clone();
         }
-        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len());
-        out.extend_from_slice(&self.body[..start]);
+        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len() + 48);
+        // parse_head checked the body starts (after whitespace) with `{`.
+        let open = self.body.iter().position(|b| *b == b'{').unwrap_or(0);
+        out.extend_from_slice(&self.body[..=open]);
+        if self.inject_usage {
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+        }
+        out.extend_from_slice(&self.body[open + 1..start]);
         out.extend_from_slice(quoted.as_bytes());
         out.extend_from_slice(&self.body[end..]);
         out.freeze()
@@ -150,6 +266,7 @@ struct Served {
     hold: Hold,
     cold_start: Option<Duration>,
     queued: Option<Duration>,
+    prices: Option<(f64, f64)>,
 }
 
 /// Why one attempt did not produce a response to relay.
@@ -181,16 +298,39 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
     {
         Ok((call, plan)) => run(Arc::new(call), plan).await,
         Err((client, route, e)) => {
+            let r = e.render();
             app.metrics.observe_request(
                 &RequestLabels {
-                    route,
+                    route: route.clone(),
                     target: "-".into(),
-                    client,
+                    client: client.clone(),
                     endpoint,
-                    status: e.status().as_u16(),
+                    status: r.status.as_u16(),
                 },
                 started.elapsed().as_secs_f64(),
             );
+            tracing::info!(
+                request_id = id.to_str().unwrap_or("-"),
+                client = %client,
+                route = %route,
+                endpoint,
+                status = r.status.as_u16(),
+                error = r.code,
+                latency_ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+            app.store.request(RequestRecord {
+                ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
+                request_id: id.to_str().unwrap_or("-").to_string(),
+                client,
+                route,
+                target: "-".into(),
+                endpoint: endpoint.to_string(),
+                status: r.status.as_u16(),
+                total_ms: started.elapsed().as_millis() as u64,
+                error: Some(r.code.to_string()),
+                ..RequestRecord::default()
+            });
             e.into_response()
         }
     };
@@ -228,7 +368,8 @@ async fn admit(
     let bytes = read_body(&app, &parts.headers, body)
         .await
         .map_err(|e| who("-", e))?;
-    let (requested, model_span, stream) = parse_head(&bytes).map_err(|e| who("-", e))?;
+    let (requested, model_span, stream, usage_asked) =
+        parse_head(&bytes).map_err(|e| who("-", e))?;
     if !policy.router.knows(&requested) {
         return Err(who("-", ApiError::ModelNotFound(requested)));
     }
@@ -314,6 +455,7 @@ async fn admit(
         None
     };
     drop(estimate);
+    let app_store_enabled = app.store.enabled();
     let call = Call {
         app,
         policy,
@@ -327,6 +469,13 @@ async fn admit(
         request_id,
         route: requested,
         quota,
+        ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
+        // Only streams without any `stream_options` of their own: adding a key is
+        // invisible to the backend otherwise; rewriting the client's options is not.
+        inject_usage: app_store_enabled
+            && stream
+            && usage_asked.is_none()
+            && matches!(endpoint, "chat/completions" | "completions"),
     };
     Ok((call, plan))
 }
@@ -358,7 +507,11 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
 }
 
 /// The requested model, the byte range of its value, and `stream`.
-fn parse_head(bytes: &Bytes) -> Result<(String, (usize, usize), bool), ApiError> {
+/// What `parse_head` reads: the model asked for, the byte range of its value,
+/// `stream`, and `stream_options.include_usage` (None: no `stream_options`).
+type HeadFields = (String, (usize, usize), bool, Option<bool>);
+
+fn parse_head(bytes: &Bytes) -> Result<HeadFields, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(bad(
             "The request body must be a JSON object.",
@@ -380,10 +533,18 @@ fn parse_head(bytes: &Bytes) -> Result<(String, (usize, usize), bool), ApiError>
         return Err(bad("You must provide a model parameter.", "missing_model"));
     }
     let start = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
+    // None: no `stream_options` at all (llmvisor may add one); Some(asked) otherwise.
+    let usage_asked = head.stream_options.map(|o| {
+        serde_json::from_str::<StreamOptions>(o.get())
+            .ok()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    });
     Ok((
         requested,
         (start, start + raw.get().len()),
         head.stream.unwrap_or(false),
+        usage_asked,
     ))
 }
 
@@ -417,7 +578,7 @@ async fn run(call: Arc<Call>, plan: Plan) -> Response {
     match result {
         Ok(served) => respond(&call, served),
         Err((label, e)) => {
-            call.observe(&label, e.status().as_u16());
+            call.fail(&label, &e);
             let mut resp = e.into_response();
             route_headers(&call, None, resp.headers_mut());
             resp
@@ -555,6 +716,7 @@ async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failu
                 instance: Some(inst.name().to_string()),
                 cold_start: lease.cold_start,
                 queued: Some(lease.queued),
+                prices: None,
                 hold: Hold::Model(lease),
             })
         }
@@ -596,6 +758,7 @@ async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failu
                 instance: None,
                 cold_start: None,
                 queued: None,
+                prices: provider.spec.prices,
                 hold: Hold::Provider(lease),
             })
         }
@@ -720,6 +883,7 @@ fn respond(call: &Arc<Call>, served: Served) -> Response {
         hold,
         cold_start,
         queued,
+        prices,
     } = served;
     let (head, body) = resp.into_parts();
     let status = head.status;
@@ -733,8 +897,22 @@ fn respond(call: &Arc<Call>, served: Served) -> Response {
         cold_start,
     };
     route_headers(call, Some(&info), &mut headers);
-    let on_end = finisher(call.clone(), label.clone(), status, hold);
-    let relay = Relay::new(body, call.app.upstream.idle_timeout(), sse, label, on_end);
+    let end = Ending {
+        queued,
+        cold_start,
+        prices,
+        ..Ending::default()
+    };
+    let on_end = finisher(call.clone(), label.clone(), status, hold, end);
+    let tap = Tap::new(sse, call.inject_usage);
+    let relay = Relay::new(
+        body,
+        call.app.upstream.idle_timeout(),
+        sse,
+        label,
+        tap,
+        on_end,
+    );
     let mut out = Response::new(Body::new(relay));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
@@ -747,25 +925,23 @@ fn finisher(
     target: String,
     status: StatusCode,
     hold: Hold,
+    mut end: Ending,
 ) -> crate::proxy::OnEnd {
-    Box::new(move |outcome| {
+    Box::new(move |outcome, tapped| {
         drop(hold);
-        let code = match outcome {
-            Outcome::Complete => status.as_u16(),
-            Outcome::ClientGone => CLIENT_CLOSED,
-            Outcome::UpstreamFailed => StatusCode::BAD_GATEWAY.as_u16(),
-            Outcome::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT.as_u16(),
+        let (code, error) = match outcome {
+            Outcome::Complete if status.as_u16() >= 400 => (
+                status.as_u16(),
+                Some(format!("upstream_{}", status.as_u16())),
+            ),
+            Outcome::Complete => (status.as_u16(), None),
+            Outcome::ClientGone => (CLIENT_CLOSED, Some("client_closed".into())),
+            Outcome::UpstreamFailed => (502, Some("backend_error".into())),
+            Outcome::UpstreamTimeout => (504, Some("backend_timeout".into())),
         };
-        call.observe(&target, code);
-        tracing::debug!(
-            route = %call.route,
-            target = %target,
-            client = %call.client.name,
-            endpoint = call.endpoint,
-            status = code,
-            latency_ms = call.started.elapsed().as_millis() as u64,
-            "request done"
-        );
+        end.tapped = tapped;
+        end.error = error;
+        call.done(&target, code, end);
     })
 }
 
@@ -859,14 +1035,25 @@ where
             let _ = tx.send(event).await;
             return;
         }
-        let Served { resp, hold, .. } = served;
+        let Served {
+            resp,
+            hold,
+            queued,
+            cold_start,
+            prices,
+            ..
+        } = served;
         let mut body = resp.into_body();
-        let outcome = loop {
+        let mut tap = Tap::new(true, call.inject_usage);
+        let (outcome, error) = loop {
             tokio::select! {
                 frame = body.frame() => match frame {
                     Some(Ok(f)) => {
-                        if let Ok(data) = f.into_data() && tx.send(data).await.is_err() {
-                            break CLIENT_CLOSED;
+                        if let Ok(data) = f.into_data() {
+                            let out = tap.data(data);
+                            if !out.is_empty() && tx.send(out).await.is_err() {
+                                break (CLIENT_CLOSED, Some("client_closed"));
+                            }
                         }
                     }
                     Some(Err(_)) => {
@@ -875,15 +1062,31 @@ where
                             "server_error",
                             "backend_error",
                         )).await;
-                        break StatusCode::BAD_GATEWAY.as_u16();
+                        break (StatusCode::BAD_GATEWAY.as_u16(), Some("backend_error"));
                     }
-                    None => break status.as_u16(),
+                    None => {
+                        let (rest, _) = tap.finish();
+                        if !rest.is_empty() {
+                            let _ = tx.send(rest).await;
+                        }
+                        break (status.as_u16(), None);
+                    }
                 },
-                _ = tx.closed() => break CLIENT_CLOSED,
+                _ = tx.closed() => break (CLIENT_CLOSED, Some("client_closed")),
             }
         };
         drop(hold);
-        call.observe(&label, outcome);
+        call.done(
+            &label,
+            outcome,
+            Ending {
+                tapped: tap.found(),
+                queued,
+                cold_start,
+                prices,
+                error: error.map(str::to_string),
+            },
+        );
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
@@ -904,7 +1107,7 @@ where
 }
 
 async fn stream_error(call: &Call, tx: &mpsc::Sender<Bytes>, label: &str, e: ApiError) {
-    call.observe(label, e.status().as_u16());
+    call.fail(label, &e);
     tracing::warn!(route = %call.route, "stream ended with an error: {e}");
     let _ = tx.send(e.sse_event()).await;
 }

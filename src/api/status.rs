@@ -34,10 +34,34 @@ fn model_status(i: &Instance, router: &Router) -> Value {
         "queued": i.queued(),
         "waiting_for_slot": {"interactive": i.waiting_by_priority()[0], "batch": i.waiting_by_priority()[1]},
         "idle_seconds": i.idle_for().map(|d| d.as_secs()),
-        "gpus": i.spec.limits.gpus,
-        "max_concurrent": i.spec.max_concurrent,
+        "gpus": i.placed_gpus().unwrap_or_else(|| i.spec.limits.gpus.clone()),
+        "gpu": gpu_status(i),
+        "max_concurrent": i.tuning().max_concurrent,
         "max_queue": i.spec.max_queue,
         "aliases": i.spec.aliases,
+    })
+}
+
+/// GPU placement, idle action and out-of-memory step-down of a model.
+fn gpu_status(i: &Instance) -> Value {
+    let t = i.tuning();
+    let g = &i.spec.gpu;
+    json!({
+        "placement": if g.any { "any" } else if g.count > 0 { "pinned" } else { "none" },
+        "placed_on": i.placed_gpus(),
+        "vram": g.vram,
+        "tensor_parallel": g.count,
+        "idle_action": g.idle_action.as_str(),
+        "priority": g.priority,
+        "oom": (t.ooms > 0).then(|| json!({
+            "count": t.ooms,
+            "reason": t.reason,
+            "at": t.at.map(|a| humantime::format_rfc3339_seconds(a).to_string()),
+            "max_concurrent": t.max_concurrent,
+            "configured_max_concurrent": i.spec.max_concurrent,
+            "gpu_memory_utilization": t.gpu_memory_utilization,
+            "configured_gpu_memory_utilization": i.configured_fraction(),
+        })),
     })
 }
 
@@ -81,6 +105,13 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
         "uptime_seconds": app.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         "models": models,
         "providers": providers,
+        "gpu": {
+            "source": app.fleet.gpu_source().0,
+            "message": app.fleet.gpu_source().1,
+        },
+        "profiles": {
+            "active": app.fleet.profile_status()["active"].clone(),
+        },
     });
     (status, Json(body)).into_response()
 }
@@ -149,6 +180,19 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.fleet.update_gauges();
     let policy = app.policy();
     let m = &app.metrics;
+    let st = &app.store.stats;
+    for (counter, value) in [
+        (
+            &m.store_dropped,
+            st.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            &m.store_written,
+            st.written.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ] {
+        counter.inc_by(value.saturating_sub(counter.get()));
+    }
     for i in app.fleet.instances() {
         if let Some(b) = policy.router.model_breaker(i.name()) {
             m.breaker_state

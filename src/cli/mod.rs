@@ -1,5 +1,6 @@
 //! The command line: `serve`, `check-config`, `render-unit`, `status`, `logs`.
 
+mod gpus;
 mod status;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use crate::api::{self, App};
 use crate::config::{Config, ConfigError, ManagerChoice, SecretsMode, Settings};
 use crate::fleet::Fleet;
 use crate::router::Tokenizers;
+use crate::store::query::By;
 use crate::telemetry::{self, metrics::Metrics};
 use crate::units::UnitManager;
 use crate::units::process::ProcessManager;
@@ -74,6 +76,63 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Who used what: requests, tokens, errors, latency and time to first token
+    /// (p50/p95), cost — from the usage store, read-only (works while serving).
+    Usage {
+        /// Configuration file, to find the database (`[store] path`).
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The database itself (instead of --config).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// How far back, e.g. 1h, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Group by client, route, target or day (UTC); default: one total.
+        #[arg(long, value_parser = ["client", "route", "target", "day"])]
+        by: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Model events (start requested, ready with load time, stopped with reason,
+    /// failed, OOM) from the usage store, oldest first.
+    Events {
+        /// Configuration file, to find the database.
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The database itself (instead of --config).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Only this model instance.
+        #[arg(long)]
+        model: Option<String>,
+        /// How far back.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A table of the GPUs: memory, utilisation, temperature, power, processes and
+    /// the models placed on each (from the running llmvisor; without one, from NVML
+    /// or the configuration's simulated GPUs).
+    Gpus {
+        /// Configuration file (TOML), for the API address and `[gpu]`.
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Profiles: which are active, activate one by hand, resume the schedule.
+    Profile {
+        /// Configuration file (TOML), for the API address.
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: ProfileAction,
+    },
     /// Print the systemd unit a model runs as (its properties) and an equivalent
     /// `systemd-run` command line.
     RenderUnit {
@@ -83,6 +142,27 @@ enum Command {
         /// The model (instance name or alias).
         model: String,
     },
+}
+
+/// `llmvisor profile …`.
+#[derive(Subcommand, Debug)]
+enum ProfileAction {
+    /// Profiles, windows, which are active, the next switch.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make only this profile active (the others' models drain and stop).
+    Activate {
+        /// The profile.
+        name: String,
+        /// How long, e.g. 2h; without it, until `llmvisor profile resume`.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// End a manual activation: the windows decide again.
+    Resume,
 }
 
 /// Run the command line; the process exit code is returned.
@@ -178,6 +258,121 @@ fn run(command: Command) -> Result<(), String> {
                 }
             }
         }
+        Command::Usage {
+            config,
+            db,
+            since,
+            by,
+            json,
+        } => {
+            let conn = open_store(config.as_deref(), db.as_deref())?;
+            let by = match by.as_deref() {
+                Some("client") => By::Client,
+                Some("route") => By::Route,
+                Some("target") => By::Target,
+                Some("day") => By::Day,
+                _ => By::Total,
+            };
+            let since_ms = crate::store::now_ms() - since.as_millis() as i64;
+            let rows = crate::store::query::usage(&conn, since_ms, by)
+                .map_err(|e| format!("cannot read the usage store: {e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                );
+            } else {
+                print!("{}", usage_table(&rows, since));
+            }
+        }
+        Command::Events {
+            config,
+            db,
+            model,
+            since,
+            json,
+        } => {
+            let conn = open_store(config.as_deref(), db.as_deref())?;
+            let since_ms = crate::store::now_ms() - since.as_millis() as i64;
+            let rows = crate::store::query::events(&conn, since_ms, model.as_deref())
+                .map_err(|e| format!("cannot read the usage store: {e}"))?;
+            for e in rows {
+                let when = humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_millis(e.ts_ms.max(0) as u64),
+                );
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"time": when.to_string(), "model": e.model, "event": e.event,
+                            "reason": e.reason, "detail": e.detail, "load_ms": e.load_ms})
+                    );
+                } else {
+                    let mut line = format!("{when}  {:<24} {:<16}", e.model, e.event);
+                    if let Some(r) = &e.reason {
+                        line.push_str(&format!(" reason={r}"));
+                    }
+                    if let Some(l) = e.load_ms {
+                        line.push_str(&format!(" load={:.1}s", l as f64 / 1000.0));
+                    }
+                    if let Some(d) = &e.detail {
+                        line.push_str(&format!(" {d}"));
+                    }
+                    println!("{}", line.trim_end());
+                }
+            }
+        }
+        Command::Gpus { config, json } => {
+            let report = match &config {
+                Some(c) => {
+                    let s = load(c)?;
+                    let rt = runtime(false)?;
+                    match rt.block_on(gpus::admin(&s, http::Method::GET, "/admin/gpus", None)) {
+                        Ok((_, v)) => v,
+                        Err(e) if e.starts_with("cannot reach") => {
+                            eprintln!("llmvisor: {e}; reading the GPUs directly");
+                            gpus::local_report(&s.gpu)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => gpus::local_report(&Default::default()),
+            };
+            if json {
+                println!("{report:#}");
+            } else {
+                print!("{}", gpus::gpu_table(&report));
+            }
+        }
+        Command::Profile { config, action } => {
+            let s = load(&config)?;
+            let rt = runtime(false)?;
+            let (method, path, body) = match &action {
+                ProfileAction::Status { .. } => {
+                    (http::Method::GET, "/admin/profiles".to_string(), None)
+                }
+                ProfileAction::Activate { name, duration } => (
+                    http::Method::POST,
+                    format!("/admin/profiles/{name}/activate"),
+                    Some(match duration {
+                        Some(d) => {
+                            serde_json::json!({"for": humantime::format_duration(*d).to_string()})
+                        }
+                        None => serde_json::json!({}),
+                    }),
+                ),
+                ProfileAction::Resume => (
+                    http::Method::POST,
+                    "/admin/profiles/resume".to_string(),
+                    None,
+                ),
+            };
+            let (_, v) = rt.block_on(gpus::admin(&s, method, &path, body))?;
+            if matches!(action, ProfileAction::Status { json: true }) {
+                println!("{v:#}");
+            } else {
+                print!("{}", gpus::profile_text(&v));
+            }
+        }
         Command::RenderUnit { config, model } => {
             let s = load(&config)?;
             let Some(text) = render_unit(&s, &model) else {
@@ -214,6 +409,7 @@ async fn reload(app: &App, config: &std::path::Path) {
         Err(e) => tracing::error!("reload rejected, the running configuration stays: {e}"),
         Ok((new, tokenizers, _)) => {
             let s = app.reload(&new, &tokenizers).await;
+            crate::store::events::watch_fleet(&app.fleet, &app.store);
             tracing::info!(
                 "reloaded {}: added {:?}, restarted {:?}, updated in place {:?}, removed {:?}, unchanged {}",
                 config.display(),
@@ -226,6 +422,80 @@ async fn reload(app: &App, config: &std::path::Path) {
         }
     }
     telemetry::notify_reloaded();
+}
+
+/// Open the usage database read-only, from `--db` or the configuration.
+fn open_store(
+    config: Option<&std::path::Path>,
+    db: Option<&std::path::Path>,
+) -> Result<rusqlite::Connection, String> {
+    let path = match (db, config) {
+        (Some(db), _) => db.to_path_buf(),
+        (None, Some(c)) => {
+            let (s, _, _) = load_full(c, SecretsMode::Skip)?;
+            store_path(&s, c)
+        }
+        (None, None) => crate::store::default_path(),
+    };
+    if !path.exists() {
+        return Err(format!(
+            "no usage store at {} (llmvisor creates it when it serves with [store] enabled; give --config or --db)",
+            path.display()
+        ));
+    }
+    crate::store::open_ro(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+fn usage_table(rows: &[crate::store::query::UsageRow], since: Duration) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v}"));
+    let mut out = format!(
+        "usage over the last {}\n{:<28} {:>8} {:>7} {:>9} {:>12} {:>12} {:>8} {:>8} {:>9} {:>9} {:>10}\n",
+        humantime::format_duration(since),
+        "",
+        "requests",
+        "errors",
+        "cancelled",
+        "prompt_tok",
+        "complet_tok",
+        "p50_ms",
+        "p95_ms",
+        "ttft_p50",
+        "ttft_p95",
+        "cost_usd"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<28} {:>8} {:>7} {:>9} {:>12} {:>12} {:>8} {:>8} {:>9} {:>9} {:>10.4}\n",
+            r.key,
+            r.requests,
+            r.errors,
+            r.cancelled,
+            r.prompt_tokens,
+            r.completion_tokens,
+            ms(r.p50_ms),
+            ms(r.p95_ms),
+            ms(r.ttft_p50_ms),
+            ms(r.ttft_p95_ms),
+            r.cost_usd
+        ));
+    }
+    out
+}
+
+/// The usage database: `[store] path` (relative to the configuration file's
+/// directory), else the state directory.
+fn store_path(settings: &Settings, config: &std::path::Path) -> PathBuf {
+    match &settings.store.path {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                config.parent().unwrap_or(std::path::Path::new(".")).join(p)
+            }
+        }
+        None => crate::store::default_path(),
+    }
 }
 
 /// The unit manager `[units] manager` asks for; `auto` logs what it picked and why.
@@ -351,7 +621,9 @@ pub async fn serve(
         tracing::error!("cannot take over running units: {e}");
     }
     let grace = settings.server.shutdown_grace.0;
-    let app = App::new(settings, &tokenizers, fleet.clone(), metrics);
+    let store = crate::store::Store::open(&settings.store, &store_path(&settings, config));
+    crate::store::events::watch_fleet(&fleet, &store);
+    let app = App::new(settings, &tokenizers, fleet.clone(), metrics, store);
     let routes = api::routes(app.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);

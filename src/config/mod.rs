@@ -4,6 +4,7 @@
 //! Parsing is strict (`deny_unknown_fields`); `validate()` then collects *every*
 //! semantic problem with its key path, so an operator fixes a file in one pass.
 
+pub mod gpu;
 pub mod routing;
 mod validate;
 pub mod values;
@@ -14,6 +15,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use gpu::{
+    GpuConfig, GpuNeed, GpuSelect, GpuSettings, IdleAction, ProfileConfig, ProfileSpec, Window,
+};
 pub use routing::{
     AdminSpec, AuthMode, ClientSpec, Priority, ProviderSpec, RouteSpec, RuleSpec, SecretsMode,
     Strategy, TargetRef,
@@ -46,6 +50,44 @@ pub struct Config {
     pub providers: BTreeMap<String, routing::ProviderConfig>,
     /// The key guarding `/admin/*`.
     pub admin: Option<routing::AdminConfig>,
+    /// GPU inventory: NVML, or simulated GPUs.
+    #[serde(default)]
+    pub gpu: gpu::GpuConfig,
+    /// Schedules: which models may run when (`[profiles.<name>]`).
+    #[serde(default)]
+    pub profiles: BTreeMap<String, gpu::ProfileConfig>,
+    /// The usage store.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the SQLite request log and model events.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Record requests and events.
+    pub enabled: bool,
+    /// The database file; default `$STATE_DIRECTORY/usage.sqlite`
+    /// (`/var/lib/llmvisor/usage.sqlite` under the service).
+    pub path: Option<String>,
+    /// Rows older than this are pruned daily; `0` keeps everything.
+    pub keep: HumanDuration,
+    /// Records waiting for the writer at most; beyond, they are dropped and counted.
+    pub queue: u32,
+    /// Records committed per transaction at most.
+    pub batch: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            keep: HumanDuration::secs(90 * 86400),
+            queue: 10_000,
+            batch: 256,
+        }
+    }
 }
 
 /// `[server]`: the API listener and what applies to every request.
@@ -272,10 +314,27 @@ pub struct ModelConfig {
     /// The window `max_restarts` counts failures in.
     #[serde(default = "defaults::restart_window")]
     pub restart_window: HumanDuration,
-    /// GPUs (NVIDIA device indices) the model may use: `CUDA_VISIBLE_DEVICES` and,
-    /// under systemd, `DeviceAllow` for exactly these `/dev/nvidiaN`.
+    /// GPUs (NVIDIA device indices) the model may use, or `"any"` (placed where
+    /// there is room; needs `vram`): `CUDA_VISIBLE_DEVICES` (by UUID when NVML knows
+    /// them) and, under systemd, `DeviceAllow` for exactly these `/dev/nvidiaN`.
     #[serde(default)]
-    pub gpus: Vec<u32>,
+    pub gpus: gpu::GpuSelect,
+    /// How many GPUs one instance spans (tensor parallelism); vLLM gets
+    /// `--tensor-parallel-size`.
+    pub tensor_parallel: Option<u32>,
+    /// GPU memory the model needs on each GPU it uses, e.g. `"18GiB"`.
+    pub vram: Option<ByteSize>,
+    /// Eviction order: idle models of lower priority are stopped first for room.
+    #[serde(default)]
+    pub priority: i32,
+    /// `stop` (default) or `sleep` (vLLM sleep mode) after `idle_ttl`.
+    #[serde(default)]
+    pub idle_action: gpu::IdleAction,
+    /// Lowest `max_concurrent` out-of-memory restarts step down to (default 1).
+    pub min_concurrent: Option<u32>,
+    /// Lowest vLLM `--gpu-memory-utilization` out-of-memory restarts step down to
+    /// (default 0.5).
+    pub min_gpu_memory_utilization: Option<f64>,
     /// Hard memory limit of the unit (`MemoryMax=`), e.g. `"48GiB"`.
     pub memory_max: Option<ByteSize>,
     /// Memory above which the unit is throttled and reclaimed (`MemoryHigh=`).
@@ -423,6 +482,8 @@ pub struct ModelSpec {
     pub restart_window: std::time::Duration,
     /// Resource limits and sandbox settings of the unit.
     pub limits: Limits,
+    /// GPU needs: placement, eviction order, idle action, OOM floors.
+    pub gpu: GpuNeed,
 }
 
 /// What confines a model's unit (see the `ModelConfig` keys of the same names).
@@ -430,6 +491,11 @@ pub struct ModelSpec {
 pub struct Limits {
     /// GPU device indices.
     pub gpus: Vec<u32>,
+    /// The same GPUs by UUID, when placement knew them (NVML): what
+    /// `CUDA_VISIBLE_DEVICES` names. Empty in the configuration.
+    pub gpu_uuids: Vec<String>,
+    /// Their `/dev/nvidiaN` minor numbers, when NVML knew them (else the indices).
+    pub gpu_minors: Vec<u32>,
     /// `MemoryMax=` in bytes.
     pub memory_max: Option<u64>,
     /// `MemoryHigh=` in bytes.
@@ -467,6 +533,12 @@ pub struct Settings {
     pub providers: Vec<ProviderSpec>,
     /// The admin key, if any.
     pub admin: Option<AdminSpec>,
+    /// `[gpu]`.
+    pub gpu: GpuSettings,
+    /// `[profiles]`, in name order.
+    pub profiles: Vec<ProfileSpec>,
+    /// `[store]` as written.
+    pub store: StoreConfig,
 }
 
 /// Why a configuration could not be loaded.

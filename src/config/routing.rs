@@ -134,6 +134,10 @@ pub struct ProviderConfig {
     /// Consecutive passed checks after which a down provider is up again.
     #[serde(default = "two")]
     pub healthy_after: u32,
+    /// Price in USD per million input (prompt) tokens, for the usage store's cost.
+    pub price_input: Option<f64>,
+    /// Price in USD per million output (completion) tokens.
+    pub price_output: Option<f64>,
 }
 
 fn provider_timeout() -> HumanDuration {
@@ -292,6 +296,8 @@ pub struct ProviderSpec {
     pub max_concurrent: u32,
     /// Active health check, if any.
     pub health: Option<HealthCheckSpec>,
+    /// USD per million prompt and completion tokens, if priced.
+    pub prices: Option<(f64, f64)>,
 }
 
 /// An active health check of a provider.
@@ -509,7 +515,23 @@ pub(super) fn check(
         if c.context_length == Some(0) {
             p.add(at("context_length"), "must be more than 0");
         }
+        for (k, v) in [
+            ("price_input", c.price_input),
+            ("price_output", c.price_output),
+        ] {
+            if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                p.add(
+                    at(k),
+                    "must be a price of 0 or more (USD per million tokens)",
+                );
+            }
+        }
+        let prices = match (c.price_input, c.price_output) {
+            (None, None) => None,
+            (i, o) => Some((i.unwrap_or(0.0), o.unwrap_or(0.0))),
+        };
         out_providers.push(ProviderSpec {
+            prices,
             name: name.clone(),
             base_url: base,
             key_file: c.key_file.clone(),

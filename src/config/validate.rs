@@ -191,6 +191,8 @@ impl Config {
                 taken.insert(port, format!("models.{name}"));
             }
         }
+        let gpu = super::gpu::check_gpu(&self.gpu, &mut p);
+        let profiles = super::gpu::check_profiles(&self.profiles, &self.models, &mut p);
         let mut next_port = first;
         let mut models = Vec::new();
         for (name, m) in &self.models {
@@ -217,11 +219,28 @@ impl Config {
                     }
                 }
             };
-            if let Some(spec) = check_model(name, m, port, &mut p) {
+            if let Some(spec) = check_model(name, m, port, gpu.simulate.len(), &mut p) {
                 models.push(spec);
             }
         }
 
+        if self.store.queue == 0 {
+            p.add("store.queue", "must be at least 1");
+        }
+        if self.store.batch == 0 {
+            p.add("store.batch", "must be at least 1");
+        }
+        if self
+            .store
+            .path
+            .as_deref()
+            .is_some_and(|x| x.trim().is_empty())
+        {
+            p.add(
+                "store.path",
+                "cannot be empty; leave it out for the state directory",
+            );
+        }
         if s.max_attempts == 0 {
             p.add("server.max_attempts", "must be at least 1 (1: no retries)");
         }
@@ -277,6 +296,9 @@ impl Config {
                 clients: resolved.clients,
                 providers: resolved.providers,
                 admin: resolved.admin,
+                gpu,
+                profiles,
+                store: self.store.clone(),
             })
         } else {
             Err(p.0)
@@ -285,7 +307,13 @@ impl Config {
 }
 
 /// Check one model; return its spec when it has no problems of its own.
-fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Option<ModelSpec> {
+fn check_model(
+    name: &str,
+    m: &ModelConfig,
+    port: u16,
+    simulated: usize,
+    p: &mut Problems,
+) -> Option<ModelSpec> {
     let before = p.0.len();
     let at = |key: &str| format!("models.{name}.{key}");
     if let Err(e) = valid_instance_name(name) {
@@ -359,7 +387,7 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
     let backend = match kind {
         Kind::Vllm => Backend::Vllm {
             model: model.clone(),
-            tensor_parallel_size: m.tensor_parallel_size,
+            tensor_parallel_size: m.tensor_parallel_size.or(m.tensor_parallel),
             gpu_memory_utilization: m.gpu_memory_utilization,
         },
         Kind::Ollama => Backend::Ollama {
@@ -515,24 +543,7 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
             format!("{high} is above memory_max ({max})"),
         );
     }
-    let mut seen = BTreeSet::new();
-    for (i, g) in m.gpus.iter().enumerate() {
-        if !seen.insert(g) {
-            p.add(
-                format!("models.{name}.gpus[{i}]"),
-                format!("GPU {g} is listed twice"),
-            );
-        }
-    }
-    if let Some(tp) = m.tensor_parallel_size
-        && !m.gpus.is_empty()
-        && tp as usize != m.gpus.len()
-    {
-        p.add(
-            at("tensor_parallel_size"),
-            format!("{tp} does not match the {} GPU(s) in `gpus`", m.gpus.len()),
-        );
-    }
+    let (pinned, gpu) = super::gpu::check_model_gpu(name, m, simulated, p);
 
     if p.0.len() > before {
         return None;
@@ -566,8 +577,11 @@ fn check_model(name: &str, m: &ModelConfig, port: u16, p: &mut Problems) -> Opti
         restart_backoff: m.restart_backoff.0,
         max_restarts: m.max_restarts,
         restart_window: m.restart_window.0,
+        gpu,
         limits: super::Limits {
-            gpus: m.gpus.clone(),
+            gpus: pinned,
+            gpu_uuids: Vec::new(),
+            gpu_minors: Vec::new(),
             memory_max: m.memory_max.map(|s| s.0),
             memory_high: m.memory_high.map(|s| s.0),
             cpu_quota_percent,

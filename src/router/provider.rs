@@ -200,6 +200,7 @@ mod tests {
                     unhealthy_after: 2,
                     healthy_after: 2,
                 }),
+                prices: None,
             },
             Arc::new(Breaker::new(3, Duration::from_secs(1))),
         )

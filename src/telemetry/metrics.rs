@@ -24,6 +24,19 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the token counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Public name.
+    pub route: String,
+    /// Target.
+    pub target: String,
+    /// Client.
+    pub client: String,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+}
+
 /// Labels of the request duration histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -78,6 +91,14 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Time from request to the end of the response.
     pub request_duration: HistogramFamily<RouteLabels>,
+    /// Time from request to the first byte of the response body.
+    pub ttft: HistogramFamily<RouteLabels>,
+    /// Tokens by kind (`prompt`, `completion`), from the responses' usage.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// Usage-store records dropped (channel full or write failed) (set at scrape).
+    pub store_dropped: Counter,
+    /// Usage-store records written (set at scrape).
+    pub store_written: Counter,
     /// Circuit breaker state per target: 0 closed, 1 open, 2 half-open (set at scrape).
     pub breaker_state: Family<TargetLabels, Gauge>,
     /// Provider health: 1 up, 0 down (set at scrape).
@@ -96,6 +117,8 @@ pub struct Metrics {
     pub failures: Family<ModelLabels, Counter>,
     /// Starts of a model.
     pub starts: Family<ModelLabels, Counter>,
+    /// GPUs, out-of-memory restarts, evictions, sleep and wake, profiles.
+    pub gpu: GpuMetrics,
 }
 
 impl Default for Metrics {
@@ -112,6 +135,30 @@ impl Metrics {
         let request_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
         let breaker_state = Family::<TargetLabels, Gauge>::default();
+        let ttft: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let store_dropped = Counter::default();
+        let store_written = Counter::default();
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from receiving a request to the first byte of its response body",
+            ttft.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens reported in responses' usage, by kind (prompt, completion)",
+            tokens.clone(),
+        );
+        registry.register(
+            "store_dropped_records",
+            "Usage-store records dropped because the writer could not keep up or failed",
+            store_dropped.clone(),
+        );
+        registry.register(
+            "store_written_records",
+            "Usage-store records written",
+            store_written.clone(),
+        );
         let provider_up = Family::<TargetLabels, Gauge>::default();
         let provider_in_flight = Family::<TargetLabels, Gauge>::default();
         let in_flight = Family::<ModelLabels, Gauge>::default();
@@ -157,6 +204,7 @@ impl Metrics {
             failures.clone(),
         );
         registry.register("model_starts", "Starts of model backends", starts.clone());
+        let gpu = GpuMetrics::register(&mut registry);
         registry.register(
             "breaker_state",
             "Circuit breaker of each target: 0 closed, 1 open, 2 half-open",
@@ -177,6 +225,10 @@ impl Metrics {
             requests,
             request_duration,
             breaker_state,
+            ttft,
+            tokens,
+            store_dropped,
+            store_written,
             provider_up,
             provider_in_flight,
             in_flight,
@@ -185,6 +237,7 @@ impl Metrics {
             cold_start,
             failures,
             starts,
+            gpu,
         }
     }
 
@@ -199,6 +252,30 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Count one response's time to first byte.
+    pub fn observe_ttft(&self, route: &str, target: &str, seconds: f64) {
+        self.ttft
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+                target: target.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Count one response's tokens.
+    pub fn count_tokens(&self, l: &RequestLabels, prompt: u64, completion: u64) {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    route: l.route.clone(),
+                    target: l.target.clone(),
+                    client: l.client.clone(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8 << 10);
@@ -206,5 +283,144 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Labels of a GPU.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    /// Device index.
+    pub gpu: String,
+    /// UUID (`SIMULATED-<index>` for simulated GPUs).
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// `true` for GPUs declared in `[gpu] simulate`.
+    pub simulated: &'static str,
+}
+
+/// Label of a profile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileLabels {
+    /// Profile name.
+    pub profile: String,
+}
+
+fn wake_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+/// GPU metrics: per-GPU gauges (set at scrape), out-of-memory restarts, evictions,
+/// sleep and wake, active profiles.
+pub struct GpuMetrics {
+    /// Memory of each GPU.
+    pub memory_total: Family<GpuLabels, Gauge>,
+    /// Used memory (simulated GPUs: what the models placed there declared).
+    pub memory_used: Family<GpuLabels, Gauge>,
+    /// Free memory.
+    pub memory_free: Family<GpuLabels, Gauge>,
+    /// Utilisation, percent.
+    pub utilization: Family<GpuLabels, Gauge>,
+    /// Temperature, °C.
+    pub temperature: Family<GpuLabels, Gauge>,
+    /// Power draw, watts.
+    pub power: Family<GpuLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Processes on each GPU.
+    pub processes: Family<GpuLabels, Gauge>,
+    /// CUDA out-of-memory failures.
+    pub ooms: Family<ModelLabels, Counter>,
+    /// Stops to make room for another model.
+    pub evictions: Family<ModelLabels, Counter>,
+    /// Idle models put to sleep.
+    pub sleeps: Family<ModelLabels, Counter>,
+    /// Sleeping models woken.
+    pub wakes: Family<ModelLabels, Counter>,
+    /// Time from a request for a sleeping model to its being ready.
+    pub wake_duration: HistogramFamily<ModelLabels>,
+    /// 1 while a profile is active.
+    pub profile_active: Family<ProfileLabels, Gauge>,
+}
+
+impl GpuMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            memory_total: Family::default(),
+            memory_used: Family::default(),
+            memory_free: Family::default(),
+            utilization: Family::default(),
+            temperature: Family::default(),
+            power: Family::default(),
+            processes: Family::default(),
+            ooms: Family::default(),
+            evictions: Family::default(),
+            sleeps: Family::default(),
+            wakes: Family::default(),
+            wake_duration: Family::new_with_constructor(wake_histogram),
+            profile_active: Family::default(),
+        };
+        r.register(
+            "gpu_memory_total_bytes",
+            "Memory of each GPU",
+            m.memory_total.clone(),
+        );
+        r.register(
+            "gpu_memory_used_bytes",
+            "Used memory of each GPU (simulated GPUs: what the models placed there declared)",
+            m.memory_used.clone(),
+        );
+        r.register(
+            "gpu_memory_free_bytes",
+            "Free memory of each GPU",
+            m.memory_free.clone(),
+        );
+        r.register(
+            "gpu_utilization_percent",
+            "GPU utilisation (NVML)",
+            m.utilization.clone(),
+        );
+        r.register(
+            "gpu_temperature_celsius",
+            "GPU temperature (NVML)",
+            m.temperature.clone(),
+        );
+        r.register("gpu_power_watts", "GPU power draw (NVML)", m.power.clone());
+        r.register(
+            "gpu_processes",
+            "Processes on each GPU",
+            m.processes.clone(),
+        );
+        r.register(
+            "model_oom",
+            "CUDA out-of-memory failures of a model (each lowers its max_concurrent for the next start)",
+            m.ooms.clone(),
+        );
+        r.register(
+            "model_evictions",
+            "Stops of an idle or sleeping model to make room on its GPU",
+            m.evictions.clone(),
+        );
+        r.register(
+            "model_sleeps",
+            "Idle models put to sleep (vLLM sleep mode)",
+            m.sleeps.clone(),
+        );
+        r.register(
+            "model_wakes",
+            "Sleeping models woken by a request",
+            m.wakes.clone(),
+        );
+        r.register(
+            "wake_duration_seconds",
+            "Time to wake a sleeping model",
+            m.wake_duration.clone(),
+        );
+        r.register(
+            "profile_active",
+            "1 while a profile is active",
+            m.profile_active.clone(),
+        );
+        m
     }
 }

@@ -84,6 +84,8 @@ impl Llmvisor {
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
+            // The usage store's default place, per test.
+            .env("STATE_DIRECTORY", dir.path())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -110,6 +112,11 @@ impl Llmvisor {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         me
+    }
+
+    /// The usage database (default place under the test's state directory).
+    pub fn usage_db(&self) -> PathBuf {
+        self.dir.path().join("usage.sqlite")
     }
 
     /// Write new model tables into the config file and send SIGHUP.

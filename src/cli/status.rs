@@ -14,7 +14,7 @@ use crate::units::systemd::{Bus, SystemdManager};
 
 /// The address to reach the API on: the first listener, with a wildcard address
 /// replaced by loopback.
-fn api_base(settings: &Settings) -> Option<String> {
+pub(super) fn api_base(settings: &Settings) -> Option<String> {
     let addr = settings.listen.first()?;
     let host = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
@@ -143,6 +143,47 @@ pub async fn render(settings: &Settings) -> Result<String, String> {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    // Settings lowered by out-of-memory restarts, and the profiles in force.
+    for spec in &settings.models {
+        let oom = &h["models"][&spec.name]["gpu"]["oom"];
+        if oom.is_object() {
+            let mut line = format!(
+                "{}: max_concurrent {} (configured {})",
+                spec.name, oom["max_concurrent"], oom["configured_max_concurrent"]
+            );
+            if let Some(f) = oom["gpu_memory_utilization"].as_f64() {
+                line.push_str(&format!(
+                    ", gpu_memory_utilization {f:.2} (configured {})",
+                    oom["configured_gpu_memory_utilization"]
+                        .as_f64()
+                        .map_or("vLLM's 0.90".to_string(), |c| format!("{c:.2}"))
+                ));
+            }
+            line.push_str(&format!(
+                " after {}; a reload restores them\n",
+                oom["reason"].as_str().unwrap_or("CUDA out of memory")
+            ));
+            out.push_str(&line);
+        }
+    }
+    if let Some(active) = h["profiles"]["active"].as_array()
+        && !settings.profiles.is_empty()
+    {
+        let names: Vec<&str> = active.iter().filter_map(Value::as_str).collect();
+        out.push_str(&format!(
+            "profiles active: {}\n",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    if let Some(m) = h["gpu"]["message"].as_str()
+        && settings.models.iter().any(|m| m.gpu.count > 0)
+    {
+        out.push_str(&format!("GPUs: {m}\n"));
     }
     Ok(out)
 }

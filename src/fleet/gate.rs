@@ -25,6 +25,9 @@ impl Drop for Permit {
 
 struct Inner {
     free: usize,
+    /// Slots taken away by a resize while they were in use: the next releases pay
+    /// them back instead of freeing.
+    debt: usize,
     /// Waiters by priority: [interactive, batch].
     waiting: [VecDeque<oneshot::Sender<Permit>>; 2],
 }
@@ -47,6 +50,7 @@ impl Gate {
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 free: slots,
+                debt: 0,
                 waiting: [VecDeque::new(), VecDeque::new()],
             }),
         })
@@ -111,9 +115,36 @@ impl Gate {
         }
     }
 
+    /// Change the number of slots from `from` to `to` (an out-of-memory restart
+    /// lowers it, a reload puts it back). Slots in use stay in use; the change
+    /// applies as they are released.
+    pub fn resize(self: &Arc<Self>, from: usize, to: usize) {
+        let mut g = self.lock();
+        if to < from {
+            let cut = from - to;
+            let now = cut.min(g.free);
+            g.free -= now;
+            g.debt += cut - now;
+        } else {
+            let mut add = to - from;
+            let paid = add.min(g.debt);
+            g.debt -= paid;
+            add -= paid;
+            drop(g);
+            // Each new slot goes to a waiter if there is one (no debt is left).
+            for _ in 0..add {
+                self.release();
+            }
+        }
+    }
+
     /// Hand a freed slot to the next waiter, or keep it free.
     fn release(self: &Arc<Self>) {
         let mut g = self.lock();
+        if g.debt > 0 {
+            g.debt -= 1;
+            return;
+        }
         loop {
             let next = if let Some(tx) = g.waiting[0].pop_front() {
                 tx
@@ -173,6 +204,23 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), vec![2, 3, 0, 1]);
         assert!(gate.try_acquire(Priority::Batch).is_some());
+    }
+
+    #[tokio::test]
+    async fn resize_takes_effect_as_slots_are_released() {
+        let gate = Gate::new(3);
+        let a = gate.acquire(Priority::Interactive).await;
+        let b = gate.acquire(Priority::Interactive).await;
+        gate.resize(3, 1);
+        assert!(gate.try_acquire(Priority::Interactive).is_none());
+        drop(a);
+        assert!(gate.try_acquire(Priority::Interactive).is_none());
+        drop(b);
+        let c = gate.try_acquire(Priority::Interactive);
+        assert!(c.is_some());
+        assert!(gate.try_acquire(Priority::Interactive).is_none());
+        gate.resize(1, 2);
+        assert!(gate.try_acquire(Priority::Interactive).is_some());
     }
 
     #[tokio::test]

@@ -48,3 +48,21 @@ impl HealthProbe {
         }
     }
 }
+
+impl HealthProbe {
+    /// `POST http://127.0.0.1:<port><path>` with an empty body: the status, or why
+    /// there was none within `timeout`.
+    pub async fn post(&self, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+        let uri = format!("http://127.0.0.1:{port}{path}")
+            .parse::<http::Uri>()
+            .map_err(|e| e.to_string())?;
+        let req = http::Request::post(uri)
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp.status().as_u16()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}

@@ -14,6 +14,9 @@ use crate::config::ModelSpec;
 use crate::config::Priority;
 use crate::units::{ExitInfo, Invocation, UnitSpec};
 
+mod gpu;
+pub use gpu::{Placed, Tuning};
+
 /// Longest wait between two restarts of a crashing model.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -42,6 +45,8 @@ pub struct Status {
     start_deadline: Option<Instant>,
     /// An exit reported before the start that caused it recorded its invocation.
     pending_exit: Option<(Invocation, ExitInfo, String)>,
+    /// The last start (or wake) found no GPU room: what held the memory.
+    refused: Option<String>,
 }
 
 /// Which run a failure belongs to; a failure of a superseded run is ignored.
@@ -67,6 +72,7 @@ impl Status {
             generation: 0,
             start_deadline: None,
             pending_exit: None,
+            refused: None,
         }
     }
 
@@ -96,6 +102,12 @@ pub struct Instance {
     /// Replacing a running model: start once the old process is gone.
     pub(super) pending_start: AtomicBool,
     failures: Mutex<VecDeque<Instant>>,
+    /// Where the current (or sleeping) run is placed.
+    placed: Mutex<Option<Placed>>,
+    /// Settings lowered by out-of-memory failures.
+    tuning: Mutex<Tuning>,
+    /// One sleep or wake at a time.
+    sleep_lock: tokio::sync::Mutex<()>,
     ctx: Arc<Ctx>,
 }
 
@@ -133,6 +145,8 @@ impl Drop for Admission {
         if i.admitted.fetch_sub(1, Ordering::SeqCst) == 1 {
             i.idle_since_ms.store(i.ctx.now_ms(), Ordering::SeqCst);
             i.idle.notify_one();
+            // An idle model may be evicted for a start that waits for room.
+            i.ctx.board.changed.notify_waiters();
         }
     }
 }
@@ -140,6 +154,13 @@ impl Drop for Admission {
 impl Instance {
     pub(super) fn new(spec: ModelSpec, unit: UnitSpec, ctx: Arc<Ctx>, initial: State) -> Arc<Self> {
         let gate = Gate::new(spec.max_concurrent as usize);
+        let tuning = Tuning {
+            max_concurrent: spec.max_concurrent,
+            gpu_memory_utilization: None,
+            ooms: 0,
+            reason: None,
+            at: None,
+        };
         let inst = Arc::new(Self {
             spec,
             unit,
@@ -152,8 +173,12 @@ impl Instance {
             retired: AtomicBool::new(false),
             pending_start: AtomicBool::new(false),
             failures: Mutex::new(VecDeque::new()),
+            placed: Mutex::new(None),
+            tuning: Mutex::new(tuning),
+            sleep_lock: tokio::sync::Mutex::new(()),
             ctx,
         });
+        inst.ctx.board.register(&inst);
         if let Some(ttl) = inst.spec.idle_ttl {
             tokio::spawn(inst.clone().idle_loop(ttl));
         }
@@ -222,7 +247,8 @@ impl Instance {
         if self.ctx.shutting_down() {
             return Err(FleetError::ShuttingDown);
         }
-        let limit = self.spec.max_concurrent as usize + self.spec.max_queue as usize;
+        self.check_schedule()?;
+        let limit = self.tuning().max_concurrent as usize + self.spec.max_queue as usize;
         if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
             drop(Admission(self.clone()));
             return Err(FleetError::QueueFull {
@@ -275,6 +301,24 @@ impl Instance {
         })
     }
 
+    /// Refuse when the profiles in force do not allow this model now.
+    fn check_schedule(&self) -> Result<(), FleetError> {
+        let schedule = self.ctx.schedule();
+        if schedule.is_empty() {
+            return Ok(());
+        }
+        let now = self.ctx.clock.now();
+        match schedule.refusal(&self.spec.name, now) {
+            None => Ok(()),
+            Some((retry_after, allowed_in)) => Err(FleetError::NotScheduled {
+                model: self.spec.name.clone(),
+                allowed_in,
+                active: schedule.active_at(now),
+                retry_after,
+            }),
+        }
+    }
+
     /// Wait until the model is ready, starting it when it is stopped (or failed and
     /// allowed to restart). Exactly one start happens however many callers wait.
     async fn ensure_ready(self: &Arc<Self>) -> Result<(), FleetError> {
@@ -282,18 +326,31 @@ impl Instance {
         let mut rx = self.status.subscribe();
         let mut saw_start = false;
         loop {
-            let (state, locked_out, last_error, start_deadline) = {
+            let (state, locked_out, last_error, start_deadline, refused) = {
                 let s = rx.borrow_and_update();
                 (
                     s.state,
                     s.locked_out,
                     s.last_error.clone(),
                     s.start_deadline,
+                    s.refused.clone(),
                 )
             };
             match state {
                 State::Ready => return Ok(()),
-                State::Starting | State::Loading => saw_start = true,
+                State::Starting | State::Loading | State::Waking => saw_start = true,
+                State::Stopped | State::Sleeping if saw_start && refused.is_some() => {
+                    return Err(FleetError::NoGpuRoom {
+                        model: self.spec.name.clone(),
+                        message: refused.unwrap_or_default(),
+                    });
+                }
+                State::Sleeping => {
+                    self.check_schedule()?;
+                    self.begin_wake();
+                    saw_start = true;
+                    continue;
+                }
                 State::Stopped | State::Failed if saw_start => {
                     return Err(FleetError::StartFailed {
                         model: self.spec.name.clone(),
@@ -313,6 +370,7 @@ impl Instance {
                             model: self.spec.name.clone(),
                         });
                     }
+                    self.check_schedule()?;
                     self.begin_start(false);
                     saw_start = true;
                     continue;
@@ -375,6 +433,7 @@ impl Instance {
             s.set(State::Starting);
             s.invocation = None;
             s.pending_exit = None;
+            s.refused = None;
             s.generation += 1;
             s.start_deadline = Some(Instant::now() + backoff + start_timeout);
             generation = Some(s.generation);
@@ -431,17 +490,54 @@ impl Instance {
                 return;
             }
         }
+        // Room on the GPUs first: evict idle models, or wait (up to start_timeout,
+        // just under what the waiting requests allow) while busy ones hold it.
+        let deadline = self
+            .status
+            .borrow()
+            .start_deadline
+            .unwrap_or_else(|| Instant::now() + self.spec.start_timeout);
+        let deadline = deadline
+            .checked_sub(Duration::from_millis(250))
+            .unwrap_or(deadline);
+        let placed = match self
+            .place(
+                |s| s.is_current(generation, State::Starting),
+                None,
+                deadline,
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(gpu::NotPlaced::Superseded) => return,
+            Err(gpu::NotPlaced::NoRoom(msg)) => {
+                self.refuse(generation, msg);
+                return;
+            }
+        };
+        if placed.is_some() {
+            // Loading gets its whole start_timeout after the wait for room.
+            let start_timeout = self.spec.start_timeout;
+            self.status.send_if_modified(|s| {
+                let ours = s.generation == generation && s.state == State::Starting;
+                if ours {
+                    s.start_deadline = Some(Instant::now() + start_timeout);
+                }
+                ours
+            });
+        }
+        let unit = self.unit_for(placed.as_ref());
         let t0 = Instant::now();
         self.ctx
             .metrics
             .starts
             .get_or_create(&self.ctx.model_label(&name))
             .inc();
-        tracing::info!(model = %name, unit = %self.unit.unit, manager = self.ctx.manager.name(), "starting");
-        let invocation = match self.ctx.manager.start(&self.unit).await {
+        tracing::info!(model = %name, unit = %unit.unit, manager = self.ctx.manager.name(), gpus = ?unit.env.get("CUDA_VISIBLE_DEVICES"), "starting");
+        let invocation = match self.ctx.manager.start(&unit).await {
             Ok(inv) => inv,
             Err(e) => {
-                self.fail(Scope::Start(generation), e.to_string(), None);
+                self.fail_and_free(Scope::Start(generation), e.to_string());
                 return;
             }
         };
@@ -607,7 +703,12 @@ impl Instance {
             if !current
                 || !matches!(
                     s.state,
-                    State::Starting | State::Loading | State::Ready | State::Draining
+                    State::Starting
+                        | State::Loading
+                        | State::Ready
+                        | State::Draining
+                        | State::Sleeping
+                        | State::Waking
                 )
             {
                 return false;
@@ -625,6 +726,7 @@ impl Instance {
         let Some((n, locked)) = counted else {
             return false;
         };
+        self.set_placed(None);
         self.ctx
             .metrics
             .failures
@@ -643,7 +745,13 @@ impl Instance {
     }
 
     /// The unit's process ended without being asked to.
-    pub(super) fn on_exit(&self, invocation: &Invocation, exit: &ExitInfo, last_output: &[String]) {
+    pub(super) fn on_exit(
+        self: &Arc<Self>,
+        invocation: &Invocation,
+        exit: &ExitInfo,
+        last_output: &[String],
+    ) {
+        let oom = crate::gpu::oom::oom_line(last_output).map(str::to_string);
         let mut reason = format!("backend {exit}");
         if let Some(line) = last_output.iter().rev().find(|l| !l.trim().is_empty()) {
             reason.push_str(": ");
@@ -659,8 +767,14 @@ impl Instance {
             }
             false
         });
-        if !kept {
-            self.fail(Scope::Run(invocation), reason, Some(exit.clone()));
+        let failed = !kept && self.fail(Scope::Run(invocation), reason, Some(exit.clone()));
+        if let Some(line) = oom {
+            self.on_oom(&line);
+            // Restart with the lower settings (after the usual backoff; a model
+            // that keeps failing is locked out as any other).
+            if failed {
+                self.begin_start(false);
+            }
         }
     }
 
@@ -671,7 +785,11 @@ impl Instance {
         self.status.send_if_modified(|s| {
             from = s.state;
             match s.state {
-                State::Starting | State::Loading | State::Ready => {
+                State::Starting
+                | State::Loading
+                | State::Ready
+                | State::Sleeping
+                | State::Waking => {
                     s.set(State::Draining);
                     s.stop_reason = Some(reason);
                     true
@@ -680,7 +798,7 @@ impl Instance {
             }
         });
         match from {
-            State::Starting | State::Loading | State::Ready => {}
+            State::Starting | State::Loading | State::Ready | State::Sleeping | State::Waking => {}
             State::Draining | State::Stopping => {
                 // Another stop is under way; wait for it.
                 let mut rx = self.status.subscribe();
@@ -729,6 +847,9 @@ impl Instance {
                 ours
             });
         }
+        if matches!(self.state(), State::Stopped | State::Failed) {
+            self.set_placed(None);
+        }
     }
 
     /// Stop when nothing has been admitted for `ttl`: one long-lived task per model,
@@ -749,7 +870,11 @@ impl Instance {
                     tokio::time::sleep(Duration::from_millis(due_ms - now_ms)).await;
                     continue;
                 }
-                self.idle_stop().await;
+                if self.sleeps_when_idle() {
+                    self.idle_sleep().await;
+                } else {
+                    self.idle_stop().await;
+                }
                 break;
             }
         }
@@ -760,6 +885,7 @@ impl Instance {
         self.status.send_if_modified(|s| {
             if s.state == State::Ready {
                 s.set(State::Draining);
+                s.stop_reason = Some(StopReason::Idle);
                 drained = true;
             }
             drained

@@ -4,6 +4,8 @@
 mod gate;
 mod health;
 mod instance;
+mod placer;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub use health::HealthProbe;
-pub use instance::{Instance, Lease, Status};
+pub use instance::{Instance, Lease, Placed, Status, Tuning};
+pub use schedule::{Clock, Schedule};
 
 use crate::config::Settings;
 use crate::telemetry::metrics::{Metrics, ModelLabels};
@@ -36,11 +39,16 @@ pub enum State {
     Stopping,
     /// Exited unexpectedly or failed to start.
     Failed,
+    /// vLLM sleep mode: the process runs, its weights are in host memory, its GPU
+    /// memory is free; the next request wakes it.
+    Sleeping,
+    /// Being woken (`POST /wake_up`).
+    Waking,
 }
 
 impl State {
     /// Every state, for metrics.
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 9] = [
         State::Stopped,
         State::Starting,
         State::Loading,
@@ -48,6 +56,8 @@ impl State {
         State::Draining,
         State::Stopping,
         State::Failed,
+        State::Sleeping,
+        State::Waking,
     ];
 
     /// Lower-case name used in the API and metrics.
@@ -60,6 +70,8 @@ impl State {
             State::Draining => "draining",
             State::Stopping => "stopping",
             State::Failed => "failed",
+            State::Sleeping => "sleeping",
+            State::Waking => "waking",
         }
     }
 }
@@ -75,6 +87,10 @@ pub enum StopReason {
     Shutdown,
     /// A reload changed or removed the model.
     Reload,
+    /// Stopped to make room on its GPU for another model.
+    Evicted,
+    /// The profiles in force no longer allow it.
+    Profile,
 }
 
 impl StopReason {
@@ -85,6 +101,8 @@ impl StopReason {
             StopReason::Admin => "admin",
             StopReason::Shutdown => "shutdown",
             StopReason::Reload => "reload",
+            StopReason::Evicted => "evicted",
+            StopReason::Profile => "profile",
         }
     }
 }
@@ -148,6 +166,31 @@ pub enum FleetError {
         /// Instance.
         model: String,
     },
+    /// The profiles in force do not allow the model now.
+    #[error(
+        "model `{model}` is not available now: it runs in profile(s) {}, and the active profile(s) are {}{}",
+        if allowed_in.is_empty() { "none".to_string() } else { allowed_in.join(", ") },
+        if active.is_empty() { "none".to_string() } else { active.join(", ") },
+        match retry_after { Some(d) => format!("; it is allowed again in {}", humantime::format_duration(Duration::from_secs(d.as_secs()))), None => String::new() }
+    )]
+    NotScheduled {
+        /// Instance.
+        model: String,
+        /// Profiles that list it.
+        allowed_in: Vec<String>,
+        /// Profiles active now.
+        active: Vec<String>,
+        /// Until it is allowed (None: not within two days).
+        retry_after: Option<Duration>,
+    },
+    /// No GPU had room within `start_timeout`.
+    #[error("model `{model}` cannot start: no GPU has room: {message}")]
+    NoGpuRoom {
+        /// Instance.
+        model: String,
+        /// What it needs and what holds the memory.
+        message: String,
+    },
 }
 
 /// What every instance shares.
@@ -158,9 +201,22 @@ pub(crate) struct Ctx {
     poll_interval: Duration,
     epoch: Instant,
     shutting_down: AtomicBool,
+    /// GPUs and who holds them.
+    board: placer::Board,
+    /// The profiles in force (replaced on reload, the override kept).
+    schedule: RwLock<Arc<Schedule>>,
+    /// Local time (injectable for tests).
+    clock: Clock,
 }
 
 impl Ctx {
+    fn schedule(&self) -> Arc<Schedule> {
+        self.schedule
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -233,6 +289,9 @@ impl Fleet {
             poll_interval: settings.server.health_poll_interval.0,
             epoch: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            board: placer::Board::new(crate::gpu::Inventory::open(&settings.gpu)),
+            schedule: RwLock::new(Arc::new(Schedule::new(settings.profiles.clone(), None))),
+            clock: Clock::from_env(),
         });
         let instances: Vec<Arc<Instance>> = settings
             .models
@@ -247,6 +306,7 @@ impl Fleet {
             Arc::downgrade(&fleet),
             manager.subscribe(),
         ));
+        tokio::spawn(Self::follow_schedule(Arc::downgrade(&fleet)));
         fleet
     }
 
@@ -370,7 +430,9 @@ impl Fleet {
                 summary.added.push(name);
                 continue;
             };
-            if prev.spec == *spec {
+            // A model whose settings out-of-memory failures lowered goes back to the
+            // configured ones: restarted like a changed one.
+            if prev.spec == *spec && !prev.is_tuned() {
                 instances.push(prev.clone());
                 summary.unchanged.push(name);
                 continue;
@@ -380,7 +442,7 @@ impl Fleet {
             let pending = prev.pending_start.load(Ordering::SeqCst);
             let running =
                 pending || matches!(state, State::Ready | State::Loading | State::Starting);
-            let same_process = prev.unit.spec_hash == unit.spec_hash;
+            let same_process = prev.unit.spec_hash == unit.spec_hash && !prev.is_tuned();
             // Only a unit that exists can be kept (a Starting one may not yet).
             if same_process
                 && can_adopt
@@ -423,6 +485,13 @@ impl Fleet {
             }
         }
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live::new(instances));
+        let old_schedule = self.ctx.schedule();
+        if old_schedule.profiles() != settings.profiles.as_slice() {
+            let over = old_schedule.override_at(self.ctx.clock.now());
+            let next = Arc::new(Schedule::new(settings.profiles.clone(), over));
+            *self.ctx.schedule.write().unwrap_or_else(|e| e.into_inner()) = next;
+            old_schedule.changed.notify_waiters();
+        }
         summary
     }
 
@@ -471,18 +540,24 @@ impl Fleet {
                 .filter(|i| want.contains(&i.state()))
                 .count()
         };
-        format!(
+        let mut line = format!(
             "{} ready, {} loading, {} failed, {} stopped",
             count(&[State::Ready, State::Draining]),
-            count(&[State::Starting, State::Loading]),
+            count(&[State::Starting, State::Loading, State::Waking]),
             count(&[State::Failed]),
             count(&[State::Stopped, State::Stopping])
-        )
+        );
+        let asleep = count(&[State::Sleeping]);
+        if asleep > 0 {
+            line.push_str(&format!(", {asleep} sleeping"));
+        }
+        line
     }
 
     /// Update the scrape-time gauges.
     pub fn update_gauges(&self) {
         let m = &self.ctx.metrics;
+        self.update_gpu_gauges();
         for i in &self.live().instances {
             let label = self.ctx.model_label(i.name());
             m.in_flight.get_or_create(&label).set(i.in_flight() as i64);
@@ -497,5 +572,265 @@ impl Fleet {
                     .set((s == current) as i64);
             }
         }
+    }
+}
+
+/// `HH:MM-HH:MM` of a window.
+fn window_text(w: &crate::config::Window) -> String {
+    let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+    format!("{}-{}", hm(w.start), hm(w.end))
+}
+
+impl Fleet {
+    /// Follow the profiles: at every switch, drain and stop the models no longer
+    /// allowed, then start the newly active profiles' `preload` models.
+    async fn follow_schedule(fleet: std::sync::Weak<Self>) {
+        let mut last: Option<Vec<String>> = None;
+        loop {
+            let Some(f) = fleet.upgrade() else { return };
+            if f.shutting_down() {
+                return;
+            }
+            let ctx = f.ctx.clone();
+            let schedule = ctx.schedule();
+            let moved = ctx.clock.moved.notified();
+            let changed = schedule.changed.notified();
+            tokio::pin!(moved, changed);
+            moved.as_mut().enable();
+            changed.as_mut().enable();
+            let now = ctx.clock.now();
+            let active = schedule.active_at(now);
+            if !schedule.is_empty() && last.as_ref() != Some(&active) {
+                f.switch(&schedule, last.as_deref(), &active);
+                last = Some(active);
+            }
+            let wait = schedule
+                .next_switch(now)
+                .map(|t| (t - now).to_std().unwrap_or_default())
+                .unwrap_or(Duration::from_secs(60))
+                .min(Duration::from_secs(60));
+            drop(f);
+            tokio::select! {
+                _ = tokio::time::sleep(wait + Duration::from_millis(5)) => {}
+                _ = &mut moved => {}
+                _ = &mut changed => {}
+            }
+        }
+    }
+
+    fn switch(self: &Arc<Self>, schedule: &Schedule, prev: Option<&[String]>, active: &[String]) {
+        let was: Vec<String> = prev.map(<[String]>::to_vec).unwrap_or_default();
+        tracing::info!(
+            "profiles active: {} (before: {})",
+            if active.is_empty() {
+                "none".into()
+            } else {
+                active.join(", ")
+            },
+            if prev.is_none() {
+                "llmvisor was starting".into()
+            } else if was.is_empty() {
+                "none".into()
+            } else {
+                was.join(", ")
+            }
+        );
+        for p in schedule.profiles() {
+            self.ctx
+                .metrics
+                .gpu
+                .profile_active
+                .get_or_create(&crate::telemetry::metrics::ProfileLabels {
+                    profile: p.name.clone(),
+                })
+                .set(i64::from(active.contains(&p.name)));
+        }
+        let now = self.ctx.clock.now();
+        let changed: Vec<&crate::config::ProfileSpec> = schedule
+            .profiles()
+            .iter()
+            .filter(|p| active.contains(&p.name) != was.contains(&p.name))
+            .collect();
+        let drain = changed
+            .iter()
+            .map(|p| p.drain_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(300));
+        let stops: Vec<Arc<Instance>> = self
+            .instances()
+            .into_iter()
+            .filter(|i| !matches!(i.state(), State::Stopped | State::Failed))
+            .filter(|i| !schedule.allowed_at(i.name(), now))
+            .collect();
+        let mut preload: Vec<String> = Vec::new();
+        for p in schedule.profiles() {
+            if active.contains(&p.name) && !was.contains(&p.name) {
+                for m in &p.preload {
+                    if !preload.contains(m) && schedule.allowed_at(m, now) {
+                        preload.push(m.clone());
+                    }
+                }
+            }
+        }
+        if stops.is_empty() && preload.is_empty() {
+            return;
+        }
+        let fleet = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let names: Vec<&str> = stops.iter().map(|i| i.name()).collect();
+            if !names.is_empty() {
+                tracing::info!(
+                    "profile switch: draining and stopping {} (in-flight requests get up to {})",
+                    names.join(", "),
+                    humantime::format_duration(drain)
+                );
+            }
+            let tasks: Vec<_> = stops
+                .iter()
+                .map(|i| {
+                    let i = i.clone();
+                    tokio::spawn(async move { i.stop(StopReason::Profile, drain).await })
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+            let Some(fleet) = fleet.upgrade() else { return };
+            for name in preload {
+                if let Some(i) = fleet.get(&name) {
+                    tracing::info!(model = %name, "profile switch: preloading");
+                    i.begin_start(false);
+                }
+            }
+        });
+    }
+
+    /// `GET /admin/gpus`: the inventory and where the models are.
+    pub fn gpu_report(&self) -> serde_json::Value {
+        self.ctx.board.report()
+    }
+
+    /// Where GPU facts come from (`nvml`, `simulated`, `none`) and, when there are
+    /// none, why.
+    pub fn gpu_source(&self) -> (&'static str, Option<String>) {
+        self.ctx.board.inventory.describe()
+    }
+
+    fn update_gpu_gauges(&self) {
+        use crate::telemetry::metrics::GpuLabels;
+        let (snap, _) = self.ctx.board.snapshot();
+        let g = &self.ctx.metrics.gpu;
+        for gpu in &snap.gpus {
+            let l = GpuLabels {
+                gpu: gpu.index.to_string(),
+                uuid: gpu.uuid.clone(),
+                name: gpu.name.clone(),
+                simulated: if gpu.simulated { "true" } else { "false" },
+            };
+            g.memory_total
+                .get_or_create(&l)
+                .set(gpu.memory_total as i64);
+            g.memory_used.get_or_create(&l).set(gpu.memory_used as i64);
+            g.memory_free.get_or_create(&l).set(gpu.memory_free as i64);
+            g.processes
+                .get_or_create(&l)
+                .set(gpu.processes.len() as i64);
+            if let Some(u) = gpu.utilization_percent {
+                g.utilization.get_or_create(&l).set(i64::from(u));
+            }
+            if let Some(t) = gpu.temperature_celsius {
+                g.temperature.get_or_create(&l).set(i64::from(t));
+            }
+            if let Some(p) = gpu.power_watts {
+                g.power.get_or_create(&l).set(p);
+            }
+        }
+    }
+
+    /// Local time as the schedule sees it.
+    pub fn now(&self) -> chrono::DateTime<chrono::Local> {
+        self.ctx.clock.now()
+    }
+
+    /// `GET /admin/profiles`, `llmvisor profile status`.
+    pub fn profile_status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let schedule = self.ctx.schedule();
+        let now = self.ctx.clock.now();
+        let active = schedule.active_at(now);
+        let over = schedule.override_at(now);
+        let models: serde_json::Map<String, serde_json::Value> = self
+            .instances()
+            .iter()
+            .map(|i| {
+                let r = schedule.refusal(i.name(), now);
+                (
+                    i.name().to_string(),
+                    json!({
+                        "allowed": r.is_none(),
+                        "state": i.state().as_str(),
+                        "allowed_in_seconds": r.and_then(|(w, _)| w).map(|d| d.as_secs()),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "now": now.to_rfc3339(),
+            "test_clock": self.ctx.clock.is_test(),
+            "active": active,
+            "override": over.map(|o| json!({"profile": o.profile, "until": o.until.map(|u| u.to_rfc3339())})),
+            "next_switch": schedule.next_switch(now).map(|t| t.to_rfc3339()),
+            "profiles": schedule.profiles().iter().map(|p| json!({
+                "name": p.name,
+                "windows": p.windows.iter().map(window_text).collect::<Vec<_>>(),
+                "models": p.models,
+                "preload": p.preload,
+                "exclusive": p.exclusive,
+                "drain_timeout_seconds": p.drain_timeout.as_secs(),
+                "active": active.contains(&p.name),
+            })).collect::<Vec<_>>(),
+            "models": models,
+        })
+    }
+
+    /// Activate a profile by hand (for `duration`, or until resumed).
+    pub fn activate_profile(&self, name: &str, duration: Option<Duration>) -> Result<(), String> {
+        let now = self.ctx.clock.now();
+        let until = match duration {
+            Some(d) => Some(
+                now + chrono::TimeDelta::from_std(d)
+                    .map_err(|_| "duration too long".to_string())?,
+            ),
+            None => None,
+        };
+        self.ctx.schedule().activate(name, until)?;
+        tracing::info!(
+            "profile {name} activated by an operator{}",
+            duration.map_or(String::new(), |d| format!(
+                " for {}",
+                humantime::format_duration(d)
+            ))
+        );
+        Ok(())
+    }
+
+    /// End a manual activation: back to the windows.
+    pub fn resume_schedule(&self) {
+        self.ctx.schedule().resume();
+        tracing::info!("profiles follow their windows again");
+    }
+
+    /// Move the test clock (only with `LLMVISOR_TEST_CLOCK`).
+    pub fn set_test_clock(&self, to: &str) -> Result<String, String> {
+        if !self.ctx.clock.is_test() {
+            return Err(format!(
+                "the clock can only be moved when llmvisor runs with {} (tests)",
+                schedule::TEST_CLOCK_ENV
+            ));
+        }
+        let t = schedule::parse_local(to)?;
+        self.ctx.clock.set(t);
+        tracing::info!("test clock set to {t}");
+        Ok(t.to_rfc3339())
     }
 }

@@ -90,7 +90,14 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
     // Device access: nothing but the pinned GPUs and what the driver needs.
     p.push(prop("DevicePolicy", "closed"));
     if !l.gpus.is_empty() {
-        for g in &l.gpus {
+        // The device node's number is the GPU's minor number, which NVML reports;
+        // without NVML it is taken to be the index.
+        let nodes = if l.gpu_minors.len() == l.gpus.len() {
+            &l.gpu_minors
+        } else {
+            &l.gpus
+        };
+        for g in nodes {
             p.push(prop("DeviceAllow", format!("/dev/nvidia{g} rw")));
         }
         for node in NVIDIA_CONTROL {

@@ -98,6 +98,11 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
             if let Some(f) = gpu_memory_utilization {
                 a.extend(["--gpu-memory-utilization".into(), f.to_string()]);
             }
+            if spec.gpu.idle_action == crate::config::IdleAction::Sleep {
+                // Sleep mode and its /sleep, /wake_up endpoints (dev-mode routes).
+                a.push("--enable-sleep-mode".into());
+                env.insert("VLLM_SERVER_DEV_MODE".into(), "1".into());
+            }
             a.extend(spec.extra_args.iter().cloned());
             a
         }
@@ -158,6 +163,13 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
         // Indices in PCI bus order, as nvidia-smi numbers them.
         env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
         let ids: Vec<String> = spec.limits.gpus.iter().map(u32::to_string).collect();
+        // By UUID when placement read them from NVML: indices can change between
+        // boots, UUIDs do not.
+        let ids = if spec.limits.gpu_uuids.len() == spec.limits.gpus.len() {
+            spec.limits.gpu_uuids.clone()
+        } else {
+            ids
+        };
         env.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
     }
     for (k, v) in &spec.env {

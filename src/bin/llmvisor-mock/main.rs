@@ -107,6 +107,11 @@ struct Args {
     /// Context length reported as max_model_len in /v1/models.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     context_length: u64,
+
+    /// How long `POST /wake_up` takes (vLLM sleep mode: `POST /sleep?level=1`,
+    /// `POST /wake_up`, `GET /is_sleeping`; model requests get 503 while asleep).
+    #[arg(long, default_value = "50ms", value_name = "DUR", value_parser = humantime::parse_duration)]
+    wake_delay: Duration,
 }
 
 /// Parses a fraction in `0.0..=1.0`.
@@ -131,6 +136,7 @@ impl Args {
             oom_after: self.oom_after,
             embedding_dim: self.embedding_dim as usize,
             context_length: self.context_length,
+            wake_delay: self.wake_delay,
         }
     }
 }
@@ -151,6 +157,9 @@ fn router(st: &'static AppState) -> Router {
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings_legacy))
         .route("/mock/stats", get(mock_stats))
+        .route("/sleep", post(state::sleep))
+        .route("/wake_up", post(state::wake_up))
+        .route("/is_sleeping", get(state::is_sleeping))
         // Long prompts are legitimate test input; axum's 2 MiB default is
         // below what a real engine accepts.
         .layer(DefaultBodyLimit::max(64 << 20))
@@ -262,6 +271,7 @@ mod tests {
             oom_after: None,
             embedding_dim: 8,
             context_length: 4096,
+            wake_delay: Duration::from_millis(10),
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Config {
     pub embedding_dim: usize,
     /// Reported as `max_model_len`.
     pub context_length: u64,
+    /// Time `POST /wake_up` takes.
+    pub wake_delay: Duration,
 }
 
 /// Everything the handlers share. Leaked to `&'static` at start-up so that
@@ -50,6 +52,8 @@ pub struct AppState {
     pub stats: Stats,
     /// False until `--startup-delay` has passed.
     ready: AtomicBool,
+    /// vLLM sleep mode: weights "offloaded", model requests refused.
+    sleeping: AtomicBool,
     /// Process start, Unix seconds (`created` in `/v1/models`).
     pub started_unix: u64,
 }
@@ -88,6 +92,7 @@ impl AppState {
             cfg,
             stats: Stats::default(),
             ready: AtomicBool::new(ready),
+            sleeping: AtomicBool::new(false),
             started_unix: unix_now(),
         }
     }
@@ -141,6 +146,15 @@ impl AppState {
         let admitted = Admitted { index, guard };
         if !self.is_ready() {
             return Err(admitted.reject(loading(flavor)));
+        }
+        if self.sleeping.load(Ordering::SeqCst) {
+            return Err(admitted.reject(error(
+                flavor,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "llmvisor-mock: the model is sleeping (POST /wake_up)",
+                "unavailable_error",
+                "model_sleeping",
+            )));
         }
         if crate::generate::should_fail(index, self.cfg.fail_rate) {
             return Err(admitted.reject(error(
@@ -226,4 +240,30 @@ pub fn loading(flavor: Flavor) -> Response {
         "unavailable_error",
         "model_loading",
     )
+}
+
+/// `POST /sleep?level=N` (vLLM sleep mode): from now on model requests get 503.
+pub async fn sleep(
+    axum::extract::State(st): axum::extract::State<&'static AppState>,
+) -> StatusCode {
+    st.sleeping.store(true, Ordering::SeqCst);
+    st.stats.count_sleep();
+    StatusCode::OK
+}
+
+/// `POST /wake_up`: takes `--wake-delay`, then serves again.
+pub async fn wake_up(
+    axum::extract::State(st): axum::extract::State<&'static AppState>,
+) -> StatusCode {
+    tokio::time::sleep(st.cfg.wake_delay).await;
+    st.sleeping.store(false, Ordering::SeqCst);
+    st.stats.count_wake();
+    StatusCode::OK
+}
+
+/// `GET /is_sleeping`.
+pub async fn is_sleeping(
+    axum::extract::State(st): axum::extract::State<&'static AppState>,
+) -> Json<serde_json::Value> {
+    Json(json!({ "is_sleeping": st.sleeping.load(Ordering::SeqCst) }))
 }

@@ -29,6 +29,10 @@ pub struct Stats {
     cancelled: AtomicU64,
     /// Set-only on the hot path; read by [`Stats::snapshot`].
     last: Mutex<Option<LastRequest>>,
+    /// `POST /sleep` calls.
+    sleeps: AtomicU64,
+    /// `POST /wake_up` calls.
+    wakes: AtomicU64,
 }
 
 impl Stats {
@@ -52,6 +56,16 @@ impl Stats {
         (index, guard)
     }
 
+    /// Counts a `POST /sleep`.
+    pub fn count_sleep(&self) {
+        self.sleeps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a `POST /wake_up`.
+    pub fn count_wake(&self) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The `/mock/stats` document.
     pub fn snapshot(&self) -> Value {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -67,6 +81,8 @@ impl Stats {
             "cancelled": self.cancelled.load(Ordering::Relaxed),
             "last_request": last_request,
             "last_headers": last_headers,
+            "sleeps": self.sleeps.load(Ordering::Relaxed),
+            "wakes": self.wakes.load(Ordering::Relaxed),
         })
     }
 }

@@ -1,0 +1,151 @@
+//! The GPU board: the inventory, every instance that may hold GPU memory, the lock
+//! that serialises placement decisions, and the report `/admin/gpus`, metrics and
+//! `llmvisor gpus` show.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::instance::Instance;
+use crate::gpu::placement::{Activity, GpuView, Holder, free_on};
+use crate::gpu::{Inventory, Snapshot, Source};
+
+/// Shared by every instance of a fleet.
+pub(crate) struct Board {
+    /// Where GPU facts come from.
+    pub inventory: Inventory,
+    members: Mutex<Vec<Weak<Instance>>>,
+    /// Held while a placement is decided and recorded.
+    pub lock: tokio::sync::Mutex<()>,
+    /// Woken when memory may have been freed (a stop, a sleep, a model going idle).
+    pub changed: Notify,
+}
+
+impl Board {
+    pub fn new(inventory: Inventory) -> Self {
+        Self {
+            inventory,
+            members: Mutex::new(Vec::new()),
+            lock: tokio::sync::Mutex::new(()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Follow an instance (it stays followed while it exists: a replaced instance
+    /// still holds memory until it stops).
+    pub fn register(&self, i: &Arc<Instance>) {
+        let mut m = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|w| w.strong_count() > 0);
+        m.push(Arc::downgrade(i));
+    }
+
+    /// Every instance alive.
+    pub fn members(&self) -> Vec<Arc<Instance>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// What every other instance holds.
+    pub fn holders(&self, except: Option<&Instance>) -> Vec<(Arc<Instance>, Holder)> {
+        self.members()
+            .into_iter()
+            .filter(|i| except.is_none_or(|e| !std::ptr::eq(Arc::as_ptr(i), e)))
+            .filter_map(|i| i.holder().map(|h| (i, h)))
+            .collect()
+    }
+
+    /// The GPUs of a snapshot as placement sees them.
+    pub fn views(snap: &Snapshot) -> Vec<GpuView> {
+        snap.gpus
+            .iter()
+            .map(|g| GpuView {
+                index: g.index,
+                name: g.name.clone(),
+                total: g.memory_total,
+                nvml_free: (!g.simulated).then_some(g.memory_free),
+            })
+            .collect()
+    }
+
+    /// A snapshot where simulated GPUs show what llmvisor's models declared.
+    pub fn snapshot(&self) -> (Snapshot, Vec<(Arc<Instance>, Holder)>) {
+        let mut snap = self.inventory.snapshot();
+        let holders = self.holders(None);
+        let hs: Vec<Holder> = holders.iter().map(|(_, h)| h.clone()).collect();
+        for g in &mut snap.gpus {
+            if g.simulated {
+                let view = GpuView {
+                    index: g.index,
+                    name: g.name.clone(),
+                    total: g.memory_total,
+                    nvml_free: None,
+                };
+                g.memory_free = free_on(&view, &hs, false);
+                g.memory_used = g.memory_total - g.memory_free;
+                g.processes = holders
+                    .iter()
+                    .filter(|(_, h)| h.gpus.contains(&g.index))
+                    .map(|(i, h)| crate::gpu::GpuProcess {
+                        pid: 0,
+                        used_memory: match h.activity {
+                            Activity::Sleeping => Some(0),
+                            _ => h.vram,
+                        },
+                        model: Some(i.name().to_string()),
+                    })
+                    .collect();
+            }
+        }
+        (snap, holders)
+    }
+
+    /// `GET /admin/gpus`: every GPU and the models placed on it.
+    pub fn report(&self) -> Value {
+        let (snap, holders) = self.snapshot();
+        let gpus: Vec<Value> = snap
+            .gpus
+            .iter()
+            .map(|g| {
+                let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+                let models: Vec<Value> = holders
+                    .iter()
+                    .filter(|(_, h)| h.gpus.contains(&g.index))
+                    .map(|(i, h)| {
+                        json!({
+                            "model": i.name(),
+                            "state": i.state().as_str(),
+                            "vram": h.vram,
+                            "in_flight": i.in_flight(),
+                            "gpus": h.gpus,
+                        })
+                    })
+                    .collect();
+                v["models"] = json!(models);
+                v
+            })
+            .collect();
+        let (message, simulated) = match &snap.source {
+            Source::None { reason } => (Some(reason.clone()), false),
+            Source::Simulated => (
+                Some(
+                    "simulated GPUs ([gpu] simulate): memory is what the models declare (vram)"
+                        .to_string(),
+                ),
+                true,
+            ),
+            Source::Nvml { .. } => (snap.error.clone(), false),
+        };
+        json!({
+            "source": snap.source.as_str(),
+            "driver_version": match &snap.source { Source::Nvml { driver_version } => Some(driver_version.clone()), _ => None },
+            "simulated": simulated,
+            "message": message,
+            "gpus": gpus,
+        })
+    }
+}

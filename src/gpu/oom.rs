@@ -1,0 +1,67 @@
+//! Recognising a CUDA out-of-memory failure in a backend's last log lines.
+
+/// Text that CUDA, PyTorch, vLLM and llama.cpp print when GPU memory runs out.
+const SIGNATURES: [&str; 9] = [
+    "CUDA out of memory",
+    "OutOfMemoryError",
+    "CUDA error: out of memory",
+    "cudaErrorMemoryAllocation",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "cudaMalloc failed: out of memory",
+    "No available memory for the cache blocks",
+    "failed to allocate CUDA",
+];
+
+/// The first line (from the end) that matches an out-of-memory signature.
+pub fn oom_line(lines: &[String]) -> Option<&str> {
+    lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| SIGNATURES.iter().any(|s| l.contains(s)))
+}
+
+/// `max_concurrent` one step lower: halved (rounded up), never below `floor`.
+pub fn step_concurrency(current: u32, floor: u32) -> u32 {
+    current.div_ceil(2).max(floor).min(current)
+}
+
+/// vLLM's GPU memory fraction 5 points lower, never below `floor`.
+pub fn step_fraction(current: f64, floor: f64) -> f64 {
+    let next = ((current - 0.05) * 100.0).round() / 100.0;
+    next.max(floor).min(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let l = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(
+            oom_line(&l(&[
+                "loading",
+                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+            ]))
+            .is_some()
+        );
+        assert!(oom_line(&l(&["ggml_cuda: cudaMalloc failed: out of memory", "exit"])).is_some());
+        assert!(oom_line(&l(&["ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`"])).is_some());
+        assert!(oom_line(&l(&["Segmentation fault", "killed"])).is_none());
+        assert!(oom_line(&l(&["host out of memory: killed process"])).is_none());
+    }
+
+    #[test]
+    fn steps() {
+        assert_eq!(step_concurrency(16, 1), 8);
+        assert_eq!(step_concurrency(3, 1), 2);
+        assert_eq!(step_concurrency(2, 1), 1);
+        assert_eq!(step_concurrency(1, 1), 1);
+        assert_eq!(step_concurrency(8, 6), 6);
+        assert_eq!(step_fraction(0.9, 0.5), 0.85);
+        assert_eq!(step_fraction(0.52, 0.5), 0.5);
+        assert_eq!(step_fraction(0.5, 0.5), 0.5);
+    }
+}

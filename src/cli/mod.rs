@@ -128,8 +128,14 @@ enum Command {
     /// Profiles: which are active, activate one by hand, resume the schedule.
     Profile {
         /// Configuration file (TOML), for the API address.
-        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[arg(
+            long,
+            short,
+            global = true,
+            env = "LLMVISOR_CONFIG",
+            value_name = "FILE"
+        )]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: ProfileAction,
     },
@@ -344,6 +350,7 @@ fn run(command: Command) -> Result<(), String> {
             }
         }
         Command::Profile { config, action } => {
+            let config = config.ok_or("--config FILE (or LLMVISOR_CONFIG) is needed")?;
             let s = load(&config)?;
             let rt = runtime(false)?;
             let (method, path, body) = match &action {

@@ -186,8 +186,10 @@ impl Schedule {
         if allowed(&self.profiles, over.as_ref(), model, now) {
             return None;
         }
-        let wait = next_time(now, |t| allowed(&self.profiles, over.as_ref(), model, t))
-            .map(|t| (t - now).to_std().unwrap_or_default());
+        let wait = next_time(now, over.as_ref(), |t| {
+            allowed(&self.profiles, over.as_ref(), model, t)
+        })
+        .map(|t| (t - now).to_std().unwrap_or_default());
         let allowing = self
             .profiles
             .iter()
@@ -201,19 +203,29 @@ impl Schedule {
     pub fn next_switch(&self, now: DateTime<Local>) -> Option<DateTime<Local>> {
         let over = self.over.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let current = active(&self.profiles, over.as_ref(), now);
-        next_time(now, |t| active(&self.profiles, over.as_ref(), t) != current)
+        next_time(now, over.as_ref(), |t| {
+            active(&self.profiles, over.as_ref(), t) != current
+        })
     }
 }
 
-/// The first minute boundary after `now` (within two days) where `pred` holds.
+/// The first moment after `now` (within two days) where `pred` holds: the end of
+/// an override, or a minute boundary (windows are in whole minutes).
 fn next_time(
     now: DateTime<Local>,
+    over: Option<&Override>,
     pred: impl Fn(DateTime<Local>) -> bool,
 ) -> Option<DateTime<Local>> {
     let minute = now.with_second(0)?.with_nanosecond(0)?;
-    (1..=SCAN_MINUTES)
+    let end = over.and_then(|o| o.until).filter(|u| *u > now);
+    let mut times: Vec<DateTime<Local>> = (1..=SCAN_MINUTES)
         .map(|k| minute + TimeDelta::minutes(k))
-        .find(|t| pred(*t))
+        .collect();
+    if let Some(e) = end {
+        let at = times.partition_point(|t| *t < e);
+        times.insert(at, e);
+    }
+    times.into_iter().find(|t| pred(*t))
 }
 
 /// Active profiles at `t`: the override's alone while it lasts, else every profile

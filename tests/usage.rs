@@ -376,3 +376,46 @@ async fn provider_requests_carry_their_cost() {
     );
     assert_eq!(cost[0][1], "cloud/gpt");
 }
+
+/// Every llmvisor metric the Grafana dashboard queries is one llmvisor registers
+/// (families without samples yet are not in `/metrics`, so the source is the list).
+#[test]
+fn the_dashboard_queries_metrics_that_exist() {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/telemetry/metrics.rs"
+    ))
+    .unwrap();
+    let mut registered = std::collections::BTreeSet::new();
+    for (i, _) in src.match_indices("register(") {
+        let rest = src[i + "register(".len()..].trim_start();
+        if let Some(q) = rest.strip_prefix('"') {
+            registered.insert(format!("llmvisor_{}", &q[..q.find('"').unwrap()]));
+        }
+    }
+    assert!(registered.contains("llmvisor_requests"), "{registered:?}");
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/nixos-modules/grafana/llmvisor-dashboard.json"
+    ))
+    .unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, _) in dash.match_indices("llmvisor_") {
+        let name: String = dash[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        names.insert(name);
+    }
+    assert!(names.len() >= 8, "{names:?}");
+    for n in names {
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| n.strip_suffix(s))
+            .unwrap_or(&n);
+        assert!(
+            registered.contains(base) || registered.contains(&n),
+            "the dashboard queries {n}, which llmvisor does not export ({registered:?})"
+        );
+    }
+}

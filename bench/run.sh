@@ -69,7 +69,7 @@ targets = ["fast"]
 EOF
 done
 
-RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/bench.toml" 2>"$work/llmvisor.log" &
+STATE_DIRECTORY=$work RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/bench.toml" 2>"$work/llmvisor.log" &
 lv=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$LV_PORT/health" >/dev/null && break; sleep 0.1; done
 
@@ -141,6 +141,17 @@ for _ in 1 2 3; do
   done
 done
 
+echo "bench: the usage store on, then (restarted) off, c=64, $DURATION per leg" >&2
+ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/store_on64.json"
+curl -s "http://127.0.0.1:$LV_PORT/metrics" | awk '/^llmvisor_store_(written|dropped)_records_total/{print $1, $2}' > "$work/store_counts.txt"
+kill "$lv"; wait "$lv" 2>/dev/null || true
+printf '\n[store]\nenabled = false\n' >> "$work/bench.toml"
+STATE_DIRECTORY=$work RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/bench.toml" 2>>"$work/llmvisor.log" &
+lv=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$LV_PORT/health" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$LV_PORT/v1/chat/completions" -H 'content-type: application/json' -d "$(chat fast 1)" >/dev/null
+ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$LV_PORT/v1/chat/completions" > "$work/store_off64.json"
+
 python3 - "$work" <<'PY'
 import json, os, platform, sys
 w = sys.argv[1]
@@ -165,6 +176,11 @@ addb = lt["ttfb_p50_ms"] - dt["ttfb_p50_ms"]
 row("time to first streamed byte, p50, c=1", f"{dt['ttfb_p50_ms']:.3f} ms", f"{lt['ttfb_p50_ms']:.3f} ms", f"+{addb:.3f} ms", "<= +1 ms", addb <= 1.0)
 tr = lp["tokens_per_s"] / dp["tokens_per_s"]
 row("tokens/s, 64 paced streams", f"{dp['tokens_per_s']:.0f}", f"{lp['tokens_per_s']:.0f}", f"{tr:.3f}x", ">= 0.95x", tr >= 0.95)
+son, soff = j("store_on64.json"), j("store_off64.json")
+sr = rps(son) / rps(soff)
+counts = dict(l.split() for l in open(os.path.join(w, "store_counts.txt")) if l.strip())
+row("usage store on vs off, req/s c=64", f"{rps(soff):.0f} (off)", f"{rps(son):.0f} (on)", f"{sr:.3f}x", ">= 0.95x", sr >= 0.95)
+row("  rows written / dropped in the store-on leg", "", f"{float(counts.get('llmvisor_store_written_records_total', 0)):.0f} / {float(counts.get('llmvisor_store_dropped_records_total', 0)):.0f}", "", "(reported)", True)
 r64, r1 = j("routed64.json"), j("routed1.json")
 rr = rps(r64) / rps(l64)
 row("routing: 20 routes x 3 rules, req/s c=64 (vs the model by name)", f"{rps(l64):.0f}", f"{rps(r64):.0f}", f"{rr:.3f}x", ">= 0.97x", rr >= 0.97)

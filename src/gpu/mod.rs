@@ -99,7 +99,7 @@ pub struct Snapshot {
 }
 
 enum Backend {
-    Nvml(nvml::NvmlInventory),
+    Nvml(Box<nvml::NvmlInventory>),
     Simulated(Vec<(String, u64)>),
     None(String),
 }
@@ -131,7 +131,7 @@ impl Inventory {
             match nvml::NvmlInventory::open() {
                 Ok(n) => {
                     tracing::info!("GPU telemetry from NVML (driver {})", n.driver_version());
-                    Backend::Nvml(n)
+                    Backend::Nvml(Box::new(n))
                 }
                 Err(nvml::OpenError::NoDriver) => {
                     tracing::warn!("{NO_DRIVER}");

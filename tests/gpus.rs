@@ -108,8 +108,10 @@ async fn cuda_oom_lowers_max_concurrent_step_by_step_and_a_reload_restores_it() 
     let lv = Llmvisor::start("", &model).await;
     assert_eq!(lv.chat("big").await.status(), 200);
     assert_eq!(lv.chat("big").await.status(), 502);
-    // Restarted by itself with max_concurrent 4 → 2.
-    lv.wait_state("big", "ready", Duration::from_secs(5)).await;
+    lv.wait_state("big", "failed", Duration::from_secs(5)).await;
+    assert_eq!(lv.model("big").await["max_concurrent"], 2);
+    // The next request restarts it with max_concurrent 4 → 2.
+    assert_eq!(lv.chat("big").await.status(), 200);
     let m = lv.model("big").await;
     assert_eq!(m["max_concurrent"], 2, "{m}");
     let oom = &m["gpu"]["oom"];
@@ -128,7 +130,7 @@ async fn cuda_oom_lowers_max_concurrent_step_by_step_and_a_reload_restores_it() 
     );
     assert!(
         lv.log()
-            .contains("CUDA out of memory: restarting with max_concurrent 4 → 2")
+            .contains("CUDA out of memory: the next start uses max_concurrent 4 → 2")
     );
 
     // `llmvisor status` shows the reduced value and why.
@@ -144,13 +146,13 @@ async fn cuda_oom_lowers_max_concurrent_step_by_step_and_a_reload_restores_it() 
     );
 
     // Again: 2 → 1, and 1 is the floor.
-    assert_eq!(lv.chat("big").await.status(), 200);
     assert_eq!(lv.chat("big").await.status(), 502);
-    lv.wait_state("big", "ready", Duration::from_secs(5)).await;
+    lv.wait_state("big", "failed", Duration::from_secs(5)).await;
+    assert_eq!(lv.chat("big").await.status(), 200);
     assert_eq!(lv.model("big").await["max_concurrent"], 1);
-    assert_eq!(lv.chat("big").await.status(), 200);
     assert_eq!(lv.chat("big").await.status(), 502);
-    lv.wait_state("big", "ready", Duration::from_secs(5)).await;
+    lv.wait_state("big", "failed", Duration::from_secs(5)).await;
+    assert_eq!(lv.chat("big").await.status(), 200);
     assert_eq!(lv.model("big").await["max_concurrent"], 1);
     assert_eq!(lv.model("big").await["gpu"]["oom"]["count"], 3);
 

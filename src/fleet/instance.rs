@@ -767,14 +767,13 @@ impl Instance {
             }
             false
         });
-        let failed = !kept && self.fail(Scope::Run(invocation), reason, Some(exit.clone()));
+        if !kept {
+            self.fail(Scope::Run(invocation), reason, Some(exit.clone()));
+        }
+        // The next start (on demand, after the usual backoff, like any restart
+        // after a crash) uses the lower settings.
         if let Some(line) = oom {
             self.on_oom(&line);
-            // Restart with the lower settings (after the usual backoff; a model
-            // that keeps failing is locked out as any other).
-            if failed {
-                self.begin_start(false);
-            }
         }
     }
 

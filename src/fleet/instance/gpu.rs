@@ -375,7 +375,7 @@ impl Instance {
         };
         tracing::warn!(
             model = %self.spec.name,
-            "CUDA out of memory: restarting with max_concurrent {} → {}{fraction}",
+            "CUDA out of memory: the next start uses max_concurrent {} → {}{fraction}",
             before.max_concurrent,
             after.max_concurrent
         );

@@ -419,6 +419,76 @@ pub(super) fn check_profiles(
 mod tests {
     use super::*;
 
+    fn spec(toml: &str) -> crate::config::ModelSpec {
+        crate::config::Config::parse_open(toml)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .models
+            .remove(0)
+    }
+
+    #[test]
+    fn vllm_sleep_mode_tensor_parallel_and_pinning_by_uuid() {
+        let mut s = spec(
+            "[models.q]\nkind = \"vllm\"\nmodel = \"Qwen/Qwen2.5-72B-Instruct-AWQ\"\ngpus = [0, 1]\ntensor_parallel = 2\nvram = \"22GiB\"\nidle_action = \"sleep\"\n",
+        );
+        assert_eq!(s.gpu.count, 2);
+        assert_eq!(s.gpu.vram, Some(22 << 30));
+        let u = crate::units::render(&s);
+        let argv = u.argv.join(" ");
+        assert!(argv.contains("--tensor-parallel-size 2"), "{argv}");
+        assert!(argv.contains("--enable-sleep-mode"), "{argv}");
+        assert_eq!(u.env["VLLM_SERVER_DEV_MODE"], "1");
+        assert_eq!(u.env["CUDA_VISIBLE_DEVICES"], "0,1");
+        // As placement pins it on a host with NVML: UUIDs and device minors.
+        s.limits.gpu_uuids = vec!["GPU-aaaa".into(), "GPU-bbbb".into()];
+        s.limits.gpu_minors = vec![3, 4];
+        let u = crate::units::render(&s);
+        assert_eq!(u.env["CUDA_VISIBLE_DEVICES"], "GPU-aaaa,GPU-bbbb");
+        let allow: Vec<_> = u
+            .properties
+            .iter()
+            .filter(|p| p.name == "DeviceAllow")
+            .map(|p| p.value.as_str())
+            .collect();
+        assert!(
+            allow.contains(&"/dev/nvidia3 rw") && allow.contains(&"/dev/nvidia4 rw"),
+            "{allow:?}"
+        );
+        assert!(!allow.contains(&"/dev/nvidia0 rw"), "{allow:?}");
+    }
+
+    #[test]
+    fn gpu_keys_are_checked() {
+        let cfg = crate::config::Config::parse_open(
+            "[gpu]\nsimulate = [{ name = \"A\", memory = \"24GiB\" }]\n[models.a]\nkind = \"ollama\"\nmodel = \"x\"\ngpus = \"any\"\nidle_action = \"sleep\"\n[models.b]\nkind = \"command\"\ncommand = [\"x\"]\ngpus = [0, 3]\ntensor_parallel = 3\n[models.c]\nkind = \"command\"\ncommand = [\"x\"]\ngpus = \"some\"\n[profiles.p]\nwindows = [\"25:00-01:00\"]\nmodels = [\"nope\"]\npreload = [\"a\"]\n",
+        )
+        .unwrap();
+        let ps: Vec<String> = cfg
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        for e in [
+            "models.a.vram: gpus = \"any\" needs `vram`",
+            "models.a.idle_action: \"sleep\" needs vLLM's sleep mode",
+            "models.b.gpus[1]: GPU 3 is not one of the 1 GPU(s) in gpu.simulate",
+            "models.b.tensor_parallel: 3 does not match the 2 GPU(s)",
+            "models.c.gpus: `some` is neither",
+            "profiles.p.windows[0]: `25:00-01:00` is not a window",
+            "profiles.p.models[0]: `nope` is not a model",
+            "profiles.p.preload[0]: `a` is not one of this profile's models",
+        ] {
+            assert!(
+                ps.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {ps:#?}"
+            );
+        }
+        assert_eq!(ps.len(), 8, "{ps:#?}");
+    }
+
     #[test]
     fn windows() {
         let w = Window::parse("06:00-02:00").unwrap();

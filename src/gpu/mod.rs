@@ -257,7 +257,9 @@ mod tests {
         let s = inv.snapshot();
         match &s.source {
             Source::Nvml { .. } => {
-                assert!(s.error.is_some() || !s.gpus.is_empty() || s.gpus.is_empty())
+                for g in &s.gpus {
+                    assert!(!g.uuid.is_empty() && g.memory_total > 0, "{g:?}");
+                }
             }
             Source::None { reason } => {
                 assert!(reason.contains("NVML") || reason == NO_DRIVER, "{reason}")

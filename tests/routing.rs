@@ -802,3 +802,64 @@ async fn a_reload_rereads_key_files_and_routes() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_models_tokenizer_counts_for_the_context_guard() {
+    // A word-level tokenizer: "hello" is one token, so 1000 × "hello " is 1000 tokens,
+    // where the heuristic would count 1500.
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    std::fs::write(
+        &tok,
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"[UNK]":0,"hello":1},"unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    let with = format!(
+        "context_length = 1100\ntokenizer = {:?}",
+        tok.display().to_string()
+    );
+    let models = format!(
+        "{}{}",
+        mock_model("exact", &[], &with),
+        mock_model("guess", &[], "context_length = 1100")
+    );
+    let lv = Llmvisor::start("", &models).await;
+    let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hello ".repeat(1000)}]});
+    assert_eq!(
+        lv.post("/v1/chat/completions", &body("exact"))
+            .await
+            .status(),
+        200
+    );
+    let r = lv.post("/v1/chat/completions", &body("guess")).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(1507 in the messages"),
+        "{e}"
+    );
+    // A tokenizer file that does not load is a configuration problem with its path.
+    std::fs::write(&tok, "{not a tokenizer").unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nauth = \"none\"\n{}",
+            mock_model("exact", &[], &with)
+        ),
+    )
+    .unwrap();
+    let out = Command::new(common::LLMVISOR)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("models.exact.tokenizer: cannot load"));
+}

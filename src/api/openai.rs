@@ -389,6 +389,7 @@ async fn admit(
                 client: &client.name,
                 endpoint,
                 estimate: &estimate,
+                profiles: &|| app.fleet.active_profiles(),
             },
         )
         .map_err(|e| {

@@ -72,7 +72,8 @@ pub struct StoreConfig {
     pub path: Option<String>,
     /// Rows older than this are pruned daily; `0` keeps everything.
     pub keep: HumanDuration,
-    /// Records waiting for the writer at most; beyond, they are dropped and counted.
+    /// Records waiting for the writer at most (it commits every 100 ms); beyond,
+    /// they are dropped and counted.
     pub queue: u32,
     /// Records committed per transaction at most.
     pub batch: u32,
@@ -84,8 +85,8 @@ impl Default for StoreConfig {
             enabled: true,
             path: None,
             keep: HumanDuration::secs(90 * 86400),
-            queue: 10_000,
-            batch: 256,
+            queue: 20_000,
+            batch: 1024,
         }
     }
 }

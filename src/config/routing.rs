@@ -207,6 +207,8 @@ pub struct RuleConfig {
     /// Matches these endpoints: `chat/completions`, `completions`, `embeddings`,
     /// `rerank`.
     pub endpoints: Option<Vec<String>>,
+    /// Matches while one of these profiles (`[profiles.<name>]`) is active.
+    pub profiles: Option<Vec<String>>,
     /// The targets this rule picks (each one of the route's `targets`).
     pub targets: Vec<String>,
     /// Overrides the route's strategy for this rule.
@@ -349,6 +351,8 @@ pub struct RuleSpec {
     pub clients: Option<Vec<String>>,
     /// See [`RuleConfig::endpoints`].
     pub endpoints: Option<Vec<String>>,
+    /// See [`RuleConfig::profiles`].
+    pub profiles: Option<Vec<String>>,
     /// Targets picked.
     pub targets: Vec<TargetRef>,
     /// Strategy among them.
@@ -445,6 +449,7 @@ pub(super) fn check(
     admin: Option<&AdminConfig>,
     models: &[ModelSpec],
     public: &HashMap<&str, String>,
+    profile_names: &[&str],
     p: &mut Problems,
 ) -> Resolved {
     let model_names: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
@@ -652,11 +657,22 @@ pub(super) fn check(
                     }
                 }
             }
+            if let Some(ps) = &rule.profiles {
+                for (j, name) in ps.iter().enumerate() {
+                    if !profile_names.contains(&name.as_str()) {
+                        p.add(
+                            format!("{rat}.profiles[{j}]"),
+                            format!("there is no [profiles.{name}]"),
+                        );
+                    }
+                }
+            }
             rules.push(RuleSpec {
                 min_prompt_tokens: rule.min_prompt_tokens,
                 max_prompt_tokens: rule.max_prompt_tokens,
                 clients: rule.clients.clone(),
                 endpoints: rule.endpoints.clone(),
+                profiles: rule.profiles.clone(),
                 targets: rtargets,
                 strategy: rule.strategy.unwrap_or(r.strategy),
             });

@@ -283,6 +283,7 @@ impl Config {
             self.admin.as_ref(),
             &models,
             &public,
+            &self.profiles.keys().map(String::as_str).collect::<Vec<_>>(),
             &mut p,
         );
 

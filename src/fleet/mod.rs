@@ -747,6 +747,11 @@ impl Fleet {
         }
     }
 
+    /// The profiles active now (routing rules can test them).
+    pub fn active_profiles(&self) -> Vec<String> {
+        self.ctx.schedule().active_at(self.ctx.clock.now())
+    }
+
     /// Local time as the schedule sees it.
     pub fn now(&self) -> chrono::DateTime<chrono::Local> {
         self.ctx.clock.now()

@@ -177,6 +177,8 @@ pub struct Request<'a> {
     pub endpoint: &'a str,
     /// Prompt estimates.
     pub estimate: &'a Estimator<'a>,
+    /// The profiles active now (asked for only when a rule tests them).
+    pub profiles: &'a dyn Fn() -> Vec<String>,
 }
 
 /// The routing table in force; rebuilt on reload.
@@ -459,6 +461,12 @@ impl Router {
             && !es.iter().any(|e| e == req.endpoint)
         {
             return false;
+        }
+        if let Some(ps) = &rule.profiles {
+            let active = (req.profiles)();
+            if !ps.iter().any(|p| active.contains(p)) {
+                return false;
+            }
         }
         if rule.min_prompt_tokens.is_some() || rule.max_prompt_tokens.is_some() {
             let n = req.estimate.prompt_tokens(route.tokenizer.as_ref());

@@ -97,6 +97,7 @@ fn plan(
             client,
             endpoint,
             estimate: &est,
+            profiles: &Vec::new,
         },
     )
 }
@@ -252,4 +253,55 @@ targets = ["zzz"]
             "missing {w:?} in {problems:#?}"
         );
     }
+}
+
+#[tokio::test]
+async fn rules_can_test_the_active_profile() {
+    let toml = r#"
+[server]
+auth = "none"
+[models.small]
+kind = "command"
+command = ["x"]
+[models.big]
+kind = "command"
+command = ["x"]
+[profiles.night]
+windows = ["22:00-06:00"]
+models = ["big"]
+[routes.chat]
+targets = ["small", "big"]
+default = ["small"]
+[[routes.chat.rules]]
+profiles = ["night"]
+targets = ["big"]
+"#;
+    let (r, f) = setup(toml);
+    let body = chat(10, None);
+    let est = Estimator::new(&body);
+    let at = |active: Vec<String>| {
+        let p = r
+            .plan(
+                "chat",
+                &f,
+                &Request {
+                    client: "x",
+                    endpoint: "chat/completions",
+                    estimate: &est,
+                    profiles: &move || active.clone(),
+                },
+            )
+            .unwrap();
+        labels(&p)[0].clone()
+    };
+    assert_eq!(at(vec![]), "small");
+    assert_eq!(at(vec!["night".into()]), "big");
+    let bad = toml.replace("profiles = [\"night\"]", "profiles = [\"nite\"]");
+    let problems = Config::parse(&bad).unwrap().validate().unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.to_string()
+                == "routes.chat.rules[0].profiles[0]: there is no [profiles.nite]")
+    );
 }

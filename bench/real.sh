@@ -29,7 +29,7 @@ BIN=$PWD/target/release
 STREAMLOAD=$BIN/examples/streamload
 work=$(mktemp -d)
 lv=
-trap '[ -n "$lv" ] && kill "$lv" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -n "$lv" ] && kill "$lv" 2>/dev/null; wait 2>/dev/null; [ -n "${BENCH_KEEP:-}" ] && echo "bench: kept $work" >&2 || rm -rf "$work"' EXIT
 
 # --ignore-eos and --temp 0 as the server's defaults: every request generates exactly
 # max_tokens tokens (the tiny model would otherwise stop at a random </s>).
@@ -94,20 +94,30 @@ w, tokens, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 legs = [json.loads(l) for l in open(os.path.join(w, "legs.jsonl"))]
 cold = [json.loads(l) for l in open(os.path.join(w, "cold.jsonl"))]
 version = open(os.path.join(w, "version")).read().strip() or "llama-server"
+# Every stream generates exactly `tokens` tokens (--ignore-eos): tokens/s counts
+# those of the streams that completed. (streamload counts `content` events, fewer
+# than tokens here: llama-server holds back byte tokens until they form UTF-8.)
+for r in legs:
+    r["tps"] = r["ok"] * tokens / r["elapsed_s"]
 def med(leg, c, key):
     return statistics.median(r[key] for r in legs if r["leg"] == leg and r["c"] == c)
+def errs(leg):
+    return sum(r["errors"] for r in legs if r["leg"] == leg)
+total = {leg: sum(r["requests"] for r in legs if r["leg"] == leg) for leg in ("direct", "llmvisor")}
 errors = sum(r["errors"] for r in legs) + sum(r["errors"] for r in cold)
+bad_gw = sum(1 for l in open(os.path.join(w, "llmvisor.log")) if "status=502" in l)
 print(f"Machine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; loopback; "
       f"release build; {version}; tiny GGUF (2 layers, width 64, F32), {tokens} tokens per stream, "
       f"median of {rounds} alternating rounds.\n")
 print("| measure | direct to llama-server | through llmvisor | result |")
 print("| --- | --- | --- | --- |")
 for c in (1, 4):
-    d, l = med("direct", c, "tokens_per_s"), med("llmvisor", c, "tokens_per_s")
+    d, l = med("direct", c, "tps"), med("llmvisor", c, "tps")
     print(f"| tokens/s, {c} stream(s) at once | {d:.0f} | {l:.0f} | {l / d:.3f}x |")
     d, l = med("direct", c, "ttft_p50_ms"), med("llmvisor", c, "ttft_p50_ms")
     print(f"| time to first token p50, {c} stream(s) at once | {d:.2f} ms | {l:.2f} ms | {l - d:+.2f} ms |")
 cs = " / ".join(f"{r['ttft_p50_ms']:.0f} ms" for r in cold)
 print(f"| cold start: first token of a request to the stopped model | | {cs} | |")
-print(f"\nErrors during the run: {errors}.")
+print(f"| streams that failed | {errs('direct')} of {total['direct']} | {errs('llmvisor')} of {total['llmvisor']} | |")
+print(f"\nErrors during the run: {errors} (llmvisor answered 502 {bad_gw} times: the backend closed a reused connection).")
 PY

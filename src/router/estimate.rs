@@ -47,9 +47,9 @@ struct Message<'a> {
 
 /// The text of a request that counts towards its prompt.
 #[derive(Debug, Default, PartialEq)]
-pub struct Prompt {
-    /// Text pieces.
-    pub texts: Vec<String>,
+pub struct Prompt<'a> {
+    /// Text pieces (borrowed from the body unless they hold escapes).
+    pub texts: Vec<Cow<'a, str>>,
     /// Chat messages (each adds [`PER_MESSAGE`]).
     pub messages: u64,
     /// Prompts given as token ids (counted as they are).
@@ -58,31 +58,49 @@ pub struct Prompt {
     pub max_tokens: Option<u64>,
 }
 
-/// Collect strings from a value that is a string, an array of strings, token ids,
-/// arrays of token ids, or content parts (`{"type": "text", "text": …}`).
-fn collect(raw: &RawValue, out: &mut Prompt) {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
-        return;
-    };
-    fn walk(v: &serde_json::Value, out: &mut Prompt) {
-        match v {
-            serde_json::Value::String(s) => out.texts.push(s.clone()),
-            serde_json::Value::Number(_) => out.token_ids += 1,
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            serde_json::Value::Object(o) => {
-                if let Some(serde_json::Value::String(t)) = o.get("text") {
-                    out.texts.push(t.clone());
-                }
-            }
-            _ => {}
-        }
-    }
-    walk(&v, out);
+/// One element of a content or prompt array: a string, a token id, a content part
+/// (`{"type": "text", "text": …}`), or a nested array of token ids.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Piece<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Id(#[allow(dead_code)] i64),
+    Part {
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    },
+    Ids(Vec<i64>),
 }
 
-impl Prompt {
+/// Collect strings from a value that is a string, an array of strings, token ids,
+/// arrays of token ids, or content parts. Plain strings, the common case, are
+/// borrowed from the body without building a JSON tree.
+fn collect<'a>(raw: &'a RawValue, out: &mut Prompt<'a>) {
+    let text = raw.get().trim_start();
+    if text.starts_with('"') {
+        if let Ok(s) = serde_json::from_str::<Cow<'a, str>>(raw.get()) {
+            out.texts.push(s);
+        }
+        return;
+    }
+    if text.starts_with('[')
+        && let Ok(pieces) = serde_json::from_str::<Vec<Piece<'a>>>(raw.get())
+    {
+        for p in pieces {
+            match p {
+                Piece::Text(t) => out.texts.push(t),
+                Piece::Id(_) => out.token_ids += 1,
+                Piece::Part { text: Some(t) } => out.texts.push(t),
+                Piece::Part { text: None } => {}
+                Piece::Ids(ids) => out.token_ids += ids.len() as u64,
+            }
+        }
+    }
+}
+
+impl<'a> Prompt<'a> {
     /// Read the prompt of a request body (unknown shapes count as empty).
-    pub fn of(body: &[u8]) -> Self {
+    pub fn of(body: &'a [u8]) -> Self {
         let mut out = Prompt::default();
         let Ok(b) = serde_json::from_slice::<Body<'_>>(body) else {
             return out;
@@ -100,7 +118,7 @@ impl Prompt {
             collect(raw, &mut out);
         }
         if let Some(q) = b.query {
-            out.texts.push(q.into_owned());
+            out.texts.push(q);
         }
         out
     }
@@ -124,7 +142,7 @@ impl Prompt {
         let text: u64 = self
             .texts
             .iter()
-            .map(|t| match tok.encode_fast(t.as_str(), false) {
+            .map(|t| match tok.encode_fast(t.as_ref(), false) {
                 Ok(e) => e.len() as u64,
                 Err(_) => heuristic_tokens(t),
             })
@@ -150,7 +168,7 @@ pub fn heuristic_tokens(text: &str) -> u64 {
 /// Estimates for one request, computed once per tokenizer and only when asked.
 pub struct Estimator<'a> {
     body: &'a [u8],
-    prompt: OnceCell<Prompt>,
+    prompt: OnceCell<Prompt<'a>>,
     heuristic: OnceCell<u64>,
     by_tokenizer: RefCell<Vec<(usize, u64)>>,
 }
@@ -166,7 +184,7 @@ impl<'a> Estimator<'a> {
         }
     }
 
-    fn prompt(&self) -> &Prompt {
+    fn prompt(&self) -> &Prompt<'a> {
         self.prompt.get_or_init(|| Prompt::of(self.body))
     }
 

@@ -170,13 +170,13 @@ pub enum PlanError {
 }
 
 /// What the router needs to know about a request.
-pub struct Request<'a> {
+pub struct Request<'a, 'b> {
     /// The client's name.
     pub client: &'a str,
     /// `chat/completions`, `completions`, `embeddings` or `rerank`.
     pub endpoint: &'a str,
     /// Prompt estimates.
-    pub estimate: &'a Estimator<'a>,
+    pub estimate: &'a Estimator<'b>,
     /// The profiles active now (asked for only when a rule tests them).
     pub profiles: &'a dyn Fn() -> Vec<String>,
 }
@@ -386,7 +386,7 @@ impl Router {
         &self,
         requested: &str,
         fleet: &Fleet,
-        req: &Request<'_>,
+        req: &Request<'_, '_>,
     ) -> Result<Plan, PlanError> {
         let mut widest = 0u32;
         let too_long = |widest: u32, tok: Option<&Arc<Tokenizer>>| PlanError::ContextTooLong {
@@ -451,7 +451,7 @@ impl Router {
         }
     }
 
-    fn matches(&self, rule: &RuleSpec, route: &Route, req: &Request<'_>) -> bool {
+    fn matches(&self, rule: &RuleSpec, route: &Route, req: &Request<'_, '_>) -> bool {
         if let Some(cs) = &rule.clients
             && !cs.iter().any(|c| c == req.client)
         {
@@ -483,7 +483,7 @@ impl Router {
         &self,
         targets: &[TargetRef],
         fleet: &Fleet,
-        req: &Request<'_>,
+        req: &Request<'_, '_>,
         widest: &mut u32,
     ) -> Vec<Candidate> {
         targets

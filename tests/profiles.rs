@@ -6,81 +6,41 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 
 /// The example with the mock's real path, free ports, short delays.
 fn example(listen: u16) -> String {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/day-night.toml"
-    ))
-    .unwrap();
-    let mut out = String::new();
-    for line in text.lines() {
-        let line = if line.starts_with("port = ") {
-            format!("port = {}", free_port())
-        } else if line.starts_with("listen = ") {
-            format!("listen = [\"127.0.0.1:{listen}\"]")
-        } else {
-            line.replace("\"llmvisor-mock\"", &format!("{MOCK:?}"))
-                .replace(
-                    "\"--startup-delay\", \"1s\"",
-                    "\"--startup-delay\", \"200ms\"",
-                )
-                .replace(
-                    "\"--startup-delay\", \"2s\"",
-                    "\"--startup-delay\", \"300ms\"",
-                )
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out.replace("[server]\n", "[server]\nshutdown_grace = \"5s\"\n")
+    common::example(
+        "day-night.toml",
+        listen,
+        &[
+            (
+                "\"--startup-delay\", \"1s\"",
+                "\"--startup-delay\", \"200ms\"",
+            ),
+            (
+                "\"--startup-delay\", \"2s\"",
+                "\"--startup-delay\", \"300ms\"",
+            ),
+        ],
+    )
+    .replace("[server]\n", "[server]\nshutdown_grace = \"5s\"\n")
 }
 
 /// llmvisor on `config` with the test clock starting at `clock` (UTC).
 async fn launch(config: &str, clock: &str) -> (Llmvisor, u16) {
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
     let config = config.replace("LISTEN_PORT", &port.to_string());
-    let path = dir.path().join("llmvisor.toml");
-    std::fs::write(&path, &config).unwrap();
-    let log = std::fs::File::create(dir.path().join("llmvisor.log")).unwrap();
-    let child = Command::new(LLMVISOR)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("TZ", "UTC")
-        .env("LLMVISOR_TEST_CLOCK", clock)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn llmvisor");
-    let lv = Llmvisor {
-        child: Some(child),
-        base: format!("http://127.0.0.1:{port}"),
-        dir,
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
-        header: String::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = lv.client.get(lv.url("/health")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "llmvisor did not come up:\n{}",
-            lv.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let lv = Llmvisor::start_raw_env(
+        port,
+        &config,
+        &[("TZ", "UTC"), ("LLMVISOR_TEST_CLOCK", clock)],
+    )
+    .await;
     (lv, port)
 }
 

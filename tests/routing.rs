@@ -13,28 +13,14 @@ use serde_json::{Value, json};
 
 /// The two-GPU example with the mock's path, free ports and a fast start-up.
 fn two_gpu_config(port: u16) -> String {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/two-gpu.toml"
-    ))
-    .unwrap();
-    let mut out = String::new();
-    for line in text.lines() {
-        let line = if line.starts_with("port = ") {
-            format!("port = {}", free_port())
-        } else if line.starts_with("listen = ") {
-            format!("listen = [\"127.0.0.1:{port}\"]")
-        } else {
-            line.replace("\"llmvisor-mock\"", &format!("{MOCK:?}"))
-                .replace(
-                    "\"--startup-delay\", \"1s\"",
-                    "\"--startup-delay\", \"100ms\"",
-                )
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
+    common::example(
+        "two-gpu.toml",
+        port,
+        &[(
+            "\"--startup-delay\", \"1s\"",
+            "\"--startup-delay\", \"100ms\"",
+        )],
+    )
 }
 
 fn words(n: usize) -> String {
@@ -669,80 +655,66 @@ async fn homelab_hosts_fail_over_without_losing_requests() {
     assert_eq!(lv.metric("llmvisor_provider_up{target=\"nyx\"}").await, 0.0);
 }
 
+/// `llmvisor check-config` on `toml`, with `CREDENTIALS_DIRECTORY` as given.
+fn check_config(
+    dir: &std::path::Path,
+    toml: &str,
+    credentials: Option<&std::path::Path>,
+) -> (i32, String, String) {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = Command::new(common::LLMVISOR);
+    cmd.arg("check-config").arg("--config").arg(&path);
+    match credentials {
+        Some(c) => cmd.env("CREDENTIALS_DIRECTORY", c),
+        None => cmd.env_remove("CREDENTIALS_DIRECTORY"),
+    };
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn auth_none_is_refused_on_a_network_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"0.0.0.0:8080\"\nauth = \"none\"\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(common::LLMVISOR)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let model = "[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n";
+    let (code, _, err) = check_config(
+        dir.path(),
+        &format!("[server]\nlisten = \"0.0.0.0:8080\"\nauth = \"none\"\n{model}"),
+        None,
+    );
+    assert_eq!(code, 1);
     assert!(
         err.contains("server.auth: \"none\" lets anyone who reaches 0.0.0.0:8080 use every model"),
         "{err}"
     );
     // A key file that cannot be read is a problem with its key path.
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:8080\"\n[clients.a]\nkey_file = \"/nonexistent/a.key\"\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(common::LLMVISOR)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = check_config(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[clients.a]\nkey_file = \"/nonexistent/a.key\"\n{model}"
+        ),
+        None,
+    );
+    assert_eq!(code, 1);
     assert!(
         err.contains("clients.a.key_file: cannot read /nonexistent/a.key"),
         "{err}"
     );
     // A relative one is a systemd credential: noted by check-config, read at start.
-    std::fs::write(
-        &path,
-        "[server]\nlisten = \"127.0.0.1:8080\"\n[clients.a]\nkey_file = \"client-a\"\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(common::LLMVISOR)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let relative = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\n[clients.a]\nkey_file = \"client-a\"\n{model}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not checked"));
+    let (code, out, err) = check_config(dir.path(), &relative, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("not checked"));
     // With the credentials directory set, it is read from there.
     std::fs::write(dir.path().join("client-a"), "sk-a\n").unwrap();
-    let out = Command::new(common::LLMVISOR)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&path)
-        .env("CREDENTIALS_DIRECTORY", dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = check_config(dir.path(), &relative, Some(dir.path()));
+    assert_eq!(code, 0, "{err}");
 }
 
 #[tokio::test]

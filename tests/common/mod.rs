@@ -42,6 +42,29 @@ pub fn mock_model(name: &str, mock_args: &[&str], extra_toml: &str) -> String {
     )
 }
 
+/// An example configuration from `examples/` made runnable here: the mock's real
+/// path, free ports for the models, the listener on `listen`, and `replace` applied.
+pub fn example(name: &str, listen: u16, replace: &[(&str, &str)]) -> String {
+    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut line = if line.starts_with("port = ") {
+            format!("port = {}", free_port())
+        } else if line.starts_with("listen = ") {
+            format!("listen = [\"127.0.0.1:{listen}\"]")
+        } else {
+            line.replace("\"llmvisor-mock\"", &format!("{MOCK:?}"))
+        };
+        for (from, to) in replace {
+            line = line.replace(from, to);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// A running llmvisor.
 pub struct Llmvisor {
     pub child: Option<Child>,
@@ -67,16 +90,27 @@ impl Llmvisor {
             "[units]\nmanager = \"process\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nshutdown_grace = \"5s\"\n{auth}{server_extra}\n\n"
         );
         let config = format!("{header}{models}");
-        Self::launch(dir, port, header, config).await
+        Self::launch(dir, port, header, config, &[]).await
     }
 
     /// Start with a whole configuration file's text that listens on `port`.
     pub async fn start_raw(port: u16, config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::launch(dir, port, String::new(), config.to_string()).await
+        Self::start_raw_env(port, config, &[]).await
     }
 
-    async fn launch(dir: tempfile::TempDir, port: u16, header: String, config: String) -> Self {
+    /// [`Llmvisor::start_raw`] with extra environment variables.
+    pub async fn start_raw_env(port: u16, config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::launch(dir, port, String::new(), config.to_string(), env).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        header: String,
+        config: String,
+        env: &[(&str, &str)],
+    ) -> Self {
         let path = dir.path().join("llmvisor.toml");
         std::fs::write(&path, &config).unwrap();
         let log = std::fs::File::create(dir.path().join("llmvisor.log")).unwrap();
@@ -86,6 +120,7 @@ impl Llmvisor {
             .env("RUST_LOG", "info")
             // The usage store's default place, per test.
             .env("STATE_DIRECTORY", dir.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -425,6 +425,43 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
         "{api}"
     );
 
+    // The request's log line is in the journal with queryable fields.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = c.sh(&[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "json",
+            "-u",
+            "llmvisor.service",
+            "MODEL=m1",
+            "CLIENT=anonymous",
+        ]);
+        if lines.contains("\"ROUTE\":\"m1\"") && lines.contains("\"STATUS\":\"200\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "journalctl MODEL=m1:\n{lines}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The usage store lives in the service's StateDirectory, writable under
+    // ProtectSystem=strict, and `llmvisor usage` reads it beside the service.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let usage = c.sh(&[
+            "/usr/local/bin/llmvisor",
+            "usage",
+            "--json",
+            "--db",
+            "/var/lib/llmvisor/usage.sqlite",
+        ]);
+        if usage.contains("\"requests\": 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "llmvisor usage:\n{usage}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Idle for 2 s: the unit is stopped and collected.
     c.wait_state("m1", "stopped", Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -424,7 +424,14 @@ mod tests {
         let (out, calls) = run("tiny:1b");
         assert!(out.status.success(), "{out:?}");
         let calls: Vec<&str> = calls.lines().collect();
-        assert_eq!(calls[0], "serve  @127.0.0.2:9000", "{calls:?}");
+        // The side server is started in the background, so its own log line may come
+        // after the wrapper's first `list` (which waits for it).
+        assert!(calls.contains(&"serve  @127.0.0.2:9000"), "{calls:?}");
+        let at = |c: &str| calls.iter().position(|x| *x == c).unwrap();
+        assert!(
+            at("show tiny:1b @127.0.0.2:9000") < at("pull tiny:1b @127.0.0.2:9000"),
+            "{calls:?}"
+        );
         assert!(calls.contains(&"list  @127.0.0.2:9000"), "{calls:?}");
         assert!(calls.contains(&"show tiny:1b @127.0.0.2:9000"), "{calls:?}");
         assert!(calls.contains(&"pull tiny:1b @127.0.0.2:9000"), "{calls:?}");

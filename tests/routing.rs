@@ -133,7 +133,7 @@ async fn seed_003_data_flows() {
             let text = r.text().await.unwrap();
             (status, target, text)
         }));
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut targets = Vec::new();
     for s in streams {
@@ -510,7 +510,7 @@ async fn interactive_requests_overtake_waiting_batch_ones() {
         extra,
         &mock_model(
             "m",
-            &["--token-delay", "100ms", "--max-tokens", "3"],
+            &["--token-delay", "200ms", "--max-tokens", "3"],
             "max_concurrent = 1\nidle_ttl = \"0\"",
         ),
     )
@@ -537,7 +537,7 @@ async fn interactive_requests_overtake_waiting_batch_ones() {
             assert_eq!(r.status(), 200);
             o.lock().unwrap().push(i);
         }));
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for t in tasks {
         t.await.unwrap();

@@ -168,7 +168,7 @@ async fn usage_totals_match_and_events_tell_the_lifecycle() {
         &mock_model(
             "m",
             &["--max-tokens", "3", "--startup-delay", "200ms"],
-            "idle_ttl = \"1s\"",
+            "idle_ttl = \"3s\"",
         ),
     )
     .await;
@@ -206,7 +206,7 @@ async fn usage_totals_match_and_events_tell_the_lifecycle() {
     assert_eq!(by["-"]["errors"], 1);
     assert_eq!(by["total"]["requests"], 6);
     assert!(by["a"]["p50_ms"].as_u64().is_some() && by["a"]["ttft_p95_ms"].as_u64().is_some());
-    // The idle stop after 1 s is an event, with the load time of the start before it.
+    // The idle stop after 3 s is an event, with the load time of the start before it.
     lv.wait_state("m", "stopped", Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
@@ -226,7 +226,13 @@ async fn usage_totals_match_and_events_tell_the_lifecycle() {
         .lines()
         .map(|l| l.split_whitespace().nth(2).unwrap())
         .collect();
-    assert_eq!(kinds, ["start_requested", "ready", "stopped"], "{text}");
+    // (A machine slow enough to idle the model between the requests above would
+    // add cycles after these three.)
+    assert_eq!(
+        kinds[..3],
+        ["start_requested", "ready", "stopped"],
+        "{text}"
+    );
     assert!(text.contains("reason=idle"), "{text}");
     let load: f64 = text
         .split("load=")

@@ -291,6 +291,19 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// Settle a request's token charge against its real usage: a refund when it used
+    /// fewer tokens than were counted at admission, a further charge (the bucket may
+    /// go below zero, delaying the next request) when it used more.
+    pub fn settle(&self, charged: u64, used: u64) {
+        if self.tpm == 0 || charged == used {
+            return;
+        }
+        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        b.tokens = (b.tokens + charged as f64 - used as f64).min(f64::from(self.tpm));
+    }
+}
+
 /// A duration as OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
 pub fn reset_text(d: Duration) -> String {
     let ms = d.as_millis();
@@ -403,6 +416,19 @@ mod tests {
         }
         // One second later one request fits again.
         assert!(l.take_at(1, t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn usage_settles_the_token_charge() {
+        let l = Limits::new(0, 1000);
+        let t0 = Instant::now();
+        l.take_at(600, t0).unwrap();
+        // It used 100: 500 back.
+        l.settle(600, 100);
+        assert_eq!(l.take_at(0, t0).unwrap().tokens.unwrap().1, 900);
+        // It used 1500 of 100 charged: the bucket is in debt.
+        l.settle(100, 1500);
+        assert!(matches!(l.take_at(1, t0), Err(OverLimit::Tokens(..))));
     }
 
     #[test]

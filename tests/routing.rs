@@ -483,19 +483,28 @@ async fn rate_limits_answer_429_with_sane_retry_after() {
     assert_eq!(e["error"]["code"], "rate_limit_exceeded");
     assert_eq!(e["error"]["type"], "requests");
 
-    // Tokens: 100 per minute; a request of ~60 (prompt + max_tokens) fits once.
-    let tok =
-        json!({"model": "m", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]});
+    // Tokens: 100 per minute, charged at admission as prompt + max_tokens and settled
+    // with the usage (the mock writes at most 16 tokens).
+    let ask = |max: u32| json!({"model": "m", "max_tokens": max, "messages": [{"role": "user", "content": "hi"}]});
+    let r = call(&lv, "test2", "/v1/chat/completions", &ask(90)).await;
+    assert_eq!(r.status(), 200);
+    let used = r.json::<Value>().await.unwrap()["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(used < 30, "{used}");
+    // ~74 more fits only because the first one used ~20 of the ~94 it was charged.
+    let r = call(&lv, "test2", "/v1/chat/completions", &ask(70)).await;
     assert_eq!(
-        call(&lv, "test2", "/v1/chat/completions", &tok)
-            .await
-            .status(),
-        200
+        r.status(),
+        200,
+        "the first request's unused tokens were not refunded"
     );
-    let r = call(&lv, "test2", "/v1/chat/completions", &tok).await;
+    let _ = r.text().await;
+    let r = call(&lv, "test2", "/v1/chat/completions", &ask(90)).await;
     assert_eq!(r.status(), 429);
     let wait: u64 = header(&r, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["type"], "tokens");
     // More than the whole limit: 429 without Retry-After (waiting cannot help).
     let huge = json!({"model": "m", "max_tokens": 500, "messages": []});
     let r = call(&lv, "test2", "/v1/chat/completions", &huge).await;

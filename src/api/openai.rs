@@ -111,6 +111,8 @@ struct Call {
     request_id: HeaderValue,
     route: String,
     quota: Option<Quota>,
+    /// Tokens charged to the client's `tpm` at admission (settled with the usage).
+    charged_tokens: u64,
     /// Unix milliseconds at arrival (the usage store's time).
     ts_ms: i64,
     /// llmvisor adds `stream_options.include_usage` (and removes what it brings).
@@ -184,6 +186,9 @@ impl Call {
         let usage = end.tapped.usage;
         if let Some(u) = usage {
             m.count_tokens(&labels, u.prompt_tokens, u.completion_tokens);
+            self.client
+                .limits
+                .settle(self.charged_tokens, u.prompt_tokens + u.completion_tokens);
         }
         let cost = match (end.prices, usage) {
             (Some((pi, po)), Some(u)) => {
@@ -409,12 +414,14 @@ async fn admit(
                 },
             )
         })?;
+    let mut charged_tokens = 0;
     let quota = if client.limits.limited() {
         let tok = match plan.candidates.first().map(|c| &c.target) {
             Some(Target::Model(i)) => policy.router.model_tokenizer(i.name()),
             _ => None,
         };
         let tokens = estimate.prompt_tokens(tok) + estimate.max_tokens();
+        charged_tokens = tokens;
         match client.limits.take(tokens) {
             Ok(q) => Some(q),
             Err(OverLimit::Requests(wait, quota)) => {
@@ -470,6 +477,7 @@ async fn admit(
         request_id,
         route: requested,
         quota,
+        charged_tokens,
         ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
         // Only streams without any `stream_options` of their own: adding a key is
         // invisible to the backend otherwise; rewriting the client's options is not.

@@ -844,3 +844,26 @@ async fn a_models_tokenizer_counts_for_the_context_guard() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("models.exact.tokenizer: cannot load"));
 }
+
+#[test]
+fn a_world_readable_key_file_is_pointed_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("a.key");
+    std::fs::write(&key, "sk-a\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\n[clients.a]\nkey_file = {:?}\n[models.m]\nkind = \"command\"\ncommand = [\"x\"]\n",
+        key.display().to_string()
+    );
+    let (code, out, _) = check_config(dir.path(), &toml, None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("clients.a.key_file:") && out.contains("is readable by every user"),
+        "{out}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, _) = check_config(dir.path(), &toml, None);
+    assert_eq!(code, 0);
+    assert!(!out.contains("readable by every user"), "{out}");
+}

@@ -394,8 +394,11 @@ fn run(command: Command) -> Result<(), String> {
         }
         Command::Serve { config, log_level } => {
             telemetry::init_logging(&log_level);
-            let (settings, tokenizers, _) = load_full(&config, SecretsMode::Serve)
+            let (settings, tokenizers, notes) = load_full(&config, SecretsMode::Serve)
                 .map_err(|e| format!("{e}\nnothing was started."))?;
+            for n in notes {
+                tracing::warn!("{n}");
+            }
             runtime(true)?
                 .block_on(serve(settings, tokenizers, &config))
                 .map_err(|e| {
@@ -414,7 +417,10 @@ async fn reload(app: &App, config: &std::path::Path) {
     telemetry::notify_reloading();
     match load_full(config, SecretsMode::Serve) {
         Err(e) => tracing::error!("reload rejected, the running configuration stays: {e}"),
-        Ok((new, tokenizers, _)) => {
+        Ok((new, tokenizers, notes)) => {
+            for n in notes {
+                tracing::warn!("{n}");
+            }
             let s = app.reload(&new, &tokenizers).await;
             crate::store::events::watch_fleet(&app.fleet, &app.store);
             tracing::info!(

@@ -837,7 +837,18 @@ impl super::Settings {
         let mut read = |at: String, name: &str| -> Option<String> {
             let path = resolve_key_path(name, config_dir, credentials);
             match read_key(&path) {
-                Ok(k) => Some(k),
+                Ok(k) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    if let Ok(meta) = std::fs::metadata(&path)
+                        && meta.permissions().mode() & 0o004 != 0
+                    {
+                        notes.push(format!(
+                            "{at}: {} is readable by every user on this host; chmod o-r it (or pass it with systemd's LoadCredential=)",
+                            path.display()
+                        ));
+                    }
+                    Some(k)
+                }
                 Err(_)
                     if mode == SecretsMode::Check
                         && credentials.is_none()

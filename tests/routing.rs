@@ -867,3 +867,33 @@ fn a_world_readable_key_file_is_pointed_out() {
     assert_eq!(code, 0);
     assert!(!out.contains("readable by every user"), "{out}");
 }
+
+#[tokio::test]
+async fn with_no_target_left_the_backends_own_error_reaches_the_client() {
+    // The fallback is a host that is down (nothing listens there): once its health
+    // check says so, a 500 from the primary is passed on as it is, not replaced by
+    // a 502 for a retry that cannot happen.
+    let extra = format!(
+        "{CLIENT}\n[providers.gone]\nbase_url = \"http://127.0.0.1:{}/v1\"\nhealth_path = \"/health\"\nhealth_interval = \"100ms\"\nunhealthy_after = 1\n\n[routes.r]\ntargets = [\"bad\"]\nfallback = [\"gone/x\"]\n",
+        free_port()
+    );
+    let lv = Llmvisor::start(
+        &extra,
+        &mock_model("bad", &["--fail-rate", "1.0"], "idle_ttl = \"0\""),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lv.get_json("/health").await["providers"]["gone"]["healthy"] != false {
+        assert!(Instant::now() < deadline, "the host is not marked down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = call(
+        &lv,
+        "test",
+        "/v1/chat/completions",
+        &json!({"model": "r", "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(header(&r, "x-llmvisor-target"), "bad");
+}

@@ -621,7 +621,6 @@ async fn attempt_all(call: Arc<Call>, plan: Plan) -> Result<Served, (String, Api
     let mut attempts = 0usize;
     let mut first_error: Option<(String, ApiError)> = None;
     let mut skipped = Vec::new();
-    let n = plan.candidates.len();
     for (i, c) in plan.candidates.iter().enumerate() {
         if attempts >= max {
             break;
@@ -641,7 +640,16 @@ async fn attempt_all(call: Arc<Call>, plan: Plan) -> Result<Served, (String, Api
             break;
         }
         attempts += 1;
-        let more = attempts < max && i + 1 < n;
+        // Whether another target could take the request if this one fails before its
+        // first byte; if not, this one's own error response goes to the client.
+        let more = attempts < max
+            && plan.candidates[i + 1..].iter().any(|l| {
+                l.breaker.would_allow()
+                    && match &l.target {
+                        Target::Provider { provider, .. } => provider.healthy(),
+                        Target::Model(_) => true,
+                    }
+            });
         match attempt(&call, c, more).await {
             Ok(served) => return Ok(served),
             Err(f) => {

@@ -118,37 +118,44 @@ impl Upstream {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut req = Request::post(uri);
-        for name in FORWARDED {
-            if let Some(v) = headers.get(&name) {
-                req = req.header(name, v.clone());
+        let auth = match bearer {
+            Some(key) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    ProxyError::Failed("the provider key is not a valid header value".into())
+                })?;
+                v.set_sensitive(true);
+                Some(v)
             }
-        }
-        if let Some(id) = request_id {
-            req = req.header("x-request-id", id.clone());
-        }
-        if let Some(key) = bearer {
-            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                ProxyError::Failed("the provider key is not a valid header value".into())
-            })?;
-            v.set_sensitive(true);
-            req = req.header(header::AUTHORIZATION, v);
-        }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| ProxyError::Failed(e.to_string()))?;
+            None => None,
+        };
+        let build = || {
+            let mut req = Request::post(uri);
+            for name in FORWARDED {
+                if let Some(v) = headers.get(&name) {
+                    req = req.header(name, v.clone());
+                }
+            }
+            if let Some(id) = request_id {
+                req = req.header("x-request-id", id.clone());
+            }
+            if let Some(v) = &auth {
+                req = req.header(header::AUTHORIZATION, v.clone());
+            }
+            req.body(Full::new(body.clone()))
+                .map_err(|e| ProxyError::Failed(e.to_string()))
+        };
         // A pooled keep-alive connection the backend had closed (llama-server closes
         // after every stream while advertising keep-alive) fails at once, before any
         // response: send once more, on another connection. A backend that died fails
-        // the second time too (connection refused).
-        let retry = req_clone(&req);
-        let first = tokio::time::timeout(timeout, self.client.request(req)).await;
-        let result = match (first, retry) {
-            (Ok(Err(e)), Some(again)) if stale_connection(&e) => {
+        // the second time too (connection refused). The request is built again only
+        // then.
+        let first = tokio::time::timeout(timeout, self.client.request(build()?)).await;
+        let result = match first {
+            Ok(Err(e)) if stale_connection(&e) => {
                 tracing::debug!("reused connection was closed by the backend ({e}); sending again");
-                tokio::time::timeout(timeout, self.client.request(again)).await
+                tokio::time::timeout(timeout, self.client.request(build()?)).await
             }
-            (r, _) => r,
+            r => r,
         };
         match result {
             Err(_) => Err(ProxyError::Timeout(timeout)),
@@ -172,18 +179,6 @@ impl Upstream {
             Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
         }
     }
-}
-
-/// A copy of a request whose body is in memory.
-fn req_clone(req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-    let mut b = Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .version(req.version());
-    for (k, v) in req.headers() {
-        b = b.header(k, v.clone());
-    }
-    b.body(req.body().clone()).ok()
 }
 
 /// Whether a request failed because its pooled connection was already closed: no

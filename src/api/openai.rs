@@ -144,7 +144,7 @@ impl Call {
     fn observe(&self, target: &str, status: u16) {
         let error = match status {
             CLIENT_CLOSED => Some("client_closed".to_string()),
-            s if s >= 400 => Some(format!("http_{s}")),
+            s if s >= 400 => Some(format!("upstream_{s}")),
             _ => None,
         };
         self.done(
@@ -213,6 +213,10 @@ impl Call {
             error = end.error.as_deref(),
             "request"
         );
+        // Building the record costs a few allocations: only when it is kept.
+        if !self.app.store.enabled() {
+            return;
+        }
         self.app.store.request(RequestRecord {
             ts_ms: self.ts_ms,
             request_id: self.request_id.to_str().unwrap_or("-").to_string(),

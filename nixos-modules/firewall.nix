@@ -14,7 +14,19 @@ let
 
   # What the public interfaces may answer on.
   publicTCP = lib.optionals cfg.publicSSH sshPorts;
-  publicUDP = lib.optional cfg.allowTailscaleUDP config.services.tailscale.port;
+  # Tailscale's WireGuard port, only where Tailscale runs: a host without it keeps
+  # "SSH only public" literally.
+  publicUDP = lib.optional (
+    cfg.allowTailscaleUDP && config.services.tailscale.enable
+  ) config.services.tailscale.port;
+
+  # NixOS's firewall module always trusts loopback (its default adds "lo" to
+  # networking.firewall.trustedInterfaces); only the tailnet may be trusted besides.
+  trustedOK = [
+    "lo"
+    cfg.tailnetInterface
+  ];
+  strayTrusted = lib.subtractLists trustedOK fw.trustedInterfaces;
 in
 {
   options.llmvisor.firewall = {
@@ -60,8 +72,10 @@ in
       example = false;
       description = ''
         Let Tailscale's WireGuard port (`services.tailscale.port`, UDP) in on the
-        public interfaces, for direct connections between nodes. WireGuard answers
-        only authenticated peers; without it, traffic is relayed through DERP.
+        public interfaces, for direct connections between nodes, when
+        `services.tailscale.enable` is set (without Tailscale nothing but SSH is
+        public, whatever this says). WireGuard answers only authenticated peers;
+        without it, traffic is relayed through DERP.
       '';
     };
 
@@ -109,8 +123,8 @@ in
         message = "llmvisor.firewall: port ranges are open on every interface (networking.firewall.allowedTCPPortRanges / allowedUDPPortRanges).";
       }
       {
-        assertion = lib.all (i: i == cfg.tailnetInterface) fw.trustedInterfaces;
-        message = "llmvisor.firewall: networking.firewall.trustedInterfaces (${toString fw.trustedInterfaces}) opens every port on those interfaces; only the tailnet interface may be trusted.";
+        assertion = strayTrusted == [ ];
+        message = "llmvisor.firewall: networking.firewall.trustedInterfaces (${toString strayTrusted}) opens every port on those interfaces; only loopback and the tailnet interface may be trusted.";
       }
     ];
   };

@@ -368,13 +368,30 @@ let
       [
         (eq "nftables" cfg.networking.nftables.enable true)
         (eq "public TCP: SSH" fw.allowedTCPPorts [ 22 ])
-        (eq "public UDP: WireGuard" fw.allowedUDPPorts [ 41641 ])
+        (eq "no public UDP port without Tailscale" fw.allowedUDPPorts [ ])
+        (has "loopback trusted, as NixOS always does" fw.trustedInterfaces "lo")
         (eq "tailnet TCP" (lib.sort (a: b: a < b) fw.interfaces.tailscale0.allowedTCPPorts) [
           8080
           9999
         ])
         (eq "openssh does not open its own port" cfg.services.openssh.openFirewall false)
       ];
+  };
+
+  # With Tailscale, its WireGuard port is the one public UDP port.
+  firewall-with-tailscale = case {
+    toml = false;
+    mods = [
+      {
+        services.openssh.enable = true;
+        llmvisor.firewall.enable = true;
+        llmvisor.tailscale.enable = true;
+      }
+    ];
+    checks = cfg: [
+      (eq "public TCP: SSH" cfg.networking.firewall.allowedTCPPorts [ 22 ])
+      (eq "public UDP: WireGuard" cfg.networking.firewall.allowedUDPPorts [ 41641 ])
+    ];
   };
 
   firewall-tailnet-only = case {

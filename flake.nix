@@ -41,7 +41,17 @@
       nixFilesIn =
         dir:
         lib.filterAttrs (name: type: type == "regular" && lib.hasSuffix ".nix" name) (builtins.readDir dir);
-      hostNames = lib.attrNames (lib.filterAttrs (_: type: type == "directory") (builtins.readDir ./hosts));
+      # hosts/fleet/ is not one host but three, deployed together (below).
+      hostNames = lib.attrNames (
+        lib.filterAttrs (name: type: type == "directory" && name != "fleet") (builtins.readDir ./hosts)
+      );
+
+      # hosts/fleet/: a gateway and two GPU nodes, as colmena's hive and as hosts.
+      fleet = import ./hosts/fleet/hive.nix {
+        inherit lib;
+        nixpkgs = nixpkgs.legacyPackages.x86_64-linux;
+        modules = [ self.nixosModules.default ];
+      };
     in
     {
       overlays.default = final: _prev: {
@@ -63,16 +73,32 @@
         monitoring = withPackage ./nixos-modules/monitoring.nix;
       };
 
-      # Every directory in hosts/ is a host: hosts/<name>/default.nix.
-      nixosConfigurations = lib.genAttrs hostNames (
-        name:
-        lib.nixosSystem {
-          modules = [
-            self.nixosModules.default
-            ./hosts/${name}
-          ];
-        }
-      );
+      # Every directory in hosts/ is a host: hosts/<name>/default.nix; and the fleet's
+      # hosts fleet-gateway, fleet-gpu1, fleet-gpu2 (hosts/fleet/hive.nix).
+      nixosConfigurations =
+        lib.genAttrs hostNames (
+          name:
+          lib.nixosSystem {
+            modules = [
+              self.nixosModules.default
+              ./hosts/${name}
+            ];
+          }
+        )
+        // lib.mapAttrs (
+          _: host:
+          lib.nixosSystem {
+            modules = [
+              self.nixosModules.default
+              host
+            ];
+          }
+        ) fleet.hosts;
+
+      # The fleet for `colmena apply`: colmena 0.4 (nixpkgs 25.11) reads this output,
+      # and newer ones do when there is no `colmenaHive` (which would need colmena
+      # as a flake input: docs/nixos.md, "Fleet").
+      colmena = fleet.colmena;
 
       checks = forAllSystems (
         pkgs:

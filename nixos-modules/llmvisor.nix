@@ -613,6 +613,10 @@ in
         # Models are transient units of their own; under the process manager they are
         # children, stopped by llmvisor and SIGKILLed after the timeout.
         KillMode = "mixed";
+        # A file descriptor per client connection (and per backend connection):
+        # settings.server.max_connections = 4096 needs about 8,500; systemd's
+        # default soft limit is 1024.
+        LimitNOFILE = 65536;
         LoadCredential = credentials;
 
         # Identity: root, because systemd lets only root start system units without

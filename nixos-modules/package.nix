@@ -8,24 +8,36 @@
 }:
 let
   cargoToml = lib.importTOML ../Cargo.toml;
+
+  # Only what cargo and the tests read, so editing a module or a doc page does not
+  # rebuild. tests/nix-eval checks it against the files the tests open.
+  fileset = lib.fileset.unions [
+    ../Cargo.toml
+    ../Cargo.lock
+    ../src
+    # The NixOS tests and their evaluation are not cargo's.
+    (lib.fileset.difference ../tests (
+      lib.fileset.unions [
+        ../tests/nixos
+        ../tests/nix-eval
+      ]
+    ))
+    ../bench/streamload.rs
+    ../examples
+    ../docs/llmvisor.service
+    # tests/usage.rs checks that the dashboard queries only exported metrics.
+    ../nixos-modules/grafana/llmvisor-dashboard.json
+  ];
 in
 rustPlatform.buildRustPackage {
   pname = "llmvisor";
   inherit (cargoToml.package) version;
 
-  # Only what cargo reads, so editing a module or a doc page does not rebuild.
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [
-      ../Cargo.toml
-      ../Cargo.lock
-      ../src
-      ../tests
-      ../bench/streamload.rs
-      ../examples
-      ../docs/llmvisor.service
-    ];
+    inherit fileset;
   };
+  passthru.srcFileset = fileset;
 
   cargoLock.lockFile = ../Cargo.lock;
 

@@ -32,7 +32,7 @@ else
 fi
 
 # Bump when the contents change, so cached roots are rebuilt.
-STAMP="trixie nix-bin v1"
+STAMP="trixie nix-bin libdbi-perl v2"
 if [ -x "$root/usr/bin/nix-instantiate" ] && [ "$(cat "$root/.llmvisor-nix-root-ok" 2>/dev/null)" = "$STAMP" ]; then
   $check && exit 0
   echo "$root"
@@ -58,7 +58,9 @@ fi
 rm -rf "$root"
 mkdir -p "$(dirname "$root")"
 start=$(date +%s)
-debootstrap --variant=minbase --include=nix-bin trixie "$root" \
+# libdbi-perl: nix-bin's libdbd-sqlite3-perl depends on the virtual perl-dbdabi-94,
+# which debootstrap does not resolve by itself.
+debootstrap --variant=minbase --include=nix-bin,libdbi-perl trixie "$root" \
   "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >&2
 # Nix evaluates only: no build users, no sandbox, no substituters (no network).
 mkdir -p "$root/etc/nix"
@@ -68,6 +70,14 @@ sandbox = false
 substituters =
 experimental-features = nix-command flakes
 EOF
+# Nix reads /proc (its own executable, the garbage collector's stack bounds).
+mount -t proc proc "$root/proc"
+version=$(chroot "$root" nix-instantiate --version) || {
+  umount "$root/proc"
+  echo "scripts/nix-root.sh: nix-instantiate does not run in $root" >&2
+  exit 1
+}
+umount "$root/proc"
 echo "$STAMP" >"$root/.llmvisor-nix-root-ok"
-echo "nix root: $(chroot "$root" nix-instantiate --version 2>/dev/null || echo '?') in $(($(date +%s) - start)) s" >&2
+echo "nix root: $version in $(($(date +%s) - start)) s" >&2
 echo "$root"

@@ -38,7 +38,7 @@ let
         system
         // {
           pkgs = pkgs // {
-            stdenv.hostPlatform.system = system.config.nixpkgs.hostPlatform;
+            stdenv.hostPlatform.system = system.config.nixpkgs.hostPlatform.system;
           };
         };
     };
@@ -133,7 +133,7 @@ let
       failedAssertions = failed host.config;
       checks = [
         (eq "package is the flake's" host.config.services.llmvisor.package.name "llmvisor")
-        (eq "hostPlatform" host.config.nixpkgs.hostPlatform "x86_64-linux")
+        (eq "hostPlatform" host.config.nixpkgs.hostPlatform.system "x86_64-linux")
       ];
       toml = host.config.services.llmvisor.renderedSettings;
       golden = name;
@@ -173,6 +173,7 @@ let
       (contains "the file is checked by llmvisor check-config" cfg.services.llmvisor.configFile.buildCommand "llmvisor check-config --config llmvisor.toml")
       (eq "no capabilities" (sc cfg).CapabilityBoundingSet [ "" ])
       (eq "NoNewPrivileges" (sc cfg).NoNewPrivileges true)
+      (eq "LimitNOFILE for the client connections" (sc cfg).LimitNOFILE 65536)
       (eq "ProtectSystem" (sc cfg).ProtectSystem "strict")
       (eq "PrivateDevices" (sc cfg).PrivateDevices true)
       (eq "MemoryDenyWriteExecute" (sc cfg).MemoryDenyWriteExecute true)
@@ -268,6 +269,50 @@ let
         (contains "log level" (sc cfg).ExecStart "--log-level debug")
       ];
   };
+
+  # nixos-modules/package.nix with the real lib: name, version, the source file set
+  # (report.py checks it against the tracked files and the files the tests open),
+  # and a lock file buildRustPackage can vendor without hashes of ours.
+  package =
+    let
+      drv = import (repo + "/nixos-modules/package.nix") {
+        inherit lib;
+        rustPlatform.buildRustPackage = args: args;
+        pkg-config = stubs.fakePackage "pkg-config";
+        systemd = stubs.fakePackage "systemd";
+      };
+      cargoToml = lib.importTOML (repo + "/Cargo.toml");
+      lock = lib.importTOML drv.cargoLock.lockFile;
+      srcFiles = map (f: lib.removePrefix "./" (lib.path.removePrefix repo f)) (
+        lib.fileset.toList drv.passthru.srcFileset
+      );
+      remote = lib.filter (p: p ? source) lock.package;
+    in
+    {
+      failedAssertions = [ ];
+      checks = [
+        (eq "pname" drv.pname "llmvisor")
+        (eq "version is Cargo.toml's" drv.version cargoToml.package.version)
+        (eq "src is a file set's source" (drv.src ? outPath) true)
+        (eq "cargoLock.lockFile is the repository's" drv.cargoLock.lockFile (repo + "/Cargo.lock"))
+        (eq "Cargo.lock version 3 or 4" (lib.elem lock.version [
+          3
+          4
+        ]) true)
+        (eq "every locked crate comes from crates.io (no git sources needing outputHashes)" (lib.filter (
+          p: p.source != "registry+https://github.com/rust-lang/crates.io-index"
+        ) remote) [ ])
+        (eq "every locked crate has a checksum" (lib.filter (p: !(p ? checksum)) remote) [ ])
+        (has "the binary's source is in src" srcFiles "src/main.rs")
+        (has "the mock's source is in src" srcFiles "src/bin/llmvisor-mock/main.rs")
+        (has "the example target's source is in src" srcFiles "bench/streamload.rs")
+        (eq "no NixOS test in src" (lib.filter (f: lib.hasPrefix "tests/nixos/" f || lib.hasPrefix "tests/nix-eval/" f) srcFiles) [ ])
+        (eq "mainProgram" drv.meta.mainProgram "llmvisor")
+        (eq "license" drv.meta.license.spdxId "Apache-2.0")
+      ];
+      toml = null;
+      inherit srcFiles;
+    };
 
   # Models of the packaged kinds get their executables from nixpkgs.
   packages = case {
@@ -528,7 +573,7 @@ let
         (eq "n8n webhook URL" n8n.environment.WEBHOOK_URL "https://gpu-lab.tail1234.ts.net:10000/")
         (has "n8n after postgresql" n8n.after "postgresql.service")
         (eq "postgres database" cfg.services.postgresql.ensureDatabases [ "n8n" ])
-        (eq "postgres user" cfg.services.postgresql.ensureUsers [
+        (eq "postgres user" (map (u: { inherit (u) name ensureDBOwnership; }) cfg.services.postgresql.ensureUsers) [
           {
             name = "n8n";
             ensureDBOwnership = true;
@@ -573,7 +618,12 @@ let
           "node"
           "nvidia-gpu"
         ])
-        (eq "llmvisor target" (lib.head p.scrapeConfigs).static_configs [ { targets = [ "127.0.0.1:8080" ]; } ])
+        (eq "llmvisor target" (lib.head p.scrapeConfigs).static_configs [
+          {
+            targets = [ "127.0.0.1:8080" ];
+            labels = { };
+          }
+        ])
         (eq "scrape key as a bearer credential" (lib.head p.scrapeConfigs).authorization {
           type = "Bearer";
           credentials_file = "/run/credentials/prometheus.service/llmvisor-key";
@@ -624,7 +674,7 @@ let
     ];
     checks = cfg: [
       (eq "datacenter driver" cfg.hardware.nvidia.datacenter.enable true)
-      (eq "no X driver" cfg.services.xserver.videoDrivers [ ])
+      (eq "no X driver" (lib.elem "nvidia" cfg.services.xserver.videoDrivers) false)
       (eq "cudaSupport" cfg.nixpkgs.config.cudaSupport true)
     ];
   };
@@ -674,6 +724,9 @@ let
           "tailscale"
         ])
         (eq "nixosConfigurations: every host" (lib.attrNames self.nixosConfigurations) [
+          "fleet-gateway"
+          "fleet-gpu1"
+          "fleet-gpu2"
           "gpu-droplet"
           "homelab-2x3090"
         ])
@@ -687,16 +740,21 @@ let
         ])
         (eq "checks: package, clippy, every VM test, every host" (lib.attrNames self.checks.x86_64-linux) [
           "clippy"
+          "host-fleet-gateway"
+          "host-fleet-gpu1"
+          "host-fleet-gpu2"
           "host-gpu-droplet"
           "host-homelab-2x3090"
           "package"
           "vm-firewall"
+          "vm-fleet"
           "vm-lifecycle"
         ])
         (eq "aarch64 checks hold no x86_64 host" (lib.attrNames self.checks.aarch64-linux) [
           "clippy"
           "package"
           "vm-firewall"
+          "vm-fleet"
           "vm-lifecycle"
         ])
         (eq "overlay" (self.overlays.default pkgs pkgs).llmvisor.name "llmvisor")
@@ -770,6 +828,312 @@ let
       ];
       toml = cfg.services.llmvisor.renderedSettings;
     };
+
+  # --- hosts/fleet (colmena's hive and three hosts) and tests/nixos/fleet.nix -----
+  inherit
+    (
+      let
+        fleet = import (repo + "/hosts/fleet/fleet.nix") { inherit lib; };
+        hive = self.colmena;
+        fleetHosts = [
+          "fleet-gateway"
+          "fleet-gpu1"
+          "fleet-gpu2"
+        ];
+        secret = file: "${fleet.secrets}/${file}";
+        sorted = lib.sort (a: b: a < b);
+
+        # colmena 0.4's `deployment` options (src/nix/hive/options.nix), the part the
+        # hive sets, declared as colmena declares them, and its assertion that a key
+        # has exactly one source (src/nix/hive/modules.nix).
+        colmenaKey =
+          { name, config, ... }:
+          {
+            options = {
+              name = lib.mkOption {
+                type = lib.types.str;
+                default = name;
+              };
+              text = lib.mkOption {
+                type = lib.types.nullOr lib.types.str;
+                default = null;
+              };
+              keyFile = lib.mkOption {
+                type = lib.types.nullOr lib.types.path;
+                default = null;
+              };
+              keyCommand = lib.mkOption {
+                type = lib.types.nullOr (lib.types.addCheck (lib.types.listOf lib.types.str) (l: l != [ ]));
+                default = null;
+              };
+              destDir = lib.mkOption {
+                type = lib.types.path;
+                default = "/run/keys";
+              };
+              path = lib.mkOption {
+                type = lib.types.path;
+                default = "${config.destDir}/${config.name}";
+              };
+              user = lib.mkOption {
+                type = lib.types.str;
+                default = "root";
+              };
+              group = lib.mkOption {
+                type = lib.types.str;
+                default = "root";
+              };
+              permissions = lib.mkOption {
+                type = lib.types.str;
+                default = "0600";
+              };
+              uploadAt = lib.mkOption {
+                type = lib.types.enum [
+                  "pre-activation"
+                  "post-activation"
+                ];
+                default = "pre-activation";
+              };
+            };
+          };
+        colmenaDeployment =
+          name:
+          { config, ... }:
+          {
+            options.deployment = {
+              targetHost = lib.mkOption {
+                type = lib.types.nullOr lib.types.str;
+                default = name;
+              };
+              targetUser = lib.mkOption {
+                type = lib.types.nullOr lib.types.str;
+                default = "root";
+              };
+              tags = lib.mkOption {
+                type = lib.types.listOf lib.types.str;
+                default = [ ];
+              };
+              keys = lib.mkOption {
+                type = lib.types.attrsOf (lib.types.submodule colmenaKey);
+                default = { };
+              };
+            };
+            config.assertions = lib.mapAttrsToList (key: k: {
+              assertion = lib.length (lib.filter (x: x != null) [ k.text k.keyCommand k.keyFile ]) == 1;
+              message = "${name}.deployment.keys.${key}: exactly one of text, keyCommand and keyFile must be set.";
+            }) config.deployment.keys;
+          };
+
+        # A node as colmena evaluates it: colmena's options, the hive's defaults, the
+        # node's entry.
+        colmenaNode =
+          name:
+          (evalSystem [
+            (colmenaDeployment name)
+            hive.defaults
+            hive.${name}
+          ]).config;
+
+        # Every key file a host's services read: llmvisor's credentials, Tailscale's
+        # auth key.
+        keyFilesRead =
+          cfg:
+          map (c: lib.concatStringsSep ":" (lib.tail (lib.splitString ":" c))) (sc cfg).LoadCredential
+          ++ lib.optional (cfg.services.tailscale.authKeyFile != null) cfg.services.tailscale.authKeyFile;
+
+        colmenaChecks =
+          name:
+          let
+            node = colmenaNode name;
+            host = self.nixosConfigurations.${name}.config;
+            keys = lib.attrValues node.deployment.keys;
+          in
+          [
+            (eq "colmena's node renders what nixosConfigurations.${name} renders" node.services.llmvisor.renderedSettings host.services.llmvisor.renderedSettings)
+            (eq "colmena's node has the same credentials" (sorted (sc node).LoadCredential) (sorted (sc host).LoadCredential))
+            (eq "colmena delivers every key file the services read" (lib.subtractLists (map (k: k.path) keys) (keyFilesRead host)) [ ])
+            (eq "colmena delivers no key nothing reads" (lib.subtractLists (keyFilesRead host) (map (k: k.path) keys)) [ ])
+            (eq "keys come from the deployer by command, not from the store" (lib.filter (k: k.keyCommand == null) keys) [ ])
+            (eq "keys are root-only" (lib.unique (map (k: k.permissions) keys)) [ "0400" ])
+            (eq "colmena's assertions hold" (failed node) [ ])
+          ];
+
+        hostFleetCase =
+          name: extra:
+          let
+            h = hostCase name;
+            cfg = self.nixosConfigurations.${name}.config;
+          in
+          h
+          // {
+            checks = h.checks ++ colmenaChecks name ++ extra cfg cfg.services.llmvisor.renderedSettings;
+          };
+
+        # The VM test's nodes.
+        vmGateway = vmNode "fleet.nix" "gateway" [ ];
+        vmGpu = node: vmNode "fleet.nix" node [ ];
+        vmGpuCase =
+          node:
+          let
+            cfg = vmGpu node;
+            s = cfg.services.llmvisor.renderedSettings;
+          in
+          {
+            failedAssertions = failed cfg;
+            checks = [
+              (eq "public: SSH only" cfg.networking.firewall.allowedTCPPorts [ 22 ])
+              (eq "llmvisor on eth1 (the test network plays the tailnet)" cfg.networking.firewall.interfaces.eth1.allowedTCPPorts [ 8080 ])
+              (eq "listens on every address" s.server.listen [ "0.0.0.0:8080" ])
+              (eq "keys required" s.server.auth "required")
+              (eq "the gateway is a client" s.clients.gateway.key_file "client-gateway")
+              (eq "its key file" (sc cfg).LoadCredential [ "client-gateway:/etc/llmvisor-test/gateway.key" ])
+              (eq "the mock stands in for vLLM" (lib.head s.models.chat.command) "${pkgs.llmvisor}/bin/llmvisor-mock")
+              (eq "the model stays loaded" s.models.chat.idle_ttl 0)
+            ];
+            toml = s;
+          };
+      in
+      {
+        # The flake's `colmena` output as colmena 0.4 reads it.
+        fleet-colmena = {
+          failedAssertions = [ ];
+          toml = null;
+          checks = [
+            (eq "meta, defaults and one attribute per node" (lib.attrNames hive) ([ "defaults" ] ++ fleetHosts ++ [ "meta" ]))
+            (eq "meta.nixpkgs: an initialized nixpkgs (x86_64-linux)" hive.meta.nixpkgs.stdenv.hostPlatform.system "x86_64-linux")
+            (check "meta.nixpkgs is no flake (colmena refuses uninitialized nixpkgs)" (!(hive.meta.nixpkgs ? outputs) && !(hive.meta.nixpkgs ? outPath)) null)
+            (eq "targets" (map (n: (colmenaNode n).deployment.targetHost) fleetHosts) [
+              "192.0.2.10"
+              "192.0.2.11"
+              "192.0.2.12"
+            ])
+            (eq "tags: @fleet, @gateway, @gpu" (map (n: (colmenaNode n).deployment.tags) fleetHosts) [
+              [ "fleet" "gateway" ]
+              [ "fleet" "gpu" ]
+              [ "fleet" "gpu" ]
+            ])
+            (eq "nixosConfigurations.fleet-*: the hive's hosts" (lib.filter (lib.hasPrefix "fleet-") (lib.attrNames self.nixosConfigurations)) fleetHosts)
+            (eq "each node's gateway.key is the gateway's key for that node" (map (
+              n: (colmenaNode n).deployment.keys."gateway.key".keyCommand
+            ) fleet.gpuNodes) (map (n: (colmenaNode "fleet-gateway").deployment.keys.${fleet.peerKey n}.keyCommand) fleet.gpuNodes))
+            (eq "host checks" (lib.filter (n: lib.hasPrefix "host-fleet-" n) (lib.attrNames self.checks.x86_64-linux)) (
+              map (n: "host-${n}") fleetHosts
+            ))
+            (has "the VM test is a check" (lib.attrNames self.checks.x86_64-linux) "vm-fleet")
+          ];
+        };
+
+        host-fleet-gateway = hostFleetCase "fleet-gateway" (
+          cfg: s: [
+            (eq "providers: one per node" (lib.attrNames s.providers) fleet.gpuNodes)
+            (eq "providers.fleet-gpu1" s.providers.fleet-gpu1 {
+              base_url = "http://fleet-gpu1.example-tailnet.ts.net:8080/v1";
+              key_file = "provider-fleet-gpu1";
+              timeout = "15m";
+              context_length = 32768;
+              health_path = "/health";
+              health_interval = "2s";
+              health_timeout = "1s";
+              unhealthy_after = 2;
+              healthy_after = 2;
+            })
+            (eq "routes.chat over the nodes, least-outstanding, local fallback" s.routes.chat {
+              targets = [
+                "fleet-gpu1/qwen-7b"
+                "fleet-gpu2/qwen-7b"
+              ];
+              strategy = "least-outstanding";
+              fallback = [ "gateway-small" ];
+            })
+            (has "the key for fleet-gpu1 is a credential" (sc cfg).LoadCredential "provider-fleet-gpu1:${secret "peer-fleet-gpu1.key"}")
+            (eq "loopback only; tailscale serve is the way in" s.server.listen [ "127.0.0.1:8080" ])
+            (eq "no port open" cfg.networking.firewall.interfaces.tailscale0.allowedTCPPorts [ ])
+            (contains "tailscale serve" cfg.systemd.services.llmvisor-tailscale-serve.script "--https=443 http://127.0.0.1:8080")
+          ]
+        );
+
+        host-fleet-gpu1 = hostFleetCase "fleet-gpu1" (
+          cfg: s: [
+            (eq "hostName" cfg.networking.hostName "fleet-gpu1")
+            (eq "the gateway, the only client" s.clients {
+              gateway = {
+                key_file = "client-gateway";
+                models = [ "qwen-7b" ];
+                rpm = 0;
+                tpm = 0;
+                priority = "interactive";
+              };
+            })
+            (eq "its key" (sc cfg).LoadCredential [ "client-gateway:${secret "gateway.key"}" ])
+            (eq "on the tailnet" s.server.listen [ "0.0.0.0:8080" ])
+            (eq "port on tailscale0 only" cfg.networking.firewall.interfaces.tailscale0.allowedTCPPorts [ 8080 ])
+            (eq "public: SSH" cfg.networking.firewall.allowedTCPPorts [ 22 ])
+            (eq "the model the gateway names" (lib.attrNames s.models) [ "qwen-7b" ])
+            (eq "CUDA" cfg.nixpkgs.config.cudaSupport true)
+          ]
+        );
+
+        host-fleet-gpu2 = hostFleetCase "fleet-gpu2" (
+          cfg: s: [
+            (eq "hostName" cfg.networking.hostName "fleet-gpu2")
+            (eq "its key" (sc cfg).LoadCredential [ "client-gateway:${secret "gateway.key"}" ])
+          ]
+        );
+
+        vm-fleet-gateway =
+          let
+            cfg = vmGateway;
+            s = cfg.services.llmvisor.renderedSettings;
+            etc = c: f: c.environment.etc."llmvisor-test/${f}".text;
+          in
+          {
+            failedAssertions = failed cfg;
+            checks = [
+              (eq "providers.gpu1: the node by its name, health-checked" s.providers.gpu1 {
+                base_url = "http://gpu1:8080/v1";
+                key_file = "provider-gpu1";
+                timeout = "15m";
+                health_path = "/health";
+                health_interval = "2s";
+                health_timeout = "1s";
+                unhealthy_after = 2;
+                healthy_after = 2;
+              })
+              (eq "providers.gpu2" s.providers.gpu2.base_url "http://gpu2:8080/v1")
+              (eq "routes.chat" s.routes.chat {
+                targets = [
+                  "gpu1/chat"
+                  "gpu2/chat"
+                ];
+                strategy = "least-outstanding";
+                fallback = [ "local" ];
+              })
+              (eq "a dead node is given up on after 2 s" s.server.upstream_connect_timeout "2s")
+              (eq "credentials" (sorted (sc cfg).LoadCredential) [
+                "client-tester:/etc/llmvisor-test/tester.key"
+                "provider-gpu1:/etc/llmvisor-test/peer-gpu1.key"
+                "provider-gpu2:/etc/llmvisor-test/peer-gpu2.key"
+              ])
+              (eq "the gateway's key for gpu1 is gpu1's" (etc cfg "peer-gpu1.key") (etc (vmGpu "gpu1") "gateway.key"))
+              (eq "the gateway's key for gpu2 is gpu2's" (etc cfg "peer-gpu2.key") (etc (vmGpu "gpu2") "gateway.key"))
+              (check "the nodes' keys differ" (etc cfg "peer-gpu1.key" != etc cfg "peer-gpu2.key") null)
+              (eq "keys root-only" cfg.environment.etc."llmvisor-test/peer-gpu1.key".mode "0400")
+              (contains "the load reports each request's target" cfg.systemd.services.fleet-load.script "x-llmvisor-target")
+            ];
+            toml = s;
+          };
+
+        vm-fleet-gpu1 = vmGpuCase "gpu1";
+        vm-fleet-gpu2 = vmGpuCase "gpu2";
+      }
+    )
+    fleet-colmena
+    host-fleet-gateway
+    host-fleet-gpu1
+    host-fleet-gpu2
+    vm-fleet-gateway
+    vm-fleet-gpu1
+    vm-fleet-gpu2
+    ;
 };
 in
 cases // { __cases = lib.attrNames cases; }

@@ -5,10 +5,14 @@ TOML and runs `llmvisor check-config` on it, and compares each host's settings w
 its golden file tests/nix-eval/hosts/<host>.toml. Exit status 1 on any failure.
 
     report.py LLMVISOR_BIN OUT_DIR CASE_NAME=FILE.json ...
+
+Each FILE.json holds only what Nix printed on stdout; its stderr is in FILE.err
+beside it (shown when the case does not evaluate).
 """
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import tomllib
@@ -65,6 +69,53 @@ def to_toml(data, path=()):
     return out
 
 
+REPO = HERE.parent.parent
+
+
+def check_src_files(name, src_files):
+    """The package's source file set holds tracked files only (a flake sees no
+    others) and every file cargo builds or the tests open from the source tree."""
+    failures = 0
+    src = set(src_files)
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files", "--cached"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
+    )
+    untracked = sorted(src - tracked)
+    if untracked:
+        print(f"FAIL {name}: src holds files git does not track (a flake build lacks them): {untracked[:10]}")
+        failures += 1
+    else:
+        print(f"ok   {name}: src holds {len(src)} tracked files")
+    # What the tests and binaries read below CARGO_MANIFEST_DIR.
+    wanted = set()
+    for rs in sorted(REPO.glob("tests/*.rs")) + sorted(REPO.glob("tests/**/*.rs")) + sorted(REPO.glob("src/**/*.rs")):
+        text = rs.read_text()
+        for m in re.finditer(r'env!\("CARGO_MANIFEST_DIR"\)\s*,?\s*"/([^"{]*)', text):
+            wanted.add(m[1])
+        for m in re.finditer(r'"\{\}/([^"{]*)[^"]*",\s*env!\("CARGO_MANIFEST_DIR"\)', text):
+            wanted.add(m[1])
+    cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
+    for section in ("bin", "example", "test", "bench"):
+        for target in cargo.get(section, []):
+            if "path" in target:
+                wanted.add(target["path"])
+    def under(files, w):
+        return any(f == w or f.startswith(w.rstrip("/") + "/") for f in files)
+
+    # Paths that are not in the repository at all (the `.venv/` a test uses when
+    # it exists) cannot be in any source; the rest must be in this one.
+    wanted = {w for w in wanted if w and under(tracked, w)}
+    missing = sorted(w for w in wanted if not under(src, w))
+    if missing:
+        print(f"FAIL {name}: files the build or the tests read are not in src: {missing}")
+        failures += 1
+    else:
+        print(f"ok   {name}: src has all {len(wanted)} paths the build and the tests read")
+    return failures
+
+
 def main():
     llmvisor, out_dir, *cases = sys.argv[1:]
     out_dir = pathlib.Path(out_dir)
@@ -73,10 +124,13 @@ def main():
     for arg in cases:
         name, _, file = arg.partition("=")
         text = pathlib.Path(file).read_text()
+        # What Nix printed on stderr, kept apart from the JSON (check-nix.sh).
+        err_file = pathlib.Path(file).with_suffix(".err")
+        err = err_file.read_text().strip() if err_file.exists() else ""
         try:
             case = json.loads(text)
         except json.JSONDecodeError:
-            print(f"FAIL {name}: evaluation failed:\n{text.strip()}")
+            print(f"FAIL {name}: evaluation failed:\n{err or text.strip()}")
             failures += 1
             continue
         for msg in case["failedAssertions"]:
@@ -88,6 +142,8 @@ def main():
             else:
                 print(f"FAIL {name}: {c['name']}: got {json.dumps(c['got'])[:600]}")
                 failures += 1
+        if "srcFiles" in case:
+            failures += check_src_files(name, case["srcFiles"])
         settings = case.get("toml")
         if settings is None:
             continue

@@ -10,7 +10,13 @@
 #     flake's wiring, the package's attributes, the hosts and the VM tests' nodes are
 #     evaluated with lib.evalModules against stubs checked against the real NixOS
 #     modules (tests/nix-eval/README.md); their checks must hold and every generated
-#     TOML must pass `llmvisor check-config`.
+#     TOML must pass `llmvisor check-config`;
+#  5. with NIXOS_REAL_MODULES too (a directory holding nixos/modules/..., such as a
+#     nixpkgs checkout, kept outside this repository): the same cases once more
+#     with the REAL NixOS firewall (firewall.nix, firewall-iptables.nix,
+#     firewall-nftables.nix), nftables and Tailscale modules in place of their
+#     stubs, so their own assertions count; reported as `real:<case>`. Without it,
+#     this part is skipped loudly (not a CI failure: CI has no nixpkgs).
 #
 # Which Nix: Debian 12's nix-bin is 2.8, too old for nixpkgs 25.11's lib
 # (lib/minfeatures.nix), so as root the checks run Nix 2.26 from a Debian 13 root
@@ -148,18 +154,52 @@ lib_dir=$(cd "$NIXPKGS_LIB" && pwd)
 [ -z "$nix_root" ] || bind "$lib_dir"
 out=$work/out
 mkdir -p "$out"
-eval_nix=("${nix[@]}" nix-instantiate --eval --strict --json "$repo/tests/nix-eval/eval.nix" --arg nixpkgsLib "$lib_dir")
+args=()
+
+# run_cases PREFIX DIR [NIX-ARGS...]: evaluates every case of eval.nix (with the
+# extra arguments), each into DIR/<case>.json, and adds PREFIX<case>=FILE to args.
 # Stdout is the JSON; stderr (warnings, traces) goes to a file of its own, which
 # report.py shows when the case does not evaluate.
-if ! "${eval_nix[@]}" -A __cases >"$out/__cases.json" 2>"$out/__cases.err"; then
-  echo "tests/nix-eval/eval.nix does not evaluate:" >&2
-  cat "$out/__cases.err" >&2
-  exit 1
+run_cases() {
+  local prefix=$1 dir=$2 c
+  shift 2
+  local eval_nix=("${nix[@]}" nix-instantiate --eval --strict --json "$repo/tests/nix-eval/eval.nix" --arg nixpkgsLib "$lib_dir" "$@")
+  mkdir -p "$dir"
+  if ! "${eval_nix[@]}" -A __cases >"$dir/__cases.json" 2>"$dir/__cases.err"; then
+    echo "tests/nix-eval/eval.nix${*:+ ($*)} does not evaluate:" >&2
+    cat "$dir/__cases.err" >&2
+    exit 1
+  fi
+  local cases
+  mapfile -t cases < <(python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))))' "$dir/__cases.json")
+  for c in "${cases[@]}"; do
+    "${eval_nix[@]}" -A "$c" >"$dir/$c.json" 2>"$dir/$c.err" || true
+    args+=("$prefix$c=$dir/$c.json")
+  done
+}
+
+run_cases "" "$out/stubs"
+
+echo "== nix: the same with the real NixOS firewall, nftables and Tailscale modules"
+if [ -z "${NIXOS_REAL_MODULES:-}" ]; then
+  loud "real-module evaluation: NIXOS_REAL_MODULES is unset (set it to a directory holding nixos/modules/services/networking/{firewall,firewall-iptables,firewall-nftables,nftables,tailscale}.nix, e.g. a nixpkgs checkout; tests/nix-eval/README.md)"
+else
+  real_dir=$(cd "$NIXOS_REAL_MODULES" && pwd)
+  case "$real_dir/" in
+  "$repo"/*)
+    echo "check-nix: NIXOS_REAL_MODULES ($real_dir) must be outside the repository" >&2
+    exit 1
+    ;;
+  esac
+  for f in firewall.nix firewall-iptables.nix firewall-nftables.nix nftables.nix tailscale.nix; do
+    if [ ! -f "$real_dir/nixos/modules/services/networking/$f" ]; then
+      echo "check-nix: $real_dir/nixos/modules/services/networking/$f is missing" >&2
+      exit 1
+    fi
+  done
+  [ -z "$nix_root" ] || bind "$real_dir"
+  echo "real modules from $real_dir"
+  run_cases "real:" "$out/real" --arg realModules "$real_dir"
 fi
-mapfile -t cases < <(python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))))' "$out/__cases.json")
-args=()
-for c in "${cases[@]}"; do
-  "${eval_nix[@]}" -A "$c" >"$out/$c.json" 2>"$out/$c.err" || true
-  args+=("$c=$out/$c.json")
-done
+
 python3 tests/nix-eval/report.py "$llmvisor" "$out/toml" "${args[@]}"

@@ -6,12 +6,39 @@
 #
 # Output: { <case> = { failedAssertions; checks = [ { name; ok; got } ]; toml; }; }.
 # scripts/check-nix.sh prints it, and runs `llmvisor check-config` on every `toml`.
-{ nixpkgsLib }:
+#
+# `--arg realModules /path` (a directory holding nixos/modules/..., e.g. a nixpkgs
+# checkout; never this repository): the real NixOS firewall, nftables and Tailscale
+# modules replace their stubs, so every case's failedAssertions include their own
+# assertions (tests/nix-eval/README.md, "Real-module mode").
+{
+  nixpkgsLib,
+  realModules ? null,
+}:
 let
   lib = import (if builtins.pathExists (nixpkgsLib + "/lib") then nixpkgsLib + "/lib" else nixpkgsLib);
-  stubs = import ./stubs.nix { inherit lib; };
+  real = realModules != null;
+  stubs = import ./stubs.nix {
+    inherit lib;
+    realModules = real;
+  };
   inherit (stubs) pkgs;
   repo = ../..;
+
+  # The real modules: those that declare networking.firewall.*,
+  # networking.nftables.* and services.tailscale.* in nixos/modules/module-list.nix
+  # (firewall-iptables.nix imports ./helpers.nix itself).
+  realModuleFiles =
+    let
+      dir = if builtins.isString realModules then /. + realModules else realModules;
+    in
+    map (f: dir + "/nixos/modules/services/networking/${f}") [
+      "firewall.nix"
+      "firewall-iptables.nix"
+      "firewall-nftables.nix"
+      "nftables.nix"
+      "tailscale.nix"
+    ];
   systems = [
     "x86_64-linux"
     "aarch64-linux"
@@ -20,7 +47,7 @@ let
   evalSystem =
     modules:
     lib.evalModules {
-      modules = [ stubs.module ] ++ modules;
+      modules = [ stubs.module ] ++ lib.optionals real realModuleFiles ++ modules;
       specialArgs = {
         inherit pkgs;
         modulesPath = ./stub-modules;
@@ -108,6 +135,9 @@ let
     in
     {
       failedAssertions = if expectFailures == [ ] then failures else [ ];
+      # Every failed assertion of an expected failure: report.py compares the
+      # `real:` run's with the stubs' (the same messages, not just the prefixes).
+      expectedFailureMessages = if expectFailures == [ ] then null else failures;
       checks = expected ++ checks cfg;
       toml = if toml then cfg.services.llmvisor.renderedSettings else null;
     };
@@ -471,6 +501,19 @@ let
       "llmvisor.firewall: TCP ports 3000"
       "llmvisor.firewall: networking.firewall.trustedInterfaces"
     ];
+  };
+
+  # The nftables firewall refuses iptables commands (firewall-nftables.nix's
+  # assertion: the stub's, or the real one with `realModules`).
+  firewall-extra-commands = case {
+    toml = false;
+    mods = [
+      {
+        llmvisor.firewall.enable = true;
+        networking.firewall.extraCommands = "iptables -A nixos-fw -p tcp --dport 3000 -j nixos-fw-accept";
+      }
+    ];
+    expectFailures = [ "extraCommands is incompatible with the nftables based firewall" ];
   };
 
   tailscale = case {
@@ -1135,5 +1178,79 @@ let
     vm-fleet-gpu2
     ;
 };
+  # Only with `realModules`: the real modules are the ones in effect (their
+  # options are declared by the files under realModules, their assertions are
+  # among every host's and VM node's, their renderings evaluate).
+  realCases = {
+    real-modules =
+      let
+        dir = toString (if builtins.isString realModules then /. + realModules else realModules);
+        options = (evalSystem [ modules.default ]).options;
+        declaredBy =
+          opt: file:
+          check "${lib.showOption opt.loc} is declared by the real ${file}" (
+            map toString opt.declarations == [ "${dir}/nixos/modules/services/networking/${file}" ]
+          ) (map toString opt.declarations);
+        hosts = lib.mapAttrs (_: h: h.config) self.nixosConfigurations;
+        nodes = {
+          vm-firewall-server = vmNode "firewall.nix" "server" [ ];
+          vm-fleet-gateway = vmNode "fleet.nix" "gateway" [ ];
+          vm-fleet-gpu1 = vmNode "fleet.nix" "gpu1" [ ];
+          vm-fleet-gpu2 = vmNode "fleet.nix" "gpu2" [ ];
+          vm-lifecycle = vmNode "lifecycle.nix" "machine" [ ];
+        };
+        messages = cfg: map (a: a.message) cfg.assertions;
+        # One assertion of each real module that is active on a system.
+        realAssertions =
+          cfg:
+          [ "filterForward only works with the nftables based firewall" ]
+          ++ (
+            if cfg.networking.firewall.backend == "nftables" then
+              [ "networking.nftables.rulesetFile conflicts with the firewall" ]
+            else
+              [ "This kernel does not support rpfilter" ]
+          );
+        carriesReal =
+          name: cfg:
+          check "${name}: the real firewall modules' assertions are evaluated (backend ${cfg.networking.firewall.backend})" (
+            lib.all (m: lib.elem m (messages cfg)) (realAssertions cfg)
+          ) (messages cfg);
+        ruleset = cfg: cfg.networking.nftables.tables.nixos-fw.content;
+        gpu1 = hosts.fleet-gpu1;
+      in
+      {
+        failedAssertions = [ ];
+        toml = null;
+        checks = [
+          (declaredBy options.networking.firewall.enable "firewall.nix")
+          (declaredBy options.networking.firewall.extraCommands "firewall-iptables.nix")
+          (declaredBy options.networking.firewall.extraInputRules "firewall-nftables.nix")
+          (declaredBy options.networking.nftables.enable "nftables.nix")
+          (declaredBy options.services.tailscale.enable "tailscale.nix")
+        ]
+        ++ lib.mapAttrsToList carriesReal (hosts // nodes)
+        ++ [
+          (eq "every host uses the nftables backend" (lib.mapAttrs (_: c: c.networking.firewall.backend) hosts) (
+            lib.mapAttrs (_: _: "nftables") hosts
+          ))
+          (contains "fleet-gpu1's nftables ruleset: SSH public" (ruleset gpu1) " tcp dport { 22 } accept")
+          (contains "fleet-gpu1's nftables ruleset: llmvisor on tailscale0" (ruleset gpu1) "iifname tailscale0 tcp dport { 8080 } accept")
+          (contains "fleet-gpu1's nftables ruleset: Tailscale's UDP port public" (ruleset gpu1) " udp dport { 41641 } accept")
+          (contains "fleet-gpu1's nftables ruleset: loopback trusted" (ruleset gpu1) ''iifname { "lo" } accept'')
+          (contains "fleet-gpu1's nftables unit loads the table" (lib.elemAt gpu1.systemd.services.nftables.serviceConfig.ExecStart 1).text "table inet nixos-fw {")
+          (contains "vm-firewall-server's ruleset: llmvisor on tailnet0" (ruleset nodes.vm-firewall-server) "iifname tailnet0 tcp dport { 8080 } accept")
+          (eq "fleet-gpu1: tailscaled-autoconnect with the auth key" (lib.hasInfix "${hosts.fleet-gpu1.services.tailscale.authKeyFile}" gpu1.systemd.services.tailscaled-autoconnect.script) true)
+          (eq "vm-lifecycle: the iptables firewall (the default backend), reverse-path check on" {
+            inherit (nodes.vm-lifecycle.networking.firewall) backend checkReversePath;
+            unit = nodes.vm-lifecycle.systemd.services ? firewall;
+          } {
+            backend = "iptables";
+            checkReversePath = true;
+            unit = true;
+          })
+        ];
+      };
+  };
+  all = cases // lib.optionalAttrs real realCases;
 in
-cases // { __cases = lib.attrNames cases; }
+all // { __cases = lib.attrNames all; }

@@ -121,6 +121,9 @@ def main():
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
+    # Each expected failure's messages, by case, to compare a `real:` case (the
+    # real NixOS modules in place of stubs) with its stub twin.
+    expected_messages = {}
     for arg in cases:
         name, _, file = arg.partition("=")
         text = pathlib.Path(file).read_text()
@@ -136,6 +139,23 @@ def main():
         for msg in case["failedAssertions"]:
             print(f"FAIL {name}: assertion: {msg}")
             failures += 1
+        if case.get("expectedFailureMessages") is not None:
+            expected_messages[name] = case["expectedFailureMessages"]
+            twin = name.removeprefix("real:")
+            if twin != name and twin in expected_messages:
+                want = sorted(expected_messages[twin])
+                got = sorted(case["expectedFailureMessages"])
+                if want == got:
+                    print(f"ok   {name}: fails with the same {len(got)} message(s) as with the stubs")
+                else:
+                    print(f"FAIL {name}: failed assertions differ from the stubs' ({twin}):")
+                    for m in got:
+                        if m not in want:
+                            print(f"       only here: {m}")
+                    for m in want:
+                        if m not in got:
+                            print(f"       only with the stubs: {m}")
+                    failures += 1
         for c in case["checks"]:
             if c["ok"]:
                 print(f"ok   {name}: {c['name']}")

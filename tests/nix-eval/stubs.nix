@@ -17,7 +17,17 @@
 #
 # What NixOS does with the values (unit files, the nftables ruleset, builds) only
 # a real build and the VM tests show.
-{ lib }:
+#
+# `realModules = true` (eval.nix with `--arg realModules <dir>`): the real NixOS
+# firewall, nftables and Tailscale modules are evaluated instead of their stubs, so
+# the stubs of `networking.firewall.*`, `networking.nftables.*` and
+# `services.tailscale.*` and their side effects are left out, and the options and
+# packages those real modules read or set that nothing else here declares are
+# added (see `realModuleOptions` and `realPkgs`; tests/nix-eval/README.md).
+{
+  lib,
+  realModules ? false,
+}:
 let
   inherit (lib) mkOption types;
 
@@ -107,8 +117,52 @@ let
       settings = fakePackage "nvidia-settings-${branch}";
     };
 
+  # What the real firewall, nftables and Tailscale modules call on `pkgs` besides
+  # (only with `realModules`): trivial builders that keep their arguments, and
+  # packages.
+  realPkgs =
+    {
+      writeScriptBin = name: text: fakePackage name // { inherit text; };
+      writeScript = name: text: fakePackage name // { inherit text; };
+      writeText = name: text: fakePackage name // { inherit text; };
+      writeTextFile = args: fakePackage args.name // args;
+      runtimeShell = "/nix/store/00000000000000000000000000000000-bash/bin/bash";
+      buildPackages = lib.genAttrs [
+        "iana-etc"
+        "libredirect"
+        "nftables"
+      ] fakePackage
+      // {
+        lklWithFirewall = fakePackage "lkl" // { lib = fakePackage "lkl-lib"; };
+      };
+    }
+    // lib.genAttrs [
+      "getent"
+      "kmod"
+      "nixos-firewall-tool"
+      "openresolv"
+      "procps"
+    ] fakePackage;
+
+  # boot.kernelPackages.kernel, for the real firewall modules (only with
+  # `realModules`): firewall-iptables.nix tests `kernel.config.isEnabled
+  # "IP_NF_MATCH_RPFILTER"` or `kernel.features.netfilterRPFilter` (nixpkgs'
+  # kernel builders set `features.netfilterRPFilter = true`, as read in the index;
+  # that the common config also enables IP_NF_MATCH_RPFILTER is from memory);
+  # firewall.nix reads `kernel.version` only for its conntrack-helper assertion
+  # (6.12, 25.11's default kernel, from memory).
+  fakeKernel = fakePackage "linux" // {
+    version = "6.12.0";
+    features = {
+      efiBootStub = true;
+      netfilterRPFilter = true;
+      ia32Emulation = true;
+    };
+    config.isEnabled = option: lib.elem option [ "IP_NF_MATCH_RPFILTER" ];
+  };
+
   # What the modules call on `pkgs`.
-  pkgs = {
+  pkgs = lib.optionalAttrs realModules realPkgs // {
     formats.toml =
       { }:
       {
@@ -405,13 +459,16 @@ let
       kernel.sysctl = ns;
       # The real default is pkgs.linuxPackages; here, just what the NVIDIA module
       # reads.
-      kernelPackages = opt types.raw {
-        nvidiaPackages = {
-          stable = fakeNvidia "stable";
-          production = fakeNvidia "production";
-          dc = fakeNvidia "dc";
-        };
-      };
+      kernelPackages = opt types.raw (
+        {
+          nvidiaPackages = {
+            stable = fakeNvidia "stable";
+            production = fakeNvidia "production";
+            dc = fakeNvidia "dc";
+          };
+        }
+        // lib.optionalAttrs realModules { kernel = fakeKernel; }
+      );
       initrd.availableKernelModules = strList;
       initrd.kernelModules = strList;
       loader = {
@@ -492,6 +549,8 @@ let
       enableIPv6 = bool true;
       # nixos/modules/services/networking/dhcpcd.nix
       dhcpcd.denyInterfaces = strList;
+    }
+    // lib.optionalAttrs (!realModules) {
       # nixos/modules/services/networking/nftables.nix
       nftables = {
         enable = bool false;
@@ -553,7 +612,8 @@ let
           AllowGroups = opt (types.nullOr (types.listOf types.str)) null;
         }) { };
       };
-
+    }
+    // lib.optionalAttrs (!realModules) {
       # nixos/modules/services/networking/tailscale.nix
       tailscale = {
         enable = enable;
@@ -580,7 +640,8 @@ let
         disableTaildrop = bool false;
         disableUpstreamLogging = bool false;
       };
-
+    }
+    // {
       # nixos/modules/services/misc/open-webui.nix
       open-webui = {
         enable = enable;
@@ -784,6 +845,44 @@ let
   };
 
   # ---------------------------------------------------------------------------
+  # With `realModules`: the options the real firewall.nix, firewall-iptables.nix,
+  # firewall-nftables.nix, nftables.nix and tailscale.nix read or set that the
+  # stubs above do not declare. (What they read that the stubs do declare:
+  # boot.{kernelModules, blacklistedKernelModules, extraModprobeConfig,
+  # kernel.sysctl, kernelPackages}, environment.{systemPackages, etc},
+  # networking.{useNetworkd, enableIPv6, dhcpcd.denyInterfaces},
+  # security.wrapperDir, system.stateVersion, systemd.{services, packages,
+  # network}, assertions.)
+  realModuleOptions =
+    { config, pkgs, ... }:
+    {
+      options = {
+        # nixos/modules/services/networking/firewalld/: firewall.nix's `backend`
+        # default reads it. mkEnableOption (default false).
+        services.firewalld.enable = enable;
+        # nixos/modules/services/networking/networkmanager.nix: tailscale.nix orders
+        # tailscaled after NetworkManager-wait-online with it. mkEnableOption.
+        networking.networkmanager.enable = enable;
+        # nixos/modules/config/resolvconf.nix: tailscaled's path gets the package
+        # when enabled.
+        networking.resolvconf = {
+          enable = opt types.bool (!(config.environment.etc ? "resolv.conf"));
+          package = opt types.package pkgs.openresolv;
+        };
+        # nixos/modules/misc/meta.nix: `meta.maintainers` of tailscale.nix. The
+        # real type checks each entry against lib.maintainers, which a
+        # nixpkgs.lib checkout does not have (maintainers/ is outside lib/), so the
+        # entries are `raw` (never forced) here.
+        meta = {
+          maintainers = opt (types.listOf types.raw) [ ];
+          teams = opt (types.listOf types.raw) [ ];
+          doc = opt (types.nullOr types.path) null;
+          buildDocsInSandbox = bool true;
+        };
+      };
+    };
+
+  # ---------------------------------------------------------------------------
   # The real modules' side effects on what our modules and checks read.
   sideEffects =
     { config, ... }:
@@ -843,8 +942,9 @@ let
           hardware.nvidia.enabled = nvidiaOnX11 || nv.datacenter.enable;
         }
 
-        # firewall.nix: loopback is always trusted while the firewall is on.
-        (lib.mkIf fw.enable {
+        # firewall.nix: loopback is always trusted while the firewall is on. (This
+        # and the next two: not with `realModules`, where the real modules do it.)
+        (lib.mkIf (!realModules && fw.enable) {
           networking.firewall.trustedInterfaces = [ "lo" ];
           assertions = [
             {
@@ -855,7 +955,7 @@ let
         })
 
         # firewall-nftables.nix
-        (lib.mkIf (fw.enable && fw.backend == "nftables") {
+        (lib.mkIf (!realModules && fw.enable && fw.backend == "nftables") {
           assertions = [
             {
               assertion = fw.extraCommands == "";
@@ -901,7 +1001,7 @@ let
 
         # tailscale.nix: tailscaled; the auto-connect unit with an auth key; the UDP
         # port only with openFirewall (default false).
-        (lib.mkIf ts.enable {
+        (lib.mkIf (!realModules && ts.enable) {
           environment.systemPackages = [ ts.package ];
           systemd.packages = [ ts.package ];
           networking.dhcpcd.denyInterfaces = [ ts.interfaceName ];
@@ -1162,7 +1262,7 @@ in
   module =
     { config, ... }:
     {
-      imports = [ sideEffects ];
+      imports = [ sideEffects ] ++ lib.optional realModules realModuleOptions;
       options = options config;
     };
 }

@@ -34,6 +34,20 @@ pub fn allowed(auth: &Auth, peer: SocketAddr, headers: &HeaderMap) -> Result<(),
 }
 use crate::fleet::{Instance, StopReason};
 
+/// Before any admin handler (and before its body is read): the admin key, or
+/// loopback without one.
+pub async fn gate(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(e) = allowed(&app.policy().auth, peer, req.headers()) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
 fn find(
     app: &App,
     peer: SocketAddr,

@@ -25,6 +25,12 @@ pub enum ApiError {
     /// The body is over `server.max_body`.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(u64),
+    /// The body did not arrive in time (`server.body_timeout`, `body_idle_timeout`).
+    #[error("the request body was not received in time ({0})")]
+    RequestTimeout(&'static str),
+    /// Too many request bytes are being received (`server.max_buffered_bodies`).
+    #[error("too many request bytes are being received right now")]
+    BodiesOverBudget,
     /// No such path.
     #[error("unknown URL {0}")]
     UnknownUrl(String),
@@ -133,6 +139,21 @@ impl ApiError {
             param: None,
         };
         match self {
+            ApiError::RequestTimeout(key) => r(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+                format!("The request body was not received in time (server.{key})."),
+                None,
+            ),
+            ApiError::BodiesOverBudget => r(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "server_busy",
+                "The server is receiving too many request bodies right now; try again shortly."
+                    .to_string(),
+                Some(1),
+            ),
             ApiError::Unauthorized { message, code } => r(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",

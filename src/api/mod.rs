@@ -3,6 +3,7 @@
 mod admin;
 pub mod error;
 pub mod openai;
+pub mod server;
 mod status;
 
 use std::sync::{Arc, RwLock};
@@ -46,6 +47,8 @@ pub struct App {
     pub store: crate::store::Store,
     /// When llmvisor started.
     pub started: SystemTime,
+    /// Client connections: limits and counters (`[server]`, src/api/server.rs).
+    pub edge: Arc<server::Edge>,
 }
 
 impl App {
@@ -67,7 +70,9 @@ impl App {
             router: router::Router::new(&settings, tokenizers, Some(&upstream), None),
             auth: Auth::new(&settings, None),
         };
+        let edge = server::Edge::new(server::Limits::from_config(&settings.server));
         Arc::new(Self {
+            edge,
             policy: RwLock::new(Arc::new(policy)),
             settings,
             fleet,
@@ -133,14 +138,9 @@ impl App {
 
 /// The axum router of the whole API.
 pub fn routes(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(openai::forward))
-        .route("/v1/completions", post(openai::forward))
-        .route("/v1/embeddings", post(openai::forward))
-        .route("/v1/rerank", post(openai::forward))
-        .route("/v1/models", get(status::models))
-        .route("/health", get(status::health))
-        .route("/metrics", get(status::metrics))
+    // Admin routes check the key (or loopback) before anything reads a body, and
+    // take small bodies only.
+    let admin = Router::new()
         .route("/admin/models/{name}/start", post(admin::start))
         .route("/admin/models/{name}/stop", post(admin::stop))
         .route("/admin/models/{name}/logs", get(admin::logs))
@@ -152,6 +152,20 @@ pub fn routes(app: Arc<App>) -> Router {
         )
         .route("/admin/profiles/resume", post(admin::resume_profiles))
         .route("/admin/test/clock", post(admin::test_clock))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            admin::gate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 10));
+    Router::new()
+        .route("/v1/chat/completions", post(openai::forward))
+        .route("/v1/completions", post(openai::forward))
+        .route("/v1/embeddings", post(openai::forward))
+        .route("/v1/rerank", post(openai::forward))
+        .route("/v1/models", get(status::models))
+        .route("/health", get(status::health))
+        .route("/metrics", get(status::metrics))
+        .merge(admin)
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

@@ -515,8 +515,22 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
     {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
-        Err(_) => Err(bad("The request body could not be read.", "invalid_body")),
+        Err(e) => Err(body_error(&*e)),
     }
+}
+
+/// What a request body that could not be read becomes: the edge's time limits and
+/// budget (src/api/server.rs) have answers of their own.
+pub(crate) fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        match err.downcast_ref::<super::server::BodyError>() {
+            Some(super::server::BodyError::Timeout(key)) => return ApiError::RequestTimeout(key),
+            Some(super::server::BodyError::OverBudget) => return ApiError::BodiesOverBudget,
+            _ => cur = err.source(),
+        }
+    }
+    bad("The request body could not be read.", "invalid_body")
 }
 
 /// The requested model, the byte range of its value, and `stream`.
@@ -956,6 +970,10 @@ fn finisher(
                 Some(format!("upstream_{}", status.as_u16())),
             ),
             Outcome::Complete => (status.as_u16(), None),
+            // Cut by the edge because the client stopped reading (write_timeout).
+            Outcome::ClientGone if super::server::client_stalled() => {
+                (CLIENT_CLOSED, Some("client_stalled".into()))
+            }
             Outcome::ClientGone => (CLIENT_CLOSED, Some("client_closed".into())),
             Outcome::UpstreamFailed => (502, Some("backend_error".into())),
             Outcome::UpstreamTimeout => (504, Some("backend_timeout".into())),

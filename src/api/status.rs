@@ -193,6 +193,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     ] {
         counter.inc_by(value.saturating_sub(counter.get()));
     }
+    app.edge.stats.export(m);
     for i in app.fleet.instances() {
         if let Some(b) = policy.router.model_breaker(i.name()) {
             m.breaker_state

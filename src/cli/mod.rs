@@ -3,14 +3,12 @@
 mod gpus;
 mod status;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -642,23 +640,17 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = JoinSet::new();
     let mut bound = Vec::new();
+    let edge = app.edge.clone();
+    api::server::check_nofile(edge.limits());
     for listener in listeners {
         let local = listener.local_addr()?;
         bound.push(local.to_string());
-        let mut stop = stop_rx.clone();
-        let svc = routes
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        servers.spawn(async move {
-            axum::serve(listener, svc)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        servers.spawn(api::server::serve(
+            listener,
+            routes.clone(),
+            edge.clone(),
+            stop_rx.clone(),
+        ));
     }
     let status = format!(
         "listening on {}; {} model(s), {} unit manager",

@@ -133,6 +133,28 @@ pub struct ServerConfig {
     pub breaker_failures: u32,
     /// How long an open breaker skips its target before one trial request.
     pub breaker_cooldown: HumanDuration,
+    /// Most client connections open at once; past it, a short 503 and close.
+    pub max_connections: usize,
+    /// Most client connections open at once from one address.
+    pub max_connections_per_ip: usize,
+    /// Silence allowed on a client connection with no request in flight (also the
+    /// time a new connection has for its first request, with `header_read_timeout`).
+    pub keepalive_timeout: HumanDuration,
+    /// Time a client has to send an HTTP/1 request's headers.
+    pub header_read_timeout: HumanDuration,
+    /// Time a client has to send a whole request body (408 past it).
+    pub body_timeout: HumanDuration,
+    /// Longest pause inside a request body (408 past it).
+    pub body_idle_timeout: HumanDuration,
+    /// Longest time a response write may make no progress because the client does
+    /// not read; past it the connection is cut and the request logged
+    /// `client_stalled`, its model slot freed.
+    pub write_timeout: HumanDuration,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub http2_max_streams: u32,
+    /// Request body bytes being received by all requests together (503 past it);
+    /// one connection may hold twice `max_body`.
+    pub max_buffered_bodies: ByteSize,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +176,15 @@ impl Default for ServerConfig {
             retry_budget: 0.2,
             breaker_failures: 5,
             breaker_cooldown: HumanDuration::secs(30),
+            max_connections: 4096,
+            max_connections_per_ip: 1024,
+            keepalive_timeout: HumanDuration::secs(75),
+            header_read_timeout: HumanDuration::secs(30),
+            body_timeout: HumanDuration::secs(300),
+            body_idle_timeout: HumanDuration::secs(30),
+            write_timeout: HumanDuration::secs(60),
+            http2_max_streams: 32,
+            max_buffered_bodies: ByteSize(256 << 20),
         }
     }
 }

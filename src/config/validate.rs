@@ -129,10 +129,41 @@ impl Config {
             ("upstream_idle_timeout", s.upstream_idle_timeout),
             ("stream_keepalive_interval", s.stream_keepalive_interval),
             ("health_poll_interval", s.health_poll_interval),
+            ("keepalive_timeout", s.keepalive_timeout),
+            ("header_read_timeout", s.header_read_timeout),
+            ("body_timeout", s.body_timeout),
+            ("body_idle_timeout", s.body_idle_timeout),
+            ("write_timeout", s.write_timeout),
         ] {
             if d.is_zero() {
                 p.add(format!("server.{key}"), "must be more than 0");
             }
+        }
+        if s.max_connections == 0 {
+            p.add("server.max_connections", "must be more than 0");
+        }
+        if s.max_connections_per_ip == 0 {
+            p.add("server.max_connections_per_ip", "must be more than 0");
+        } else if s.max_connections_per_ip > s.max_connections {
+            p.add(
+                "server.max_connections_per_ip",
+                format!(
+                    "{} is more than server.max_connections ({})",
+                    s.max_connections_per_ip, s.max_connections
+                ),
+            );
+        }
+        if s.http2_max_streams == 0 {
+            p.add("server.http2_max_streams", "must be more than 0");
+        }
+        if s.max_buffered_bodies.0 < s.max_body.0 {
+            p.add(
+                "server.max_buffered_bodies",
+                format!(
+                    "{} bytes is less than server.max_body ({} bytes): no request of the largest size could be received",
+                    s.max_buffered_bodies.0, s.max_body.0
+                ),
+            );
         }
         let [first, last] = s.port_range;
         if first == 0 || first > last {
@@ -638,6 +669,37 @@ mod tests {
             by("small").idle_ttl,
             Some(std::time::Duration::from_secs(1800))
         );
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let ps = problems(
+            r#"
+            [server]
+            max_connections = 10
+            max_connections_per_ip = 20
+            keepalive_timeout = "0s"
+            write_timeout = 0
+            http2_max_streams = 0
+            max_body = "2MiB"
+            max_buffered_bodies = "1MiB"
+            [models.a]
+            kind = "command"
+            command = ["x"]
+            "#,
+        );
+        for want in [
+            "server.max_connections_per_ip: 20 is more than server.max_connections (10)",
+            "server.keepalive_timeout: must be more than 0",
+            "server.write_timeout: must be more than 0",
+            "server.http2_max_streams: must be more than 0",
+            "server.max_buffered_bodies: 1048576 bytes is less than server.max_body",
+        ] {
+            assert!(
+                ps.iter().any(|p| p.starts_with(want)),
+                "no {want:?} in {ps:#?}"
+            );
+        }
     }
 
     #[test]

@@ -69,6 +69,13 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// Labels of a reason (why a connection closed, why a body was refused).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// e.g. `idle`, `stalled`, `timeout`, `over_budget`.
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -119,6 +126,16 @@ pub struct Metrics {
     pub starts: Family<ModelLabels, Counter>,
     /// GPUs, out-of-memory restarts, evictions, sleep and wake, profiles.
     pub gpu: GpuMetrics,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Client connections refused for a connection limit.
+    pub connections_refused: Counter,
+    /// Client connections closed by llmvisor, by reason (`idle`, `stalled`).
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Request bodies refused, by reason (`timeout`, `over_budget`).
+    pub bodies_refused: Family<ReasonLabels, Counter>,
+    /// Request body bytes being received now.
+    pub body_bytes_buffered: Gauge,
 }
 
 impl Default for Metrics {
@@ -220,7 +237,42 @@ impl Metrics {
             "Requests in flight at each external provider",
             provider_in_flight.clone(),
         );
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        let bodies_refused = Family::<ReasonLabels, Counter>::default();
+        let body_bytes_buffered = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections refused for server.max_connections or max_connections_per_ip",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Client connections closed by llmvisor: idle (keepalive_timeout) or stalled (write_timeout)",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "request_bodies_refused",
+            "Request bodies refused: timeout (body_timeout, body_idle_timeout) or over_budget (max_buffered_bodies)",
+            bodies_refused.clone(),
+        );
+        registry.register(
+            "request_body_bytes_buffered",
+            "Request body bytes being received now, all requests together",
+            body_bytes_buffered.clone(),
+        );
         Self {
+            connections_open,
+            connections_refused,
+            connections_closed,
+            bodies_refused,
+            body_bytes_buffered,
             registry,
             requests,
             request_duration,

@@ -104,7 +104,7 @@ pub struct LogsQuery {
 }
 
 /// `GET /admin/models/{name}/logs?lines=N`: the model's journal, as `llmvisor logs`
-/// shows it.
+/// shows it; under the process manager, the output it captured of the model.
 pub async fn logs(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -117,6 +117,11 @@ pub async fn logs(
         Err(e) => return e.into_response(),
     };
     let lines = q.lines.unwrap_or(100).min(10_000);
+    // The process manager keeps its children's output itself.
+    if let Some(kept) = app.fleet.recent_output(&inst, lines) {
+        return Json(json!({"model": inst.name(), "unit": inst.unit.unit, "lines": kept}))
+            .into_response();
+    }
     let (unit, model) = (inst.unit.unit.clone(), inst.name().to_string());
     let read = tokio::task::spawn_blocking(move || {
         crate::units::journal::tail(

@@ -695,6 +695,8 @@ pub async fn serve(
     } else {
         tracing::info!("leaving the model units running (units.stop_on_shutdown = false)");
     }
+    // Every request row and the models' `stopped` events reach the database.
+    app.store.close(grace.max(Duration::from_secs(2))).await;
     tracing::info!("stopped");
     if listener_failed {
         anyhow::bail!("a listener failed; see the log above");

@@ -534,6 +534,25 @@ impl Instance {
             .get_or_create(&self.ctx.model_label(&name))
             .inc();
         tracing::info!(model = %name, unit = %unit.unit, manager = self.ctx.manager.name(), gpus = ?unit.env.get("CUDA_VISIBLE_DEVICES"), "starting");
+        // Whatever listens on the port would pass the health check and get the
+        // prompts: refuse to start on a port someone else holds.
+        let port = self.spec.port;
+        let taken = tokio::task::spawn_blocking(move || {
+            crate::units::sockets::port_taken(port).map(|e| {
+                let who = crate::units::sockets::describe_holder(port)
+                    .unwrap_or_else(|| "another process".into());
+                format!(
+                    "port {port} is already in use by {who} ({e}); not starting the model on it"
+                )
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(msg) = taken {
+            self.fail_and_free(Scope::Start(generation), msg);
+            return;
+        }
         let invocation = match self.ctx.manager.start(&unit).await {
             Ok(inv) => inv,
             Err(e) => {
@@ -637,6 +656,8 @@ impl Instance {
         let name = self.spec.name.clone();
         let deadline = t0 + self.spec.start_timeout;
         let mut rx = self.status.subscribe();
+        // Who answered the health check instead of the model, once seen.
+        let mut foreign: Option<String> = None;
         loop {
             if !self.is_current(generation, State::Loading) {
                 return;
@@ -646,6 +667,7 @@ impl Instance {
                 .health
                 .check(self.spec.port, &self.spec.health_path)
                 .await
+                && self.answered_by_us(&mut foreign).await
             {
                 let mut ready = false;
                 self.status.send_if_modified(|s| {
@@ -671,12 +693,19 @@ impl Instance {
                 return;
             }
             if Instant::now() >= deadline {
-                let msg = format!(
-                    "not healthy within start_timeout ({}): GET {} on port {} never answered 200",
-                    humantime::format_duration(self.spec.start_timeout),
-                    self.spec.health_path,
-                    self.spec.port
-                );
+                let msg = match &foreign {
+                    Some(who) => format!(
+                        "not healthy within start_timeout ({}): port {} answers, but from {who}, not from the model's own processes",
+                        humantime::format_duration(self.spec.start_timeout),
+                        self.spec.port
+                    ),
+                    None => format!(
+                        "not healthy within start_timeout ({}): GET {} on port {} never answered 200",
+                        humantime::format_duration(self.spec.start_timeout),
+                        self.spec.health_path,
+                        self.spec.port
+                    ),
+                };
                 // Stop first: a restart must not race the old process for its port.
                 let _ = self
                     .ctx
@@ -688,6 +717,33 @@ impl Instance {
             }
             // Poll again after the interval, or at once if the state changes (exit).
             let _ = tokio::time::timeout(self.ctx.poll_interval, rx.changed()).await;
+        }
+    }
+
+    /// Whether the socket listening on the model's port belongs to the unit's own
+    /// processes (see [`crate::units::sockets::owner`]). A manager that cannot list
+    /// the unit's processes, or a socket `/proc` does not show, is taken on trust.
+    /// Someone else's socket is logged once and noted in `foreign`.
+    async fn answered_by_us(&self, foreign: &mut Option<String>) -> bool {
+        let Some(pids) = self.ctx.manager.pids(&self.unit.unit).await else {
+            return true;
+        };
+        let port = self.spec.port;
+        let owner = tokio::task::spawn_blocking(move || crate::units::sockets::owner(port, &pids))
+            .await
+            .unwrap_or(crate::units::sockets::Owner::Unknown);
+        match owner {
+            crate::units::sockets::Owner::Ours | crate::units::sockets::Owner::Unknown => true,
+            crate::units::sockets::Owner::Foreign(who) => {
+                if foreign.as_deref() != Some(who.as_str()) {
+                    tracing::warn!(
+                        model = %self.spec.name,
+                        "port {port} answers the health check, but its socket is held by {who}, not by the model's processes; not ready"
+                    );
+                }
+                *foreign = Some(who);
+                false
+            }
         }
     }
 
@@ -911,6 +967,47 @@ impl Instance {
     }
 }
 
+/// The message of the last Rust panic or Python traceback in a backend's output.
+///
+/// Rust (1.73 and later) prints `thread '…' panicked at file:line:col:` and the
+/// message on the next line(s); earlier versions `thread '…' panicked at 'msg',
+/// file:line:col`. A Python traceback ends with the exception line, the first line
+/// after `Traceback (most recent call last):` that is not indented (frames are).
+fn panic_message(lines: &[String]) -> Option<String> {
+    let rust = lines.iter().rposition(|l| l.contains("' panicked at "));
+    let python = lines.iter().rposition(|l| {
+        l.trim_start()
+            .starts_with("Traceback (most recent call last)")
+    });
+    match (rust, python) {
+        (Some(r), p) if p.is_none_or(|p| r > p) => {
+            let head = lines[r].trim();
+            if !head.ends_with(':') {
+                return Some(head.to_string());
+            }
+            let msg = lines[r + 1..]
+                .iter()
+                .map(|l| l.trim())
+                .take_while(|l| {
+                    !l.is_empty() && !l.starts_with("note: ") && !l.starts_with("stack backtrace:")
+                })
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ");
+            Some(if msg.is_empty() {
+                head.to_string()
+            } else {
+                format!("{head} {msg}")
+            })
+        }
+        (_, Some(p)) => lines[p + 1..]
+            .iter()
+            .find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace))
+            .map(|l| l.trim().to_string()),
+        _ => None,
+    }
+}
+
 /// What a dead backend's last lines say: the last line, and before it the first line
 /// of the last few that names an error, when that is a different one. Servers often
 /// end with a summary ("exiting due to model loading error") after the cause
@@ -923,6 +1020,11 @@ fn exit_reason(last_output: &[String]) -> Option<String> {
             None => l.to_string(),
         }
     };
+    // A panic or a traceback ends with a backtrace or a summary; its message is the
+    // reason, not the last line ("29: _start").
+    if let Some(m) = panic_message(last_output) {
+        return Some(short(&m));
+    }
     let lines: Vec<&String> = last_output
         .iter()
         .filter(|l| !l.trim().is_empty())
@@ -953,6 +1055,46 @@ fn exit_reason(last_output: &[String]) -> Option<String> {
 #[cfg(test)]
 mod exit_reason_tests {
     use super::exit_reason;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn a_rust_panic_gives_its_message_not_the_last_backtrace_line() {
+        let mut out = lines(
+            "INFO loading weights\nthread 'main' panicked at src/engine.rs:42:9:\nKV cache does not fit: need 20 GiB, have 16 GiB\nstack backtrace:",
+        );
+        for i in 0..30 {
+            out.push(format!("  {i:>2}: frame_{i}"));
+            out.push("             at ./src/x.rs:1:1".into());
+        }
+        out.push("  29: _start".into());
+        out.push("note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.".into());
+        assert_eq!(
+            exit_reason(&out).unwrap(),
+            "thread 'main' panicked at src/engine.rs:42:9: KV cache does not fit: need 20 GiB, have 16 GiB"
+        );
+        // Before Rust 1.73 the message was on the same line.
+        let old = lines(
+            "thread 'tokio-runtime-worker' panicked at 'no model file', src/main.rs:3:5\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        );
+        assert_eq!(
+            exit_reason(&old).unwrap(),
+            "thread 'tokio-runtime-worker' panicked at 'no model file', src/main.rs:3:5"
+        );
+    }
+
+    #[test]
+    fn a_python_traceback_gives_its_exception_line() {
+        let out = lines(
+            "INFO 05-01 starting\nTraceback (most recent call last):\n  File \"/x/server.py\", line 10, in <module>\n    main()\n  File \"/x/server.py\", line 5, in main\n    raise ValueError(\"max_model_len 32768 exceeds the model's 8192\")\nValueError: max_model_len 32768 exceeds the model's 8192\n[rank0]: destroying process group\nexiting",
+        );
+        assert_eq!(
+            exit_reason(&out).unwrap(),
+            "ValueError: max_model_len 32768 exceeds the model's 8192"
+        );
+    }
 
     #[test]
     fn the_cause_comes_before_the_summary() {

@@ -363,6 +363,12 @@ impl Fleet {
         self.ctx.manager.name()
     }
 
+    /// The output the unit manager itself kept of an instance's unit (the process
+    /// manager's), or `None` where the journal has it.
+    pub fn recent_output(&self, inst: &Instance, lines: usize) -> Option<Vec<String>> {
+        self.ctx.manager.recent_output(&inst.unit.unit, lines)
+    }
+
     /// After a restart of llmvisor: adopt running units whose spec hash matches
     /// (no cold start), restart changed ones, stop ones no model claims.
     pub async fn adopt_running(&self) -> Result<(), crate::units::UnitError> {

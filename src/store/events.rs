@@ -2,13 +2,30 @@
 //! load time), stopped (with the reason), failed (with the exit status), OOM.
 
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use super::{EventRecord, Store, now_ms};
 use crate::fleet::{Fleet, Instance, State};
 
-/// Instances already followed.
+/// Instances already followed, each with the `since` of the last status its
+/// follower has handled.
 #[derive(Default)]
-pub struct Watched(Mutex<Vec<Weak<Instance>>>);
+pub struct Watched(Mutex<Vec<(Weak<Instance>, Seen)>>);
+
+/// The `since` of the last status a follower handled.
+type Seen = Arc<Mutex<Option<Instant>>>;
+
+impl Watched {
+    /// Whether every follower has handled the current status of its instance.
+    pub fn caught_up(&self) -> bool {
+        let w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.iter().all(|(inst, seen)| {
+            inst.upgrade().is_none_or(|i| {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) == Some(i.status().since)
+            })
+        })
+    }
+}
 
 /// Follow every instance of the fleet not followed yet (at start and after each
 /// reload). A follower ends with its instance.
@@ -17,18 +34,20 @@ pub fn watch_fleet(fleet: &Fleet, store: &Store) {
         return;
     }
     let mut w = store.watched.0.lock().unwrap_or_else(|e| e.into_inner());
-    w.retain(|i| i.strong_count() > 0);
+    w.retain(|(i, _)| i.strong_count() > 0);
     for inst in fleet.instances() {
         if w.iter()
-            .any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(&inst)))
+            .any(|(x, _)| std::ptr::eq(x.as_ptr(), Arc::as_ptr(&inst)))
         {
             continue;
         }
-        w.push(Arc::downgrade(&inst));
+        let seen = Seen::default();
+        w.push((Arc::downgrade(&inst), seen.clone()));
         tokio::spawn(follow(
             inst.name().to_string(),
             inst.subscribe_status(),
             store.clone(),
+            seen,
         ));
     }
 }
@@ -43,12 +62,18 @@ async fn follow(
     model: String,
     mut rx: tokio::sync::watch::Receiver<crate::fleet::Status>,
     store: Store,
+    seen: Seen,
 ) {
     let mut prev = rx.borrow_and_update().clone();
+    let mark = |s: &crate::fleet::Status| {
+        *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.since);
+    };
+    mark(&prev);
     let mut started_at = None;
     while rx.changed().await.is_ok() {
         let cur = rx.borrow_and_update().clone();
         if cur.state == prev.state {
+            mark(&cur);
             prev = cur;
             continue;
         }
@@ -98,6 +123,7 @@ async fn follow(
             }
             _ => {}
         }
+        mark(&cur);
         prev = cur;
     }
 }

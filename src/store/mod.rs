@@ -3,6 +3,8 @@
 //! writer thread that commits in batches; when the channel is full the record is
 //! dropped, counted (`llmvisor_store_dropped_total`) and logged once per interval.
 //! A database that cannot be opened or written is logged, and llmvisor serves on.
+//! At shutdown, [`Store::close`] waits (bounded) until the model events of the last
+//! state changes are queued and every record accepted before it is committed.
 
 pub mod events;
 pub mod query;
@@ -75,6 +77,8 @@ pub struct EventRecord {
 enum Record {
     Request(RequestRecord),
     Event(EventRecord),
+    /// Commit everything received so far, then answer.
+    Flush(SyncSender<()>),
 }
 
 /// Unix milliseconds now.
@@ -206,6 +210,53 @@ impl Store {
     pub fn event(&self, e: EventRecord) {
         self.send(Record::Event(e));
     }
+
+    /// At shutdown, after the models are stopped: wait until the event followers
+    /// have seen every state change (the `stopped` events), then until the writer has
+    /// committed every record accepted before this call; `within` bounds the whole.
+    /// Returns whether everything was written in time.
+    pub async fn close(&self, within: Duration) -> bool {
+        let Some(tx) = self.tx.clone() else {
+            return true;
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.watched.caught_up() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("usage store: model events still pending after {within:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let done = tokio::task::spawn_blocking(move || {
+            let (ack_tx, ack_rx) = sync_channel(1);
+            let t0 = Instant::now();
+            // Blocking send: a full channel drains at the writer's pace.
+            let sent = loop {
+                match tx.try_send(Record::Flush(ack_tx.clone())) {
+                    Ok(()) => break true,
+                    Err(TrySendError::Full(_)) if t0.elapsed() < left => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break false,
+                }
+            };
+            sent && ack_rx
+                .recv_timeout(left.saturating_sub(t0.elapsed()))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        let written = self.stats.written.load(Ordering::Relaxed);
+        if done {
+            tracing::info!("usage store: all records written ({written} in this run)");
+        } else {
+            tracing::warn!(
+                "usage store: not every record was written within {within:?} ({written} in this run)"
+            );
+        }
+        done
+    }
 }
 
 fn open_rw(path: &Path) -> rusqlite::Result<Connection> {
@@ -278,8 +329,13 @@ impl Writer {
             std::thread::sleep(FLUSH_EVERY);
             let mut disconnected = false;
             loop {
+                let mut ack = None;
                 while buf.len() < self.batch {
                     match self.rx.try_recv() {
+                        Ok(Record::Flush(a)) => {
+                            ack = Some(a);
+                            break;
+                        }
                         Ok(r) => buf.push(r),
                         Err(std::sync::mpsc::TryRecvError::Empty) => break,
                         Err(std::sync::mpsc::TryRecvError::Disconnected) => {
@@ -288,10 +344,16 @@ impl Writer {
                         }
                     }
                 }
+                if !buf.is_empty() {
+                    self.flush(&mut buf);
+                }
+                if let Some(a) = ack {
+                    let _ = a.send(());
+                    continue;
+                }
                 if buf.is_empty() {
                     break;
                 }
-                self.flush(&mut buf);
             }
             if disconnected {
                 return;
@@ -362,6 +424,7 @@ impl Writer {
                             r.stream,
                         ])?;
                     }
+                    Record::Flush(_) => {}
                     Record::Event(e) => {
                         ev.execute(params![
                             e.ts_ms,

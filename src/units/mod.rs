@@ -10,6 +10,7 @@ pub mod journal;
 pub mod process;
 pub mod properties;
 pub mod render;
+pub mod sockets;
 pub mod systemd;
 
 use std::fmt;
@@ -140,4 +141,18 @@ pub trait UnitManager: Send + Sync + 'static {
     /// Follow a unit found by `list` (started before this llmvisor): its exit is
     /// reported like that of a unit this manager started. Returns its invocation.
     async fn adopt(&self, unit: &str) -> Result<Invocation, UnitError>;
+
+    /// The processes of a running unit (the child's session under the process
+    /// manager, the unit's cgroup under systemd), to prove that the socket answering
+    /// its health check is its own. `None`: the manager cannot tell.
+    async fn pids(&self, _unit: &str) -> Option<Vec<u32>> {
+        None
+    }
+
+    /// The last `lines` lines of output the manager itself kept of a unit (oldest
+    /// first), for managers whose units do not log to the journal. `None`: read the
+    /// journal.
+    fn recent_output(&self, _unit: &str, _lines: usize) -> Option<Vec<String>> {
+        None
+    }
 }

@@ -98,6 +98,8 @@ trait Service {
     fn result(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn memory_current(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn control_group(&self) -> zbus::Result<String>;
 }
 
 /// Which service manager.
@@ -179,6 +181,18 @@ impl SystemdManager {
             .ok()
             .filter(|m| *m != u64::MAX);
         Some((pid, mem))
+    }
+
+    /// The unit's control group (`/llmvisor.slice/llmvisor-model-x.service`).
+    async fn control_group(&self, unit: &str) -> Option<String> {
+        let path = self.manager.get_unit(unit).await.ok()?;
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)
+            .ok()?
+            .build()
+            .await
+            .ok()?;
+        service.control_group().await.ok().filter(|c| !c.is_empty())
     }
 
     /// Wait for `job` to be removed; returns its result (`done`, `failed`, …).
@@ -350,7 +364,8 @@ async fn journal_tail(unit: &str, invocation: &Invocation) -> Vec<String> {
                 model: None,
                 invocation: Some(&invocation),
             },
-            20,
+            // A panic's message comes before its backtrace.
+            200,
         )
     })
     .await
@@ -579,6 +594,14 @@ impl UnitManager for SystemdManager {
         Ok(invocation)
     }
 
+    async fn pids(&self, unit: &str) -> Option<Vec<u32>> {
+        let cg = self.control_group(unit).await?;
+        let pids = tokio::task::spawn_blocking(move || cgroup_pids(&cg))
+            .await
+            .ok()?;
+        (!pids.is_empty()).then_some(pids)
+    }
+
     async fn list(&self) -> Result<Vec<UnitInfo>, UnitError> {
         let rows = self
             .manager
@@ -611,6 +634,37 @@ impl UnitManager for SystemdManager {
         }
         Ok(out)
     }
+}
+
+/// Every process in a control group and the groups below it (cgroup v2, or the
+/// named `systemd` hierarchy of v1).
+fn cgroup_pids(cg: &str) -> Vec<u32> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<u32>) {
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    let rel = cg.trim_start_matches('/');
+    let mut out = Vec::new();
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+    ] {
+        let dir = std::path::Path::new(root).join(rel);
+        if dir.join("cgroup.procs").exists() {
+            walk(&dir, &mut out);
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -707,5 +761,19 @@ mod tests {
             assert!(!p.iter().any(|(n, _)| *n == name), "{name}");
         }
         assert!(p.iter().any(|(n, _)| *n == "ExecStart"));
+    }
+
+    #[test]
+    fn cgroup_members_are_read_from_the_hierarchy() {
+        // Our own cgroup (v2: "0::/path") holds this process.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return; // cgroup v1 only: nothing to compare with
+        };
+        let pids = cgroup_pids(path);
+        if std::path::Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
+            assert!(pids.contains(&std::process::id()), "{path}: {pids:?}");
+        }
+        assert!(cgroup_pids("/no/such/llmvisor.slice").is_empty());
     }
 }

@@ -222,3 +222,61 @@ async fn a_client_that_leaves_the_queue_frees_its_place() {
     assert_eq!(lv.chat("q").await.status(), 200);
     assert_eq!(busy.await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn a_stream_options_of_the_client_is_replaced_or_merged_never_doubled() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model("m", &["--max-tokens", "3"], "served_name = \"served\""),
+    )
+    .await;
+    // `null` used to get a second `stream_options` key: the backend answered 400
+    // "duplicate field". An object without include_usage gets the member added.
+    for options in ["null", "{}", r#"{"continuous_usage_stats":false}"#] {
+        let sent = format!(
+            r#"{{"model":"m","stream":true,"stream_options":{options},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let resp = lv
+            .client
+            .post(lv.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{options}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.trim_end().ends_with("data: [DONE]"),
+            "{options}: {text}"
+        );
+        // The usage chunk llmvisor asked for is not the client's.
+        assert!(!text.contains("usage"), "{options}: {text}");
+        let stats = lv.mock_stats("m").await;
+        let raw = stats["last_body"].as_str().unwrap();
+        assert_eq!(raw.matches("\"stream_options\"").count(), 1, "{raw}");
+        assert_eq!(raw.matches("\"model\"").count(), 1, "{raw}");
+        assert_eq!(stats["last_request"]["model"], "served");
+        assert_eq!(
+            stats["last_request"]["stream_options"]["include_usage"], true,
+            "{raw}"
+        );
+    }
+    // The client's own `include_usage` is left as it is.
+    let sent = r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = lv
+        .client
+        .post(lv.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await.unwrap();
+    let stats = lv.mock_stats("m").await;
+    assert_eq!(
+        stats["last_body"].as_str().unwrap(),
+        sent.replace("\"m\"", "\"served\"")
+    );
+}

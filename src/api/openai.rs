@@ -15,10 +15,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::body::{self, Head};
 use super::{ApiError, App, Policy};
 use crate::auth::{Client, Denied, OverLimit, Quota, reset_text};
 use crate::fleet::{FleetError, Lease, State as ModelState};
@@ -45,23 +44,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
     "upgrade",
 ];
-
-/// The fields of a request body llmvisor looks at; everything else passes untouched.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(borrow, default)]
-    stream_options: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
 
 fn endpoint_of(path: &str) -> &'static str {
     match path {
@@ -103,8 +85,8 @@ struct Call {
     client: Arc<Client>,
     parts: Parts,
     body: Bytes,
-    /// Byte range of the `model` value in `body`.
-    model_span: (usize, usize),
+    /// The fields of `body` llmvisor reads (and the byte ranges it rewrites).
+    head: Head,
     stream: bool,
     endpoint: &'static str,
     started: Instant,
@@ -237,27 +219,9 @@ impl Call {
         });
     }
 
-    /// The body with `model` replaced by `name` (every other byte as sent), and,
-    /// when llmvisor wants the usage of a stream the client did not ask it for,
-    /// `"stream_options":{"include_usage":true}` added first.
+    /// The body for a target that calls the model `name` (see [`body::rewrite`]).
     fn body_for(&self, name: &str) -> Bytes {
-        let (start, end) = self.model_span;
-        let quoted = serde_json::to_string(name).unwrap_or_default();
-        let same = self.body[start..end] == *quoted.as_bytes();
-        if same && !self.inject_usage {
-            return self.body.clone();
-        }
-        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len() + 48);
-        // parse_head checked the body starts (after whitespace) with `{`.
-        let open = self.body.iter().position(|b| *b == b'{').unwrap_or(0);
-        out.extend_from_slice(&self.body[..=open]);
-        if self.inject_usage {
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-        }
-        out.extend_from_slice(&self.body[open + 1..start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&self.body[end..]);
-        out.freeze()
+        body::rewrite(&self.body, &self.head, name, self.inject_usage)
     }
 }
 
@@ -377,8 +341,9 @@ async fn admit(
     let bytes = read_body(&app, &parts.headers, body)
         .await
         .map_err(|e| who("-", e))?;
-    let (requested, model_span, stream, usage_asked) =
-        parse_head(&bytes).map_err(|e| who("-", e))?;
+    let head = body::parse_head(&bytes).map_err(|e| who("-", e))?;
+    let requested = head.model.clone();
+    let stream = head.stream;
     if !policy.router.knows(&requested) {
         return Err(who("-", ApiError::ModelNotFound(requested)));
     }
@@ -474,7 +439,6 @@ async fn admit(
         client,
         parts,
         body: bytes,
-        model_span,
         stream,
         endpoint,
         started,
@@ -483,12 +447,14 @@ async fn admit(
         quota,
         charged_tokens,
         ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
-        // Only streams without any `stream_options` of their own: adding a key is
-        // invisible to the backend otherwise; rewriting the client's options is not.
+        // Only where the client's own options say nothing about the usage chunk
+        // (none, `null`, an object without `include_usage`): turning it on is then
+        // invisible once the chunk is removed again; overriding the client is not.
         inject_usage: app_store_enabled
             && stream
-            && usage_asked.is_none()
+            && head.stream_options.injectable()
             && matches!(endpoint, "chat/completions" | "completions"),
+        head,
     };
     Ok((call, plan))
 }
@@ -517,48 +483,6 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
         Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
         Err(_) => Err(bad("The request body could not be read.", "invalid_body")),
     }
-}
-
-/// The requested model, the byte range of its value, and `stream`.
-/// What `parse_head` reads: the model asked for, the byte range of its value,
-/// `stream`, and `stream_options.include_usage` (None: no `stream_options`).
-type HeadFields = (String, (usize, usize), bool, Option<bool>);
-
-fn parse_head(bytes: &Bytes) -> Result<HeadFields, ApiError> {
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(bad(
-            "The request body must be a JSON object.",
-            "invalid_json",
-        ));
-    }
-    let head: Head<'_> = serde_json::from_slice(bytes).map_err(|e| {
-        bad(
-            format!("The request body is not valid JSON: {e}."),
-            "invalid_json",
-        )
-    })?;
-    let Some(raw) = head.model else {
-        return Err(bad("You must provide a model parameter.", "missing_model"));
-    };
-    let requested: String = serde_json::from_str(raw.get())
-        .map_err(|_| bad("`model` must be a string.", "invalid_model"))?;
-    if requested.is_empty() {
-        return Err(bad("You must provide a model parameter.", "missing_model"));
-    }
-    let start = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
-    // None: no `stream_options` at all (llmvisor may add one); Some(asked) otherwise.
-    let usage_asked = head.stream_options.map(|o| {
-        serde_json::from_str::<StreamOptions>(o.get())
-            .ok()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
-    });
-    Ok((
-        requested,
-        (start, start + raw.get().len()),
-        head.stream.unwrap_or(false),
-        usage_asked,
-    ))
 }
 
 /// Try the plan; a streaming request that would wait for a cold start gets its 200

@@ -20,9 +20,49 @@ pub mod usage;
 pub use usage::{Tap, Tapped, Usage};
 
 /// Request headers passed on to a backend. Everything else (notably the client's
-/// `Authorization`) stays here.
+/// `Authorization`) stays here, and so does any of these that the client's
+/// `Connection` header names (it belongs to the client's hop).
 const FORWARDED: [header::HeaderName; 3] =
     [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1, plus the old
+/// `proxy-connection` and `keep-alive`): never relayed.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The header names a message's `Connection` header lists (lower case): they
+/// belong to that hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Copy a backend response's end-to-end headers: not the hop-by-hop set, and not
+/// the headers its `Connection` header names.
+pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named = connection_named(from);
+    for (name, value) in from {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !named.iter().any(|c| c == n) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
 
 /// Why a backend could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -128,9 +168,13 @@ impl Upstream {
             }
             None => None,
         };
+        let named = connection_named(headers);
         let build = || {
             let mut req = Request::post(uri);
             for name in FORWARDED {
+                if named.iter().any(|c| c == name.as_str()) {
+                    continue;
+                }
                 if let Some(v) = headers.get(&name) {
                     req = req.header(name, v.clone());
                 }

@@ -280,3 +280,48 @@ async fn a_stream_options_of_the_client_is_replaced_or_merged_never_doubled() {
         sent.replace("\"m\"", "\"served\"")
     );
 }
+
+#[tokio::test]
+async fn headers_named_in_connection_stay_on_their_hop() {
+    let lv = Llmvisor::start("", &mock_model("m", &["--hop-header", "x-secret"], "")).await;
+    // The backend's response: `Connection: x-secret` and `x-secret: 1`.
+    for stream in [false, true] {
+        let resp = lv
+            .client
+            .post(lv.url("/v1/chat/completions"))
+            // The client's request: its user-agent belongs to its own hop.
+            .header("connection", "keep-alive, User-Agent")
+            .header("user-agent", "hop-test/1")
+            .header("accept", "*/*")
+            .json(&json!({"model": "m", "stream": stream, "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert!(h.get("x-secret").is_none(), "{h:?}");
+        assert!(
+            h.get_all("connection")
+                .iter()
+                .all(|v| !v.to_str().unwrap().contains("x-secret")),
+            "{h:?}"
+        );
+        assert!(h.get("content-type").is_some());
+        let _ = resp.bytes().await.unwrap();
+        let stats = lv.mock_stats("m").await;
+        let sent = &stats["last_headers"];
+        assert!(sent.get("user-agent").is_none(), "{sent}");
+        assert_eq!(sent["accept"], "*/*", "{sent}");
+    }
+    // The mock does send them (to llmvisor, directly).
+    let port = lv.model("m").await["port"].as_u64().unwrap();
+    let direct = lv
+        .client
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.headers()["x-secret"], "1");
+    assert_eq!(direct.headers()["connection"], "x-secret");
+}

@@ -33,18 +33,6 @@ use crate::telemetry::metrics::RequestLabels;
 /// The status recorded for a request whose client went away (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
 
-/// Response headers that belong to one hop and are not relayed.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 fn endpoint_of(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "chat/completions",
@@ -834,7 +822,7 @@ fn respond(call: &Arc<Call>, served: Served) -> Response {
     let status = head.status;
     let sse = is_sse(&head.headers);
     let mut headers = HeaderMap::new();
-    copy_headers(&head.headers, &mut headers);
+    crate::proxy::copy_end_to_end(&head.headers, &mut headers);
     let info = Info {
         label: &label,
         instance: instance.as_deref(),
@@ -895,14 +883,6 @@ fn is_sse(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            to.append(name.clone(), value.clone());
-        }
-    }
 }
 
 type Attempt = std::pin::Pin<Box<dyn Future<Output = Result<Served, (String, ApiError)>> + Send>>;

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
 pub mod usage;
@@ -101,11 +101,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client with TCP_NODELAY (Nagle plus delayed ACK would stall SSE by ~40 ms)
-    /// and a pool of keep-alive connections.
+    /// and a pool of keep-alive connections, each closed after `pool_idle` unused.
+    /// The pool needs a timer for that: without one hyper-util never expires an
+    /// idle connection (they piled up by the dozen).
     pub fn new(
         connect_timeout: Duration,
         header_timeout: Duration,
         idle_timeout: Duration,
+        pool_idle: Duration,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -117,7 +120,8 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool_idle)
             .pool_max_idle_per_host(256)
             .build(connector);
         Self {

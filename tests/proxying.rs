@@ -325,3 +325,52 @@ async fn headers_named_in_connection_stay_on_their_hop() {
     assert_eq!(direct.headers()["x-secret"], "1");
     assert_eq!(direct.headers()["connection"], "x-secret");
 }
+
+/// Established TCP connections to `port` on this machine (the client side).
+fn connections_to(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "01"
+                && f[2]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_to_a_backend_are_closed() {
+    let lv = Llmvisor::start(
+        "upstream_pool_idle_timeout = \"1s\"",
+        &mock_model("m", &["--token-delay", "50ms", "--max-tokens", "4"], ""),
+    )
+    .await;
+    assert_eq!(lv.chat("m").await.status(), 200);
+    let port = lv.model("m").await["port"].as_u64().unwrap() as u16;
+    // Four at once: four connections, then kept alive in the pool.
+    let all: Vec<_> = (0..4).map(|_| lv.spawn_chat("m")).collect();
+    for r in all {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let pooled = connections_to(port);
+    assert!(pooled >= 4, "{pooled} connections to the backend");
+    // Past the idle timeout they are closed (the health probe may hold one).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = connections_to(port);
+        if now <= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} connections to the backend are still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -63,6 +63,7 @@ impl App {
             s.upstream_connect_timeout.0,
             s.upstream_header_timeout.0,
             s.upstream_idle_timeout.0,
+            s.upstream_pool_idle_timeout.0,
         );
         let policy = Policy {
             router: router::Router::new(&settings, tokenizers, Some(&upstream), None),

@@ -960,6 +960,8 @@ where
             let _ = tx.send(event).await;
             return;
         }
+        // The same relay as a response that did not wait: the idle timeout, the
+        // usage tap, the error event and the accounting are `proxy::Relay`'s.
         let Served {
             resp,
             hold,
@@ -968,50 +970,40 @@ where
             prices,
             ..
         } = served;
-        let mut body = resp.into_body();
-        let mut tap = Tap::new(true, call.inject_usage);
-        let (outcome, error) = loop {
-            tokio::select! {
-                frame = body.frame() => match frame {
-                    Some(Ok(f)) => {
-                        if let Ok(data) = f.into_data() {
-                            let out = tap.data(data);
-                            if !out.is_empty() && tx.send(out).await.is_err() {
-                                break (CLIENT_CLOSED, Some("client_closed"));
-                            }
-                        }
-                    }
-                    Some(Err(_)) => {
-                        let _ = tx.send(crate::proxy::sse_error(
-                            "the model's backend failed in the middle of the response",
-                            "server_error",
-                            "backend_error",
-                        )).await;
-                        break (StatusCode::BAD_GATEWAY.as_u16(), Some("backend_error"));
-                    }
-                    None => {
-                        let (rest, _) = tap.finish();
-                        if !rest.is_empty() {
-                            let _ = tx.send(rest).await;
-                        }
-                        break (status.as_u16(), None);
-                    }
-                },
-                _ = tx.closed() => break (CLIENT_CLOSED, Some("client_closed")),
-            }
+        let end = Ending {
+            queued,
+            cold_start,
+            prices,
+            ..Ending::default()
         };
-        drop(hold);
-        call.done(
-            &label,
-            outcome,
-            Ending {
-                tapped: tap.found(),
-                queued,
-                cold_start,
-                prices,
-                error: error.map(str::to_string),
-            },
+        let on_end = finisher(call.clone(), label.clone(), status, hold, end);
+        let mut relay = Relay::new(
+            resp.into_body(),
+            call.app.upstream.idle_timeout(),
+            true,
+            label,
+            Tap::new(true, call.inject_usage),
+            on_end,
         );
+        loop {
+            tokio::select! {
+                frame = relay.frame() => match frame {
+                    Some(Ok(f)) => {
+                        if let Ok(data) = f.into_data()
+                            && !data.is_empty()
+                            && tx.send(data).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // The relay has ended (and accounted) the response.
+                    Some(Err(_)) | None => break,
+                },
+                _ = tx.closed() => break,
+            }
+        }
+        // A relay dropped before its end counts the client as gone.
+        drop(relay);
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))

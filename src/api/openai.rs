@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -83,6 +83,9 @@ struct Call {
     quota: Option<Quota>,
     /// Tokens charged to the client's `tpm` at admission (settled with the usage).
     charged_tokens: u64,
+    /// Some backend got the request (a send that did not fail to connect); until
+    /// then a refusal gives the client's rate-limit charge back.
+    reached: AtomicBool,
     /// Unix milliseconds at arrival (the usage store's time).
     ts_ms: i64,
     /// llmvisor adds `stream_options.include_usage` (and removes what it brings).
@@ -127,7 +130,13 @@ impl Call {
         );
     }
 
+    /// A request that ends with llmvisor's own error. If no backend ever got it
+    /// (queue full, queue timeout, a model that failed to start, no target left,
+    /// no connection), its rate-limit charge goes back to the client.
     fn fail(&self, target: &str, e: &ApiError) {
+        if self.quota.is_some() && !self.reached.load(Ordering::Relaxed) {
+            self.client.limits.refund(self.charged_tokens);
+        }
         let r = e.render();
         self.done(
             target,
@@ -205,6 +214,13 @@ impl Call {
             cost_usd: cost,
             stream: self.stream,
         });
+    }
+
+    /// Note a send to a backend: anything but a failed connect reached it.
+    fn sent<T>(&self, r: &Result<T, ProxyError>) {
+        if !matches!(r, Err(ProxyError::Connect(_))) {
+            self.reached.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The body for a target that calls the model `name` (see [`body::rewrite`]).
@@ -434,6 +450,7 @@ async fn admit(
         route: requested,
         quota,
         charged_tokens,
+        reached: AtomicBool::new(false),
         ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
         // Only where the client's own options say nothing about the usage chunk
         // (none, `null`, an object without `include_usage`): turning it on is then
@@ -633,15 +650,16 @@ async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failu
                     Some(&call.request_id),
                     call.body_for(&inst.spec.served_name),
                 )
-                .await
-                .map_err(|source| Failure {
-                    error: ApiError::Proxy {
-                        model: inst.name().to_string(),
-                        source,
-                    },
-                    breaker: true,
-                    retry: true,
-                })?;
+                .await;
+            call.sent(&resp);
+            let resp = resp.map_err(|source| Failure {
+                error: ApiError::Proxy {
+                    model: inst.name().to_string(),
+                    source,
+                },
+                breaker: true,
+                retry: true,
+            })?;
             judge(&c.breaker, &resp, false, more, &c.label)?;
             Ok(Served {
                 resp,
@@ -675,15 +693,16 @@ async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failu
                     call.body_for(provider.upstream_model(model)),
                     provider.spec.timeout,
                 )
-                .await
-                .map_err(|source| Failure {
-                    error: ApiError::Proxy {
-                        model: c.label.clone(),
-                        source,
-                    },
-                    breaker: true,
-                    retry: true,
-                })?;
+                .await;
+            call.sent(&resp);
+            let resp = resp.map_err(|source| Failure {
+                error: ApiError::Proxy {
+                    model: c.label.clone(),
+                    source,
+                },
+                breaker: true,
+                retry: true,
+            })?;
             judge(&c.breaker, &resp, true, more, &c.label)?;
             Ok(Served {
                 resp,

@@ -302,6 +302,21 @@ impl Limits {
         let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
         b.tokens = (b.tokens + charged as f64 - used as f64).min(f64::from(self.tpm));
     }
+
+    /// Give a request's whole charge back (the request and its `tokens`): it was
+    /// refused before any backend got it (OpenAI counts only what it processed).
+    pub fn refund(&self, tokens: u64) {
+        if !self.limited() {
+            return;
+        }
+        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if self.rpm > 0 {
+            b.requests = (b.requests + 1.0).min(f64::from(self.rpm));
+        }
+        if self.tpm > 0 {
+            b.tokens = (b.tokens + tokens as f64).min(f64::from(self.tpm));
+        }
+    }
 }
 
 /// A duration as OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
@@ -429,6 +444,22 @@ mod tests {
         // It used 1500 of 100 charged: the bucket is in debt.
         l.settle(100, 1500);
         assert!(matches!(l.take_at(1, t0), Err(OverLimit::Tokens(..))));
+    }
+
+    #[test]
+    fn a_refund_gives_the_request_and_its_tokens_back() {
+        let l = Limits::new(1, 100);
+        let t0 = Instant::now();
+        l.take_at(60, t0).unwrap();
+        assert!(matches!(l.take_at(1, t0), Err(OverLimit::Requests(..))));
+        l.refund(60);
+        let q = l.take_at(0, t0).unwrap();
+        assert_eq!(q.tokens.unwrap().1, 100);
+        // Never above the limits.
+        l.refund(500);
+        l.refund(500);
+        let q = l.take_at(0, t0).unwrap();
+        assert_eq!((q.requests.unwrap().1, q.tokens.unwrap().1), (0, 100));
     }
 
     #[test]

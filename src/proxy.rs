@@ -13,16 +13,56 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
 pub mod usage;
 pub use usage::{Tap, Tapped, Usage};
 
 /// Request headers passed on to a backend. Everything else (notably the client's
-/// `Authorization`) stays here.
+/// `Authorization`) stays here, and so does any of these that the client's
+/// `Connection` header names (it belongs to the client's hop).
 const FORWARDED: [header::HeaderName; 3] =
     [header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1, plus the old
+/// `proxy-connection` and `keep-alive`): never relayed.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The header names a message's `Connection` header lists (lower case): they
+/// belong to that hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Copy a backend response's end-to-end headers: not the hop-by-hop set, and not
+/// the headers its `Connection` header names.
+pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named = connection_named(from);
+    for (name, value) in from {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !named.iter().any(|c| c == n) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
 
 /// Why a backend could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +101,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client with TCP_NODELAY (Nagle plus delayed ACK would stall SSE by ~40 ms)
-    /// and a pool of keep-alive connections.
+    /// and a pool of keep-alive connections, each closed after `pool_idle` unused.
+    /// The pool needs a timer for that: without one hyper-util never expires an
+    /// idle connection (they piled up by the dozen).
     pub fn new(
         connect_timeout: Duration,
         header_timeout: Duration,
         idle_timeout: Duration,
+        pool_idle: Duration,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -77,7 +120,8 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool_idle)
             .pool_max_idle_per_host(256)
             .build(connector);
         Self {
@@ -128,9 +172,13 @@ impl Upstream {
             }
             None => None,
         };
+        let named = connection_named(headers);
         let build = || {
             let mut req = Request::post(uri);
             for name in FORWARDED {
+                if named.iter().any(|c| c == name.as_str()) {
+                    continue;
+                }
                 if let Some(v) = headers.get(&name) {
                     req = req.header(name, v.clone());
                 }

@@ -32,6 +32,20 @@ async fn bad_requests() {
             .send()
     };
     expect_error(raw("{not json").await.unwrap(), 400, "invalid_json").await;
+    // Invalid UTF-8 inside a string of a field llmvisor does not read itself.
+    let resp = lv
+        .client
+        .post(lv.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(
+            &b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\xff\xfeb\"}]}"[..],
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 400, "invalid_json").await;
+    // Refused at the edge: the model was not even started for it.
+    assert_eq!(lv.state("m").await, "stopped");
     expect_error(raw("[1, 2]").await.unwrap(), 400, "invalid_json").await;
     expect_error(raw("").await.unwrap(), 400, "invalid_json").await;
     expect_error(
@@ -110,6 +124,31 @@ async fn bad_requests() {
     assert_eq!(lv.state("m").await, "stopped");
     // And a good request still works afterwards.
     assert_eq!(lv.chat("m").await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_odd_typed_field_does_not_switch_off_the_context_guard() {
+    let lv = Llmvisor::start("", &mock_model("m", &[], "context_length = 64")).await;
+    let long = "word ".repeat(400);
+    // `"query": 1` (or any field of an unexpected type) used to zero the estimate.
+    for odd in [
+        r#""query": 1"#,
+        r#""max_tokens": "8""#,
+        r#""documents": {"a": 1}"#,
+    ] {
+        let body = format!(
+            r#"{{"model": "m", {odd}, "messages": [{{"role": "user", "content": "{long}"}}, 7]}}"#
+        );
+        let resp = lv
+            .client
+            .post(lv.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, 400, "context_length_exceeded").await;
+    }
 }
 
 #[tokio::test]

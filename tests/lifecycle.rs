@@ -167,6 +167,39 @@ async fn streaming_request_waiting_for_a_cold_start_gets_keepalive_comments() {
 }
 
 #[tokio::test]
+async fn a_backend_that_stalls_after_a_cold_start_ends_the_stream_with_an_error() {
+    let lv = Llmvisor::start(
+        "stream_keepalive_interval = \"200ms\"\nupstream_idle_timeout = \"1s\"",
+        &mock_model(
+            "cold",
+            &["--startup-delay", "800ms", "--stall-after", "2"],
+            "",
+        ),
+    )
+    .await;
+    let t0 = Instant::now();
+    let resp = lv
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "cold", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    // Without an idle timer this stream never ended.
+    let chunks = tokio::time::timeout(Duration::from_secs(10), read_stream(resp, t0))
+        .await
+        .expect("the stream ends within the idle timeout");
+    let text: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+    assert!(text.contains(": loading cold ("), "{text}");
+    assert!(text.contains("\"chat.completion.chunk\""), "{text}");
+    let last = text.trim_end().lines().last().unwrap_or_default();
+    assert!(last.contains("\"code\":\"backend_timeout\""), "{text}");
+    // The request is accounted as a backend timeout.
+    lv.wait_log("error=\"backend_timeout\"", Duration::from_secs(2))
+        .await;
+}
+
+#[tokio::test]
 async fn keepalive_can_be_turned_off() {
     let lv = Llmvisor::start(
         "stream_keepalive = false\nstream_keepalive_interval = \"200ms\"",

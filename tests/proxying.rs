@@ -222,3 +222,155 @@ async fn a_client_that_leaves_the_queue_frees_its_place() {
     assert_eq!(lv.chat("q").await.status(), 200);
     assert_eq!(busy.await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn a_stream_options_of_the_client_is_replaced_or_merged_never_doubled() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model("m", &["--max-tokens", "3"], "served_name = \"served\""),
+    )
+    .await;
+    // `null` used to get a second `stream_options` key: the backend answered 400
+    // "duplicate field". An object without include_usage gets the member added.
+    for options in ["null", "{}", r#"{"continuous_usage_stats":false}"#] {
+        let sent = format!(
+            r#"{{"model":"m","stream":true,"stream_options":{options},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let resp = lv
+            .client
+            .post(lv.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{options}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.trim_end().ends_with("data: [DONE]"),
+            "{options}: {text}"
+        );
+        // The usage chunk llmvisor asked for is not the client's.
+        assert!(!text.contains("usage"), "{options}: {text}");
+        let stats = lv.mock_stats("m").await;
+        let raw = stats["last_body"].as_str().unwrap();
+        assert_eq!(raw.matches("\"stream_options\"").count(), 1, "{raw}");
+        assert_eq!(raw.matches("\"model\"").count(), 1, "{raw}");
+        assert_eq!(stats["last_request"]["model"], "served");
+        assert_eq!(
+            stats["last_request"]["stream_options"]["include_usage"], true,
+            "{raw}"
+        );
+    }
+    // The client's own `include_usage` is left as it is.
+    let sent = r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = lv
+        .client
+        .post(lv.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await.unwrap();
+    let stats = lv.mock_stats("m").await;
+    assert_eq!(
+        stats["last_body"].as_str().unwrap(),
+        sent.replace("\"m\"", "\"served\"")
+    );
+}
+
+#[tokio::test]
+async fn headers_named_in_connection_stay_on_their_hop() {
+    let lv = Llmvisor::start("", &mock_model("m", &["--hop-header", "x-secret"], "")).await;
+    // The backend's response: `Connection: x-secret` and `x-secret: 1`.
+    for stream in [false, true] {
+        let resp = lv
+            .client
+            .post(lv.url("/v1/chat/completions"))
+            // The client's request: its user-agent belongs to its own hop.
+            .header("connection", "keep-alive, User-Agent")
+            .header("user-agent", "hop-test/1")
+            .header("accept", "*/*")
+            .json(&json!({"model": "m", "stream": stream, "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert!(h.get("x-secret").is_none(), "{h:?}");
+        assert!(
+            h.get_all("connection")
+                .iter()
+                .all(|v| !v.to_str().unwrap().contains("x-secret")),
+            "{h:?}"
+        );
+        assert!(h.get("content-type").is_some());
+        let _ = resp.bytes().await.unwrap();
+        let stats = lv.mock_stats("m").await;
+        let sent = &stats["last_headers"];
+        assert!(sent.get("user-agent").is_none(), "{sent}");
+        assert_eq!(sent["accept"], "*/*", "{sent}");
+    }
+    // The mock does send them (to llmvisor, directly).
+    let port = lv.model("m").await["port"].as_u64().unwrap();
+    let direct = lv
+        .client
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.headers()["x-secret"], "1");
+    assert_eq!(direct.headers()["connection"], "x-secret");
+}
+
+/// Established TCP connections to `port` on this machine (the client side).
+fn connections_to(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "01"
+                && f[2]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_to_a_backend_are_closed() {
+    let lv = Llmvisor::start(
+        "upstream_pool_idle_timeout = \"1s\"",
+        &mock_model("m", &["--token-delay", "50ms", "--max-tokens", "4"], ""),
+    )
+    .await;
+    assert_eq!(lv.chat("m").await.status(), 200);
+    let port = lv.model("m").await["port"].as_u64().unwrap() as u16;
+    // Four at once: four connections, then kept alive in the pool.
+    let all: Vec<_> = (0..4).map(|_| lv.spawn_chat("m")).collect();
+    for r in all {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let pooled = connections_to(port);
+    assert!(pooled >= 4, "{pooled} connections to the backend");
+    // Past the idle timeout they are closed (the health probe may hold one).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = connections_to(port);
+        if now <= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} connections to the backend are still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

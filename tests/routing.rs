@@ -513,6 +513,68 @@ async fn rate_limits_answer_429_with_sane_retry_after() {
 }
 
 #[tokio::test]
+async fn a_request_refused_before_any_backend_costs_no_rate_limit() {
+    let extra = "[clients.app]\nkey_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nrpm = 1\ntpm = 1000\n\n[clients.free]\nkey_sha256 = \"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752\"\n";
+    let lv = Llmvisor::start(
+        extra,
+        &mock_model(
+            "q",
+            &["--token-delay", "100ms", "--max-tokens", "10"],
+            "max_concurrent = 1\nmax_queue = 1",
+        ),
+    )
+    .await;
+    let body =
+        json!({"model": "q", "max_tokens": 400, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        call(&lv, "test2", "/v1/chat/completions", &body)
+            .await
+            .status(),
+        200
+    );
+    // `free` fills the slot and the queue.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let (c, u, b) = (
+            lv.client.clone(),
+            lv.url("/v1/chat/completions"),
+            body.clone(),
+        );
+        busy.push(tokio::spawn(async move {
+            let r = c
+                .post(u)
+                .bearer_auth("test2")
+                .json(&b)
+                .send()
+                .await
+                .unwrap();
+            r.status()
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `app` is refused for a full queue, again and again: not for its rpm of 1
+    // nor its tpm (each try is charged ~400 tokens at admission).
+    for _ in 0..3 {
+        let r = call(&lv, "test", "/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 429);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "queue_full", "{e}");
+    }
+    for b in busy {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    // Served: that one counts.
+    let r = call(&lv, "test", "/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let r = call(&lv, "test", "/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limit_exceeded"
+    );
+}
+
+#[tokio::test]
 async fn interactive_requests_overtake_waiting_batch_ones() {
     let extra = "[clients.ui]\nkey_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n[clients.batch]\nkey_sha256 = \"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752\"\npriority = \"batch\"\n";
     let lv = Llmvisor::start(

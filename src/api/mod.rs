@@ -1,6 +1,7 @@
 //! The HTTP API: OpenAI-compatible endpoints, health, metrics and admin routes.
 
 mod admin;
+pub mod body;
 pub mod error;
 pub mod openai;
 pub mod server;
@@ -65,6 +66,7 @@ impl App {
             s.upstream_connect_timeout.0,
             s.upstream_header_timeout.0,
             s.upstream_idle_timeout.0,
+            s.upstream_pool_idle_timeout.0,
         );
         let policy = Policy {
             router: router::Router::new(&settings, tokenizers, Some(&upstream), None),

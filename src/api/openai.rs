@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -15,10 +15,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::body::{self, Head};
 use super::{ApiError, App, Policy};
 use crate::auth::{Client, Denied, OverLimit, Quota, reset_text};
 use crate::fleet::{FleetError, Lease, State as ModelState};
@@ -33,35 +32,6 @@ use crate::telemetry::metrics::RequestLabels;
 
 /// The status recorded for a request whose client went away (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
-
-/// Response headers that belong to one hop and are not relayed.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// The fields of a request body llmvisor looks at; everything else passes untouched.
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(borrow, default)]
-    stream_options: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
 
 fn endpoint_of(path: &str) -> &'static str {
     match path {
@@ -103,8 +73,8 @@ struct Call {
     client: Arc<Client>,
     parts: Parts,
     body: Bytes,
-    /// Byte range of the `model` value in `body`.
-    model_span: (usize, usize),
+    /// The fields of `body` llmvisor reads (and the byte ranges it rewrites).
+    head: Head,
     stream: bool,
     endpoint: &'static str,
     started: Instant,
@@ -113,6 +83,9 @@ struct Call {
     quota: Option<Quota>,
     /// Tokens charged to the client's `tpm` at admission (settled with the usage).
     charged_tokens: u64,
+    /// Some backend got the request (a send that did not fail to connect); until
+    /// then a refusal gives the client's rate-limit charge back.
+    reached: AtomicBool,
     /// Unix milliseconds at arrival (the usage store's time).
     ts_ms: i64,
     /// llmvisor adds `stream_options.include_usage` (and removes what it brings).
@@ -157,7 +130,13 @@ impl Call {
         );
     }
 
+    /// A request that ends with llmvisor's own error. If no backend ever got it
+    /// (queue full, queue timeout, a model that failed to start, no target left,
+    /// no connection), its rate-limit charge goes back to the client.
     fn fail(&self, target: &str, e: &ApiError) {
+        if self.quota.is_some() && !self.reached.load(Ordering::Relaxed) {
+            self.client.limits.refund(self.charged_tokens);
+        }
         let r = e.render();
         self.done(
             target,
@@ -237,27 +216,16 @@ impl Call {
         });
     }
 
-    /// The body with `model` replaced by `name` (every other byte as sent), and,
-    /// when llmvisor wants the usage of a stream the client did not ask it for,
-    /// `"stream_options":{"include_usage":true}` added first.
+    /// Note a send to a backend: anything but a failed connect reached it.
+    fn sent<T>(&self, r: &Result<T, ProxyError>) {
+        if !matches!(r, Err(ProxyError::Connect(_))) {
+            self.reached.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The body for a target that calls the model `name` (see [`body::rewrite`]).
     fn body_for(&self, name: &str) -> Bytes {
-        let (start, end) = self.model_span;
-        let quoted = serde_json::to_string(name).unwrap_or_default();
-        let same = self.body[start..end] == *quoted.as_bytes();
-        if same && !self.inject_usage {
-            return self.body.clone();
-        }
-        let mut out = BytesMut::with_capacity(self.body.len() + quoted.len() + 48);
-        // parse_head checked the body starts (after whitespace) with `{`.
-        let open = self.body.iter().position(|b| *b == b'{').unwrap_or(0);
-        out.extend_from_slice(&self.body[..=open]);
-        if self.inject_usage {
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-        }
-        out.extend_from_slice(&self.body[open + 1..start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&self.body[end..]);
-        out.freeze()
+        body::rewrite(&self.body, &self.head, name, self.inject_usage)
     }
 }
 
@@ -377,8 +345,9 @@ async fn admit(
     let bytes = read_body(&app, &parts.headers, body)
         .await
         .map_err(|e| who("-", e))?;
-    let (requested, model_span, stream, usage_asked) =
-        parse_head(&bytes).map_err(|e| who("-", e))?;
+    let head = body::parse_head(&bytes).map_err(|e| who("-", e))?;
+    let requested = head.model.clone();
+    let stream = head.stream;
     if !policy.router.knows(&requested) {
         return Err(who("-", ApiError::ModelNotFound(requested)));
     }
@@ -474,7 +443,6 @@ async fn admit(
         client,
         parts,
         body: bytes,
-        model_span,
         stream,
         endpoint,
         started,
@@ -482,13 +450,16 @@ async fn admit(
         route: requested,
         quota,
         charged_tokens,
+        reached: AtomicBool::new(false),
         ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
-        // Only streams without any `stream_options` of their own: adding a key is
-        // invisible to the backend otherwise; rewriting the client's options is not.
+        // Only where the client's own options say nothing about the usage chunk
+        // (none, `null`, an object without `include_usage`): turning it on is then
+        // invisible once the chunk is removed again; overriding the client is not.
         inject_usage: app_store_enabled
             && stream
-            && usage_asked.is_none()
+            && head.stream_options.injectable()
             && matches!(endpoint, "chat/completions" | "completions"),
+        head,
     };
     Ok((call, plan))
 }
@@ -531,48 +502,6 @@ pub(crate) fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
         }
     }
     bad("The request body could not be read.", "invalid_body")
-}
-
-/// The requested model, the byte range of its value, and `stream`.
-/// What `parse_head` reads: the model asked for, the byte range of its value,
-/// `stream`, and `stream_options.include_usage` (None: no `stream_options`).
-type HeadFields = (String, (usize, usize), bool, Option<bool>);
-
-fn parse_head(bytes: &Bytes) -> Result<HeadFields, ApiError> {
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(bad(
-            "The request body must be a JSON object.",
-            "invalid_json",
-        ));
-    }
-    let head: Head<'_> = serde_json::from_slice(bytes).map_err(|e| {
-        bad(
-            format!("The request body is not valid JSON: {e}."),
-            "invalid_json",
-        )
-    })?;
-    let Some(raw) = head.model else {
-        return Err(bad("You must provide a model parameter.", "missing_model"));
-    };
-    let requested: String = serde_json::from_str(raw.get())
-        .map_err(|_| bad("`model` must be a string.", "invalid_model"))?;
-    if requested.is_empty() {
-        return Err(bad("You must provide a model parameter.", "missing_model"));
-    }
-    let start = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
-    // None: no `stream_options` at all (llmvisor may add one); Some(asked) otherwise.
-    let usage_asked = head.stream_options.map(|o| {
-        serde_json::from_str::<StreamOptions>(o.get())
-            .ok()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
-    });
-    Ok((
-        requested,
-        (start, start + raw.get().len()),
-        head.stream.unwrap_or(false),
-        usage_asked,
-    ))
 }
 
 /// Try the plan; a streaming request that would wait for a cold start gets its 200
@@ -735,15 +664,16 @@ async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failu
                     Some(&call.request_id),
                     call.body_for(&inst.spec.served_name),
                 )
-                .await
-                .map_err(|source| Failure {
-                    error: ApiError::Proxy {
-                        model: inst.name().to_string(),
-                        source,
-                    },
-                    breaker: true,
-                    retry: true,
-                })?;
+                .await;
+            call.sent(&resp);
+            let resp = resp.map_err(|source| Failure {
+                error: ApiError::Proxy {
+                    model: inst.name().to_string(),
+                    source,
+                },
+                breaker: true,
+                retry: true,
+            })?;
             judge(&c.breaker, &resp, false, more, &c.label)?;
             Ok(Served {
                 resp,
@@ -777,15 +707,16 @@ async fn attempt(call: &Call, c: &Candidate, more: bool) -> Result<Served, Failu
                     call.body_for(provider.upstream_model(model)),
                     provider.spec.timeout,
                 )
-                .await
-                .map_err(|source| Failure {
-                    error: ApiError::Proxy {
-                        model: c.label.clone(),
-                        source,
-                    },
-                    breaker: true,
-                    retry: true,
-                })?;
+                .await;
+            call.sent(&resp);
+            let resp = resp.map_err(|source| Failure {
+                error: ApiError::Proxy {
+                    model: c.label.clone(),
+                    source,
+                },
+                breaker: true,
+                retry: true,
+            })?;
             judge(&c.breaker, &resp, true, more, &c.label)?;
             Ok(Served {
                 resp,
@@ -924,7 +855,7 @@ fn respond(call: &Arc<Call>, served: Served) -> Response {
     let status = head.status;
     let sse = is_sse(&head.headers);
     let mut headers = HeaderMap::new();
-    copy_headers(&head.headers, &mut headers);
+    crate::proxy::copy_end_to_end(&head.headers, &mut headers);
     let info = Info {
         label: &label,
         instance: instance.as_deref(),
@@ -989,14 +920,6 @@ fn is_sse(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            to.append(name.clone(), value.clone());
-        }
-    }
 }
 
 type Attempt = std::pin::Pin<Box<dyn Future<Output = Result<Served, (String, ApiError)>> + Send>>;
@@ -1074,6 +997,8 @@ where
             let _ = tx.send(event).await;
             return;
         }
+        // The same relay as a response that did not wait: the idle timeout, the
+        // usage tap, the error event and the accounting are `proxy::Relay`'s.
         let Served {
             resp,
             hold,
@@ -1082,50 +1007,40 @@ where
             prices,
             ..
         } = served;
-        let mut body = resp.into_body();
-        let mut tap = Tap::new(true, call.inject_usage);
-        let (outcome, error) = loop {
-            tokio::select! {
-                frame = body.frame() => match frame {
-                    Some(Ok(f)) => {
-                        if let Ok(data) = f.into_data() {
-                            let out = tap.data(data);
-                            if !out.is_empty() && tx.send(out).await.is_err() {
-                                break (CLIENT_CLOSED, Some("client_closed"));
-                            }
-                        }
-                    }
-                    Some(Err(_)) => {
-                        let _ = tx.send(crate::proxy::sse_error(
-                            "the model's backend failed in the middle of the response",
-                            "server_error",
-                            "backend_error",
-                        )).await;
-                        break (StatusCode::BAD_GATEWAY.as_u16(), Some("backend_error"));
-                    }
-                    None => {
-                        let (rest, _) = tap.finish();
-                        if !rest.is_empty() {
-                            let _ = tx.send(rest).await;
-                        }
-                        break (status.as_u16(), None);
-                    }
-                },
-                _ = tx.closed() => break (CLIENT_CLOSED, Some("client_closed")),
-            }
+        let end = Ending {
+            queued,
+            cold_start,
+            prices,
+            ..Ending::default()
         };
-        drop(hold);
-        call.done(
-            &label,
-            outcome,
-            Ending {
-                tapped: tap.found(),
-                queued,
-                cold_start,
-                prices,
-                error: error.map(str::to_string),
-            },
+        let on_end = finisher(call.clone(), label.clone(), status, hold, end);
+        let mut relay = Relay::new(
+            resp.into_body(),
+            call.app.upstream.idle_timeout(),
+            true,
+            label,
+            Tap::new(true, call.inject_usage),
+            on_end,
         );
+        loop {
+            tokio::select! {
+                frame = relay.frame() => match frame {
+                    Some(Ok(f)) => {
+                        if let Ok(data) = f.into_data()
+                            && !data.is_empty()
+                            && tx.send(data).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // The relay has ended (and accounted) the response.
+                    Some(Err(_)) | None => break,
+                },
+                _ = tx.closed() => break,
+            }
+        }
+        // A relay dropped before its end counts the client as gone.
+        drop(relay);
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))

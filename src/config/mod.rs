@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub upstream_header_timeout: HumanDuration,
     /// Longest silence allowed between two chunks of a backend's response body.
     pub upstream_idle_timeout: HumanDuration,
+    /// How long a kept-alive connection to a backend may sit unused before it is
+    /// closed.
+    pub upstream_pool_idle_timeout: HumanDuration,
     /// Send SSE comment lines (`: loading <model> (12 s)`) to streaming requests that
     /// wait for a cold start, so clients do not time out.
     pub stream_keepalive: bool,
@@ -165,6 +168,7 @@ impl Default for ServerConfig {
             upstream_connect_timeout: HumanDuration::secs(5),
             upstream_header_timeout: HumanDuration::secs(600),
             upstream_idle_timeout: HumanDuration::secs(300),
+            upstream_pool_idle_timeout: HumanDuration::secs(90),
             stream_keepalive: true,
             stream_keepalive_interval: HumanDuration::secs(3),
             shutdown_grace: HumanDuration::secs(30),

@@ -127,6 +127,7 @@ impl Config {
             ("upstream_connect_timeout", s.upstream_connect_timeout),
             ("upstream_header_timeout", s.upstream_header_timeout),
             ("upstream_idle_timeout", s.upstream_idle_timeout),
+            ("upstream_pool_idle_timeout", s.upstream_pool_idle_timeout),
             ("stream_keepalive_interval", s.stream_keepalive_interval),
             ("health_poll_interval", s.health_poll_interval),
             ("keepalive_timeout", s.keepalive_timeout),

@@ -30,7 +30,9 @@ impl HealthProbe {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(PROBE_TIMEOUT));
+        // The pool expires idle connections only with a timer.
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(1)
             .build(connector);

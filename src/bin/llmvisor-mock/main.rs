@@ -54,7 +54,8 @@ Token accounting (usage, Ollama counts):
     limit produced n, \"stop\" otherwise.
 
 Test hooks: GET /mock/stats returns counters, the last model request body
-and its headers.";
+(parsed, and as sent in \"last_body\") and its headers; --stall-after and
+--hop-header make it misbehave the way hostile or odd backends do.";
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -112,6 +113,22 @@ struct Args {
     /// `POST /wake_up`, `GET /is_sleeping`; model requests get 503 while asleep).
     #[arg(long, default_value = "50ms", value_name = "DUR", value_parser = humantime::parse_duration)]
     wake_delay: Duration,
+
+    /// Streams stop sending after N token chunks and hold the connection
+    /// open without another byte: a backend that hangs mid-stream.
+    #[arg(long, value_name = "N")]
+    stall_after: Option<u64>,
+
+    /// Send `Connection: NAME` and `NAME: 1` with every response: a
+    /// hop-by-hop header (named in `Connection`) that a proxy must not pass
+    /// on.
+    #[arg(long, value_name = "NAME", value_parser = parse_header_name)]
+    hop_header: Option<http::HeaderName>,
+}
+
+/// Parses a header name (lower case, as HTTP/1.1 tokens go).
+fn parse_header_name(s: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::try_from(s.to_ascii_lowercase()).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Parses a fraction in `0.0..=1.0`.
@@ -137,6 +154,7 @@ impl Args {
             embedding_dim: self.embedding_dim as usize,
             context_length: self.context_length,
             wake_delay: self.wake_delay,
+            stall_after: self.stall_after,
         }
     }
 }
@@ -242,7 +260,25 @@ async fn main() -> anyhow::Result<()> {
         // Token streams are many tiny writes; Nagle would batch them.
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(st))
+    let mut app = router(st);
+    if let Some(name) = args.hop_header.clone() {
+        app = app.layer(axum::middleware::map_response(
+            move |mut r: axum::response::Response| {
+                let name = name.clone();
+                async move {
+                    let h = r.headers_mut();
+                    h.insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_str(name.as_str())
+                            .unwrap_or(http::HeaderValue::from_static("close")),
+                    );
+                    h.insert(name, http::HeaderValue::from_static("1"));
+                    r
+                }
+            },
+        ));
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("server failed")?;
@@ -272,6 +308,7 @@ mod tests {
             embedding_dim: 8,
             context_length: 4096,
             wake_delay: Duration::from_millis(10),
+            stall_after: None,
         }
     }
 

@@ -356,7 +356,12 @@ async fn generate(
         started,
     };
     if stream.unwrap_or(true) {
-        let body = stream::paced_body(plan.frames(), st.cfg.token_delay, adm.guard);
+        let body = stream::paced_body(
+            plan.frames(),
+            st.cfg.token_delay,
+            st.cfg.stall_after,
+            adm.guard,
+        );
         return stream::streaming_response("application/x-ndjson", body);
     }
     // Cancellation while sleeping is counted by the guard's drop.

@@ -557,7 +557,12 @@ async fn complete(
             .unwrap_or(false),
     };
     if stream.unwrap_or(false) {
-        let body = stream::paced_body(plan.frames(), st.cfg.token_delay, adm.guard);
+        let body = stream::paced_body(
+            plan.frames(),
+            st.cfg.token_delay,
+            st.cfg.stall_after,
+            adm.guard,
+        );
         return stream::streaming_response("text/event-stream", body);
     }
     // The guard lives across the sleep: if the client goes away meanwhile,

@@ -39,6 +39,8 @@ pub struct Config {
     pub context_length: u64,
     /// Time `POST /wake_up` takes.
     pub wake_delay: Duration,
+    /// Streams go silent (the connection stays open) after this many tokens.
+    pub stall_after: Option<u64>,
 }
 
 /// Everything the handlers share. Leaked to `&'static` at start-up so that

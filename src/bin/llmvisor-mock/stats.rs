@@ -69,9 +69,13 @@ impl Stats {
     /// The `/mock/stats` document.
     pub fn snapshot(&self) -> Value {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (last_request, last_headers) = match last {
-            Some((headers, body)) => (body_json(&body), headers_json(&headers)),
-            None => (Value::Null, Value::Object(Map::new())),
+        let (last_request, last_headers, last_body) = match last {
+            Some((headers, body)) => (
+                body_json(&body),
+                headers_json(&headers),
+                Value::String(String::from_utf8_lossy(&body).into_owned()),
+            ),
+            None => (Value::Null, Value::Object(Map::new()), Value::Null),
         };
         serde_json::json!({
             "pid": std::process::id(),
@@ -81,6 +85,7 @@ impl Stats {
             "cancelled": self.cancelled.load(Ordering::Relaxed),
             "last_request": last_request,
             "last_headers": last_headers,
+            "last_body": last_body,
             "sleeps": self.sleeps.load(Ordering::Relaxed),
             "wakes": self.wakes.load(Ordering::Relaxed),
         })

@@ -88,14 +88,20 @@ pub fn ndjson<T: Serialize>(value: &T) -> Bytes {
 
 /// A streaming body that yields `frames` one by one, sleeping `delay` before
 /// each token frame, and settles `guard` (completed when the last frame goes
-/// out, cancelled if hyper drops the body earlier).
-pub fn paced_body<I>(frames: I, delay: Duration, guard: InFlightGuard) -> Body
+/// out, cancelled if hyper drops the body earlier). With `stall_after`, it
+/// goes silent for good before the token after that many.
+pub fn paced_body<I>(
+    frames: I,
+    delay: Duration,
+    stall_after: Option<u64>,
+    guard: InFlightGuard,
+) -> Body
 where
     I: Iterator<Item = Frame> + Send + 'static,
 {
     let stream = futures_util::stream::unfold(
-        (frames, Some(guard)),
-        move |(mut frames, mut guard)| async move {
+        (frames, Some(guard), 0u64),
+        move |(mut frames, mut guard, mut tokens)| async move {
             let Some(frame) = frames.next() else {
                 // A source without a `last` frame still ends cleanly.
                 if let Some(g) = guard.take() {
@@ -103,15 +109,21 @@ where
                 }
                 return None;
             };
-            if frame.token && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+            if frame.token {
+                if stall_after.is_some_and(|n| tokens >= n) {
+                    std::future::pending::<()>().await;
+                }
+                tokens += 1;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
             }
             if frame.last
                 && let Some(g) = guard.take()
             {
                 g.complete();
             }
-            Some((Ok::<_, Infallible>(frame.data), (frames, guard)))
+            Some((Ok::<_, Infallible>(frame.data), (frames, guard, tokens)))
         },
     );
     Body::from_stream(stream)

@@ -11,10 +11,18 @@ use std::time::{Duration, Instant};
 use common::{Llmvisor, MOCK, alive, free_port, signal};
 use serde_json::{Value, json};
 
-/// The mock, started by the test (not by llmvisor) on `port`.
+/// The mock, started by the test (not by llmvisor) on `port`. As root, without
+/// capabilities (setpriv, util-linux), like any other service: llmvisor holds none
+/// itself, and the kernel hides a process with capabilities from one without.
 fn squatter(port: u16) -> Child {
-    Command::new(MOCK)
-        .args(["--port", &port.to_string(), "--served-name", "m"])
+    let mut cmd = if nix::unistd::Uid::effective().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set=-all", "--inh-caps=-all", MOCK]);
+        c
+    } else {
+        Command::new(MOCK)
+    };
+    cmd.args(["--port", &port.to_string(), "--served-name", "m"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -300,4 +308,60 @@ async fn a_panicking_backend_reports_its_panic_message() {
         "last_error: {err}"
     );
     assert!(!err.contains("_start"), "last_error: {err}");
+}
+
+/// Capability sets of a process, from `/proc/<pid>/status`, for every thread.
+fn thread_caps(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        for line in status.lines() {
+            for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+                if let Some(v) = line.strip_prefix(set) {
+                    out.push((format!("{} {set}", name.trim()), v.trim().to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Started as root, llmvisor holds no capability on any of its threads, and a
+/// model it starts under the process manager has none either. (Was: only the
+/// thread that ran `serve` dropped them; tokio's workers, and every model they
+/// spawned, kept all of root's.) Checked against the kernel's own account,
+/// /proc/<pid>/task/*/status.
+#[tokio::test]
+async fn no_thread_and_no_model_holds_a_capability() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("*** SKIPPED: capabilities are only held when started as root ***");
+        return;
+    }
+    let lv = Llmvisor::start("", &common::mock_model("m", &[], "")).await;
+    assert_eq!(lv.chat("m").await.status(), 200);
+    let pid = lv.child.as_ref().unwrap().id();
+    let caps = thread_caps(pid);
+    assert!(caps.len() >= 10, "{caps:?}");
+    let held: Vec<_> = caps
+        .iter()
+        .filter(|(_, v)| v.trim_start_matches('0') != "")
+        .collect();
+    assert!(
+        held.is_empty(),
+        "llmvisor threads hold capabilities: {held:?}"
+    );
+    // The model: llmvisor's child process.
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let text = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
+        children.extend(text.split_whitespace().map(|p| p.parse::<u32>().unwrap()));
+    }
+    assert_eq!(children.len(), 1, "{children:?}");
+    let held: Vec<_> = thread_caps(children[0])
+        .into_iter()
+        .filter(|(_, v)| v.trim_start_matches('0') != "")
+        .collect();
+    assert!(held.is_empty(), "the model holds capabilities: {held:?}");
 }

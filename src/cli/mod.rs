@@ -3,6 +3,7 @@
 mod gpus;
 mod status;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -397,8 +398,13 @@ fn run(command: Command) -> Result<(), String> {
             for n in notes {
                 tracing::warn!("{n}");
             }
+            // Bind first (a port in use fails before any model could start), then
+            // drop every capability before the runtime starts its threads:
+            // capabilities are per thread, and threads inherit the creator's.
+            let listeners = bind_listeners(&settings.listen)?;
+            telemetry::drop_capabilities();
             runtime(true)?
-                .block_on(serve(settings, tokenizers, &config))
+                .block_on(serve(settings, tokenizers, &config, listeners))
                 .map_err(|e| {
                     tracing::error!("{e:#}");
                     format!("{e:#}")
@@ -604,22 +610,43 @@ fn summary(s: &Settings) -> String {
     out
 }
 
-/// Serve until SIGTERM or SIGINT, then shut down gracefully: stop accepting, let
-/// in-flight requests finish (up to `server.shutdown_grace`), stop every model.
+/// The API's listening sockets, bound before the runtime exists (see `Serve`):
+/// SO_REUSEADDR, a backlog of 1024, non-blocking.
+fn bind_listeners(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, String> {
+    use socket2::{Domain, Socket, Type};
+    addrs
+        .iter()
+        .map(|addr| {
+            let bind = || -> std::io::Result<std::net::TcpListener> {
+                let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+                s.set_reuse_address(true)?;
+                if addr.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
+                s.bind(&(*addr).into())?;
+                s.listen(1024)?;
+                s.set_nonblocking(true)?;
+                Ok(s.into())
+            };
+            bind().map_err(|e| format!("cannot listen on {addr}: {e}\nnothing was started."))
+        })
+        .collect()
+}
+
+/// Serve until SIGTERM or SIGINT on listeners bound by [`bind_listeners`], then
+/// shut down gracefully: stop accepting, let in-flight requests finish (up to
+/// `server.shutdown_grace`), stop every model.
 pub async fn serve(
     settings: Settings,
     tokenizers: Tokenizers,
     config: &std::path::Path,
+    listeners: Vec<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
-    // Bind first: a port in use fails before any model could start.
-    let mut listeners = Vec::new();
-    for addr in &settings.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(l);
-    }
-    telemetry::drop_capabilities();
+    let listeners = listeners
+        .into_iter()
+        .map(TcpListener::from_std)
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot use the listening sockets")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;

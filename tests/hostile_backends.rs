@@ -346,7 +346,7 @@ async fn no_thread_and_no_model_holds_a_capability() {
     assert!(caps.len() >= 10, "{caps:?}");
     let held: Vec<_> = caps
         .iter()
-        .filter(|(_, v)| v.trim_start_matches('0') != "")
+        .filter(|(_, v)| !v.trim_start_matches('0').is_empty())
         .collect();
     assert!(
         held.is_empty(),
@@ -361,7 +361,7 @@ async fn no_thread_and_no_model_holds_a_capability() {
     assert_eq!(children.len(), 1, "{children:?}");
     let held: Vec<_> = thread_caps(children[0])
         .into_iter()
-        .filter(|(_, v)| v.trim_start_matches('0') != "")
+        .filter(|(_, v)| !v.trim_start_matches('0').is_empty())
         .collect();
     assert!(held.is_empty(), "the model holds capabilities: {held:?}");
 }

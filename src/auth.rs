@@ -320,17 +320,24 @@ impl Limits {
 }
 
 /// A duration as OpenAI writes `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
+/// Rounded up (to the millisecond, or the second past a minute), so that
+/// `Retry-After` (whole seconds, rounded up) is this figure rounded up.
 pub fn reset_text(d: Duration) -> String {
-    let ms = d.as_millis();
+    let ms = d.as_micros().div_ceil(1000);
     if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
-        let s = format!("{:.3}", d.as_secs_f64());
+        let s = format!("{:.3}", ms as f64 / 1000.0);
         format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
     } else {
-        let s = d.as_secs();
+        let s = ms.div_ceil(1000);
         format!("{}m{}s", s / 60, s % 60)
     }
+}
+
+/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_micros().div_ceil(1_000_000) as u64).max(1)
 }
 
 #[cfg(test)]
@@ -468,5 +475,11 @@ mod tests {
         assert_eq!(reset_text(Duration::from_millis(1500)), "1.5s");
         assert_eq!(reset_text(Duration::from_secs(2)), "2s");
         assert_eq!(reset_text(Duration::from_secs(360)), "6m0s");
+        // Rounded up, and Retry-After is the same figure rounded up.
+        assert_eq!(reset_text(Duration::from_micros(29_000_400)), "29.001s");
+        assert_eq!(retry_after_secs(Duration::from_micros(29_000_400)), 30);
+        assert_eq!(reset_text(Duration::from_millis(60_200)), "1m1s");
+        assert_eq!(retry_after_secs(Duration::from_millis(60_200)), 61);
+        assert_eq!(retry_after_secs(Duration::from_millis(3)), 1);
     }
 }

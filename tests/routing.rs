@@ -462,6 +462,18 @@ fn kill_listener(port: u16, pid: Option<u64>) {
     );
 }
 
+/// Seconds of an `x-ratelimit-reset-*` value (`20ms`, `1.5s`, `6m0s`).
+fn reset_secs(v: &str) -> f64 {
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse::<f64>().unwrap() / 1000.0;
+    }
+    let v = v.strip_suffix('s').expect("ends with s");
+    match v.split_once('m') {
+        Some((m, s)) => m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap(),
+        None => v.parse().unwrap(),
+    }
+}
+
 #[tokio::test]
 async fn rate_limits_answer_429_with_sane_retry_after() {
     let extra = "[clients.app]\nkey_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nrpm = 2\n\n[clients.tok]\nkey_sha256 = \"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752\"\ntpm = 100\n";
@@ -478,7 +490,9 @@ async fn rate_limits_answer_429_with_sane_retry_after() {
     assert!((1..=30).contains(&wait), "Retry-After {wait}");
     assert_eq!(header(&r, "x-ratelimit-limit-requests"), "2");
     assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
-    assert!(header(&r, "x-ratelimit-reset-requests").ends_with('s'));
+    // One truth: Retry-After is the reset of the exhausted limit, rounded up.
+    let reset = reset_secs(&header(&r, "x-ratelimit-reset-requests"));
+    assert_eq!(wait, (reset.ceil() as u64).max(1), "reset {reset} s");
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "rate_limit_exceeded");
     assert_eq!(e["error"]["type"], "requests");
@@ -504,6 +518,8 @@ async fn rate_limits_answer_429_with_sane_retry_after() {
     assert_eq!(r.status(), 429);
     let wait: u64 = header(&r, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    let reset = reset_secs(&header(&r, "x-ratelimit-reset-tokens"));
+    assert_eq!(wait, (reset.ceil() as u64).max(1), "reset {reset} s");
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["type"], "tokens");
     // More than the whole limit: 429 without Retry-After (waiting cannot help).
     let huge = json!({"model": "m", "max_tokens": 500, "messages": []});

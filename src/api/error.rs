@@ -199,7 +199,7 @@ impl ApiError {
                     "Rate limit reached for client `{client}` on {kind} per min (RPM/TPM): Limit {limit}. Please try again in {}.",
                     crate::auth::reset_text(*retry_after)
                 ),
-                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                Some(crate::auth::retry_after_secs(*retry_after)),
             ),
             ApiError::TooManyTokens {
                 client,
@@ -399,8 +399,25 @@ impl IntoResponse for ApiError {
             "error": {"message": r.message, "type": r.kind, "param": r.param, "code": r.code}
         });
         let mut resp = (r.status, Json(body)).into_response();
-        if let ApiError::RateLimited { quota, .. } = &self {
+        if let ApiError::RateLimited {
+            quota,
+            kind,
+            retry_after,
+            ..
+        } = &self
+        {
             crate::api::openai::quota_headers(quota, resp.headers_mut());
+            // One truth for when to come back: the exhausted limit's reset says what
+            // Retry-After says (the time until this request fits, not until the
+            // bucket is full again, which is what it means on an answered request).
+            if let Ok(v) = HeaderValue::from_str(&crate::auth::reset_text(*retry_after)) {
+                let name = if *kind == "tokens" {
+                    "x-ratelimit-reset-tokens"
+                } else {
+                    "x-ratelimit-reset-requests"
+                };
+                resp.headers_mut().insert(name, v);
+            }
         }
         if matches!(self, ApiError::Unauthorized { .. }) {
             resp.headers_mut()

@@ -159,18 +159,77 @@ pub fn routes(app: Arc<App>) -> Router {
             admin::gate,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10));
-    Router::new()
+    let router = Router::new()
         .route("/v1/chat/completions", post(openai::forward))
         .route("/v1/completions", post(openai::forward))
         .route("/v1/embeddings", post(openai::forward))
         .route("/v1/rerank", post(openai::forward))
         .route("/v1/models", get(status::models))
+        .route("/v1/models/{*id}", get(status::model))
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics))
         .merge(admin)
         .fallback(unknown_url)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .method_not_allowed_fallback(method_not_allowed);
+    let router = match cors(&app.settings.server.cors_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    };
+    router.with_state(app)
+}
+
+/// Response headers a browser page may read (`Access-Control-Expose-Headers`).
+const EXPOSED: &[&str] = &[
+    "x-request-id",
+    "x-llmvisor-model",
+    "x-llmvisor-route",
+    "x-llmvisor-target",
+    "x-llmvisor-queue-ms",
+    "x-llmvisor-cold-start-ms",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+    "retry-after",
+];
+
+/// The CORS layer of `[server] cors_origins` (None when empty: no CORS headers at
+/// all, and browsers refuse cross-origin calls). Preflights (`OPTIONS` with
+/// `Access-Control-Request-Method`) are answered by the layer for every path.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("anthropic-version"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("openai-organization"),
+                HeaderName::from_static("openai-project"),
+            ])
+            .expose_headers(
+                EXPOSED
+                    .iter()
+                    .map(|h| HeaderName::from_static(h))
+                    .collect::<Vec<_>>(),
+            )
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn unknown_url(method: Method, uri: Uri) -> Response {

@@ -116,63 +116,106 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /v1/models`: OpenAI's list shape: the routes, models and aliases the
-/// client's key may use, with their state.
+/// `GET /v1/models`: every public name (routes, models, aliases) the requesting
+/// client's key may use, with their state and what each is for (`capabilities`).
 pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let policy = app.policy();
-    let client = match policy.auth.identify(&headers) {
+    let client = match identify(&policy, &headers) {
         Ok(c) => c,
-        Err(Denied::Missing) => {
-            return ApiError::Unauthorized {
-                message: "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
-                code: "missing_api_key",
-            }
-            .into_response();
-        }
-        Err(Denied::Invalid) => {
-            return ApiError::Unauthorized {
-                message: "Incorrect API key provided.",
-                code: "invalid_api_key",
-            }
-            .into_response();
-        }
+        Err(e) => return e.into_response(),
     };
-    let created = app
-        .started
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let data: Vec<Value> = policy
         .router
         .public_names()
         .iter()
         .filter(|p| client.may_use(&p.name))
-        .filter_map(|p| {
-            let mut entry = json!({
-                "id": p.name,
-                "object": "model",
-                "created": created,
-                "owned_by": "llmvisor",
-            });
-            if p.kind == NameKind::Route {
-                entry["route"] = json!(true);
-                entry["targets"] = json!(p.targets);
-                return Some(entry);
-            }
-            let i = app.fleet.get(p.instance.as_deref()?)?;
-            let s = i.status();
-            entry["state"] = json!(s.state.as_str());
-            entry["state_seconds"] = json!(s.since.elapsed().as_secs());
-            if p.kind == NameKind::Alias {
-                entry["alias_of"] = json!(i.name());
-            }
-            if let Some(ctx) = i.spec.context_length {
-                entry["max_model_len"] = json!(ctx);
-            }
-            Some(entry)
-        })
+        .filter_map(|p| model_entry(&app, &policy, p))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{id}` (openai's `models.retrieve`): one entry of the list, or
+/// 404 `model_not_found` for a name that is not there or not the client's.
+pub async fn model(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let policy = app.policy();
+    let client = match identify(&policy, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    policy
+        .router
+        .public_names()
+        .iter()
+        .find(|p| p.name == id && client.may_use(&p.name))
+        .and_then(|p| model_entry(&app, &policy, p))
+        .map(|e| Json(e).into_response())
+        .unwrap_or_else(|| ApiError::ModelNotFound(id).into_response())
+}
+
+fn identify(
+    policy: &super::Policy,
+    headers: &HeaderMap,
+) -> Result<std::sync::Arc<crate::auth::Client>, ApiError> {
+    policy.auth.identify(headers).map_err(|d| match d {
+        Denied::Missing => ApiError::Unauthorized {
+            message: "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            code: "missing_api_key",
+        },
+        Denied::Invalid => ApiError::Unauthorized {
+            message: "Incorrect API key provided.",
+            code: "invalid_api_key",
+        },
+    })
+}
+
+/// One `/v1/models` entry. A route is for what any of its models is for.
+fn model_entry(app: &App, policy: &super::Policy, p: &crate::router::PublicName) -> Option<Value> {
+    let created = app
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut entry = json!({
+        "id": p.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "llmvisor",
+    });
+    if p.kind == NameKind::Route {
+        let mut caps: Vec<String> = Vec::new();
+        for t in &p.targets {
+            let inst = policy.router.resolve(t).and_then(|i| app.fleet.get(i));
+            let of_target = inst.map_or_else(
+                || vec!["chat".to_string(), "completion".to_string()],
+                |i| i.spec.capabilities.clone(),
+            );
+            for c in of_target {
+                if !caps.contains(&c) {
+                    caps.push(c);
+                }
+            }
+        }
+        entry["route"] = json!(true);
+        entry["targets"] = json!(p.targets);
+        entry["capabilities"] = json!(caps);
+        return Some(entry);
+    }
+    let i = app.fleet.get(p.instance.as_deref()?)?;
+    let s = i.status();
+    entry["state"] = json!(s.state.as_str());
+    entry["state_seconds"] = json!(s.since.elapsed().as_secs());
+    entry["capabilities"] = json!(i.spec.capabilities);
+    if p.kind == NameKind::Alias {
+        entry["alias_of"] = json!(i.name());
+    }
+    if let Some(ctx) = i.spec.context_length {
+        entry["max_model_len"] = json!(ctx);
+    }
+    Some(entry)
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

@@ -158,6 +158,11 @@ pub struct ServerConfig {
     /// Request body bytes being received by all requests together (503 past it);
     /// one connection may hold twice `max_body`.
     pub max_buffered_bodies: ByteSize,
+    /// Origins a browser page may call the API from (CORS), e.g.
+    /// `["https://chat.example.ts.net"]`; `["*"]` for any (only with keys required).
+    /// Empty (default): no CORS headers, so browsers refuse cross-origin calls.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +194,7 @@ impl Default for ServerConfig {
             write_timeout: HumanDuration::secs(60),
             http2_max_streams: 32,
             max_buffered_bodies: ByteSize(256 << 20),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -339,6 +345,12 @@ pub struct ModelConfig {
     pub gpu_memory_utilization: Option<f64>,
     /// llama-cpp: serve embeddings (`--embeddings`).
     pub embeddings: Option<bool>,
+    /// What the model is for, as `/v1/models` tells clients: any of `chat`,
+    /// `completion`, `embedding`, `rerank`, `transcription`. Default from the kind
+    /// (llama-cpp with `embeddings`: embedding; vllm with `--task embed` or
+    /// `--runner pooling`: embedding; `--task score`: rerank; else chat and
+    /// completion).
+    pub capabilities: Option<Vec<String>>,
     /// Wait before the restart that the next request after a failure triggers;
     /// doubles per failure within `restart_window` (at most 5 minutes).
     #[serde(default = "defaults::restart_backoff")]
@@ -510,6 +522,8 @@ pub struct ModelSpec {
     pub health_path: String,
     /// Appended arguments.
     pub extra_args: Vec<String>,
+    /// See [`ModelConfig::capabilities`]: declared, or derived from the kind.
+    pub capabilities: Vec<String>,
     /// See [`ModelConfig::restart_backoff`].
     pub restart_backoff: std::time::Duration,
     /// See [`ModelConfig::max_restarts`].

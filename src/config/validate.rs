@@ -154,6 +154,16 @@ impl Config {
                 ),
             );
         }
+        for (i, o) in s.cors_origins.iter().enumerate() {
+            let path = format!("server.cors_origins[{i}]");
+            if o == "*" {
+                if s.auth == crate::config::AuthMode::None {
+                    p.add(path, "\"*\" (any origin) needs API keys (auth = \"required\"): with auth = \"none\" any web page could use the models; list the origins instead");
+                }
+            } else if !valid_origin(o) {
+                p.add(path, format!("`{o}` is not an origin: write scheme://host[:port] without a path, e.g. \"https://chat.example.ts.net\" or \"http://localhost:3000\""));
+            }
+        }
         if s.http2_max_streams == 0 {
             p.add("server.http2_max_streams", "must be more than 0");
         }
@@ -607,6 +617,7 @@ fn check_model(
             .clone()
             .unwrap_or_else(|| kind.default_health_path().to_string()),
         extra_args: m.extra_args.clone(),
+        capabilities: capabilities(name, m, kind, p),
         restart_backoff: m.restart_backoff.0,
         max_restarts: m.max_restarts,
         restart_window: m.restart_window.0,
@@ -625,6 +636,84 @@ fn check_model(
             dynamic_user: m.dynamic_user,
         },
     })
+}
+
+/// What `/v1/models` says a model is for.
+pub const CAPABILITIES: [&str; 5] = ["chat", "completion", "embedding", "rerank", "transcription"];
+
+/// A model's capabilities: declared (each checked), or derived from its kind.
+fn capabilities(name: &str, m: &ModelConfig, kind: Kind, p: &mut Problems) -> Vec<String> {
+    if let Some(declared) = &m.capabilities {
+        if declared.is_empty() {
+            p.add(
+                format!("models.{name}.capabilities"),
+                "list at least one of chat, completion, embedding, rerank, transcription",
+            );
+        }
+        for (i, c) in declared.iter().enumerate() {
+            if !CAPABILITIES.contains(&c.as_str()) {
+                p.add(
+                    format!("models.{name}.capabilities[{i}]"),
+                    format!(
+                        "`{c}` is not one of chat, completion, embedding, rerank, transcription"
+                    ),
+                );
+            }
+        }
+        return declared.clone();
+    }
+    let arg_after = |flag: &str| {
+        m.extra_args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix(&format!("{flag}="))
+                .map(str::to_string)
+                .or_else(|| {
+                    (a == flag)
+                        .then(|| m.extra_args.get(i + 1).cloned())
+                        .flatten()
+                })
+        })
+    };
+    let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    match kind {
+        Kind::LlamaCpp if m.embeddings == Some(true) => v(&["embedding"]),
+        Kind::LlamaCpp
+            if m.extra_args
+                .iter()
+                .any(|a| a == "--reranking" || a == "--rerank") =>
+        {
+            v(&["rerank"])
+        }
+        Kind::Vllm => {
+            let task = arg_after("--task").or_else(|| arg_after("--convert"));
+            match task.as_deref() {
+                Some("embed" | "embedding") => v(&["embedding"]),
+                Some("score" | "classify" | "reward" | "rerank") => v(&["rerank"]),
+                Some("transcription") => v(&["transcription"]),
+                _ if arg_after("--runner").as_deref() == Some("pooling") => v(&["embedding"]),
+                _ => v(&["chat", "completion"]),
+            }
+        }
+        _ => v(&["chat", "completion"]),
+    }
+}
+
+/// `scheme://host[:port]`, as a browser sends it in `Origin`.
+fn valid_origin(o: &str) -> bool {
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() {
+        return false;
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 #[cfg(test)]
@@ -669,6 +758,41 @@ mod tests {
         assert_eq!(
             by("small").idle_ttl,
             Some(std::time::Duration::from_secs(1800))
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        assert!(valid_origin("https://chat.example.ts.net"));
+        assert!(valid_origin("http://localhost:3000"));
+        assert!(valid_origin("http://[::1]:8080"));
+        for bad in [
+            "chat.example",
+            "https://x/path",
+            "ftp://x",
+            "https://",
+            "http://x:0",
+            "http://x:99999",
+        ] {
+            assert!(!valid_origin(bad), "{bad}");
+        }
+        let ps = problems(
+            r#"
+            [server]
+            auth = "none"
+            cors_origins = ["*", "localhost:3000"]
+            [models.a]
+            kind = "command"
+            command = ["x"]
+            "#,
+        );
+        assert!(
+            ps.iter().any(|p| p.starts_with("server.cors_origins[0]: \"*\" (any origin) needs API keys")),
+            "{ps:#?}"
+        );
+        assert!(
+            ps.iter().any(|p| p.starts_with("server.cors_origins[1]: `localhost:3000` is not an origin")),
+            "{ps:#?}"
         );
     }
 

@@ -47,9 +47,13 @@ def metrics(url):
 
 def snapshot(label, args):
     rss, fds = proc_stats(args.pid)
-    m = metrics(args.url)
+    try:
+        m = metrics(args.url)
+    except OSError as e:  # refused or timed out: say so in the table
+        m = {"connections": float("nan"), "in_flight": float("nan")}
+        label += f" (/metrics: {e})"
     print(
-        f"| {label} | {rss} MB | {fds} | {int(m['connections'])} | {int(m['in_flight'])} |",
+        f"| {label} | {rss} MB | {fds} | {m['connections']:.0f} | {m['in_flight']:.0f} |",
         flush=True,
     )
 

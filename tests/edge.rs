@@ -130,6 +130,63 @@ async fn idle_connections_are_closed_and_counted() {
     );
 }
 
+/// One request on a fresh raw connection (`Connection: close`); the response.
+fn raw_get(lv: &Llmvisor, path: &str) -> String {
+    let mut s = connect_from(lv, [127, 0, 0, 1]);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    read_to_close(&mut s).0
+}
+
+/// At `max_connections`, a new client gets in: the connection idle the longest
+/// is closed for it. (Idle sockets from many addresses filled the limit and locked
+/// every new client out until their timers ran out: found by bench/soak.sh.)
+#[tokio::test]
+async fn idle_connections_make_room_at_the_limit() {
+    let lv = start(
+        "keepalive_timeout = \"60s\"\nheader_read_timeout = \"60s\"\nmax_connections = 10\nmax_connections_per_ip = 10\n",
+        &mock_model("chat", &[], ""),
+    )
+    .await;
+    // Nothing but our own connections: the harness's pooled ones are gone.
+    let t0 = Instant::now();
+    while !raw_get(&lv, "/metrics").contains("llmvisor_connections_open 1\n") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "other connections stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut idle: Vec<TcpStream> = (0..10)
+        .map(|i| connect_from(&lv, [127, 0, 0, 2 + i]))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Ten idle sockets hold the limit; a new client is still served, and so are
+    // the next ones while idle sockets fill the room again.
+    for i in 0..3 {
+        let text = raw_get(&lv, "/health");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        idle.push(connect_from(&lv, [127, 0, 0, 20 + i]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The oldest idle sockets were the ones closed (EOF, no data); the others
+    // stay open.
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 16];
+        let closed = matches!(s.read(&mut b), Ok(0));
+        assert_eq!(closed, i < 3, "idle socket {i}: closed = {closed}");
+    }
+    let m = raw_get(&lv, "/metrics");
+    assert!(
+        m.contains("llmvisor_connections_closed_total{reason=\"evicted\"} 4\n"),
+        "three for /health, one for this: {m}"
+    );
+    assert!(m.contains("llmvisor_connections_refused_total 0\n"), "{m}");
+}
+
 /// A body that stops arriving gets 408 after `body_idle_timeout`; one that
 /// trickles gets 408 at `body_timeout`. (Was: buffered with no time limit.)
 #[tokio::test]

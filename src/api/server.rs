@@ -8,7 +8,8 @@
 //!
 //! | what | limit (`[server]` key, default) | past it |
 //! | --- | --- | --- |
-//! | connections | `max_connections` (4096), `max_connections_per_ip` (1024) | a short 503 and close |
+//! | connections | `max_connections` (4096) | the longest-idle connection is closed to make room; a short 503 only when every one has a request in flight |
+//! | connections from one address | `max_connections_per_ip` (1024) | a short 503 and close |
 //! | a connection with no request in flight | `keepalive_timeout` (75 s) of silence | closed |
 //! | HTTP/1 request headers | `header_read_timeout` (30 s) | closed (hyper's timer) |
 //! | a request body | `body_timeout` (300 s) in all, `body_idle_timeout` (30 s) between bytes | 408 `request_timeout` |
@@ -110,6 +111,8 @@ pub struct EdgeStats {
     pub idle_closed: AtomicU64,
     /// Connections cut because the client stopped reading a response.
     pub stalled: AtomicU64,
+    /// Idle connections closed to make room for a new one at `max_connections`.
+    pub evicted: AtomicU64,
     /// Request bodies refused: too slow.
     pub body_timeouts: AtomicU64,
     /// Request bodies refused: over the buffered-bytes budget.
@@ -129,7 +132,11 @@ impl EdgeStats {
         m.connections_open
             .set(self.open.load(Ordering::Relaxed) as i64);
         sync(&m.connections_refused, load(&self.refused));
-        for (reason, v) in [("idle", &self.idle_closed), ("stalled", &self.stalled)] {
+        for (reason, v) in [
+            ("idle", &self.idle_closed),
+            ("stalled", &self.stalled),
+            ("evicted", &self.evicted),
+        ] {
             sync(
                 &m.connections_closed.get_or_create(&ReasonLabels { reason }),
                 load(v),
@@ -155,6 +162,11 @@ pub struct Edge {
     /// Counters.
     pub stats: Arc<EdgeStats>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections, for closing idle ones when the limit is reached.
+    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+    /// When the edge started: the clock of `ConnState::idle_since_ms`.
+    epoch: Instant,
 }
 
 impl Edge {
@@ -164,6 +176,9 @@ impl Edge {
             limits,
             stats: Arc::new(EdgeStats::default()),
             per_ip: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -172,22 +187,55 @@ impl Edge {
         &self.limits
     }
 
-    /// A place for one more connection from `ip`, or None past a limit.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnPermit> {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A place for one more connection from `ip`, or None past a limit. At
+    /// `max_connections`, the connection idle the longest (no request in flight)
+    /// is closed to make room, as nginx reuses its keep-alive connections: idle
+    /// sockets, however many, cannot lock new clients out. Only when every
+    /// connection has a request in flight is the new one refused. The per-address
+    /// limit refuses without closing anything.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<(ConnPermit, Arc<ConnState>)> {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if self.stats.open.load(Ordering::Relaxed) >= self.limits.max_connections {
+        let n = per_ip.get(&ip).copied().unwrap_or(0);
+        if n >= self.limits.max_connections_per_ip {
             return None;
         }
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.limits.max_connections_per_ip {
-            return None;
+        let open = self.stats.open.load(Ordering::Relaxed);
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if open >= self.limits.max_connections {
+            let victim = conns
+                .iter()
+                .filter(|(_, c)| {
+                    c.in_flight.load(Ordering::Relaxed) == 0 && !c.evicted.load(Ordering::Relaxed)
+                })
+                // Oldest idle first; among equals, the oldest connection.
+                .min_by_key(|(id, c)| (c.idle_since_ms.load(Ordering::Relaxed), **id))
+                .map(|(id, _)| *id);
+            // Taken off the table now; its task closes the socket at once.
+            let victim = victim.and_then(|id| conns.remove(&id))?;
+            victim.evicted.store(true, Ordering::Relaxed);
+            victim.close.notify_one();
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        *n += 1;
+        *per_ip.entry(ip).or_insert(0) += 1;
         self.stats.open.fetch_add(1, Ordering::Relaxed);
-        Some(ConnPermit {
-            edge: self.clone(),
-            ip,
-        })
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState {
+            idle_since_ms: AtomicU64::new(self.now_ms()),
+            ..ConnState::default()
+        });
+        conns.insert(id, state.clone());
+        Some((
+            ConnPermit {
+                edge: self.clone(),
+                ip,
+                id,
+            },
+            state,
+        ))
     }
 }
 
@@ -195,10 +243,16 @@ impl Edge {
 struct ConnPermit {
     edge: Arc<Edge>,
     ip: IpAddr,
+    id: u64,
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
+        self.edge
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
         let mut per_ip = self.edge.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -218,6 +272,12 @@ struct ConnState {
     in_flight: AtomicUsize,
     buffered: AtomicU64,
     stalled: AtomicBool,
+    /// Since when no request is in flight (ms on the edge's clock).
+    idle_since_ms: AtomicU64,
+    /// Chosen to make room at `max_connections`.
+    evicted: AtomicBool,
+    /// Wakes the connection's task to close it.
+    close: tokio::sync::Notify,
 }
 
 tokio::task_local! {
@@ -280,13 +340,12 @@ pub async fn serve(
             },
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
-        let Some(permit) = edge.admit(peer.ip()) else {
+        let Some((permit, state)) = edge.admit(peer.ip()) else {
             edge.stats.refused.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(refuse(tcp));
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let state = Arc::new(ConnState::default());
         let io = TimedIo::new(tcp, state.clone(), &limits, edge.stats.clone());
         let svc = ConnService {
             router: router.clone(),
@@ -301,9 +360,14 @@ pub async fn serve(
             )
             .into_owned();
         let conn = graceful.watch(conn);
+        let evict = state.clone();
         tokio::spawn(CONN.scope(state, async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                },
+                // Closed to make room (idle: no request in flight to lose).
+                () = evict.close.notified() => {}
             }
             drop(permit);
         }));
@@ -344,7 +408,7 @@ impl ConnService {
         self,
         req: hyper::Request<Incoming>,
     ) -> Result<axum::response::Response, std::convert::Infallible> {
-        let in_flight = InFlight::new(self.state.clone());
+        let in_flight = InFlight::new(self.state.clone(), self.edge.clone());
         let limits = &self.edge.limits;
         if let Some(problem) = malformed(&req) {
             use axum::response::IntoResponse;
@@ -406,18 +470,21 @@ fn malformed<B>(req: &hyper::Request<B>) -> Option<&'static str> {
 
 /// A request in flight on its connection, until its response body is finished or
 /// dropped.
-struct InFlight(Arc<ConnState>);
+struct InFlight(Arc<ConnState>, Arc<Edge>);
 
 impl InFlight {
-    fn new(state: Arc<ConnState>) -> Self {
+    fn new(state: Arc<ConnState>, edge: Arc<Edge>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(state)
+        Self(state, edge)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .idle_since_ms
+            .store(self.1.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 

@@ -89,6 +89,11 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
 
     // Device access: nothing but the pinned GPUs and what the driver needs.
     p.push(prop("DevicePolicy", "closed"));
+    if l.gpus.is_empty() && !spec.gpu.any {
+        // No GPU: a private /dev with only the pseudo devices (null, zero,
+        // random, tty, shm), so not even the nodes' names are there.
+        p.push(prop("PrivateDevices", "yes"));
+    }
     if !l.gpus.is_empty() {
         // The device node's number is the GPU's minor number, which NVML reports;
         // without NVML it is taken to be the index.
@@ -250,6 +255,7 @@ mod tests {
         assert_eq!(values(&p, "TasksMax"), ["4096"]);
         assert_eq!(values(&p, "IOWeight"), ["200"]);
         assert_eq!(values(&p, "DevicePolicy"), ["closed"]);
+        assert!(values(&p, "PrivateDevices").is_empty());
         assert_eq!(
             values(&p, "DeviceAllow"),
             [
@@ -284,9 +290,11 @@ mod tests {
         let p = properties(&spec, &unit);
         assert!(values(&p, "IPAddressDeny").is_empty());
         assert_eq!(values(&p, "DynamicUser"), ["no"]);
-        // No GPUs: the device policy stays closed with nothing allowed.
+        // No GPUs: the device policy stays closed with nothing allowed, in a
+        // private /dev.
         assert_eq!(values(&p, "DevicePolicy"), ["closed"]);
         assert!(values(&p, "DeviceAllow").is_empty());
+        assert_eq!(values(&p, "PrivateDevices"), ["yes"]);
         assert!(
             !values(&p, "Environment")
                 .iter()

@@ -373,10 +373,11 @@ async fn journal_tail(unit: &str, invocation: &Invocation) -> Vec<String> {
 }
 
 /// Properties the user manager cannot apply (they need privileges it lacks).
-const PRIVILEGED: [&str; 6] = [
+const PRIVILEGED: [&str; 7] = [
     "DynamicUser",
     "DevicePolicy",
     "DeviceAllow",
+    "PrivateDevices",
     "IPAddressDeny",
     "IPAddressAllow",
     "CapabilityBoundingSet",
@@ -444,6 +445,7 @@ pub fn dbus_properties(unit: &UnitSpec, bus: Bus) -> Vec<(&'static str, OwnedVal
             }
             "AllowedCPUs" => v(Value::from(cpu_mask(value))),
             "DynamicUser"
+            | "PrivateDevices"
             | "PrivateTmp"
             | "PrivateMounts"
             | "NoNewPrivileges"
@@ -756,6 +758,12 @@ mod tests {
     #[test]
     fn the_user_manager_gets_no_privileged_properties() {
         let u = unit("[models.m]\nkind = \"command\"\ncommand = [\"/bin/srv\"]\nport = 9000\n");
+        // A model without GPUs gets a private /dev from the system manager.
+        let system = dbus_properties(&u, Bus::System);
+        assert_eq!(
+            get(&system, "PrivateDevices").value_signature().to_string(),
+            "b"
+        );
         let p = dbus_properties(&u, Bus::User);
         for name in PRIVILEGED {
             assert!(!p.iter().any(|(n, _)| *n == name), "{name}");

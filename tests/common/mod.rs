@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod system;
+
 /// The mock backend binary.
 pub const MOCK: &str = env!("CARGO_BIN_EXE_llmvisor-mock");
 /// The supervisor binary.

@@ -16,6 +16,7 @@
 mod generate;
 mod ollama;
 mod openai;
+mod probes;
 mod state;
 mod stats;
 mod stream;
@@ -55,7 +56,17 @@ Token accounting (usage, Ollama counts):
 
 Test hooks: GET /mock/stats returns counters, the last model request body
 (parsed, and as sent in \"last_body\") and its headers; --stall-after and
---hop-header make it misbehave the way hostile or odd backends do.";
+--hop-header make it misbehave the way hostile or odd backends do.
+
+Limit probes (for the real-systemd tests; results under \"probes\" in
+/mock/stats): --report-open says what open(O_RDWR) of each path returns
+now (\"ok\" or the errno's name, e.g. ENXIO, EPERM), asked anew on every
+stats request; --fork N forks N idle children at start (they die with the
+mock) and reports how many it got and the first error (EAGAIN past
+TasksMax); --alloc-mb N allocates and touches N MiB, 1 MiB at a time,
+--alloc-after after start, printing \"allocated K MiB\" every 8 MiB to
+stderr (past MemoryMax the kernel kills it); --busy-threads N spins N
+threads for --busy-for at start and reports the CPU seconds they got.";
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -124,6 +135,34 @@ struct Args {
     /// on.
     #[arg(long, value_name = "NAME", value_parser = parse_header_name)]
     hop_header: Option<http::HeaderName>,
+
+    /// Paths (comma-separated) to open read-write on every `GET /mock/stats`,
+    /// reporting "ok" or the errno's name per path under `probes.open`.
+    #[arg(long, value_name = "PATHS", value_delimiter = ',')]
+    report_open: Vec<std::path::PathBuf>,
+
+    /// Fork N idle child processes at start (they die with the mock); how
+    /// many it got and the first error go to `probes.fork`.
+    #[arg(long, value_name = "N")]
+    fork: Option<u32>,
+
+    /// Allocate and touch N MiB, 1 MiB at a time, --alloc-after after start,
+    /// logging "allocated K MiB" to stderr every 8 MiB; then hold it.
+    #[arg(long, value_name = "N")]
+    alloc_mb: Option<u64>,
+
+    /// Delay before --alloc-mb starts.
+    #[arg(long, default_value = "0s", value_name = "DUR", value_parser = humantime::parse_duration)]
+    alloc_after: Duration,
+
+    /// Spin N threads at start for --busy-for; the CPU seconds they got and
+    /// the wall time go to `probes.busy`.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    busy_threads: u32,
+
+    /// How long --busy-threads spin.
+    #[arg(long, default_value = "2s", value_name = "DUR", value_parser = humantime::parse_duration)]
+    busy_for: Duration,
 }
 
 /// Parses a header name (lower case, as HTTP/1.1 tokens go).
@@ -157,7 +196,22 @@ impl Args {
             stall_after: self.stall_after,
         }
     }
+
+    /// The limit probes.
+    fn probes(&self) -> probes::Probes {
+        probes::Probes {
+            report_open: self.report_open.clone(),
+            fork: self.fork,
+            alloc_mb: self.alloc_mb,
+            alloc_after: self.alloc_after,
+            busy_threads: self.busy_threads,
+            busy_for: self.busy_for,
+        }
+    }
 }
+
+/// The probes of this run (set once at start-up).
+static PROBES: std::sync::OnceLock<probes::Probes> = std::sync::OnceLock::new();
 
 /// All routes.
 fn router(st: &'static AppState) -> Router {
@@ -186,7 +240,11 @@ fn router(st: &'static AppState) -> Router {
 
 /// `GET /mock/stats`.
 async fn mock_stats(State(st): State<&'static AppState>) -> Json<serde_json::Value> {
-    Json(st.stats.snapshot())
+    let mut stats = st.stats.snapshot();
+    if let Some(p) = PROBES.get() {
+        stats["probes"] = p.snapshot();
+    }
+    Json(stats)
 }
 
 /// Resolves on SIGTERM or SIGINT, and arms a hard exit one second later so
@@ -255,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = writeln!(out, "llmvisor-mock listening on http://{addr}");
         let _ = out.flush();
     }
+    PROBES.get_or_init(|| args.probes()).start();
 
     let listener = listener.tap_io(|tcp| {
         // Token streams are many tiny writes; Nagle would batch them.
@@ -637,5 +696,26 @@ mod tests {
             Args::try_parse_from(["llmvisor-mock", "--port", "0", "--fail-rate", "1.5"]).is_err()
         );
         assert!(Args::try_parse_from(["llmvisor-mock"]).is_err());
+        let a = Args::try_parse_from([
+            "llmvisor-mock",
+            "--port",
+            "0",
+            "--report-open",
+            "/dev/nvidia0,/dev/nvidiactl",
+            "--fork",
+            "64",
+            "--alloc-mb",
+            "256",
+            "--alloc-after",
+            "3s",
+            "--busy-threads",
+            "2",
+        ])
+        .expect("parse");
+        let p = a.probes();
+        assert_eq!(p.report_open.len(), 2);
+        assert_eq!((p.fork, p.alloc_mb), (Some(64), Some(256)));
+        assert_eq!(p.alloc_after, Duration::from_secs(3));
+        assert_eq!((p.busy_threads, p.busy_for), (2, Duration::from_secs(2)));
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: OpenAI-compatible endpoints, health, metrics and admin routes.
 
 mod admin;
+pub mod anthropic;
 pub mod body;
 pub mod error;
 pub mod openai;

@@ -4,6 +4,7 @@ mod admin;
 pub mod anthropic;
 pub mod body;
 pub mod error;
+mod messages;
 pub mod openai;
 pub mod server;
 mod status;
@@ -165,6 +166,8 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/completions", post(openai::forward))
         .route("/v1/embeddings", post(openai::forward))
         .route("/v1/rerank", post(openai::forward))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(status::models))
         .route("/v1/models/{*id}", get(status::model))
         .route("/health", get(status::health))

@@ -471,7 +471,11 @@ fn bad(message: impl Into<String>, code: &'static str) -> ApiError {
     }
 }
 
-async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = app.settings.server.max_body.0;
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -1,0 +1,188 @@
+//! `POST /v1/messages` and `/v1/messages/count_tokens`: Anthropic's Messages API
+//! (the `anthropic` SDK, Claude-Code-style tools pointed at local models) on any
+//! model, translated to chat completions by [`super::anthropic`] and sent through
+//! the same path as `/v1/chat/completions` — keys (`x-api-key` or Bearer), routing,
+//! limits, queueing, cold starts, usage accounting and the request log all apply
+//! as for chat. Errors come back in Anthropic's shape with the same status.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::anthropic::{self, StreamTranslator};
+use super::{App, openai};
+
+/// Largest chat completion read back to translate (a non-streamed answer).
+const MAX_ANSWER: usize = 64 << 20;
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let kind = if status == StatusCode::BAD_REQUEST {
+        "invalid_request_error"
+    } else {
+        "api_error"
+    };
+    (
+        status,
+        axum::Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
+    )
+        .into_response()
+}
+
+/// The Messages request, read and translated: (the request, its chat body).
+async fn read(
+    app: &App,
+    req: Request,
+    counting: bool,
+) -> Result<(axum::http::request::Parts, Value, Value), Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = match openai::read_body(app, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(e) => return Err(anthropic_error(e.into_response()).await),
+    };
+    let mut msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("The request body is not valid JSON: {e}."),
+        )
+    })?;
+    if msg
+        .get("model")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(error(StatusCode::BAD_REQUEST, "model: Field required."));
+    }
+    // count_tokens takes no max_tokens.
+    if counting && let Some(o) = msg.as_object_mut() {
+        o.entry("max_tokens").or_insert(json!(1));
+    }
+    let chat =
+        anthropic::request_to_chat(&msg).map_err(|e| error(StatusCode::BAD_REQUEST, &e.0))?;
+    Ok((parts, msg, chat))
+}
+
+/// `POST /v1/messages`.
+pub async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, msg, chat) = match read(&app, req, false).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let model = msg["model"].as_str().unwrap_or_default().to_string();
+    let stream = msg.get("stream").and_then(Value::as_bool) == Some(true);
+    let stops = anthropic::stop_sequences(&msg);
+
+    // The same request as chat completions, through the same path.
+    let mut inner = Request::new(Body::from(serde_json::to_vec(&chat).unwrap_or_default()));
+    *inner.method_mut() = axum::http::Method::POST;
+    *inner.uri_mut() = axum::http::Uri::from_static("/v1/chat/completions");
+    *inner.headers_mut() = parts.headers;
+    inner.headers_mut().remove(header::CONTENT_LENGTH);
+    inner.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    *inner.extensions_mut() = parts.extensions;
+    let resp = openai::forward(State(app), inner).await;
+
+    if !resp.status().is_success() {
+        return anthropic_error(resp).await;
+    }
+    let (mut head, body) = resp.into_parts();
+    head.headers.remove(header::CONTENT_LENGTH);
+    if !stream {
+        let bytes = match axum::body::to_bytes(body, MAX_ANSWER).await {
+            Ok(b) => b,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "The model's answer could not be read.",
+                );
+            }
+        };
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let out = anthropic::response_from_chat(&answer, &model, &stops);
+        head.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Response::from_parts(head, Body::from(out.to_string()));
+    }
+    // The stream, event by event. A task of its own reads the chat stream; when the
+    // client leaves, the channel closes, the task drops the chat stream, and the
+    // relay below counts the request as the client's leaving.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut t = StreamTranslator::new(&model, stops);
+        let mut chunks = body.into_data_stream();
+        let mut buf = Vec::<u8>::new();
+        while let Some(chunk) = chunks.next().await {
+            let Ok(chunk) = chunk else { break };
+            buf.extend_from_slice(&chunk);
+            let mut out = String::new();
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\r', '\n']);
+                if let Some(data) = line.strip_prefix("data:") {
+                    for e in t.push(data) {
+                        out.push_str(&anthropic::sse(&e));
+                    }
+                } else if line.starts_with(':') {
+                    // Keep-alive comments while a model starts: comments in SSE.
+                    out.push_str(line);
+                    out.push_str("\n\n");
+                }
+            }
+            if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                return;
+            }
+        }
+        let out: String = t.finish().iter().map(anthropic::sse).collect();
+        if !out.is_empty() {
+            let _ = tx.send(Ok(Bytes::from(out))).await;
+        }
+    });
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::from_parts(head, Body::from_stream(stream))
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt's tokens as llmvisor estimates them
+/// (the same estimate as its context guard and rate limits use).
+pub async fn count_tokens(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (_, _, chat) = match read(&app, req, true).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let bytes = serde_json::to_vec(&chat).unwrap_or_default();
+    let n = crate::router::estimate::Estimator::new(&bytes).prompt_tokens(None);
+    axum::Json(json!({"input_tokens": n})).into_response()
+}
+
+/// An error response of the chat path (OpenAI's shape) in Anthropic's shape, with
+/// the same status and headers (`Retry-After`, the rate-limit headers).
+async fn anthropic_error(resp: Response) -> Response {
+    let (mut head, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let openai: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let out = anthropic::error_body(head.status.as_u16(), &openai);
+    head.headers.remove(header::CONTENT_LENGTH);
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(head, Body::from(out.to_string()))
+}

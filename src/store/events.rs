@@ -2,7 +2,7 @@
 //! load time), stopped (with the reason), failed (with the exit status), OOM.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::{EventRecord, Store, now_ms};
 use crate::fleet::{Fleet, Instance, State};

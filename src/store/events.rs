@@ -52,12 +52,6 @@ pub fn watch_fleet(fleet: &Fleet, store: &Store) {
     }
 }
 
-/// Whether output looks like CUDA running out of memory.
-pub fn is_oom(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    t.contains("out of memory") || t.contains("cuda_error_out_of_memory") || t.contains("oom-kill")
-}
-
 async fn follow(
     model: String,
     mut rx: tokio::sync::watch::Receiver<crate::fleet::Status>,
@@ -115,7 +109,7 @@ async fn follow(
                 } else {
                     "crash"
                 };
-                if detail.as_deref().is_some_and(is_oom) {
+                if detail.as_deref().is_some_and(crate::gpu::oom::is_oom) {
                     store.event(ev("oom", Some(reason.into()), detail.clone(), None));
                 }
                 store.event(ev("failed", Some(reason.into()), detail, None));

@@ -68,14 +68,23 @@ async fn concurrent_requests_to_a_stopped_model_cause_one_start() {
         }));
     }
     // While it loads, /health and /v1/models show it, with the time elapsed.
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    let m = lv.model("slow").await;
-    assert!(
-        m["state"] == "loading" || m["state"] == "starting",
-        "expected a cold start in progress: {m}"
-    );
-    assert!(m["state_seconds"].as_f64().unwrap() >= 0.1, "{m}");
-    assert_eq!(m["queued"], 12, "{m}");
+    eventually(Duration::from_secs(5), async || {
+        let m = lv.model("slow").await;
+        // The requests are on their way until then.
+        if m["state"] == "stopped" {
+            return Err(format!("{m}"));
+        }
+        assert!(
+            m["state"] == "loading" || m["state"] == "starting",
+            "expected a cold start in progress: {m}"
+        );
+        if m["queued"] == 12 && m["state_seconds"].as_f64().unwrap() >= 0.1 {
+            Ok(())
+        } else {
+            Err(format!("{m}"))
+        }
+    })
+    .await;
     let listed = lv.get_json("/v1/models").await;
     assert!(listed["data"][0]["state"] == "loading" || listed["data"][0]["state"] == "starting");
 
@@ -281,11 +290,14 @@ async fn backends_die_with_a_killed_supervisor() {
     let mut child = lv.child.take().unwrap();
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!alive(pid), "backend {pid} outlived a SIGKILLed llmvisor");
+    eventually(Duration::from_secs(5), async || {
+        if alive(pid) {
+            Err(format!("backend {pid} outlived a SIGKILLed llmvisor"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

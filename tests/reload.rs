@@ -60,14 +60,14 @@ async fn reload_applies_only_what_changed() {
         .unwrap();
     assert_eq!(body["usage"]["completion_tokens"], 3);
     // The removed one is gone, process and name.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while alive(gone_pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "removed model still running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        if alive(gone_pid) {
+            Err("removed model still running".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     assert_eq!(lv.chat("gone").await.status(), 404);
     // The new one starts on demand.
     assert_eq!(lv.state("new").await, "stopped");
@@ -85,10 +85,22 @@ async fn a_request_queued_across_a_reload_is_served_by_the_new_instance() {
     assert_eq!(lv.chat("q").await.status(), 200);
     let old_pid = lv.mock_stats("q").await["pid"].as_u64().unwrap() as u32;
     let in_flight = lv.spawn_chat("q");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Ordered by what /health shows, not by time: one at the backend, then one
+    // waiting for its slot.
+    let depth = async |in_flight: u64, queued: u64| {
+        eventually(Duration::from_secs(5), async || {
+            let m = lv.model("q").await;
+            if m["in_flight"] == in_flight && m["queued"] == queued {
+                Ok(())
+            } else {
+                Err(format!("want {in_flight} in flight, {queued} queued: {m}"))
+            }
+        })
+        .await
+    };
+    depth(1, 0).await;
     let queued = lv.spawn_chat("q");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(lv.model("q").await["queued"], 1);
+    depth(1, 1).await;
 
     let changed = base.replace("\"10\"]", "\"11\"]");
     lv.reconfigure(&changed);
@@ -123,27 +135,38 @@ async fn two_quick_reloads_leave_exactly_one_process() {
     assert_eq!(lv.chat("d").await.status(), 200);
     lv.reconfigure(&base.replace("\"10\"]", "\"11\"]"));
     lv.reconfigure(&base.replace("\"10\"]", "\"12\"]"));
-    lv.wait_log("reloaded ", Duration::from_secs(5)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    lv.wait_state("d", "ready", Duration::from_secs(10)).await;
-    let body: serde_json::Value = lv
-        .post(
-            "/v1/chat/completions",
-            &serde_json::json!({"model": "d", "messages": [{"role": "user", "content": "x"}]}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["usage"]["completion_tokens"], 12, "{body}");
+    // Served by the last configuration's process (a request during the swap may
+    // wait for it or be answered by the earlier one; the last answer counts).
+    eventually(Duration::from_secs(10), async || {
+        let body: serde_json::Value = lv
+            .post(
+                "/v1/chat/completions",
+                &serde_json::json!({"model": "d", "messages": [{"role": "user", "content": "x"}]}),
+            )
+            .await
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if body["usage"]["completion_tokens"] == 12 {
+            Ok(())
+        } else {
+            Err(format!("{body}"))
+        }
+    })
+    .await;
     // Only the last configuration's process runs.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mocks = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
-        .filter(|c| c.contains("--served-name\0d\0") && c.contains(MOCK))
-        .count();
-    assert_eq!(mocks, 1, "{}", lv.log());
+    let mocks = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+            .filter(|c| c.contains("--served-name\0d\0") && c.contains(MOCK))
+            .count()
+    };
+    eventually(Duration::from_secs(5), async || match mocks() {
+        1 => Ok(()),
+        n => Err(format!("{n} processes: {}", lv.log())),
+    })
+    .await;
     assert!(!lv.log().contains("already running"), "{}", lv.log());
 }

@@ -23,7 +23,7 @@ pub use routing::{
     Strategy, TargetRef,
 };
 pub use validate::Problem;
-pub use values::{ByteSize, HumanDuration};
+pub use values::{ByteSize, CpuList, HumanDuration};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -552,8 +552,8 @@ pub struct Limits {
     pub memory_high: Option<u64>,
     /// `CPUQuota=` percentage.
     pub cpu_quota_percent: Option<u32>,
-    /// `AllowedCPUs=` as written.
-    pub allowed_cpus: Option<String>,
+    /// `AllowedCPUs=`, checked.
+    pub allowed_cpus: Option<values::CpuList>,
     /// `TasksMax=`.
     pub tasks_max: Option<u64>,
     /// `IOWeight=`.

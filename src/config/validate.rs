@@ -550,23 +550,16 @@ fn check_model(
         }
         n
     });
-    if let Some(cpus) = &m.allowed_cpus {
-        let ok = !cpus.trim().is_empty()
-            && cpus.split(',').all(|part| {
-                let mut ends = part.trim().splitn(2, '-').map(|n| n.parse::<u32>());
-                match (ends.next(), ends.next()) {
-                    (Some(Ok(_)), None) => true,
-                    (Some(Ok(a)), Some(Ok(b))) => a <= b,
-                    _ => false,
-                }
-            });
-        if !ok {
+    let allowed_cpus = m.allowed_cpus.as_ref().and_then(|cpus| {
+        let list = super::values::CpuList::parse(cpus);
+        if list.is_none() {
             p.add(
                 at("allowed_cpus"),
                 format!("`{cpus}` is not a CPU list, e.g. \"0-7,16\""),
             );
         }
-    }
+        list
+    });
     if m.io_weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
         p.add(at("io_weight"), "must be between 1 and 10000");
     }
@@ -629,7 +622,7 @@ fn check_model(
             memory_max: m.memory_max.map(|s| s.0),
             memory_high: m.memory_high.map(|s| s.0),
             cpu_quota_percent,
-            allowed_cpus: m.allowed_cpus.clone(),
+            allowed_cpus,
             tasks_max: m.tasks_max,
             io_weight: m.io_weight,
             allow_network: m.allow_network,

@@ -1,5 +1,5 @@
-//! Value types written the way humans write them: durations (`"30m"`) and byte
-//! sizes (`"16MiB"`).
+//! Value types written the way humans write them: durations (`"30m"`), byte
+//! sizes (`"16MiB"`) and CPU lists (`"0-7,16"`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -217,5 +217,78 @@ mod tests {
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(16 << 20).to_string(), "16MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+}
+
+/// A CPU list as systemd's `AllowedCPUs=` takes it: `"0-7,16"`. Parsed once, when
+/// the configuration is checked; rendered as written (unit files) and as a bit
+/// mask (D-Bus).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList {
+    text: String,
+    ranges: Vec<(u32, u32)>,
+}
+
+impl CpuList {
+    /// Parse `"0-7,16"`: comma-separated CPUs and ascending ranges.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.trim().is_empty() {
+            return None;
+        }
+        let ranges = text
+            .split(',')
+            .map(|part| {
+                let mut ends = part.trim().splitn(2, '-').map(|n| n.trim().parse::<u32>());
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(a)), None) => Some((a, a)),
+                    (Some(Ok(a)), Some(Ok(b))) if a <= b && b < 8192 => Some((a, b)),
+                    _ => None,
+                }
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            text: text.trim().to_string(),
+            ranges,
+        })
+    }
+
+    /// As written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The bit mask systemd's D-Bus API takes: bit `n % 8` of byte `n / 8` for CPU `n`.
+    pub fn mask(&self) -> Vec<u8> {
+        let mut mask = Vec::new();
+        for &(a, b) in &self.ranges {
+            for cpu in a as usize..=b as usize {
+                if mask.len() <= cpu / 8 {
+                    mask.resize(cpu / 8 + 1, 0);
+                }
+                mask[cpu / 8] |= 1 << (cpu % 8);
+            }
+        }
+        mask
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod cpu_list_tests {
+    use super::CpuList;
+
+    #[test]
+    fn parses_and_masks() {
+        let c = CpuList::parse("0-2,9").unwrap();
+        assert_eq!(c.as_str(), "0-2,9");
+        assert_eq!(c.mask(), vec![0b0000_0111, 0b0000_0010]);
+        for bad in ["", "3-1", "a", "1,", "-1", "0-99999"] {
+            assert!(CpuList::parse(bad).is_none(), "{bad}");
+        }
     }
 }

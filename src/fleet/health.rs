@@ -68,3 +68,55 @@ impl HealthProbe {
         }
     }
 }
+
+/// What the fleet asks of a backend's port: health, sleep and wake, and who holds
+/// it. [`HealthProbe`] asks over HTTP and `/proc`; the fleet's unit tests answer
+/// from their fake unit manager.
+#[async_trait::async_trait]
+pub trait Probe: Send + Sync + 'static {
+    /// Whether the backend on `port` answers 200 on `path`.
+    async fn check(&self, port: u16, path: &str) -> bool;
+
+    /// `POST` `path` on `port`: the status, or why there was none within `timeout`.
+    async fn post(&self, port: u16, path: &str, timeout: Duration) -> Result<u16, String>;
+
+    /// Why a new model cannot listen on `port` (someone holds it), if so.
+    async fn port_taken(&self, port: u16) -> Option<String>;
+
+    /// Whose the socket listening on `port` is, given the unit's processes.
+    async fn owner(&self, port: u16, pids: Vec<u32>) -> crate::units::sockets::Owner;
+}
+
+#[async_trait::async_trait]
+impl Probe for HealthProbe {
+    async fn check(&self, port: u16, path: &str) -> bool {
+        HealthProbe::check(self, port, path).await
+    }
+
+    async fn post(&self, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
+        HealthProbe::post(self, port, path, timeout).await
+    }
+
+    async fn port_taken(&self, port: u16) -> Option<String> {
+        use crate::units::sockets;
+        tokio::task::spawn_blocking(move || {
+            sockets::port_taken(port).map(|e| {
+                let who =
+                    sockets::describe_holder(port).unwrap_or_else(|| "another process".into());
+                format!(
+                    "port {port} is already in use by {who} ({e}); not starting the model on it"
+                )
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn owner(&self, port: u16, pids: Vec<u32>) -> crate::units::sockets::Owner {
+        use crate::units::sockets;
+        tokio::task::spawn_blocking(move || sockets::owner(port, &pids))
+            .await
+            .unwrap_or(sockets::Owner::Unknown)
+    }
+}

@@ -1,15 +1,35 @@
 //! One model instance: its state machine, on-demand start, health wait, idle stop,
 //! concurrency gate and queue, crash accounting.
+//!
+//! Every state change goes through [`Instance::apply`], which moves the state only
+//! along the table of [`super::state`]:
+//!
+//! ```text
+//!   Stopped ─Start─▶ Starting ─Launched─▶ Loading ─Healthy─▶ Ready ─Sleep─▶ Sleeping
+//!      ▲  ◀─Refused──┘   ▲                   ▲                 │ ▲ ◀─Keep──┘ │ ▲
+//!      │      (no room)  │   Stopped ─Adopt──┘                 │ └──Woken── Waking ◀─Wake
+//!      │                 └───────────────WakeCold─────────────────────────────┘
+//!      │
+//!      └─Gone── Stopping ◀─Kill── Draining ◀─Stop/IdleStop/Evict/SleepFailed─ (running states)
+//!                                    └─Keep─▶ Ready (a request came in the same instant)
+//!   any running state, Draining ─Fail─▶ Failed ─Start─▶ Starting
+//! ```
+//!
+//! Beyond the state, each step checks that it still belongs to the run it was
+//! started for: a start by its generation, a running unit by its invocation.
+//! Waits are on notifications (the status channel, the drain), never on polling.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use super::gate::{Gate, Permit};
-use super::{Ctx, FleetError, State, StopReason};
+use super::state::{AT_REST, STOPPING};
+use super::{Ctx, FleetError, State, StopReason, Transition};
 use crate::config::ModelSpec;
 use crate::config::Priority;
 use crate::units::{ExitInfo, Invocation, UnitSpec};
@@ -97,6 +117,8 @@ pub struct Instance {
     /// Milliseconds since `ctx.epoch` when the instance last became idle.
     idle_since_ms: AtomicU64,
     idle: Notify,
+    /// Woken when the last request in flight finishes (a stop's drain waits on it).
+    drained: Notify,
     /// Replaced by a reload: no more starts or idle stops from this object.
     retired: AtomicBool,
     /// Replacing a running model: start once the old process is gone.
@@ -109,6 +131,9 @@ pub struct Instance {
     /// One sleep or wake at a time.
     sleep_lock: tokio::sync::Mutex<()>,
     ctx: Arc<Ctx>,
+    /// Every state entered, the first one included (tests read it).
+    #[cfg(test)]
+    trail: Mutex<Vec<State>>,
 }
 
 /// A slot at a ready backend. While it lives the request counts as in flight; dropping
@@ -132,7 +157,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.instance.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.instance.leave_flight();
     }
 }
 
@@ -170,6 +195,7 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
+            drained: Notify::new(),
             retired: AtomicBool::new(false),
             pending_start: AtomicBool::new(false),
             failures: Mutex::new(VecDeque::new()),
@@ -177,6 +203,8 @@ impl Instance {
             tuning: Mutex::new(tuning),
             sleep_lock: tokio::sync::Mutex::new(()),
             ctx,
+            #[cfg(test)]
+            trail: Mutex::new(vec![initial]),
         });
         inst.ctx.board.register(&inst);
         if let Some(ttl) = inst.spec.idle_ttl {
@@ -219,6 +247,81 @@ impl Instance {
         Some(Duration::from_millis(
             self.ctx.now_ms().saturating_sub(since),
         ))
+    }
+
+    /// One request fewer in flight; the last one wakes a drain.
+    fn leave_flight(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Move the state by `t` when the table allows it from the current state and
+    /// `guard` holds; `update` then sets the other fields, in the same change (one
+    /// notification). Returns the state left, or the current state when nothing
+    /// changed. The only place a state is set.
+    pub(super) fn apply(
+        &self,
+        t: Transition,
+        guard: impl FnOnce(&Status) -> bool,
+        update: impl FnOnce(&mut Status),
+    ) -> Result<State, State> {
+        let mut out = Err(State::Stopped);
+        self.status.send_if_modified(|s| {
+            out = Err(s.state);
+            let Some(to) = t.next(s.state) else {
+                return false;
+            };
+            if !guard(s) {
+                return false;
+            }
+            out = Ok(s.state);
+            #[cfg(test)]
+            {
+                self.trail
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(to);
+                super::tests::saw(t);
+            }
+            s.set(to);
+            update(s);
+            true
+        });
+        out
+    }
+
+    /// Every state entered so far, the first one included.
+    #[cfg(test)]
+    pub(super) fn trail(&self) -> Vec<State> {
+        self.trail.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The idle protocol shared by idle stop, sleep and eviction: leave by `t`
+    /// (from Ready, or a state the table allows), then a fence, then look at what is
+    /// admitted. A request admitted in the same instant (it fences too, then looks
+    /// at the state) keeps a Ready model: `Keep` takes it back. Returns the state
+    /// left when the step stands.
+    pub(super) fn leave_idle(&self, t: Transition, reason: Option<StopReason>) -> Option<State> {
+        let from = self
+            .apply(
+                t,
+                |_| true,
+                |s| {
+                    if reason.is_some() {
+                        s.stop_reason = reason;
+                    }
+                },
+            )
+            .ok()?;
+        // Pairs with the fence in `acquire_as`.
+        fence(Ordering::SeqCst);
+        if from == State::Ready && self.admitted.load(Ordering::SeqCst) > 0 {
+            let into = t.to();
+            let _ = self.apply(Transition::Keep, |s| s.state == into, |_| {});
+            return None;
+        }
+        Some(from)
     }
 
     /// Requests waiting for a free slot, as `[interactive, batch]`.
@@ -290,7 +393,7 @@ impl Instance {
                     queued,
                 });
             }
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.leave_flight();
         }
         let status = self.status();
         Err(FleetError::StartFailed {
@@ -380,7 +483,7 @@ impl Instance {
             // A start that first waits out a restart backoff still gets its whole
             // start_timeout for loading; requests waiting on it wait that long too.
             let deadline = match start_deadline {
-                Some(d) if saw_start => own_deadline.max(tokio::time::Instant::from_std(d)),
+                Some(d) if saw_start => own_deadline.max(d),
                 _ => own_deadline,
             };
             match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -422,23 +525,19 @@ impl Instance {
         };
         let start_timeout = self.spec.start_timeout;
         let mut generation = None;
-        self.status.send_if_modified(|s| {
-            if !matches!(s.state, State::Stopped | State::Failed)
-                || (s.locked_out && !operator)
-                || self.retired.load(Ordering::SeqCst)
-            {
-                return false;
-            }
-            s.locked_out = false;
-            s.set(State::Starting);
-            s.invocation = None;
-            s.pending_exit = None;
-            s.refused = None;
-            s.generation += 1;
-            s.start_deadline = Some(Instant::now() + backoff + start_timeout);
-            generation = Some(s.generation);
-            true
-        });
+        let _ = self.apply(
+            Transition::Start,
+            |s| (!s.locked_out || operator) && !self.retired.load(Ordering::SeqCst),
+            |s| {
+                s.locked_out = false;
+                s.invocation = None;
+                s.pending_exit = None;
+                s.refused = None;
+                s.generation += 1;
+                s.start_deadline = Some(Instant::now() + backoff + start_timeout);
+                generation = Some(s.generation);
+            },
+        );
         if let Some(g) = generation {
             tokio::spawn(self.clone().run_start(g, backoff));
         }
@@ -536,20 +635,7 @@ impl Instance {
         tracing::info!(model = %name, unit = %unit.unit, manager = self.ctx.manager.name(), gpus = ?unit.env.get("CUDA_VISIBLE_DEVICES"), "starting");
         // Whatever listens on the port would pass the health check and get the
         // prompts: refuse to start on a port someone else holds.
-        let port = self.spec.port;
-        let taken = tokio::task::spawn_blocking(move || {
-            crate::units::sockets::port_taken(port).map(|e| {
-                let who = crate::units::sockets::describe_holder(port)
-                    .unwrap_or_else(|| "another process".into());
-                format!(
-                    "port {port} is already in use by {who} ({e}); not starting the model on it"
-                )
-            })
-        })
-        .await
-        .ok()
-        .flatten();
-        if let Some(msg) = taken {
+        if let Some(msg) = self.ctx.health.port_taken(self.spec.port).await {
             self.fail_and_free(Scope::Start(generation), msg);
             return;
         }
@@ -560,23 +646,20 @@ impl Instance {
                 return;
             }
         };
-        let mut moved = false;
         let mut early_exit = None;
-        self.status.send_if_modified(|s| {
-            if s.generation != generation || s.state != State::Starting {
-                return false;
-            }
-            if let Some((inv, exit, reason)) = s.pending_exit.take()
-                && inv == invocation
-            {
-                early_exit = Some((exit, reason));
-            }
-            s.set(State::Loading);
-            s.invocation = Some(invocation.clone());
-            moved = true;
-            true
-        });
-        if !moved {
+        let moved = self.apply(
+            Transition::Launched,
+            |s| s.generation == generation,
+            |s| {
+                if let Some((inv, exit, reason)) = s.pending_exit.take()
+                    && inv == invocation
+                {
+                    early_exit = Some((exit, reason));
+                }
+                s.invocation = Some(invocation.clone());
+            },
+        );
+        if moved.is_err() {
             // A stop came meanwhile: whatever else happened, what this task started
             // must not keep running.
             let _ = self
@@ -613,13 +696,7 @@ impl Instance {
     /// The instance this one replaces has stopped: from Stopping to Stopped, and
     /// started again when the old one was running.
     pub(super) fn replace_done(self: &Arc<Self>) {
-        self.status.send_if_modified(|s| {
-            let waiting = s.state == State::Stopping;
-            if waiting {
-                s.set(State::Stopped);
-            }
-            waiting
-        });
+        let _ = self.apply(Transition::Gone, |_| true, |s| s.invocation = None);
         // A later reload may have replaced this one meanwhile; begin_start refuses
         // then, and that reload carried the intent over.
         if self.pending_start.swap(false, Ordering::SeqCst) {
@@ -632,17 +709,16 @@ impl Instance {
     pub(super) fn adopt(self: &Arc<Self>, invocation: Invocation) -> bool {
         let start_timeout = self.spec.start_timeout;
         let mut generation = None;
-        self.status.send_if_modified(|s| {
-            if s.state != State::Stopped {
-                return false;
-            }
-            s.generation += 1;
-            s.set(State::Loading);
-            s.invocation = Some(invocation.clone());
-            s.start_deadline = Some(Instant::now() + start_timeout);
-            generation = Some(s.generation);
-            true
-        });
+        let _ = self.apply(
+            Transition::Adopt,
+            |_| true,
+            |s| {
+                s.generation += 1;
+                s.invocation = Some(invocation.clone());
+                s.start_deadline = Some(Instant::now() + start_timeout);
+                generation = Some(s.generation);
+            },
+        );
         if let Some(g) = generation {
             tracing::info!(model = %self.spec.name, %invocation, "adopted the running unit");
             tokio::spawn(self.clone().wait_healthy(g, Instant::now()));
@@ -669,15 +745,13 @@ impl Instance {
                 .await
                 && self.answered_by_us(&mut foreign).await
             {
-                let mut ready = false;
-                self.status.send_if_modified(|s| {
-                    ready = s.generation == generation && s.state == State::Loading;
-                    if ready {
-                        s.set(State::Ready);
-                        s.start_deadline = None;
-                    }
-                    ready
-                });
+                let ready = self
+                    .apply(
+                        Transition::Healthy,
+                        |s| s.generation == generation,
+                        |s| s.start_deadline = None,
+                    )
+                    .is_ok();
                 if ready {
                     let took = t0.elapsed();
                     self.ctx
@@ -729,10 +803,7 @@ impl Instance {
             return true;
         };
         let port = self.spec.port;
-        let owner = tokio::task::spawn_blocking(move || crate::units::sockets::owner(port, &pids))
-            .await
-            .unwrap_or(crate::units::sockets::Owner::Unknown);
-        match owner {
+        match self.ctx.health.owner(port, pids).await {
             crate::units::sockets::Owner::Ours | crate::units::sockets::Owner::Unknown => true,
             crate::units::sockets::Owner::Foreign(who) => {
                 if foreign.as_deref() != Some(who.as_str()) {
@@ -751,34 +822,22 @@ impl Instance {
     /// counted, lock-out decided. A failure of a superseded run changes nothing.
     fn fail(&self, scope: Scope<'_>, reason: String, exit: Option<ExitInfo>) -> bool {
         let mut counted = None;
-        self.status.send_if_modified(|s| {
-            let current = match scope {
+        let _ = self.apply(
+            Transition::Fail,
+            |s| match scope {
                 Scope::Start(g) => s.generation == g,
                 Scope::Run(inv) => s.invocation.as_ref() == Some(inv),
-            };
-            if !current
-                || !matches!(
-                    s.state,
-                    State::Starting
-                        | State::Loading
-                        | State::Ready
-                        | State::Draining
-                        | State::Sleeping
-                        | State::Waking
-                )
-            {
-                return false;
-            }
-            let n = self.count_failures(true);
-            let locked = n >= self.spec.max_restarts;
-            s.set(State::Failed);
-            s.last_error = Some(reason.clone());
-            s.exit = exit.clone();
-            s.locked_out = locked;
-            s.start_deadline = None;
-            counted = Some((n, locked));
-            true
-        });
+            },
+            |s| {
+                let n = self.count_failures(true);
+                let locked = n >= self.spec.max_restarts;
+                s.last_error = Some(reason.clone());
+                s.exit = exit.clone();
+                s.locked_out = locked;
+                s.start_deadline = None;
+                counted = Some((n, locked));
+            },
+        );
         let Some((n, locked)) = counted else {
             return false;
         };
@@ -836,53 +895,36 @@ impl Instance {
     /// Stop the model: no new requests reach it, in-flight ones get up to `drain` to
     /// finish, then the unit is stopped.
     pub async fn stop(self: &Arc<Self>, reason: StopReason, drain: Duration) {
-        let mut from = State::Stopped;
-        self.status.send_if_modified(|s| {
-            from = s.state;
-            match s.state {
-                State::Starting
-                | State::Loading
-                | State::Ready
-                | State::Sleeping
-                | State::Waking => {
-                    s.set(State::Draining);
-                    s.stop_reason = Some(reason);
-                    true
-                }
-                _ => false,
-            }
-        });
-        match from {
-            State::Starting | State::Loading | State::Ready | State::Sleeping | State::Waking => {}
-            State::Draining | State::Stopping => {
+        match self.apply(Transition::Stop, |_| true, |s| s.stop_reason = Some(reason)) {
+            Ok(_) => {}
+            Err(now) if STOPPING.contains(&now) => {
                 // Another stop is under way; wait for it.
                 let mut rx = self.status.subscribe();
-                let _ = rx
-                    .wait_for(|s| !matches!(s.state, State::Draining | State::Stopping))
-                    .await;
+                let _ = rx.wait_for(|s| !STOPPING.contains(&s.state)).await;
                 return;
             }
             // Nothing runs; a failed model stays failed (and a lock-out stays) until
             // an operator starts it.
-            State::Stopped | State::Failed => return,
+            Err(now) => {
+                debug_assert!(AT_REST.contains(&now));
+                return;
+            }
         }
         tracing::info!(model = %self.spec.name, reason = reason.as_str(), "stopping");
         let until = Instant::now() + drain;
-        while self.in_flight() > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.in_flight() == 0 || tokio::time::timeout_at(until, drained).await.is_err() {
+                break;
+            }
         }
         self.finish_stop().await;
     }
 
-    async fn finish_stop(&self) {
-        let mut stopping = false;
-        self.status.send_if_modified(|s| {
-            stopping = s.state == State::Draining;
-            if stopping {
-                s.set(State::Stopping);
-            }
-            stopping
-        });
+    pub(super) async fn finish_stop(&self) {
+        let stopping = self.apply(Transition::Kill, |_| true, |_| {}).is_ok();
         if let Err(e) = self
             .ctx
             .manager
@@ -893,14 +935,7 @@ impl Instance {
         }
         // A crash during the drain left it Failed: it stays so (with any lock-out).
         if stopping {
-            self.status.send_if_modified(|s| {
-                let ours = s.state == State::Stopping;
-                if ours {
-                    s.set(State::Stopped);
-                    s.invocation = None;
-                }
-                ours
-            });
+            let _ = self.apply(Transition::Gone, |_| true, |s| s.invocation = None);
         }
         if matches!(self.state(), State::Stopped | State::Failed) {
             self.set_placed(None);
@@ -936,26 +971,10 @@ impl Instance {
     }
 
     async fn idle_stop(self: &Arc<Self>) {
-        let mut drained = false;
-        self.status.send_if_modified(|s| {
-            if s.state == State::Ready {
-                s.set(State::Draining);
-                s.stop_reason = Some(StopReason::Idle);
-                drained = true;
-            }
-            drained
-        });
-        if !drained {
-            return;
-        }
-        fence(Ordering::SeqCst);
-        if self.admitted.load(Ordering::SeqCst) > 0 {
-            // A request arrived in the same instant; it keeps the model.
-            self.status.send_modify(|s| {
-                if s.state == State::Draining {
-                    s.set(State::Ready);
-                }
-            });
+        if self
+            .leave_idle(Transition::IdleStop, Some(StopReason::Idle))
+            .is_none()
+        {
             return;
         }
         tracing::info!(

@@ -6,75 +6,26 @@ mod health;
 mod instance;
 mod placer;
 pub mod schedule;
+pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
-pub use health::HealthProbe;
+pub use health::{HealthProbe, Probe};
 pub use instance::{Instance, Lease, Placed, Status, Tuning};
 pub use schedule::{Clock, Schedule};
+pub use state::{State, Transition};
 
 use crate::config::Settings;
 use crate::telemetry::metrics::{Metrics, ModelLabels};
 use crate::units::{UnitEvent, UnitManager, render};
-
-/// Lifecycle state of a model instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum State {
-    /// Not running.
-    Stopped,
-    /// Being started (unit not yet running, or waiting out a restart backoff).
-    Starting,
-    /// Running, health check not yet passing.
-    Loading,
-    /// Serving.
-    Ready,
-    /// Finishing in-flight requests before a stop.
-    Draining,
-    /// Being stopped.
-    Stopping,
-    /// Exited unexpectedly or failed to start.
-    Failed,
-    /// vLLM sleep mode: the process runs, its weights are in host memory, its GPU
-    /// memory is free; the next request wakes it.
-    Sleeping,
-    /// Being woken (`POST /wake_up`).
-    Waking,
-}
-
-impl State {
-    /// Every state, for metrics.
-    pub const ALL: [State; 9] = [
-        State::Stopped,
-        State::Starting,
-        State::Loading,
-        State::Ready,
-        State::Draining,
-        State::Stopping,
-        State::Failed,
-        State::Sleeping,
-        State::Waking,
-    ];
-
-    /// Lower-case name used in the API and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Stopped => "stopped",
-            State::Starting => "starting",
-            State::Loading => "loading",
-            State::Ready => "ready",
-            State::Draining => "draining",
-            State::Stopping => "stopping",
-            State::Failed => "failed",
-            State::Sleeping => "sleeping",
-            State::Waking => "waking",
-        }
-    }
-}
 
 /// Why a model is stopped (logged, and later stored as an event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +148,7 @@ pub enum FleetError {
 pub(crate) struct Ctx {
     manager: Arc<dyn UnitManager>,
     metrics: Arc<Metrics>,
-    health: HealthProbe,
+    health: Arc<dyn Probe>,
     poll_interval: Duration,
     epoch: Instant,
     shutting_down: AtomicBool,
@@ -282,16 +233,34 @@ impl Fleet {
         manager: Arc<dyn UnitManager>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        Self::with_parts(
+            settings,
+            manager,
+            metrics,
+            Arc::new(HealthProbe::new()),
+            Clock::from_env(),
+        )
+    }
+
+    /// [`Fleet::new`] with the backends probed by `probe` and the profiles
+    /// following `clock` (tests give fakes of both).
+    pub fn with_parts(
+        settings: &Settings,
+        manager: Arc<dyn UnitManager>,
+        metrics: Arc<Metrics>,
+        probe: Arc<dyn Probe>,
+        clock: Clock,
+    ) -> Arc<Self> {
         let ctx = Arc::new(Ctx {
             manager: manager.clone(),
             metrics,
-            health: HealthProbe::new(),
+            health: probe,
             poll_interval: settings.server.health_poll_interval.0,
             epoch: Instant::now(),
             shutting_down: AtomicBool::new(false),
             board: placer::Board::new(crate::gpu::Inventory::open(&settings.gpu)),
             schedule: RwLock::new(Arc::new(Schedule::new(settings.profiles.clone(), None))),
-            clock: Clock::from_env(),
+            clock,
         });
         let instances: Vec<Arc<Instance>> = settings
             .models
@@ -422,7 +391,7 @@ impl Fleet {
         let old = self.live();
         let mut summary = ReloadSummary::default();
         let mut instances = Vec::new();
-        let can_adopt = self.ctx.manager.name() != "process";
+        let can_adopt = self.ctx.manager.can_adopt();
         for spec in &settings.models {
             let unit = render(spec);
             let name = spec.name.clone();

@@ -64,6 +64,16 @@ impl Clock {
         }
     }
 
+    /// A test clock that reads `t` now (moved with [`Clock::set`]).
+    pub fn test_at(t: DateTime<Local>) -> Self {
+        let c = Self {
+            test: true,
+            ..Self::real()
+        };
+        c.set(t);
+        c
+    }
+
     /// Whether the test clock is enabled.
     pub fn is_test(&self) -> bool {
         self.test

@@ -1,4 +1,8 @@
-//! Recognising a CUDA out-of-memory failure in a backend's last log lines.
+//! Recognising out-of-memory failures: the one place that knows what they look
+//! like. A CUDA out-of-memory line in a backend's last output lowers its settings
+//! for the next start ([`oom_line`]); any out-of-memory failure, of the GPU or of the
+//! host (the kernel's or systemd's OOM killer), is recorded as an `oom` event
+//! ([`is_oom`]).
 
 /// Text that CUDA, PyTorch, vLLM and llama.cpp print when GPU memory runs out.
 const SIGNATURES: [&str; 9] = [
@@ -13,13 +17,27 @@ const SIGNATURES: [&str; 9] = [
     "failed to allocate CUDA",
 ];
 
-/// The first line (from the end) that matches an out-of-memory signature.
-pub fn oom_line(lines: &[String]) -> Option<&str> {
-    lines
+/// Text the host prints when its memory (or a cgroup's) runs out: the kernel's
+/// "Out of memory: Killed process", systemd's `Result=oom-kill`.
+const HOST_SIGNATURES: [&str; 2] = ["out of memory", "oom-kill"];
+
+/// Whether `line` names a CUDA out-of-memory failure (case-insensitive).
+pub fn is_gpu_oom(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    SIGNATURES
         .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| SIGNATURES.iter().any(|s| l.contains(s)))
+        .any(|s| l.contains(&s.to_ascii_lowercase()))
+}
+
+/// Whether `text` names any out-of-memory failure, of the GPU or of the host.
+pub fn is_oom(text: &str) -> bool {
+    let l = text.to_ascii_lowercase();
+    is_gpu_oom(text) || HOST_SIGNATURES.iter().any(|s| l.contains(s))
+}
+
+/// The first line (from the end) that names a CUDA out-of-memory failure.
+pub fn oom_line(lines: &[String]) -> Option<&str> {
+    lines.iter().rev().map(|l| l.trim()).find(|l| is_gpu_oom(l))
 }
 
 /// `max_concurrent` one step lower: halved (rounded up), never below `floor`.
@@ -51,6 +69,14 @@ mod tests {
         assert!(oom_line(&l(&["ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`"])).is_some());
         assert!(oom_line(&l(&["Segmentation fault", "killed"])).is_none());
         assert!(oom_line(&l(&["host out of memory: killed process"])).is_none());
+        // Any out-of-memory failure is an event; only the GPU's lowers settings.
+        assert!(is_oom("host out of memory: killed process"));
+        assert!(is_oom("killed by signal 9 (SIGKILL) (systemd: oom-kill)"));
+        assert!(is_oom(
+            "backend exited with status 1: CUDA_ERROR_OUT_OF_MEMORY"
+        ));
+        assert!(is_gpu_oom("cuda_error_out_of_memory"));
+        assert!(!is_oom("backend exited with status 1: no such file"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! load time), stopped (with the reason), failed (with the exit status), OOM.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::{EventRecord, Store, now_ms};
 use crate::fleet::{Fleet, Instance, State};
@@ -50,12 +50,6 @@ pub fn watch_fleet(fleet: &Fleet, store: &Store) {
             seen,
         ));
     }
-}
-
-/// Whether output looks like CUDA running out of memory.
-pub fn is_oom(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    t.contains("out of memory") || t.contains("cuda_error_out_of_memory") || t.contains("oom-kill")
 }
 
 async fn follow(
@@ -115,7 +109,7 @@ async fn follow(
                 } else {
                     "crash"
                 };
-                if detail.as_deref().is_some_and(is_oom) {
+                if detail.as_deref().is_some_and(crate::gpu::oom::is_oom) {
                     store.event(ev("oom", Some(reason.into()), detail.clone(), None));
                 }
                 store.event(ev("failed", Some(reason.into()), detail, None));

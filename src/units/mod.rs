@@ -6,6 +6,8 @@
 //! outlive the supervisor, every start is an invocation with its own id, exits are
 //! reported as events, and running units can be listed and adopted.
 
+#[cfg(test)]
+pub mod fake;
 pub mod journal;
 pub mod process;
 pub mod properties;
@@ -123,6 +125,13 @@ pub enum UnitError {
 pub trait UnitManager: Send + Sync + 'static {
     /// Short name for logs (`process`, `systemd`, `systemd-user`).
     fn name(&self) -> &'static str;
+
+    /// Whether a unit keeps running while llmvisor replaces the object that follows
+    /// it (a reload that changes only settings keeps the running unit, `adopt`
+    /// after a restart). Child processes go with their supervisor: no.
+    fn can_adopt(&self) -> bool {
+        true
+    }
 
     /// Start a unit; returns once its main process runs (not once it is healthy).
     async fn start(&self, unit: &UnitSpec) -> Result<Invocation, UnitError>;

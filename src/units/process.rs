@@ -200,6 +200,12 @@ impl UnitManager for ProcessManager {
         "process"
     }
 
+    /// A reload restarts a changed model's process rather than hand it to a new
+    /// object: the process manager's children are tied to the object that runs them.
+    fn can_adopt(&self) -> bool {
+        false
+    }
+
     async fn start(&self, unit: &UnitSpec) -> Result<Invocation, UnitError> {
         let program = unit.argv.first().cloned().unwrap_or_default();
         // An entry whose process has exited is only waiting to be removed.

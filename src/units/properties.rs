@@ -78,7 +78,7 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
         p.push(prop("CPUQuota", format!("{q}%")));
     }
     if let Some(c) = &l.allowed_cpus {
-        p.push(prop("AllowedCPUs", c.clone()));
+        p.push(prop("AllowedCPUs", c.as_str()));
     }
     if let Some(t) = l.tasks_max {
         p.push(prop("TasksMax", t.to_string()));

@@ -388,20 +388,12 @@ fn yes(v: &str) -> bool {
 }
 
 /// `"0-7,16"` as systemd's CPU bitmask (`ay`, least significant bit first).
+/// The D-Bus mask of a rendered `AllowedCPUs=` value (checked by the
+/// configuration, so it parses).
 fn cpu_mask(list: &str) -> Vec<u8> {
-    let mut mask = Vec::new();
-    for part in list.split(',') {
-        let mut ends = part.trim().splitn(2, '-');
-        let a: usize = ends.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let b: usize = ends.next().and_then(|n| n.parse().ok()).unwrap_or(a);
-        for cpu in a..=b {
-            if mask.len() <= cpu / 8 {
-                mask.resize(cpu / 8 + 1, 0);
-            }
-            mask[cpu / 8] |= 1 << (cpu % 8);
-        }
-    }
-    mask
+    crate::config::CpuList::parse(list)
+        .map(|c| c.mask())
+        .unwrap_or_default()
 }
 
 fn duration_usec(text: &str) -> u64 {

@@ -17,13 +17,73 @@ pub const MOCK: &str = env!("CARGO_BIN_EXE_llmvisor-mock");
 /// The supervisor binary.
 pub const LLMVISOR: &str = env!("CARGO_BIN_EXE_llmvisor");
 
-/// A port that was free a moment ago.
+/// Ports the harness hands out: below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768-60999 by default), so no outgoing connection and
+/// no `bind(port 0)` anywhere on the host takes one of them.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A port no other test holds, for the rest of this test process.
+///
+/// Each port handed out is locked (`flock`) in a file under the temporary directory
+/// by the process it was handed to, until that process ends: no other test, in this
+/// process or another (nextest runs each test in its own; other worktrees share
+/// `/tmp`), gets it while the test runs, and nobody binds it in between, so
+/// llmvisor's listener and every model's port are distinct. A port something
+/// outside the harness listens on is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .unwrap()
-        .port()
+    use nix::fcntl::{Flock, FlockArg};
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<Flock<std::fs::File>>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("llmvisor-test-ports");
+    std::fs::create_dir_all(&dir).expect("port lock directory");
+    let len = u32::from(PORTS.end - PORTS.start);
+    // Start somewhere else in every process: fewer locks tried before a free one.
+    let seed = std::process::id().wrapping_mul(2654435761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..len {
+        let port = PORTS.start + ((seed.wrapping_add(i)) % len) as u16;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // A lock is per open file: a second open in this process fails too.
+        let Ok(file) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        held.push(file);
+        return port;
+    }
+    panic!("no free port in {PORTS:?}");
+}
+
+/// Check until `check` says yes (`Ok`), every 10 ms, for at most `within`; panics
+/// with the last answer (`Err`) otherwise. What tests wait on instead of sleeping:
+/// an observable state (a model's state, a queue depth, a log line), never time.
+pub async fn eventually<T>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => {
+                panic!("not within {within:?}: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
 
 /// A `[models.<name>]` table running the mock with extra flags.
@@ -134,20 +194,13 @@ impl Llmvisor {
             header,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(r) = me.client.get(me.url("/health")).send().await
-                && r.status().is_success()
-            {
-                break;
+        eventually(Duration::from_secs(15), async || {
+            match me.client.get(me.url("/health")).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                _ => Err(format!("llmvisor did not come up:\n{}", me.log())),
             }
-            assert!(
-                Instant::now() < deadline,
-                "llmvisor did not come up:\n{}",
-                me.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
         me
     }
 
@@ -171,15 +224,15 @@ impl Llmvisor {
 
     /// Wait until the log contains `text`.
     pub async fn wait_log(&self, text: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no {text:?} in the log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(within, async || {
+            let log = self.log();
+            if log.contains(text) {
+                Ok(())
+            } else {
+                Err(format!("no {text:?} in the log:\n{log}"))
+            }
+        })
+        .await
     }
 
     /// Full URL of a path.
@@ -247,19 +300,18 @@ impl Llmvisor {
 
     /// Wait until a model is in `state`, or panic with the log.
     pub async fn wait_state(&self, name: &str, state: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
+        eventually(within, async || {
             let s = self.state(name).await;
             if s == state {
-                return;
+                Ok(())
+            } else {
+                Err(format!(
+                    "model {name} is {s}, expected {state}; log:\n{}",
+                    self.log()
+                ))
             }
-            assert!(
-                Instant::now() < deadline,
-                "model {name} is {s}, expected {state}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await
     }
 
     /// The mock's statistics, straight from the backend port.

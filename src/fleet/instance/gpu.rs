@@ -2,13 +2,15 @@
 //! waiting for room), vLLM sleep and wake, and out-of-memory step-down.
 
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use super::{Instance, Scope};
 use crate::config::{Backend, IdleAction, Kind};
 use crate::fleet::placer::Board;
-use crate::fleet::{State, StopReason};
+use crate::fleet::{State, StopReason, Transition};
 use crate::gpu::oom;
 use crate::gpu::placement::{self, Activity, Decision, Holder, Need};
 use crate::units::UnitSpec;
@@ -263,28 +265,9 @@ impl Instance {
     /// Stop this model to make room for `for_model`, if it is idle (or asleep).
     /// Returns whether it stopped.
     pub(super) async fn evict(self: &Arc<Self>, for_model: &str) -> bool {
-        let mut from = None;
-        self.status.send_if_modified(|s| {
-            if matches!(s.state, State::Ready | State::Sleeping) {
-                from = Some(s.state);
-                s.set(State::Draining);
-                s.stop_reason = Some(StopReason::Evicted);
-                true
-            } else {
-                false
-            }
-        });
-        let Some(from) = from else { return false };
-        fence(Ordering::SeqCst);
-        if from == State::Ready && self.admitted.load(Ordering::SeqCst) > 0 {
-            // A request arrived in the same instant; it keeps the model.
-            self.status.send_modify(|s| {
-                if s.state == State::Draining {
-                    s.set(State::Ready);
-                }
-            });
+        let Some(from) = self.leave_idle(Transition::Evict, Some(StopReason::Evicted)) else {
             return false;
-        }
+        };
         tracing::info!(
             model = %self.spec.name,
             was = from.as_str(),
@@ -303,18 +286,17 @@ impl Instance {
     /// A start found no room within its time: back to Stopped, the reason kept for
     /// the requests that waited.
     pub(super) fn refuse(&self, generation: u64, msg: String) {
-        let mut done = false;
-        self.status.send_if_modified(|s| {
-            if s.generation != generation || s.state != State::Starting {
-                return false;
-            }
-            s.set(State::Stopped);
-            s.last_error = Some(format!("no GPU room: {msg}"));
-            s.refused = Some(msg.clone());
-            s.start_deadline = None;
-            done = true;
-            true
-        });
+        let done = self
+            .apply(
+                Transition::Refused,
+                |s| s.generation == generation,
+                |s| {
+                    s.last_error = Some(format!("no GPU room: {msg}"));
+                    s.refused = Some(msg.clone());
+                    s.start_deadline = None;
+                },
+            )
+            .is_ok();
         if done {
             tracing::warn!(model = %self.spec.name, "cannot start, no GPU room: {msg}");
         }
@@ -385,24 +367,7 @@ impl Instance {
     /// GPU memory counts as free). A backend that cannot sleep is stopped instead.
     pub(super) async fn idle_sleep(self: &Arc<Self>) {
         let _one = self.sleep_lock.lock().await;
-        let mut went = false;
-        self.status.send_if_modified(|s| {
-            went = s.state == State::Ready;
-            if went {
-                s.set(State::Sleeping);
-            }
-            went
-        });
-        if !went {
-            return;
-        }
-        fence(Ordering::SeqCst);
-        if self.admitted.load(Ordering::SeqCst) > 0 {
-            self.status.send_modify(|s| {
-                if s.state == State::Sleeping {
-                    s.set(State::Ready);
-                }
-            });
+        if self.leave_idle(Transition::Sleep, None).is_none() {
             return;
         }
         let t0 = Instant::now();
@@ -433,15 +398,13 @@ impl Instance {
                     Err(e) => format!("POST /sleep failed: {e}"),
                 };
                 tracing::warn!(model = %self.spec.name, "cannot sleep ({why}); stopping instead");
-                let mut stop = false;
-                self.status.send_if_modified(|s| {
-                    stop = s.state == State::Sleeping;
-                    if stop {
-                        s.set(State::Draining);
-                        s.stop_reason = Some(StopReason::Idle);
-                    }
-                    stop
-                });
+                let stop = self
+                    .apply(
+                        Transition::SleepFailed,
+                        |_| true,
+                        |s| s.stop_reason = Some(StopReason::Idle),
+                    )
+                    .is_ok();
                 if stop {
                     self.finish_stop().await;
                 }
@@ -453,17 +416,16 @@ impl Instance {
     pub(super) fn begin_wake(self: &Arc<Self>) -> bool {
         let start_timeout = self.spec.start_timeout;
         let mut generation = None;
-        self.status.send_if_modified(|s| {
-            if s.state != State::Sleeping || self.is_retired() {
-                return false;
-            }
-            s.set(State::Waking);
-            s.generation += 1;
-            s.refused = None;
-            s.start_deadline = Some(Instant::now() + start_timeout);
-            generation = Some(s.generation);
-            true
-        });
+        let _ = self.apply(
+            Transition::Wake,
+            |_| !self.is_retired(),
+            |s| {
+                s.generation += 1;
+                s.refused = None;
+                s.start_deadline = Some(Instant::now() + start_timeout);
+                generation = Some(s.generation);
+            },
+        );
         if let Some(g) = generation {
             tokio::spawn(self.clone().run_wake(g));
         }
@@ -485,15 +447,14 @@ impl Instance {
             Err(NotPlaced::Superseded) => return,
             Err(NotPlaced::NoRoom(msg)) => {
                 // It stays asleep; the requests that waited get the reason.
-                self.status.send_if_modified(|s| {
-                    if s.generation != generation || s.state != State::Waking {
-                        return false;
-                    }
-                    s.set(State::Sleeping);
-                    s.refused = Some(msg.clone());
-                    s.start_deadline = None;
-                    true
-                });
+                let _ = self.apply(
+                    Transition::WakeRefused,
+                    |s| s.generation == generation,
+                    |s| {
+                        s.refused = Some(msg.clone());
+                        s.start_deadline = None;
+                    },
+                );
                 tracing::warn!(model = %self.spec.name, "cannot wake, no GPU room: {msg}");
                 return;
             }
@@ -504,15 +465,13 @@ impl Instance {
             .post(self.spec.port, "/wake_up", self.spec.start_timeout)
             .await;
         if r == Ok(200) {
-            let mut ready = false;
-            self.status.send_if_modified(|s| {
-                ready = s.generation == generation && s.state == State::Waking;
-                if ready {
-                    s.set(State::Ready);
-                    s.start_deadline = None;
-                }
-                ready
-            });
+            let ready = self
+                .apply(
+                    Transition::Woken,
+                    |s| s.generation == generation,
+                    |s| s.start_deadline = None,
+                )
+                .is_ok();
             if ready {
                 let took = t0.elapsed();
                 let label = self.ctx.model_label(&self.spec.name);
@@ -542,18 +501,17 @@ impl Instance {
             .await;
         let start_timeout = self.spec.start_timeout;
         let mut next = None;
-        self.status.send_if_modified(|s| {
-            if s.generation != generation || s.state != State::Waking {
-                return false;
-            }
-            s.set(State::Starting);
-            s.invocation = None;
-            s.pending_exit = None;
-            s.generation += 1;
-            s.start_deadline = Some(Instant::now() + start_timeout);
-            next = Some(s.generation);
-            true
-        });
+        let _ = self.apply(
+            Transition::WakeCold,
+            |s| s.generation == generation,
+            |s| {
+                s.invocation = None;
+                s.pending_exit = None;
+                s.generation += 1;
+                s.start_deadline = Some(Instant::now() + start_timeout);
+                next = Some(s.generation);
+            },
+        );
         self.set_placed(None);
         if let Some(g) = next {
             tokio::spawn(self.clone().run_start(g, Duration::ZERO));

@@ -155,9 +155,13 @@ pub async fn render(settings: &Settings) -> Result<String, String> {
             if let Some(f) = oom["gpu_memory_utilization"].as_f64() {
                 line.push_str(&format!(
                     ", gpu_memory_utilization {f:.2} (configured {})",
-                    oom["configured_gpu_memory_utilization"]
-                        .as_f64()
-                        .map_or("vLLM's 0.90".to_string(), |c| format!("{c:.2}"))
+                    oom["configured_gpu_memory_utilization"].as_f64().map_or(
+                        format!(
+                            "vLLM's {:.2}",
+                            crate::gpu::oom::VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+                        ),
+                        |c| format!("{c:.2}"),
+                    )
                 ));
             }
             line.push_str(&format!(

@@ -413,6 +413,14 @@ fn check_model(
         &[Kind::Vllm],
     );
     only(p, "embeddings", m.embeddings.is_some(), &[Kind::LlamaCpp]);
+    if kind == Kind::Ollama && !m.extra_args.is_empty() {
+        // Ollama's own `serve` command (cmd/cmd.go, checked for 0.32.0) takes no
+        // arguments and has no flags: anything here would fail every start.
+        p.add(
+            at("extra_args"),
+            "`ollama serve` takes no arguments or flags; configure Ollama through its OLLAMA_* variables in `env`",
+        );
+    }
 
     let model = m.model.clone().unwrap_or_default();
     if kind != Kind::Command && model.trim().is_empty() {

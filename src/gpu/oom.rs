@@ -45,6 +45,11 @@ pub fn step_concurrency(current: u32, floor: u32) -> u32 {
     current.div_ceil(2).max(floor).min(current)
 }
 
+/// vLLM's own default for `--gpu-memory-utilization` (vLLM 0.33.0's
+/// `CacheConfig.gpu_memory_utilization`; tests/engines.rs checks it against vLLM's
+/// parser): where the out-of-memory step-down starts when the model sets none.
+pub const VLLM_DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.92;
+
 /// vLLM's GPU memory fraction 5 points lower, never below `floor`.
 pub fn step_fraction(current: f64, floor: f64) -> f64 {
     let next = ((current - 0.05) * 100.0).round() / 100.0;

@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn ollama_argv_pulls_then_serves_and_env_configures_it() {
         let u = render(&spec(
-            "[models.o]\nkind = \"ollama\"\nmodel = \"llama3.2:1b\"\nport = 9000\nmax_concurrent = 2\ncontext_length = 8192\nextra_args = [\"--verbose\"]\n",
+            "[models.o]\nkind = \"ollama\"\nmodel = \"llama3.2:1b\"\nport = 9000\nmax_concurrent = 2\ncontext_length = 8192\n",
         ));
         assert_eq!(
             u.argv,
@@ -351,8 +351,7 @@ mod tests {
                 OLLAMA_WRAPPER,
                 "llmvisor-ollama",
                 "ollama",
-                "llama3.2:1b",
-                "--verbose"
+                "llama3.2:1b"
             ]
         );
         assert_eq!(u.env["OLLAMA_HOST"], "127.0.0.1:9000");

@@ -42,7 +42,7 @@ pub struct Tuning {
 }
 
 /// vLLM's own default for `--gpu-memory-utilization`.
-const VLLM_DEFAULT_FRACTION: f64 = 0.9;
+const VLLM_DEFAULT_FRACTION: f64 = oom::VLLM_DEFAULT_GPU_MEMORY_UTILIZATION;
 
 /// How a placement attempt ended without a placement.
 pub(super) enum NotPlaced {

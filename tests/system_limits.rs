@@ -248,8 +248,14 @@ async fn a_busy_backend_stays_under_cpu_quota() {
     } else {
         assert_eq!(c.cgroup_file(unit, "cpu", "cpu.cfs_quota_us"), "20000");
         assert_eq!(c.cgroup_file(unit, "cpu", "cpu.cfs_period_us"), "100000");
-        // AllowedCPUs= needs the unified hierarchy: systemd applies no cpuset on v1.
-        eprintln!("cgroup v1: AllowedCPUs=0 set, the backend may run on CPUs {affinity}");
+        // AllowedCPUs= needs the unified hierarchy (no cpuset on v1); the unit's
+        // CPUAffinity= holds the backend to the same CPUs here.
+        assert_eq!(c.show(unit, "CPUAffinity"), "0");
+        assert_eq!(
+            affinity.trim(),
+            "0",
+            "the backend may run on CPUs {affinity}"
+        );
     }
     let busy = wait_for(Duration::from_secs(20), "no busy-loop report", || async {
         let b = c.mock_stats("busy").await["probes"]["busy"].clone();

@@ -79,6 +79,9 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
     }
     if let Some(c) = &l.allowed_cpus {
         p.push(prop("AllowedCPUs", c.as_str()));
+        // The processes' own affinity too: AllowedCPUs= (a cpuset) needs the unified
+        // cgroup hierarchy, CPUAffinity= holds on any (tests/system_limits.rs).
+        p.push(prop("CPUAffinity", c.as_str()));
     }
     if let Some(t) = l.tasks_max {
         p.push(prop("TasksMax", t.to_string()));
@@ -252,6 +255,7 @@ mod tests {
         assert_eq!(values(&p, "MemoryHigh"), ["64424509440"]);
         assert_eq!(values(&p, "CPUQuota"), ["800%"]);
         assert_eq!(values(&p, "AllowedCPUs"), ["0-7"]);
+        assert_eq!(values(&p, "CPUAffinity"), ["0-7"]);
         assert_eq!(values(&p, "TasksMax"), ["4096"]);
         assert_eq!(values(&p, "IOWeight"), ["200"]);
         assert_eq!(values(&p, "DevicePolicy"), ["closed"]);

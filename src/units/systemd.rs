@@ -435,7 +435,7 @@ pub fn dbus_properties(unit: &UnitSpec, bus: Bus) -> Vec<(&'static str, OwnedVal
                 out.push(("CPUQuotaPerSecUSec", v(Value::from(pct * 10_000))));
                 continue;
             }
-            "AllowedCPUs" => v(Value::from(cpu_mask(value))),
+            "AllowedCPUs" | "CPUAffinity" => v(Value::from(cpu_mask(value))),
             "DynamicUser"
             | "PrivateDevices"
             | "PrivateTmp"
@@ -723,6 +723,10 @@ mod tests {
         );
         assert_eq!(
             Vec::<u8>::try_from(get(&p, "AllowedCPUs").clone()).unwrap(),
+            vec![0b0000_0111, 0b0000_0010]
+        );
+        assert_eq!(
+            Vec::<u8>::try_from(get(&p, "CPUAffinity").clone()).unwrap(),
             vec![0b0000_0111, 0b0000_0010]
         );
         let devices = Vec::<(String, String)>::try_from(get(&p, "DeviceAllow").clone()).unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::validate::Problems;
+use super::problems::Problems;
 use super::{ByteSize, HumanDuration, Kind, ModelConfig};
 
 /// `[gpu]`: where GPU facts come from.
@@ -364,7 +364,7 @@ pub(super) fn check_profiles(
     let mut out = Vec::new();
     for (name, pc) in profiles {
         let at = |key: &str| format!("profiles.{name}.{key}");
-        if super::validate::valid_instance_name(name).is_err() {
+        if super::problems::valid_instance_name(name).is_err() {
             p.add(
                 format!("profiles.{name}"),
                 "a profile name uses letters, digits, `.`, `_`, `-` and starts with a letter or digit",

@@ -5,6 +5,7 @@
 //! semantic problem with its key path, so an operator fixes a file in one pass.
 
 pub mod gpu;
+mod problems;
 pub mod routing;
 mod validate;
 pub mod values;
@@ -18,11 +19,11 @@ use serde::{Deserialize, Serialize};
 pub use gpu::{
     GpuConfig, GpuNeed, GpuSelect, GpuSettings, IdleAction, ProfileConfig, ProfileSpec, Window,
 };
+pub use problems::Problem;
 pub use routing::{
     AdminSpec, AuthMode, ClientSpec, Priority, ProviderSpec, RouteSpec, RuleSpec, SecretsMode,
     Strategy, TargetRef,
 };
-pub use validate::Problem;
 pub use values::{ByteSize, CpuList, HumanDuration};
 
 /// The whole configuration file.

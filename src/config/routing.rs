@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::validate::Problems;
+use super::problems::Problems;
 use super::{HumanDuration, ModelSpec, Problem};
 
 /// Whether requests must carry a client key.
@@ -457,7 +457,7 @@ pub(super) fn check(
     let mut out_providers = Vec::new();
     for (name, c) in providers {
         let at = |k: &str| format!("providers.{name}.{k}");
-        if let Err(e) = super::validate::valid_instance_name(name) {
+        if let Err(e) = super::problems::valid_instance_name(name) {
             p.add(format!("providers.{name}"), e);
         }
         if model_names.contains(name.as_str()) {

@@ -10,11 +10,6 @@ use std::process::Command;
 
 use common::*;
 
-/// A Python interpreter that can import `openai`, if there is one.
-fn python_with_openai() -> Option<String> {
-    python_with("openai")
-}
-
 /// A Python interpreter that can import `module`, if there is one.
 fn python_with(module: &str) -> Option<String> {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
@@ -28,14 +23,45 @@ fn python_with(module: &str) -> Option<String> {
     })
 }
 
-#[tokio::test]
-async fn official_openai_python_client() {
-    let Some(python) = python_with_openai() else {
-        let msg = "the `openai` Python package is not installed (run .ci/run or `python3 -m venv .venv && .venv/bin/pip install openai`)";
+/// A Python that can import `module`; None (after saying SKIPPED, or failing under
+/// CI) when there is none.
+fn python_or_skip(module: &str, test: &str) -> Option<String> {
+    let python = python_with(module);
+    if python.is_none() {
+        let msg = format!(
+            "the `{module}` Python package is not installed (run .ci/run or `python3 -m venv .venv && .venv/bin/pip install {module}`)"
+        );
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}");
         }
-        eprintln!("\n**** SKIPPED official_openai_python_client: {msg} ****\n");
+        eprintln!("\n**** SKIPPED {test}: {msg} ****\n");
+    }
+    python
+}
+
+/// Run `tests/clients/<script> BASE MODEL` against `lv`; it must end with "ok".
+async fn run_client(python: String, script: &str, lv: &Llmvisor, model: &str) {
+    let args = [
+        format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR")),
+        lv.base.clone(),
+        model.to_string(),
+    ];
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(python).args(args).output().unwrap())
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "{script} failed:\n{stdout}\n{stderr}\nllmvisor log:\n{}",
+        lv.log()
+    );
+}
+
+#[tokio::test]
+async fn official_openai_python_client() {
+    let Some(python) = python_or_skip("openai", "official_openai_python_client") else {
         return;
     };
     let lv = Llmvisor::start(
@@ -47,26 +73,7 @@ async fn official_openai_python_client() {
         ),
     )
     .await;
-    let base = lv.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/clients/openai_client.py"
-            ))
-            .args([&base, "gpt-4o-mini"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.trim_end().ends_with("ok"),
-        "openai client failed:\n{stdout}\n{stderr}\nllmvisor log:\n{}",
-        lv.log()
-    );
+    run_client(python, "openai_client.py", &lv, "gpt-4o-mini").await;
     // Every request of the script reached the backend but the two refused ones.
     assert_eq!(lv.mock_stats("qwen").await["requests"], 4);
 }
@@ -75,12 +82,7 @@ async fn official_openai_python_client() {
 /// backend that serves only OpenAI's API (the mock, standing in for vLLM).
 #[tokio::test]
 async fn official_anthropic_python_client() {
-    let Some(python) = python_with("anthropic") else {
-        let msg = "the `anthropic` Python package is not installed (run .ci/run or `.venv/bin/pip install anthropic`)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("\n**** SKIPPED official_anthropic_python_client: {msg} ****\n");
+    let Some(python) = python_or_skip("anthropic", "official_anthropic_python_client") else {
         return;
     };
     let lv = Llmvisor::start(
@@ -88,26 +90,7 @@ async fn official_anthropic_python_client() {
         &mock_model("local", &[], "aliases = [\"claude-local\"]"),
     )
     .await;
-    let base = lv.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/clients/anthropic_client.py"
-            ))
-            .args([&base, "claude-local"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.trim_end().ends_with("ok"),
-        "anthropic client failed:\n{stdout}\n{stderr}\nllmvisor log:\n{}",
-        lv.log()
-    );
+    run_client(python, "anthropic_client.py", &lv, "claude-local").await;
     // The message and the stream reached the backend as chat completions.
     assert_eq!(lv.mock_stats("local").await["requests"], 2);
 }

@@ -1,8 +1,11 @@
 //! The HTTP API: OpenAI-compatible endpoints, health, metrics and admin routes.
 
+mod account;
 mod admin;
+mod admit;
 pub mod body;
 pub mod error;
+mod keepalive;
 pub mod openai;
 pub mod server;
 mod status;

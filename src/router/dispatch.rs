@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use hyper::body::Incoming;
 
 use super::breaker::{Breaker, RetryBudget};
 use super::provider::ProviderLease;
@@ -213,7 +212,7 @@ pub enum Hold {
 /// A target answered with headers.
 pub struct Served {
     /// The response, body unread.
-    pub resp: hyper::Response<Incoming>,
+    pub resp: hyper::Response<crate::proxy::UpBody>,
     /// The target's label.
     pub label: String,
     /// The local instance that answered.

@@ -460,10 +460,15 @@ impl Body for Relay {
                             let out = this.tap.data(data);
                             if end {
                                 let (rest, _) = this.tap.finish();
-                                let mut all = bytes::BytesMut::from(&out[..]);
-                                all.extend_from_slice(&rest);
+                                let all = if rest.is_empty() {
+                                    out
+                                } else {
+                                    let mut all = bytes::BytesMut::from(&out[..]);
+                                    all.extend_from_slice(&rest);
+                                    all.freeze()
+                                };
                                 this.end(Outcome::Complete);
-                                return Poll::Ready(Some(Ok(Frame::data(all.freeze()))));
+                                return Poll::Ready(Some(Ok(Frame::data(all))));
                             }
                             if out.is_empty() {
                                 // An SSE event still incomplete: wait for the rest.

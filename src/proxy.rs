@@ -2,6 +2,7 @@
 //! relay body that streams a backend's response to the client chunk by chunk.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +17,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
+pub mod pool;
 pub mod usage;
+pub use pool::{Pool, PooledBody};
 pub use usage::{Tap, Tapped, Usage};
 
 /// Request headers passed on to a backend. Everything else (notably the client's
@@ -91,10 +94,51 @@ pub enum Outcome {
     ClientGone,
 }
 
-/// The client for every backend.
+/// A backend's response body: from a local backend through llmvisor's own pool,
+/// or from an external provider through hyper-util's client.
+pub enum UpBody {
+    /// A local model's connection, driven by the body's poller.
+    Pooled(PooledBody),
+    /// An external provider (HTTPS through hyper-rustls).
+    Legacy(Incoming),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Legacy(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Pooled(b) => b.is_end_stream(),
+            UpBody::Legacy(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Pooled(b) => b.size_hint(),
+            UpBody::Legacy(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The client for every backend: local models through [`Pool`] (one per runtime),
+/// external providers through hyper-util's pooled client with rustls.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    pool: Arc<Pool>,
+    connect_timeout: Duration,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -126,9 +170,17 @@ impl Upstream {
             .build(connector);
         Self {
             client,
+            pool: Pool::new(pool_idle),
+            connect_timeout,
             header_timeout,
             idle_timeout,
         }
+    }
+
+    /// The pool this thread's requests use: its own in thread-per-core mode, else
+    /// the shared one.
+    pub fn pool(&self) -> Arc<Pool> {
+        Pool::local().unwrap_or_else(|| self.pool.clone())
     }
 
     /// The longest silence allowed inside a response body.
@@ -137,7 +189,10 @@ impl Upstream {
     }
 
     /// POST `body` to `path` on the backend at 127.0.0.1:`port`; returns once the
-    /// response headers are in.
+    /// response headers are in. A pooled keep-alive connection the backend had
+    /// closed (llama-server closes after every stream while advertising keep-alive)
+    /// fails at once, before any response: the request goes once more, on a new
+    /// connection. A backend that died fails that time too (connection refused).
     pub async fn post(
         &self,
         port: u16,
@@ -145,10 +200,31 @@ impl Upstream {
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
         body: Bytes,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let uri = format!("http://127.0.0.1:{port}{path_and_query}");
-        self.post_url(&uri, headers, request_id, None, body, self.header_timeout)
-            .await
+    ) -> Result<Response<UpBody>, ProxyError> {
+        use pool::SendError;
+        let host = HeaderValue::from_str(&format!("127.0.0.1:{port}"))
+            .map_err(|e| ProxyError::Failed(e.to_string()))?;
+        let build = || {
+            let mut req = build_request(path_and_query, headers, request_id, None, body.clone())?;
+            req.headers_mut().insert(header::HOST, host.clone());
+            Ok::<_, ProxyError>(req)
+        };
+        let pool = self.pool();
+        let (ct, ht) = (self.connect_timeout, self.header_timeout);
+        let mut result = pool.send(port, build()?, false, ct, ht).await;
+        if let Err(SendError::Failed { stale: true, error }) = &result {
+            tracing::debug!("reused connection was closed by the backend ({error}); sending again");
+            result = pool.send(port, build()?, true, ct, ht).await;
+        }
+        match result {
+            Ok(resp) => Ok(resp.map(UpBody::Pooled)),
+            Err(SendError::Timeout) => Err(ProxyError::Timeout(ht)),
+            Err(SendError::Connect(e)) => Err(ProxyError::Connect(format!(
+                "tcp connect error: {}",
+                error_chain(&e)
+            ))),
+            Err(SendError::Failed { error, .. }) => Err(ProxyError::Failed(error_chain(&error))),
+        }
     }
 
     /// POST `body` to any URL (an external provider), with the provider's key as
@@ -161,7 +237,7 @@ impl Upstream {
         bearer: Option<&str>,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpBody>, ProxyError> {
         let auth = match bearer {
             Some(key) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
@@ -172,26 +248,7 @@ impl Upstream {
             }
             None => None,
         };
-        let named = connection_named(headers);
-        let build = || {
-            let mut req = Request::post(uri);
-            for name in FORWARDED {
-                if named.iter().any(|c| c == name.as_str()) {
-                    continue;
-                }
-                if let Some(v) = headers.get(&name) {
-                    req = req.header(name, v.clone());
-                }
-            }
-            if let Some(id) = request_id {
-                req = req.header("x-request-id", id.clone());
-            }
-            if let Some(v) = &auth {
-                req = req.header(header::AUTHORIZATION, v.clone());
-            }
-            req.body(Full::new(body.clone()))
-                .map_err(|e| ProxyError::Failed(e.to_string()))
-        };
+        let build = || build_request(uri, headers, request_id, auth.as_ref(), body.clone());
         // A pooled keep-alive connection the backend had closed (llama-server closes
         // after every stream while advertising keep-alive) fails at once, before any
         // response: send once more, on another connection. A backend that died fails
@@ -209,9 +266,37 @@ impl Upstream {
             Err(_) => Err(ProxyError::Timeout(timeout)),
             Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(ProxyError::Failed(error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok(resp.map(UpBody::Legacy)),
         }
     }
+}
+
+/// A POST of `body` to `uri` with the forwarded headers of the client's request.
+fn build_request(
+    uri: &str,
+    headers: &HeaderMap,
+    request_id: Option<&HeaderValue>,
+    auth: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, ProxyError> {
+    let named = connection_named(headers);
+    let mut req = Request::post(uri);
+    for name in FORWARDED {
+        if named.iter().any(|c| c == name.as_str()) {
+            continue;
+        }
+        if let Some(v) = headers.get(&name) {
+            req = req.header(name, v.clone());
+        }
+    }
+    if let Some(id) = request_id {
+        req = req.header("x-request-id", id.clone());
+    }
+    if let Some(v) = auth {
+        req = req.header(header::AUTHORIZATION, v.clone());
+    }
+    req.body(Full::new(body))
+        .map_err(|e| ProxyError::Failed(e.to_string()))
 }
 
 impl Upstream {
@@ -265,7 +350,7 @@ pub type OnEnd = Box<dyn FnOnce(Outcome, Tapped) + Send + Sync>;
 /// SSE stream become a final `data: {"error": …}` event so clients see why it ended;
 /// other bodies are cut (the client sees an incomplete response, never a silent one).
 pub struct Relay {
-    inner: Incoming,
+    inner: UpBody,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
     sse: bool,
@@ -278,7 +363,7 @@ pub struct Relay {
 impl Relay {
     /// Wrap a backend body; `tap` watches it (and may filter an SSE stream).
     pub fn new(
-        inner: Incoming,
+        inner: UpBody,
         idle: Duration,
         sse: bool,
         model: String,
@@ -375,10 +460,15 @@ impl Body for Relay {
                             let out = this.tap.data(data);
                             if end {
                                 let (rest, _) = this.tap.finish();
-                                let mut all = bytes::BytesMut::from(&out[..]);
-                                all.extend_from_slice(&rest);
+                                let all = if rest.is_empty() {
+                                    out
+                                } else {
+                                    let mut all = bytes::BytesMut::from(&out[..]);
+                                    all.extend_from_slice(&rest);
+                                    all.freeze()
+                                };
                                 this.end(Outcome::Complete);
-                                return Poll::Ready(Some(Ok(Frame::data(all.freeze()))));
+                                return Poll::Ready(Some(Ok(Frame::data(all))));
                             }
                             if out.is_empty() {
                                 // An SSE event still incomplete: wait for the rest.

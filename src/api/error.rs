@@ -111,6 +111,17 @@ pub enum ApiError {
     },
 }
 
+impl From<crate::router::dispatch::DispatchError> for ApiError {
+    fn from(e: crate::router::dispatch::DispatchError) -> Self {
+        use crate::router::dispatch::DispatchError as D;
+        match e {
+            D::NoTarget { route, skipped } => Self::NoTarget { route, skipped },
+            D::Fleet(e) => Self::Fleet(e),
+            D::Proxy { model, source } => Self::Proxy { model, source },
+        }
+    }
+}
+
 /// What an error becomes on the wire.
 pub struct Rendered {
     /// HTTP status.

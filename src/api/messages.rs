@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::anthropic::{self, StreamTranslator};
-use super::{App, openai};
+use super::{App, admit, openai};
 
 /// Largest chat completion read back to translate (a non-streamed answer).
 const MAX_ANSWER: usize = 64 << 20;
@@ -41,7 +41,7 @@ async fn read(
     counting: bool,
 ) -> Result<(axum::http::request::Parts, Value, Value), Response> {
     let (parts, body) = req.into_parts();
-    let bytes = match openai::read_body(app, &parts.headers, body).await {
+    let bytes = match admit::read_body(app, &parts.headers, body).await {
         Ok(b) => b,
         Err(e) => return Err(anthropic_error(e.into_response()).await),
     };

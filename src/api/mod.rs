@@ -1,9 +1,12 @@
 //! The HTTP API: OpenAI-compatible endpoints, health, metrics and admin routes.
 
+mod account;
 mod admin;
+mod admit;
 pub mod anthropic;
 pub mod body;
 pub mod error;
+mod keepalive;
 mod messages;
 pub mod openai;
 pub mod server;

@@ -401,9 +401,16 @@ fn run(command: Command) -> Result<(), String> {
             // Bind first (a port in use fails before any model could start), then
             // drop every capability before the runtime starts its threads:
             // capabilities are per thread, and threads inherit the creator's.
-            let listeners = bind_listeners(&settings.listen)?;
+            // No transparent huge pages: a 2 MiB page for every few KiB touched in
+            // the allocator's arenas tripled the resident memory at idle (also where
+            // the system's THP mode is `always`, which the `no_thp` build of mimalloc
+            // alone does not cover).
+            #[cfg(target_os = "linux")]
+            let _ = nix::sys::prctl::set_thp_disable(true);
+            let threads = per_core_threads();
+            let listeners = bind_listeners(&settings.listen, threads)?;
             telemetry::drop_capabilities();
-            runtime(true)?
+            runtime(threads == 1)?
                 .block_on(serve(settings, tokenizers, &config, listeners))
                 .map_err(|e| {
                     tracing::error!("{e:#}");
@@ -610,9 +617,29 @@ fn summary(s: &Settings) -> String {
     out
 }
 
+/// Thread-per-core serving (`LLMVISOR_THREAD_PER_CORE=1`, an experiment measured
+/// in docs/benchmarks.md): one current-thread runtime per core, each with its own
+/// SO_REUSEPORT listeners and upstream pool. 1 (the default): one multi-thread
+/// runtime.
+fn per_core_threads() -> usize {
+    if std::env::var("LLMVISOR_THREAD_PER_CORE").is_ok_and(|v| v == "1") {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    }
+}
+
 /// The API's listening sockets, bound before the runtime exists (see `Serve`):
-/// SO_REUSEADDR, a backlog of 1024, non-blocking.
-fn bind_listeners(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, String> {
+/// SO_REUSEADDR, a backlog of 1024, non-blocking; `copies` sets of them with
+/// SO_REUSEPORT when more than one (one per serving thread).
+fn bind_listeners(
+    addrs: &[SocketAddr],
+    copies: usize,
+) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
+    (0..copies).map(|_| bind_set(addrs, copies > 1)).collect()
+}
+
+fn bind_set(addrs: &[SocketAddr], reuse_port: bool) -> Result<Vec<std::net::TcpListener>, String> {
     use socket2::{Domain, Socket, Type};
     addrs
         .iter()
@@ -620,6 +647,9 @@ fn bind_listeners(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, St
             let bind = || -> std::io::Result<std::net::TcpListener> {
                 let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
                 s.set_reuse_address(true)?;
+                if reuse_port {
+                    s.set_reuse_port(true)?;
+                }
                 if addr.is_ipv6() {
                     s.set_only_v6(true)?;
                 }
@@ -640,10 +670,12 @@ pub async fn serve(
     settings: Settings,
     tokenizers: Tokenizers,
     config: &std::path::Path,
-    listeners: Vec<std::net::TcpListener>,
+    mut listeners: Vec<Vec<std::net::TcpListener>>,
 ) -> anyhow::Result<()> {
+    let others = listeners.split_off(1.min(listeners.len()));
     let listeners = listeners
         .into_iter()
+        .flatten()
         .map(TcpListener::from_std)
         .collect::<std::io::Result<Vec<_>>>()
         .context("cannot use the listening sockets")?;
@@ -678,6 +710,41 @@ pub async fn serve(
             edge.clone(),
             stop_rx.clone(),
         ));
+    }
+    // Thread-per-core: the other sets of listeners, each on a thread of its own
+    // with a current-thread runtime and an upstream pool of its own.
+    for (i, set) in others.into_iter().enumerate() {
+        let (routes, edge, stop) = (routes.clone(), edge.clone(), stop_rx.clone());
+        let pool_idle = app.settings.server.upstream_pool_idle_timeout.0;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("llmvisor-serve-{}", i + 1))
+            .spawn(move || {
+                let r = runtime(false)
+                    .map_err(std::io::Error::other)
+                    .and_then(|rt| {
+                        crate::proxy::Pool::install_local(pool_idle);
+                        rt.block_on(async move {
+                            let mut all = JoinSet::new();
+                            for l in set {
+                                let l = TcpListener::from_std(l)?;
+                                all.spawn(api::server::serve(
+                                    l,
+                                    routes.clone(),
+                                    edge.clone(),
+                                    stop.clone(),
+                                ));
+                            }
+                            while let Some(r) = all.join_next().await {
+                                r.map_err(std::io::Error::other)??;
+                            }
+                            Ok(())
+                        })
+                    });
+                let _ = done_tx.send(r);
+            })
+            .context("cannot start a serving thread")?;
+        servers.spawn(async move { done_rx.await.unwrap_or(Ok(())) });
     }
     let status = format!(
         "listening on {}; {} model(s), {} unit manager",

@@ -6,6 +6,7 @@
 //! then tries that list in order, retrying only before the first byte.
 
 pub mod breaker;
+pub mod dispatch;
 pub mod estimate;
 pub mod provider;
 

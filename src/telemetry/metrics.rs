@@ -2,6 +2,9 @@
 //! things happen; gauges of the fleet (in flight, queue depth, state) are read from
 //! the fleet at scrape time so the request path pays nothing for them.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -136,6 +139,44 @@ pub struct Metrics {
     pub bodies_refused: Family<ReasonLabels, Counter>,
     /// Request body bytes being received now.
     pub body_bytes_buffered: Gauge,
+    /// The series of each label set of finished requests, resolved once.
+    finished: RwLock<SeriesCache>,
+}
+
+/// The labels of a finished request, borrowed (no allocation on the request path).
+#[derive(Hash)]
+pub struct Finished<'a> {
+    /// Public name.
+    pub route: &'a str,
+    /// Target (`-` for none).
+    pub target: &'a str,
+    /// Client.
+    pub client: &'a str,
+    /// Endpoint.
+    pub endpoint: &'static str,
+    /// HTTP status.
+    pub status: u16,
+}
+
+impl Finished<'_> {
+    fn is(&self, l: &RequestLabels) -> bool {
+        l.status == self.status
+            && l.endpoint == self.endpoint
+            && l.route == self.route
+            && l.target == self.target
+            && l.client == self.client
+    }
+}
+
+/// Series of finished requests by the hash of their labels.
+type SeriesCache = HashMap<u64, Vec<(RequestLabels, Arc<Series>)>>;
+
+/// The metric handles of one label set (they share their values with the families).
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    ttft: OnceLock<Histogram>,
+    tokens: OnceLock<(Counter, Counter)>,
 }
 
 impl Default for Metrics {
@@ -273,6 +314,7 @@ impl Metrics {
             connections_closed,
             bodies_refused,
             body_bytes_buffered,
+            finished: RwLock::new(HashMap::new()),
             registry,
             requests,
             request_duration,
@@ -293,39 +335,89 @@ impl Metrics {
         }
     }
 
-    /// Count one finished request.
-    pub fn observe_request(&self, labels: &RequestLabels, seconds: f64) {
-        self.requests.get_or_create(labels).inc();
-        self.request_duration
-            .get_or_create(&RouteLabels {
-                route: labels.route.clone(),
-                target: labels.target.clone(),
-            })
-            .observe(seconds);
-    }
-
-    /// Count one response's time to first byte.
-    pub fn observe_ttft(&self, route: &str, target: &str, seconds: f64) {
-        self.ttft
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-                target: target.to_string(),
-            })
-            .observe(seconds);
-    }
-
-    /// Count one response's tokens.
-    pub fn count_tokens(&self, l: &RequestLabels, prompt: u64, completion: u64) {
-        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    route: l.route.clone(),
-                    target: l.target.clone(),
-                    client: l.client.clone(),
-                    kind,
+    /// Count one finished request: its duration, time to first byte and tokens. The
+    /// series are looked up by a hash of the borrowed labels and kept, so a label set
+    /// seen before costs no allocation.
+    pub fn observe_finished(
+        &self,
+        f: &Finished<'_>,
+        seconds: f64,
+        ttft: Option<f64>,
+        tokens: Option<(u64, u64)>,
+    ) {
+        let series = self.series(f);
+        series.requests.inc();
+        series.duration.observe(seconds);
+        if let Some(t) = ttft {
+            series
+                .ttft
+                .get_or_init(|| {
+                    self.ttft
+                        .get_or_create(&RouteLabels {
+                            route: f.route.to_string(),
+                            target: f.target.to_string(),
+                        })
+                        .clone()
                 })
-                .inc_by(n);
+                .observe(t);
         }
+        if let Some((prompt, completion)) = tokens {
+            let (p, c) = series.tokens.get_or_init(|| {
+                let one = |kind| {
+                    self.tokens
+                        .get_or_create(&TokenLabels {
+                            route: f.route.to_string(),
+                            target: f.target.to_string(),
+                            client: f.client.to_string(),
+                            kind,
+                        })
+                        .clone()
+                };
+                (one("prompt"), one("completion"))
+            });
+            p.inc_by(prompt);
+            c.inc_by(completion);
+        }
+    }
+
+    fn series(&self, f: &Finished<'_>) -> Arc<Series> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(f);
+        if let Some(v) = self
+            .finished
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h)
+            && let Some((_, s)) = v.iter().find(|(l, _)| f.is(l))
+        {
+            return s.clone();
+        }
+        let labels = RequestLabels {
+            route: f.route.to_string(),
+            target: f.target.to_string(),
+            client: f.client.to_string(),
+            endpoint: f.endpoint,
+            status: f.status,
+        };
+        let series = Arc::new(Series {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self
+                .request_duration
+                .get_or_create(&RouteLabels {
+                    route: labels.route.clone(),
+                    target: labels.target.clone(),
+                })
+                .clone(),
+            ttft: OnceLock::new(),
+            tokens: OnceLock::new(),
+        });
+        let mut map = self.finished.write().unwrap_or_else(|e| e.into_inner());
+        let v = map.entry(h).or_default();
+        if let Some((_, s)) = v.iter().find(|(l, _)| f.is(l)) {
+            return s.clone();
+        }
+        v.push((labels, series.clone()));
+        series
     }
 
     /// The text exposition format.

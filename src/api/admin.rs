@@ -76,7 +76,7 @@ pub async fn start(
         Err(e) => return e.into_response(),
     };
     if app.fleet.shutting_down() {
-        return ApiError::Fleet(crate::fleet::FleetError::ShuttingDown).into_response();
+        return ApiError::from(crate::fleet::FleetError::ShuttingDown).into_response();
     }
     let begun = inst.begin_start(true);
     // An operator's start also gives the model a fresh circuit breaker.

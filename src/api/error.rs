@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::fleet::FleetError;
 use crate::proxy::ProxyError;
+use crate::router::dispatch::DispatchError;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -90,35 +91,15 @@ pub enum ApiError {
         /// The limit.
         tpm: u32,
     },
-    /// Every target of the route was skipped (breakers open, hosts down).
-    #[error("no target of `{route}` can take requests now: {}", skipped.join(", "))]
-    NoTarget {
-        /// The public name.
-        route: String,
-        /// Each target and why it was skipped.
-        skipped: Vec<String>,
-    },
-    /// The model could not take the request.
+    /// No target could serve it: every one skipped, the model's refusal, or the
+    /// backend's failure (router::dispatch's own error, rendered here).
     #[error(transparent)]
-    Fleet(#[from] FleetError),
-    /// The backend failed.
-    #[error("the backend of model `{model}` failed: {source}")]
-    Proxy {
-        /// Instance.
-        model: String,
-        /// What happened.
-        source: ProxyError,
-    },
+    Dispatch(#[from] DispatchError),
 }
 
-impl From<crate::router::dispatch::DispatchError> for ApiError {
-    fn from(e: crate::router::dispatch::DispatchError) -> Self {
-        use crate::router::dispatch::DispatchError as D;
-        match e {
-            D::NoTarget { route, skipped } => Self::NoTarget { route, skipped },
-            D::Fleet(e) => Self::Fleet(e),
-            D::Proxy { model, source } => Self::Proxy { model, source },
-        }
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        Self::Dispatch(DispatchError::Fleet(e))
     }
 }
 
@@ -225,7 +206,7 @@ impl ApiError {
                 ),
                 None,
             ),
-            ApiError::NoTarget { route, skipped } => r(
+            ApiError::Dispatch(DispatchError::NoTarget { route, skipped }) => r(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 "no_target_available",
@@ -286,7 +267,7 @@ impl ApiError {
                 (*why).to_string(),
                 None,
             ),
-            ApiError::Fleet(e) => match e {
+            ApiError::Dispatch(DispatchError::Fleet(e)) => match e {
                 FleetError::QueueFull { .. } => r(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_exceeded",
@@ -364,7 +345,7 @@ impl ApiError {
                     Some(5),
                 ),
             },
-            ApiError::Proxy { model, source } => match source {
+            ApiError::Dispatch(DispatchError::Proxy { model, source }) => match source {
                 ProxyError::Timeout(t) => r(
                     StatusCode::GATEWAY_TIMEOUT,
                     "server_error",

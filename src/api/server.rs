@@ -426,21 +426,28 @@ impl ConnService {
         }
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(ConnectInfo(self.peer));
-        let body = TimedBody {
-            inner: body,
-            total: Box::pin(tokio::time::sleep(limits.body_timeout)),
-            idle: Box::pin(tokio::time::sleep(limits.body_idle_timeout)),
-            idle_after: limits.body_idle_timeout,
-            budget: Budget {
-                conn: self.state.clone(),
-                stats: self.edge.stats.clone(),
-                held: 0,
-                max_total: limits.max_buffered_bodies,
-                max_conn: limits.max_buffered_per_connection,
-            },
-            done: false,
+        // A request without a body (GET, an empty POST) needs no timers or budget.
+        let body = if body.is_end_stream() {
+            Body::new(body)
+        } else {
+            let now = tokio::time::Instant::now();
+            Body::new(TimedBody {
+                inner: body,
+                deadline: now + limits.body_timeout,
+                last_data: now,
+                idle_after: limits.body_idle_timeout,
+                timers: None,
+                budget: Budget {
+                    conn: self.state.clone(),
+                    stats: self.edge.stats.clone(),
+                    held: 0,
+                    max_total: limits.max_buffered_bodies,
+                    max_conn: limits.max_buffered_per_connection,
+                },
+                done: false,
+            })
         };
-        let req = hyper::Request::from_parts(parts, Body::new(body));
+        let req = hyper::Request::from_parts(parts, body);
         let resp = self.router.oneshot(req).await?;
         let (parts, body) = resp.into_parts();
         Ok(axum::response::Response::from_parts(
@@ -556,11 +563,19 @@ impl Drop for Budget {
 }
 
 /// A request body with a deadline, an idle timer and a byte budget.
+type Timer = Pin<Box<Sleep>>;
+
+/// Its timers exist only once the body has to be waited for: a body that comes
+/// with its headers (most of them) never touches the timer wheel.
 struct TimedBody {
     inner: Incoming,
-    total: Pin<Box<Sleep>>,
-    idle: Pin<Box<Sleep>>,
+    /// `body_timeout` after the request arrived.
+    deadline: tokio::time::Instant,
+    /// When the last bytes came.
+    last_data: tokio::time::Instant,
     idle_after: Duration,
+    /// (the deadline, the idle timer), armed at the first wait.
+    timers: Option<(Timer, Timer)>,
     budget: Budget,
     done: bool,
 }
@@ -589,8 +604,10 @@ impl HttpBody for TimedBody {
                         .fetch_add(1, Ordering::Relaxed);
                     return Poll::Ready(Some(Err(BodyError::OverBudget)));
                 }
-                let next = tokio::time::Instant::now() + this.idle_after;
-                this.idle.as_mut().reset(next);
+                this.last_data = tokio::time::Instant::now();
+                if let Some((_, idle)) = &mut this.timers {
+                    idle.as_mut().reset(this.last_data + this.idle_after);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -602,9 +619,15 @@ impl HttpBody for TimedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let why = if this.total.as_mut().poll(cx).is_ready() {
+                let (total, idle) = this.timers.get_or_insert_with(|| {
+                    (
+                        Box::pin(tokio::time::sleep_until(this.deadline)),
+                        Box::pin(tokio::time::sleep_until(this.last_data + this.idle_after)),
+                    )
+                });
+                let why = if total.as_mut().poll(cx).is_ready() {
                     "body_timeout"
-                } else if this.idle.as_mut().poll(cx).is_ready() {
+                } else if idle.as_mut().poll(cx).is_ready() {
                     "body_idle_timeout"
                 } else {
                     return Poll::Pending;

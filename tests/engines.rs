@@ -624,10 +624,9 @@ fn ollama_names_are_the_checked_ones() {
         .filter(|k| k.starts_with("OLLAMA_"))
         .collect();
     for p in &u.properties {
-        if let Some(v) = p.value.strip_prefix("OLLAMA_")
-            && p.name == "Environment"
+        if let llmvisor::units::properties::Value::Env(name, _) = &p.value
+            && name.starts_with("OLLAMA_")
         {
-            let name = &p.value[..p.value.len() - v.len() + v.find('=').unwrap()];
             env.insert(name);
         }
     }

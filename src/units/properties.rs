@@ -1,11 +1,20 @@
-//! The properties of a model's transient systemd unit, in systemd's own unit-file
-//! syntax: what `llmvisor render-unit` prints, what `systemd-run -p` takes and what
-//! `systemctl show` reports back. Sandboxing is on by default; every relaxation is a
-//! per-model key (`allow_network`, `dynamic_user`).
+//! The properties of a model's transient systemd unit, typed once: each renders to
+//! systemd's unit-file syntax (what `llmvisor render-unit` prints, what `systemd-run
+//! -p` takes and what `systemctl show` reports back) and to the D-Bus value
+//! `StartTransientUnit` takes, from the same value — nothing is parsed back from text.
+//! Sandboxing is on by default; every relaxation is a per-model key (`allow_network`,
+//! `dynamic_user`).
+//!
+//! The D-Bus signatures follow systemd's `org.freedesktop.systemd1(5)` and were
+//! checked against systemd 252 in the system tests' container (tests/system_limits.rs
+//! reads them back with `systemctl show`).
 
+use std::fmt;
 use std::time::Duration;
 
-use crate::config::ModelSpec;
+use zbus::zvariant::{OwnedValue, Value as DbusValue};
+
+use crate::config::{CpuList, ModelSpec};
 
 use super::UnitSpec;
 
@@ -20,28 +29,169 @@ const NVIDIA_CONTROL: [&str; 4] = [
     "/dev/nvidia-modeset",
 ];
 
+/// Which addresses an `IPAddressAllow=`/`IPAddressDeny=` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addresses {
+    /// `any`: 0.0.0.0/0 and ::/0.
+    Any,
+    /// `localhost`: 127.0.0.0/8 and ::1/128.
+    Localhost,
+}
+
+/// A property's value, typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// A string as written (`Description`, `Slice`, `Type`, `KillMode`, …).
+    Str(String),
+    /// `yes` / `no`.
+    Bool(bool),
+    /// A number: bytes (`MemoryMax`), a count (`TasksMax`) or a weight (`IOWeight`).
+    U64(u64),
+    /// `CPUQuota=N%`; on D-Bus `CPUQuotaPerSecUSec` (N × 10 ms per second).
+    Percent(u32),
+    /// A CPU list (`AllowedCPUs`, `CPUAffinity`); on D-Bus a bit mask.
+    Cpus(CpuList),
+    /// An octal mode (`UMask=0077`).
+    Mode(u32),
+    /// A time span (`TimeoutStopSec`); on D-Bus `TimeoutStopUSec` in µs.
+    Span(Duration),
+    /// One variable of `Environment=`; all of them are one `as` on D-Bus.
+    Env(String, String),
+    /// One item of a list property (`StateDirectory=`, `CacheDirectory=`).
+    Item(String),
+    /// One `DeviceAllow=` entry; all of them are one `a(ss)` on D-Bus.
+    Device {
+        /// A node path or a `char-…` group.
+        node: String,
+        /// `r`, `w`, `m` letters.
+        perms: &'static str,
+    },
+    /// A flag word that is empty: the empty capability bounding set (written ``)
+    /// and no namespaces (`RestrictNamespaces=yes`). On D-Bus the word `0`.
+    NoFlags(&'static str),
+    /// Words (`SystemCallArchitectures=native`); on D-Bus `as`.
+    Words(Vec<String>),
+    /// An allow-list (`SystemCallFilter`, `RestrictAddressFamilies`); on D-Bus `(bas)`.
+    AllowList(Vec<String>),
+    /// `IPAddressAllow`/`IPAddressDeny`; on D-Bus `a(iayu)`.
+    Addresses(Addresses),
+    /// `ExecStart=`: the argv, shell-quoted in text; on D-Bus `a(sasb)`.
+    Exec(Vec<String>),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Str(s) | Value::Item(s) => f.write_str(s),
+            Value::Bool(b) => f.write_str(if *b { "yes" } else { "no" }),
+            Value::U64(n) => write!(f, "{n}"),
+            Value::Percent(p) => write!(f, "{p}%"),
+            Value::Cpus(c) => write!(f, "{c}"),
+            Value::Mode(m) => write!(f, "{m:04o}"),
+            Value::Span(d) if d.subsec_millis() == 0 => write!(f, "{}s", d.as_secs()),
+            Value::Span(d) => write!(f, "{}ms", d.as_millis()),
+            Value::Env(k, v) => write!(f, "{k}={v}"),
+            Value::Device { node, perms } => write!(f, "{node} {perms}"),
+            Value::NoFlags(text) => f.write_str(text),
+            Value::Words(w) | Value::AllowList(w) => f.write_str(&w.join(" ")),
+            Value::Addresses(Addresses::Any) => f.write_str("any"),
+            Value::Addresses(Addresses::Localhost) => f.write_str("localhost"),
+            Value::Exec(argv) => f.write_str(&shell_join(argv)),
+        }
+    }
+}
+
 /// One property: `Name=value`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Property {
-    /// systemd's property name.
+    /// systemd's property name in unit files.
     pub name: &'static str,
-    /// The value in unit-file syntax.
-    pub value: String,
+    /// The value.
+    pub value: Value,
 }
 
-fn prop(name: &'static str, value: impl Into<String>) -> Property {
-    Property {
-        name,
-        value: value.into(),
+/// How a property travels in `StartTransientUnit`.
+pub enum Dbus {
+    /// A property of its own: (D-Bus name, value).
+    One(&'static str, OwnedValue),
+    /// An item of an `as` list property (`Environment`, `StateDirectory`, …).
+    ListItem(&'static str, String),
+    /// An entry of `DeviceAllow`'s `a(ss)`.
+    Device(String, String),
+}
+
+fn owned(value: DbusValue<'static>) -> OwnedValue {
+    OwnedValue::try_from(value).expect("plain values hold no file descriptors")
+}
+
+impl Property {
+    /// The property in `StartTransientUnit`'s terms.
+    pub fn dbus(&self) -> Dbus {
+        let name = self.name;
+        let one = |value: DbusValue<'static>| Dbus::One(name, owned(value));
+        match &self.value {
+            Value::Str(s) => one(DbusValue::from(s.clone())),
+            Value::Bool(b) => one(DbusValue::from(*b)),
+            Value::U64(n) => one(DbusValue::from(*n)),
+            Value::Percent(p) => Dbus::One(
+                "CPUQuotaPerSecUSec",
+                owned(DbusValue::from(u64::from(*p) * 10_000)),
+            ),
+            Value::Cpus(c) => one(DbusValue::from(c.mask())),
+            Value::Mode(m) => one(DbusValue::from(*m)),
+            Value::Span(d) => Dbus::One(
+                match name {
+                    "TimeoutStopSec" => "TimeoutStopUSec",
+                    "TimeoutStartSec" => "TimeoutStartUSec",
+                    other => other,
+                },
+                owned(DbusValue::from(d.as_micros() as u64)),
+            ),
+            Value::Env(k, v) => Dbus::ListItem(name, format!("{k}={v}")),
+            Value::Item(s) => Dbus::ListItem(name, s.clone()),
+            Value::Device { node, perms } => Dbus::Device(node.clone(), perms.to_string()),
+            Value::NoFlags(_) => one(DbusValue::from(0u64)),
+            Value::Words(w) => one(DbusValue::from(w.clone())),
+            Value::AllowList(w) => one(DbusValue::from((true, w.clone()))),
+            Value::Addresses(a) => {
+                // AF_INET = 2, AF_INET6 = 10.
+                let addrs: Vec<(i32, Vec<u8>, u32)> = match a {
+                    Addresses::Any => vec![(2, vec![0; 4], 0), (10, vec![0; 16], 0)],
+                    Addresses::Localhost => {
+                        let mut v6 = vec![0u8; 16];
+                        v6[15] = 1;
+                        vec![(2, vec![127, 0, 0, 0], 8), (10, v6, 128)]
+                    }
+                };
+                one(DbusValue::from(addrs))
+            }
+            Value::Exec(argv) => one(DbusValue::from(vec![(
+                argv.first().cloned().unwrap_or_default(),
+                argv.clone(),
+                false,
+            )])),
+        }
     }
 }
 
-fn seconds(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
+fn prop(name: &'static str, value: Value) -> Property {
+    Property { name, value }
+}
+
+fn text(name: &'static str, value: &str) -> Property {
+    prop(name, Value::Str(value.to_string()))
+}
+
+fn flag(name: &'static str, on: bool) -> Property {
+    prop(name, Value::Bool(on))
+}
+
+fn env(key: &str, value: impl Into<String>) -> Property {
+    prop("Environment", Value::Env(key.to_string(), value.into()))
+}
+
+fn words(list: &str) -> Vec<String> {
+    list.split_whitespace().map(str::to_string).collect()
 }
 
 /// Every property of the model's unit, in a stable order. `ExecStart` is last; the
@@ -50,52 +200,49 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
     let l = &spec.limits;
     let state = format!("llmvisor/models/{}", spec.name);
     let mut p = vec![
-        prop("Description", unit.description.clone()),
-        prop("Slice", SLICE),
+        text("Description", &unit.description),
+        text("Slice", SLICE),
         // `exec`: a missing or unexecutable program fails the start job itself.
-        prop("Type", "exec"),
+        text("Type", "exec"),
     ];
     for (k, v) in &unit.env {
-        p.push(prop("Environment", format!("{k}={v}")));
+        p.push(env(k, v.clone()));
     }
     // Where model weights and caches live, writable under ProtectSystem=strict.
-    p.push(prop("StateDirectory", state.clone()));
-    p.push(prop("CacheDirectory", state.clone()));
-    p.push(prop("Environment", format!("HOME=/var/lib/{state}")));
-    p.push(prop(
-        "Environment",
-        format!("HF_HOME=/var/cache/{state}/huggingface"),
-    ));
+    p.push(prop("StateDirectory", Value::Item(state.clone())));
+    p.push(prop("CacheDirectory", Value::Item(state.clone())));
+    p.push(env("HOME", format!("/var/lib/{state}")));
+    p.push(env("HF_HOME", format!("/var/cache/{state}/huggingface")));
 
     // Resources
     if let Some(m) = l.memory_max {
-        p.push(prop("MemoryMax", m.to_string()));
+        p.push(prop("MemoryMax", Value::U64(m)));
     }
     if let Some(m) = l.memory_high {
-        p.push(prop("MemoryHigh", m.to_string()));
+        p.push(prop("MemoryHigh", Value::U64(m)));
     }
     if let Some(q) = l.cpu_quota_percent {
-        p.push(prop("CPUQuota", format!("{q}%")));
+        p.push(prop("CPUQuota", Value::Percent(q)));
     }
     if let Some(c) = &l.allowed_cpus {
-        p.push(prop("AllowedCPUs", c.as_str()));
+        p.push(prop("AllowedCPUs", Value::Cpus(c.clone())));
         // The processes' own affinity too: AllowedCPUs= (a cpuset) needs the unified
         // cgroup hierarchy, CPUAffinity= holds on any (tests/system_limits.rs).
-        p.push(prop("CPUAffinity", c.as_str()));
+        p.push(prop("CPUAffinity", Value::Cpus(c.clone())));
     }
     if let Some(t) = l.tasks_max {
-        p.push(prop("TasksMax", t.to_string()));
+        p.push(prop("TasksMax", Value::U64(t)));
     }
     if let Some(w) = l.io_weight {
-        p.push(prop("IOWeight", w.to_string()));
+        p.push(prop("IOWeight", Value::U64(u64::from(w))));
     }
 
     // Device access: nothing but the pinned GPUs and what the driver needs.
-    p.push(prop("DevicePolicy", "closed"));
+    p.push(text("DevicePolicy", "closed"));
     if l.gpus.is_empty() && !spec.gpu.any {
         // No GPU: a private /dev with only the pseudo devices (null, zero,
         // random, tty, shm), so not even the nodes' names are there.
-        p.push(prop("PrivateDevices", "yes"));
+        p.push(flag("PrivateDevices", true));
     }
     if !l.gpus.is_empty() {
         // The device node's number is the GPU's minor number, which NVML reports;
@@ -105,65 +252,76 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
         } else {
             &l.gpus
         };
+        let device = |node: String, perms| prop("DeviceAllow", Value::Device { node, perms });
         for g in nodes {
-            p.push(prop("DeviceAllow", format!("/dev/nvidia{g} rw")));
+            p.push(device(format!("/dev/nvidia{g}"), "rw"));
         }
         for node in NVIDIA_CONTROL {
-            p.push(prop("DeviceAllow", format!("{node} rw")));
+            p.push(device(node.to_string(), "rw"));
         }
-        p.push(prop("DeviceAllow", "char-nvidia-caps r"));
+        p.push(device("char-nvidia-caps".to_string(), "r"));
     }
 
     // Identity and file system
-    p.push(prop(
-        "DynamicUser",
-        if l.dynamic_user { "yes" } else { "no" },
-    ));
-    p.push(prop("ProtectSystem", "strict"));
-    p.push(prop("ProtectHome", "yes"));
-    p.push(prop("PrivateTmp", "yes"));
-    p.push(prop("PrivateMounts", "yes"));
-    p.push(prop("ProtectProc", "invisible"));
+    p.push(flag("DynamicUser", l.dynamic_user));
+    p.push(text("ProtectSystem", "strict"));
+    p.push(text("ProtectHome", "yes"));
+    p.push(flag("PrivateTmp", true));
+    p.push(flag("PrivateMounts", true));
+    p.push(text("ProtectProc", "invisible"));
     // ProcSubset=pid stays off: vLLM reads /proc/meminfo (psutil) to size its cache.
-    p.push(prop("UMask", "0077"));
+    p.push(prop("UMask", Value::Mode(0o077)));
 
     // Capabilities and privileges
-    p.push(prop("NoNewPrivileges", "yes"));
-    p.push(prop("CapabilityBoundingSet", ""));
-    p.push(prop("RestrictSUIDSGID", "yes"));
-    p.push(prop("LockPersonality", "yes"));
-    p.push(prop("RestrictRealtime", "yes"));
-    p.push(prop("RestrictNamespaces", "yes"));
+    p.push(flag("NoNewPrivileges", true));
+    p.push(prop("CapabilityBoundingSet", Value::NoFlags("")));
+    p.push(flag("RestrictSUIDSGID", true));
+    p.push(flag("LockPersonality", true));
+    p.push(flag("RestrictRealtime", true));
+    p.push(prop("RestrictNamespaces", Value::NoFlags("yes")));
     // MemoryDenyWriteExecute stays off: PyTorch, Triton and llama.cpp JIT code.
 
     // Kernel protection
-    p.push(prop("ProtectKernelTunables", "yes"));
-    p.push(prop("ProtectKernelModules", "yes"));
-    p.push(prop("ProtectKernelLogs", "yes"));
-    p.push(prop("ProtectControlGroups", "yes"));
-    p.push(prop("ProtectClock", "yes"));
-    p.push(prop("ProtectHostname", "yes"));
-    p.push(prop("SystemCallArchitectures", "native"));
-    p.push(prop("SystemCallFilter", "@system-service"));
+    for name in [
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+    ] {
+        p.push(flag(name, true));
+    }
+    p.push(prop(
+        "SystemCallArchitectures",
+        Value::Words(words("native")),
+    ));
+    p.push(prop(
+        "SystemCallFilter",
+        Value::AllowList(words("@system-service")),
+    ));
 
     // Network: loopback only unless the model may fetch weights. AF_NETLINK is
     // needed by NCCL and psutil to list interfaces.
     p.push(prop(
         "RestrictAddressFamilies",
-        "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        Value::AllowList(words("AF_UNIX AF_INET AF_INET6 AF_NETLINK")),
     ));
     if !l.allow_network {
-        p.push(prop("IPAddressDeny", "any"));
-        p.push(prop("IPAddressAllow", "localhost"));
+        p.push(prop("IPAddressDeny", Value::Addresses(Addresses::Any)));
+        p.push(prop(
+            "IPAddressAllow",
+            Value::Addresses(Addresses::Localhost),
+        ));
     }
 
     // Stopping
-    p.push(prop("KillMode", "mixed"));
-    p.push(prop("TimeoutStopSec", seconds(spec.stop_timeout)));
+    p.push(text("KillMode", "mixed"));
+    p.push(prop("TimeoutStopSec", Value::Span(spec.stop_timeout)));
     // Failed units stay until the next start resets them, so their exit status
     // and journal can still be read (and `systemctl status` shows them).
-    p.push(prop("CollectMode", "inactive"));
-    p.push(prop("ExecStart", shell_join(&unit.argv)));
+    p.push(text("CollectMode", "inactive"));
+    p.push(prop("ExecStart", Value::Exec(unit.argv.clone())));
     p
 }
 
@@ -221,11 +379,11 @@ mod tests {
         (spec, unit)
     }
 
-    fn values<'a>(props: &'a [Property], name: &str) -> Vec<&'a str> {
+    fn values(props: &[Property], name: &str) -> Vec<String> {
         props
             .iter()
             .filter(|p| p.name == name)
-            .map(|p| p.value.as_str())
+            .map(|p| p.value.to_string())
             .collect()
     }
 
@@ -273,8 +431,14 @@ mod tests {
             ]
         );
         let env = values(&p, "Environment");
-        assert!(env.contains(&"CUDA_VISIBLE_DEVICES=0,1"), "{env:?}");
-        assert!(env.contains(&"CUDA_DEVICE_ORDER=PCI_BUS_ID"), "{env:?}");
+        assert!(
+            env.iter().any(|e| e == "CUDA_VISIBLE_DEVICES=0,1"),
+            "{env:?}"
+        );
+        assert!(
+            env.iter().any(|e| e == "CUDA_DEVICE_ORDER=PCI_BUS_ID"),
+            "{env:?}"
+        );
         assert!(env.iter().any(|e| e.starts_with("LLMVISOR_SPEC_HASH=")));
         assert_eq!(values(&p, "DynamicUser"), ["yes"]);
         assert_eq!(values(&p, "CapabilityBoundingSet"), [""]);

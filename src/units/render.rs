@@ -229,9 +229,9 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
             at,
             super::properties::Property {
                 name: "Environment",
-                value: format!(
-                    "OLLAMA_MODELS=/var/lib/llmvisor/models/{}/ollama",
-                    spec.name
+                value: super::properties::Value::Env(
+                    "OLLAMA_MODELS".into(),
+                    format!("/var/lib/llmvisor/models/{}/ollama", spec.name),
                 ),
             },
         );
@@ -385,7 +385,7 @@ mod tests {
         let stores: Vec<_> = u
             .properties
             .iter()
-            .filter(|p| p.value.starts_with("OLLAMA_MODELS="))
+            .filter(|p| p.value.to_string().starts_with("OLLAMA_MODELS="))
             .collect();
         assert_eq!(stores.len(), 1, "{stores:?}");
     }

@@ -5,7 +5,7 @@
 //! through `PropertiesChanged` signals, not polling; "gone" is decided from D-Bus
 //! error names. Units outlive llmvisor: `list` finds them again after a restart.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
-use super::properties::Property;
+use super::properties::{Dbus, Value as PropValue};
 use super::{ExitInfo, Invocation, UnitError, UnitEvent, UnitInfo, UnitManager, UnitSpec};
 
 /// The D-Bus error systemd answers for a unit it does not know.
@@ -383,115 +383,39 @@ const PRIVILEGED: [&str; 7] = [
     "CapabilityBoundingSet",
 ];
 
-fn yes(v: &str) -> bool {
-    v == "yes"
-}
-
-/// `"0-7,16"` as systemd's CPU bitmask (`ay`, least significant bit first).
-/// The D-Bus mask of a rendered `AllowedCPUs=` value (checked by the
-/// configuration, so it parses).
-fn cpu_mask(list: &str) -> Vec<u8> {
-    crate::config::CpuList::parse(list)
-        .map(|c| c.mask())
-        .unwrap_or_default()
-}
-
-fn duration_usec(text: &str) -> u64 {
-    humantime::parse_duration(text).map_or(0, |d| d.as_micros() as u64)
-}
-
-/// Turn the rendered properties into typed D-Bus values for `StartTransientUnit`.
-/// List properties (`Environment`, `DeviceAllow`, …) are collected into one value.
+/// The typed properties as `StartTransientUnit` takes them: each one converted by
+/// [`Property::dbus`], list properties (`Environment`, `StateDirectory`,
+/// `DeviceAllow`, …) collected into one value each. The user manager gets no
+/// privileged property, and neither the unit's HOME nor HF_HOME (the user's own
+/// serve there).
 pub fn dbus_properties(unit: &UnitSpec, bus: Bus) -> Vec<(&'static str, OwnedValue)> {
     let mut out: Vec<(&'static str, OwnedValue)> = Vec::new();
-    let mut lists: HashMap<&'static str, Vec<String>> = HashMap::new();
+    let mut lists: Vec<(&'static str, Vec<String>)> = Vec::new();
     let mut devices: Vec<(String, String)> = Vec::new();
-    let v = |value: Value<'static>| OwnedValue::try_from(value).expect("plain values have no fds");
-    for Property { name, value } in &unit.properties {
+    for p in &unit.properties {
         if bus == Bus::User
-            && (PRIVILEGED.contains(name)
-                || (*name == "Environment"
-                    && (value.starts_with("HOME=") || value.starts_with("HF_HOME="))))
+            && (PRIVILEGED.contains(&p.name)
+                || matches!(&p.value, PropValue::Env(k, _) if k == "HOME" || k == "HF_HOME"))
         {
-            // The user's own HOME and ~/.cache serve there.
             continue;
         }
-        let value = value.as_str();
-        let typed = match *name {
-            "Environment" | "StateDirectory" | "CacheDirectory" => {
-                lists.entry(name).or_default().push(value.to_string());
-                continue;
-            }
-            "DeviceAllow" => {
-                let (node, perms) = value.rsplit_once(' ').unwrap_or((value, "rw"));
-                devices.push((node.to_string(), perms.to_string()));
-                continue;
-            }
-            "MemoryMax" | "MemoryHigh" | "TasksMax" | "IOWeight" => {
-                v(Value::from(value.parse::<u64>().unwrap_or(u64::MAX)))
-            }
-            "CPUQuota" => {
-                let pct: u64 = value.trim_end_matches('%').parse().unwrap_or(100);
-                out.push(("CPUQuotaPerSecUSec", v(Value::from(pct * 10_000))));
-                continue;
-            }
-            "AllowedCPUs" | "CPUAffinity" => v(Value::from(cpu_mask(value))),
-            "DynamicUser"
-            | "PrivateDevices"
-            | "PrivateTmp"
-            | "PrivateMounts"
-            | "NoNewPrivileges"
-            | "RestrictSUIDSGID"
-            | "LockPersonality"
-            | "RestrictRealtime"
-            | "ProtectKernelTunables"
-            | "ProtectKernelModules"
-            | "ProtectKernelLogs"
-            | "ProtectControlGroups"
-            | "ProtectClock"
-            | "ProtectHostname" => v(Value::from(yes(value))),
-            "UMask" => v(Value::from(u32::from_str_radix(value, 8).unwrap_or(0o077))),
-            // An empty bounding set and no namespaces at all: both are flag words.
-            "CapabilityBoundingSet" | "RestrictNamespaces" => v(Value::from(0u64)),
-            "SystemCallArchitectures" => v(Value::from(vec![value.to_string()])),
-            "SystemCallFilter" | "RestrictAddressFamilies" => v(Value::from((
-                true,
-                value
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>(),
-            ))),
-            "IPAddressDeny" | "IPAddressAllow" => {
-                // AF_INET = 2, AF_INET6 = 10.
-                let addrs: Vec<(i32, Vec<u8>, u32)> = if value == "any" {
-                    vec![(2, vec![0; 4], 0), (10, vec![0; 16], 0)]
-                } else {
-                    let mut v6 = vec![0u8; 16];
-                    v6[15] = 1;
-                    vec![(2, vec![127, 0, 0, 0], 8), (10, v6, 128)]
-                };
-                v(Value::from(addrs))
-            }
-            "TimeoutStopSec" => {
-                out.push(("TimeoutStopUSec", v(Value::from(duration_usec(value)))));
-                continue;
-            }
-            "ExecStart" => {
-                let argv = unit.argv.clone();
-                let exec = vec![(argv[0].clone(), argv, false)];
-                v(Value::from(exec))
-            }
-            // Description, Slice, Type, DevicePolicy, ProtectSystem, ProtectHome,
-            // ProtectProc, KillMode, CollectMode: strings as written.
-            _ => v(Value::from(value.to_string())),
-        };
-        out.push((name, typed));
+        match p.dbus() {
+            Dbus::One(name, value) => out.push((name, value)),
+            Dbus::ListItem(name, item) => match lists.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, items)) => items.push(item),
+                None => lists.push((name, vec![item])),
+            },
+            Dbus::Device(node, perms) => devices.push((node, perms)),
+        }
     }
-    for (name, values) in lists {
-        out.push((name, v(Value::from(values))));
+    let owned = |v: zbus::zvariant::Value<'static>| {
+        OwnedValue::try_from(v).expect("plain values hold no file descriptors")
+    };
+    for (name, items) in lists {
+        out.push((name, owned(items.into())));
     }
     if !devices.is_empty() {
-        out.push(("DeviceAllow", v(Value::from(devices))));
+        out.push(("DeviceAllow", owned(devices.into())));
     }
     out
 }

@@ -63,3 +63,30 @@ pub fn valid_instance_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// What every section's check shares: the whole configuration, the problems found
+/// so far, and what earlier sections resolved (listeners, public names, models).
+pub(crate) struct Ctx<'a> {
+    /// The configuration as parsed.
+    pub(crate) config: &'a super::Config,
+    /// Every problem found so far.
+    pub(crate) problems: Problems,
+    /// `[server] listen`, parsed (the server section).
+    pub(crate) listen: Vec<std::net::SocketAddr>,
+    /// Public names (instance names and aliases) → what owns them.
+    pub(crate) public: std::collections::HashMap<&'a str, String>,
+    /// Models that passed their own checks (the models section).
+    pub(crate) models: Vec<super::ModelSpec>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(config: &'a super::Config) -> Self {
+        Self {
+            config,
+            problems: Problems::default(),
+            listen: Vec::new(),
+            public: std::collections::HashMap::new(),
+            models: Vec::new(),
+        }
+    }
+}

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::problems::Problems;
-use super::{HumanDuration, ModelSpec, Problem};
+use super::problems::{Ctx, Problems};
+use super::{HumanDuration, Problem};
 
 /// Whether requests must carry a client key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -440,20 +440,22 @@ pub(super) struct Resolved {
     pub admin: Option<AdminSpec>,
 }
 
-/// Check `[routes]`, `[clients]`, `[providers]` and `[admin]` against the models.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn check(
-    routes: &BTreeMap<String, RouteConfig>,
-    clients: &BTreeMap<String, ClientConfig>,
-    providers: &BTreeMap<String, ProviderConfig>,
-    admin: Option<&AdminConfig>,
-    models: &[ModelSpec],
-    public: &HashMap<&str, String>,
-    profile_names: &[&str],
-    p: &mut Problems,
-) -> Resolved {
-    let model_names: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
+/// Check `[providers]`, `[routes]`, `[clients]` and `[admin]` against the models
+/// the model section resolved.
+pub(super) fn check(cx: &mut Ctx<'_>) -> Resolved {
+    Resolved {
+        providers: check_providers(cx),
+        routes: check_routes(cx),
+        clients: check_clients(cx),
+        admin: check_admin(cx),
+    }
+}
 
+/// `[providers.<name>]`: external OpenAI-compatible APIs.
+fn check_providers(cx: &mut Ctx<'_>) -> Vec<ProviderSpec> {
+    let providers = &cx.config.providers;
+    let model_names: HashSet<&str> = cx.models.iter().map(|m| m.name.as_str()).collect();
+    let p = &mut cx.problems;
     let mut out_providers = Vec::new();
     for (name, c) in providers {
         let at = |k: &str| format!("providers.{name}.{k}");
@@ -549,59 +551,72 @@ pub(super) fn check(
         });
     }
 
-    let target = |p: &mut Problems, at: String, t: &str| -> Option<TargetRef> {
-        if model_names.contains(t) {
-            return Some(TargetRef::Model(t.to_string()));
-        }
-        if let Some((prov, model)) = t.split_once('/') {
-            if providers.contains_key(prov) && !model.is_empty() {
-                return Some(TargetRef::Provider {
-                    provider: prov.to_string(),
-                    model: model.to_string(),
-                });
-            }
-            if !providers.contains_key(prov) {
-                p.add(at, format!("`{t}`: there is no [providers.{prov}]"));
-                return None;
-            }
-        }
-        let hint = match public.get(t) {
-            Some(owner) => format!(" (it is {owner}; name the instance itself)"),
-            None => String::new(),
-        };
-        p.add(
-            at,
-            format!("`{t}` is neither a model instance nor provider/model{hint}"),
-        );
-        None
-    };
+    out_providers
+}
 
+/// A route's target: a model instance, or `provider/model`.
+fn target(cx: &mut Ctx<'_>, at: String, t: &str) -> Option<TargetRef> {
+    let providers = &cx.config.providers;
+    if cx.models.iter().any(|m| m.name == t) {
+        return Some(TargetRef::Model(t.to_string()));
+    }
+    let p = &mut cx.problems;
+    let public = &cx.public;
+    if let Some((prov, model)) = t.split_once('/') {
+        if providers.contains_key(prov) && !model.is_empty() {
+            return Some(TargetRef::Provider {
+                provider: prov.to_string(),
+                model: model.to_string(),
+            });
+        }
+        if !providers.contains_key(prov) {
+            p.add(at, format!("`{t}`: there is no [providers.{prov}]"));
+            return None;
+        }
+    }
+    let hint = match public.get(t) {
+        Some(owner) => format!(" (it is {owner}; name the instance itself)"),
+        None => String::new(),
+    };
+    p.add(
+        at,
+        format!("`{t}` is neither a model instance nor provider/model{hint}"),
+    );
+    None
+}
+
+/// `[routes.<name>]`: targets, rules, default, fallback.
+fn check_routes(cx: &mut Ctx<'_>) -> Vec<RouteSpec> {
+    let config = cx.config;
+    let (routes, clients) = (&config.routes, &config.clients);
+    let profile_names: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
     let mut out_routes = Vec::new();
     for (name, r) in routes {
         let at = |k: &str| format!("routes.{name}.{k}");
         if name.trim().is_empty() {
-            p.add("routes", "a route name cannot be empty");
+            cx.problems.add("routes", "a route name cannot be empty");
         }
-        if let Some(owner) = public.get(name.as_str()) {
-            p.add(
+        if let Some(owner) = cx.public.get(name.as_str()) {
+            cx.problems.add(
                 format!("routes.{name}"),
                 format!("`{name}` is already the name of {owner}"),
             );
         }
         if r.targets.is_empty() {
-            p.add(at("targets"), "a route needs at least one target");
+            cx.problems
+                .add(at("targets"), "a route needs at least one target");
         }
         let mut targets = Vec::new();
         let mut seen = HashSet::new();
         for (i, t) in r.targets.iter().enumerate() {
             if !seen.insert(t.as_str()) {
-                p.add(
+                cx.problems.add(
                     format!("routes.{name}.targets[{i}]"),
                     format!("`{t}` is listed twice"),
                 );
                 continue;
             }
-            if let Some(t) = target(p, format!("routes.{name}.targets[{i}]"), t) {
+            if let Some(t) = target(cx, format!("routes.{name}.targets[{i}]"), t) {
                 targets.push(t);
             }
         }
@@ -623,13 +638,14 @@ pub(super) fn check(
         for (i, rule) in r.rules.iter().enumerate() {
             let rat = format!("routes.{name}.rules[{i}]");
             if rule.targets.is_empty() {
-                p.add(format!("{rat}.targets"), "a rule needs at least one target");
+                cx.problems
+                    .add(format!("{rat}.targets"), "a rule needs at least one target");
             }
-            let rtargets = member(p, format!("{rat}.targets"), &rule.targets);
+            let rtargets = member(&mut cx.problems, format!("{rat}.targets"), &rule.targets);
             if let (Some(lo), Some(hi)) = (rule.min_prompt_tokens, rule.max_prompt_tokens)
                 && lo > hi
             {
-                p.add(
+                cx.problems.add(
                     rat.clone(),
                     format!("min_prompt_tokens ({lo}) is more than max_prompt_tokens ({hi}); no request can match"),
                 );
@@ -637,7 +653,7 @@ pub(super) fn check(
             if let Some(cs) = &rule.clients {
                 for (j, c) in cs.iter().enumerate() {
                     if c != ANONYMOUS && !clients.contains_key(c) {
-                        p.add(
+                        cx.problems.add(
                             format!("{rat}.clients[{j}]"),
                             format!("there is no [clients.{c}]"),
                         );
@@ -647,7 +663,7 @@ pub(super) fn check(
             if let Some(es) = &rule.endpoints {
                 for (j, e) in es.iter().enumerate() {
                     if !ENDPOINTS.contains(&e.as_str()) {
-                        p.add(
+                        cx.problems.add(
                             format!("{rat}.endpoints[{j}]"),
                             format!(
                                 "`{e}` is not an endpoint; use one of {}",
@@ -660,7 +676,7 @@ pub(super) fn check(
             if let Some(ps) = &rule.profiles {
                 for (j, name) in ps.iter().enumerate() {
                     if !profile_names.contains(&name.as_str()) {
-                        p.add(
+                        cx.problems.add(
                             format!("{rat}.profiles[{j}]"),
                             format!("there is no [profiles.{name}]"),
                         );
@@ -680,25 +696,25 @@ pub(super) fn check(
         let default = match &r.default {
             Some(d) => {
                 if d.is_empty() {
-                    p.add(
+                    cx.problems.add(
                         at("default"),
                         "cannot be empty; leave it out to use every target",
                     );
                 }
-                member(p, at("default"), d)
+                member(&mut cx.problems, at("default"), d)
             }
             None => targets.clone(),
         };
         let mut fallback = Vec::new();
         for (i, t) in r.fallback.iter().enumerate() {
-            if let Some(t) = target(p, format!("routes.{name}.fallback[{i}]"), t) {
+            if let Some(t) = target(cx, format!("routes.{name}.fallback[{i}]"), t) {
                 fallback.push(t);
             }
         }
         if let Some(t) = &r.tokenizer
             && t.trim().is_empty()
         {
-            p.add(at("tokenizer"), "cannot be empty");
+            cx.problems.add(at("tokenizer"), "cannot be empty");
         }
         out_routes.push(RouteSpec {
             name: name.clone(),
@@ -711,6 +727,13 @@ pub(super) fn check(
         });
     }
 
+    out_routes
+}
+
+/// `[clients.<name>]`: keys, model grants, limits.
+fn check_clients(cx: &mut Ctx<'_>) -> Vec<ClientSpec> {
+    let clients = &cx.config.clients;
+    let p = &mut cx.problems;
     let mut out_clients = Vec::new();
     for (name, c) in clients {
         let at = format!("clients.{name}");
@@ -763,7 +786,13 @@ pub(super) fn check(
         }
     }
 
-    let admin = admin.and_then(|a| {
+    out_clients
+}
+
+/// `[admin]`: the key of /admin.
+fn check_admin(cx: &mut Ctx<'_>) -> Option<AdminSpec> {
+    let p = &mut cx.problems;
+    cx.config.admin.as_ref().and_then(|a| {
         key_source(p, "admin", &a.key_file, &a.key_sha256).map(|key| AdminSpec {
             key_hash: match &key {
                 KeySource::Sha256(h) => Some(*h),
@@ -771,14 +800,7 @@ pub(super) fn check(
             },
             key,
         })
-    });
-
-    Resolved {
-        routes: out_routes,
-        clients: out_clients,
-        providers: out_providers,
-        admin,
-    }
+    })
 }
 
 /// Where a key file named in the configuration is: absolute as written; relative in

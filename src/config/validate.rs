@@ -1,9 +1,9 @@
 //! Semantic checks of a parsed [`Config`]: every problem, each with its key path.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use super::problems::{Problem, Problems, valid_instance_name};
+use super::problems::{Ctx, Problem, Problems, valid_instance_name};
 use super::{Backend, Config, Kind, ModelConfig, ModelSpec, Settings};
 
 /// Placeholders a `command` argv may contain.
@@ -37,245 +37,30 @@ fn placeholders(arg: &str) -> Vec<&str> {
 }
 
 impl Config {
-    /// Check everything and resolve defaults, or return every problem found.
+    /// Check everything and resolve defaults, or return every problem found. Each
+    /// section has its own check; they share one [`Ctx`] (the configuration, the
+    /// problems so far, and what earlier sections resolved), in this order:
+    /// server, public names, ports, GPUs, profiles, models, store, resilience,
+    /// auth, then routing (`routing.rs`: providers, routes, clients, admin).
     pub fn validate(&self) -> Result<Settings, Vec<Problem>> {
-        let mut p = Problems::default();
-        let s = &self.server;
+        let mut cx = Ctx::new(self);
+        check_server(&mut cx);
+        check_public_names(&mut cx);
+        let taken = check_ports(&mut cx);
+        let gpu = super::gpu::check_gpu(&self.gpu, &mut cx.problems);
+        let profiles = super::gpu::check_profiles(&self.profiles, &self.models, &mut cx.problems);
+        check_models(&mut cx, taken, gpu.simulate.len());
+        check_store(&mut cx);
+        check_resilience(&mut cx);
+        check_auth(&mut cx);
+        let resolved = super::routing::check(&mut cx);
 
-        let mut listen = Vec::new();
-        if s.listen.is_empty() {
-            p.add(
-                "server.listen",
-                "at least one address is needed, e.g. \"127.0.0.1:8080\"",
-            );
-        }
-        for (i, addr) in s.listen.iter().enumerate() {
-            match addr.parse::<SocketAddr>() {
-                Ok(a) if listen.contains(&a) => {
-                    p.add(format!("server.listen[{i}]"), format!("{addr} is listed twice"))
-                }
-                Ok(a) => listen.push(a),
-                Err(_) => p.add(
-                    format!("server.listen[{i}]"),
-                    format!("`{addr}` is not an address with a port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""),
-                ),
-            }
-        }
-        if s.max_body.0 == 0 {
-            p.add("server.max_body", "must be more than 0");
-        }
-        for (key, d) in [
-            ("upstream_connect_timeout", s.upstream_connect_timeout),
-            ("upstream_header_timeout", s.upstream_header_timeout),
-            ("upstream_idle_timeout", s.upstream_idle_timeout),
-            ("upstream_pool_idle_timeout", s.upstream_pool_idle_timeout),
-            ("stream_keepalive_interval", s.stream_keepalive_interval),
-            ("health_poll_interval", s.health_poll_interval),
-            ("keepalive_timeout", s.keepalive_timeout),
-            ("header_read_timeout", s.header_read_timeout),
-            ("body_timeout", s.body_timeout),
-            ("body_idle_timeout", s.body_idle_timeout),
-            ("write_timeout", s.write_timeout),
-        ] {
-            if d.is_zero() {
-                p.add(format!("server.{key}"), "must be more than 0");
-            }
-        }
-        if s.max_connections == 0 {
-            p.add("server.max_connections", "must be more than 0");
-        }
-        if s.max_connections_per_ip == 0 {
-            p.add("server.max_connections_per_ip", "must be more than 0");
-        } else if s.max_connections_per_ip > s.max_connections {
-            p.add(
-                "server.max_connections_per_ip",
-                format!(
-                    "{} is more than server.max_connections ({})",
-                    s.max_connections_per_ip, s.max_connections
-                ),
-            );
-        }
-        for (i, o) in s.cors_origins.iter().enumerate() {
-            let path = format!("server.cors_origins[{i}]");
-            if o == "*" {
-                if s.auth == crate::config::AuthMode::None {
-                    p.add(path, "\"*\" (any origin) needs API keys (auth = \"required\"): with auth = \"none\" any web page could use the models; list the origins instead");
-                }
-            } else if !valid_origin(o) {
-                p.add(path, format!("`{o}` is not an origin: write scheme://host[:port] without a path, e.g. \"https://chat.example.ts.net\" or \"http://localhost:3000\""));
-            }
-        }
-        if s.http2_max_streams == 0 {
-            p.add("server.http2_max_streams", "must be more than 0");
-        }
-        if s.max_buffered_bodies.0 < s.max_body.0 {
-            p.add(
-                "server.max_buffered_bodies",
-                format!(
-                    "{} bytes is less than server.max_body ({} bytes): no request of the largest size could be received",
-                    s.max_buffered_bodies.0, s.max_body.0
-                ),
-            );
-        }
-        let [first, last] = s.port_range;
-        if first == 0 || first > last {
-            p.add(
-                "server.port_range",
-                format!("[{first}, {last}] is not a range of ports: write [first, last] with 0 < first <= last"),
-            );
-        }
-
-        // Public names (instance names and aliases) must be unique.
-        let mut public: HashMap<&str, String> = HashMap::new();
-        for name in self.models.keys() {
-            public.insert(name, format!("models.{name}"));
-        }
-        for (name, m) in &self.models {
-            for (i, alias) in m.aliases.iter().enumerate() {
-                let path = format!("models.{name}.aliases[{i}]");
-                if alias.trim().is_empty() {
-                    p.add(path, "an alias cannot be empty");
-                    continue;
-                }
-                if let Some(owner) = public.get(alias.as_str()) {
-                    p.add(path, format!("`{alias}` is already the name of {owner}"));
-                } else {
-                    public.insert(alias, format!("an alias of models.{name}"));
-                }
-            }
-        }
-
-        if self.models.is_empty() {
-            p.add(
-                "models",
-                "no models are configured; add a [models.<name>] table",
-            );
-        }
-
-        // Explicit ports first, so automatic ones avoid them.
-        let listen_ports: BTreeSet<(u16, bool)> = listen
-            .iter()
-            .map(|a| (a.port(), a.ip().is_loopback() || a.ip().is_unspecified()))
-            .collect();
-        let mut taken: BTreeMap<u16, String> = BTreeMap::new();
-        for (name, m) in &self.models {
-            let Some(port) = m.port else { continue };
-            let path = format!("models.{name}.port");
-            if port == 0 {
-                p.add(path, "0 is not a port a backend can be reached on");
-            } else if let Some(other) = taken.get(&port) {
-                p.add(path, format!("{port} is also the port of {other}"));
-            } else if listen_ports.contains(&(port, true)) {
-                p.add(
-                    path,
-                    format!("{port} is the port llmvisor itself listens on"),
-                );
-            } else {
-                taken.insert(port, format!("models.{name}"));
-            }
-        }
-        let gpu = super::gpu::check_gpu(&self.gpu, &mut p);
-        let profiles = super::gpu::check_profiles(&self.profiles, &self.models, &mut p);
-        let mut next_port = first;
-        let mut models = Vec::new();
-        for (name, m) in &self.models {
-            let port = match m.port {
-                Some(port) => port,
-                None if first == 0 || first > last => 0,
-                None => {
-                    let free = (next_port..=last).find(|c| {
-                        !taken.contains_key(c) && !listen_ports.iter().any(|(lp, _)| lp == c)
-                    });
-                    match free {
-                        Some(c) => {
-                            next_port = c.saturating_add(1);
-                            taken.insert(c, format!("models.{name}"));
-                            c
-                        }
-                        None => {
-                            p.add(
-                                format!("models.{name}.port"),
-                                format!("server.port_range [{first}, {last}] has no free port left; widen it or set a port"),
-                            );
-                            0
-                        }
-                    }
-                }
-            };
-            if let Some(spec) = check_model(name, m, port, gpu.simulate.len(), &mut p) {
-                models.push(spec);
-            }
-        }
-
-        if self.store.queue == 0 {
-            p.add("store.queue", "must be at least 1");
-        }
-        if self.store.batch == 0 {
-            p.add("store.batch", "must be at least 1");
-        }
-        if self
-            .store
-            .path
-            .as_deref()
-            .is_some_and(|x| x.trim().is_empty())
-        {
-            p.add(
-                "store.path",
-                "cannot be empty; leave it out for the state directory",
-            );
-        }
-        if s.max_attempts == 0 {
-            p.add("server.max_attempts", "must be at least 1 (1: no retries)");
-        }
-        if !(0.0..=10.0).contains(&s.retry_budget) || s.retry_budget.is_nan() {
-            p.add(
-                "server.retry_budget",
-                "must be a fraction between 0 and 10, e.g. 0.2",
-            );
-        }
-        if s.breaker_failures == 0 {
-            p.add("server.breaker_failures", "must be at least 1");
-        }
-        if s.breaker_cooldown.is_zero() {
-            p.add("server.breaker_cooldown", "must be more than 0");
-        }
-        match s.auth {
-            super::AuthMode::None => {
-                if let Some(a) = listen.iter().find(|a| !a.ip().is_loopback())
-                    && !s.auth_none_on_network
-                {
-                    p.add(
-                        "server.auth",
-                        format!("\"none\" lets anyone who reaches {a} use every model; configure [clients] keys, listen on loopback only, or set server.auth_none_on_network = true"),
-                    );
-                }
-            }
-            super::AuthMode::Required => {
-                if self.clients.is_empty() {
-                    p.add(
-                        "server.auth",
-                        "is \"required\" (the default) but no [clients.<name>] has a key, so every request would be refused; add a client, or set auth = \"none\" on a loopback listener",
-                    );
-                }
-            }
-        }
-        let resolved = super::routing::check(
-            &self.routes,
-            &self.clients,
-            &self.providers,
-            self.admin.as_ref(),
-            &models,
-            &public,
-            &self.profiles.keys().map(String::as_str).collect::<Vec<_>>(),
-            &mut p,
-        );
-
-        if p.0.is_empty() {
+        if cx.problems.0.is_empty() {
             Ok(Settings {
-                server: s.clone(),
+                server: self.server.clone(),
                 units: self.units.clone(),
-                listen,
-                models,
+                listen: cx.listen,
+                models: cx.models,
                 routes: resolved.routes,
                 clients: resolved.clients,
                 providers: resolved.providers,
@@ -285,7 +70,267 @@ impl Config {
                 store: self.store.clone(),
             })
         } else {
-            Err(p.0)
+            Err(cx.problems.0)
+        }
+    }
+}
+
+/// `[server]`: listeners, timeouts, connection limits, CORS, body budgets, ports.
+fn check_server(cx: &mut Ctx<'_>) {
+    let s = &cx.config.server;
+    let mut listen = Vec::new();
+    if s.listen.is_empty() {
+        cx.problems.add(
+            "server.listen",
+            "at least one address is needed, e.g. \"127.0.0.1:8080\"",
+        );
+    }
+    for (i, addr) in s.listen.iter().enumerate() {
+        match addr.parse::<SocketAddr>() {
+                Ok(a) if listen.contains(&a) => {
+                    cx.problems.add(format!("server.listen[{i}]"), format!("{addr} is listed twice"))
+                }
+                Ok(a) => listen.push(a),
+                Err(_) => cx.problems.add(
+                    format!("server.listen[{i}]"),
+                    format!("`{addr}` is not an address with a port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""),
+                ),
+            }
+    }
+    if s.max_body.0 == 0 {
+        cx.problems.add("server.max_body", "must be more than 0");
+    }
+    for (key, d) in [
+        ("upstream_connect_timeout", s.upstream_connect_timeout),
+        ("upstream_header_timeout", s.upstream_header_timeout),
+        ("upstream_idle_timeout", s.upstream_idle_timeout),
+        ("upstream_pool_idle_timeout", s.upstream_pool_idle_timeout),
+        ("stream_keepalive_interval", s.stream_keepalive_interval),
+        ("health_poll_interval", s.health_poll_interval),
+        ("keepalive_timeout", s.keepalive_timeout),
+        ("header_read_timeout", s.header_read_timeout),
+        ("body_timeout", s.body_timeout),
+        ("body_idle_timeout", s.body_idle_timeout),
+        ("write_timeout", s.write_timeout),
+    ] {
+        if d.is_zero() {
+            cx.problems
+                .add(format!("server.{key}"), "must be more than 0");
+        }
+    }
+    if s.max_connections == 0 {
+        cx.problems
+            .add("server.max_connections", "must be more than 0");
+    }
+    if s.max_connections_per_ip == 0 {
+        cx.problems
+            .add("server.max_connections_per_ip", "must be more than 0");
+    } else if s.max_connections_per_ip > s.max_connections {
+        cx.problems.add(
+            "server.max_connections_per_ip",
+            format!(
+                "{} is more than server.max_connections ({})",
+                s.max_connections_per_ip, s.max_connections
+            ),
+        );
+    }
+    for (i, o) in s.cors_origins.iter().enumerate() {
+        let path = format!("server.cors_origins[{i}]");
+        if o == "*" {
+            if s.auth == crate::config::AuthMode::None {
+                cx.problems.add(path, "\"*\" (any origin) needs API keys (auth = \"required\"): with auth = \"none\" any web page could use the models; list the origins instead");
+            }
+        } else if !valid_origin(o) {
+            cx.problems.add(path, format!("`{o}` is not an origin: write scheme://host[:port] without a path, e.g. \"https://chat.example.ts.net\" or \"http://localhost:3000\""));
+        }
+    }
+    if s.http2_max_streams == 0 {
+        cx.problems
+            .add("server.http2_max_streams", "must be more than 0");
+    }
+    if s.max_buffered_bodies.0 < s.max_body.0 {
+        cx.problems.add(
+                "server.max_buffered_bodies",
+                format!(
+                    "{} bytes is less than server.max_body ({} bytes): no request of the largest size could be received",
+                    s.max_buffered_bodies.0, s.max_body.0
+                ),
+            );
+    }
+    let [first, last] = s.port_range;
+    if first == 0 || first > last {
+        cx.problems.add(
+                "server.port_range",
+                format!("[{first}, {last}] is not a range of ports: write [first, last] with 0 < first <= last"),
+            );
+    }
+
+    cx.listen = listen;
+}
+
+/// Public names (instance names and aliases) must be unique.
+fn check_public_names(cx: &mut Ctx<'_>) {
+    let c = cx.config;
+    let public = &mut cx.public;
+    for name in c.models.keys() {
+        public.insert(name, format!("models.{name}"));
+    }
+    for (name, m) in &c.models {
+        for (i, alias) in m.aliases.iter().enumerate() {
+            let path = format!("models.{name}.aliases[{i}]");
+            if alias.trim().is_empty() {
+                cx.problems.add(path, "an alias cannot be empty");
+                continue;
+            }
+            if let Some(owner) = public.get(alias.as_str()) {
+                cx.problems
+                    .add(path, format!("`{alias}` is already the name of {owner}"));
+            } else {
+                public.insert(alias, format!("an alias of models.{name}"));
+            }
+        }
+    }
+
+    if c.models.is_empty() {
+        cx.problems.add(
+            "models",
+            "no models are configured; add a [models.<name>] table",
+        );
+    }
+}
+
+/// Explicit model ports: each once, none that llmvisor listens on. Returns the
+/// ports taken, so automatic ones avoid them.
+fn check_ports(cx: &mut Ctx<'_>) -> BTreeMap<u16, String> {
+    let c = cx.config;
+    // Explicit ports first, so automatic ones avoid them.
+    let listen_ports: BTreeSet<(u16, bool)> = cx
+        .listen
+        .iter()
+        .map(|a| (a.port(), a.ip().is_loopback() || a.ip().is_unspecified()))
+        .collect();
+    let mut taken: BTreeMap<u16, String> = BTreeMap::new();
+    for (name, m) in &c.models {
+        let Some(port) = m.port else { continue };
+        let path = format!("models.{name}.port");
+        if port == 0 {
+            cx.problems
+                .add(path, "0 is not a port a backend can be reached on");
+        } else if let Some(other) = taken.get(&port) {
+            cx.problems
+                .add(path, format!("{port} is also the port of {other}"));
+        } else if listen_ports.contains(&(port, true)) {
+            cx.problems.add(
+                path,
+                format!("{port} is the port llmvisor itself listens on"),
+            );
+        } else {
+            taken.insert(port, format!("models.{name}"));
+        }
+    }
+    taken
+}
+
+/// Every `[models.<name>]`, with an automatic port from `server.port_range` where
+/// none is set.
+fn check_models(cx: &mut Ctx<'_>, mut taken: BTreeMap<u16, String>, simulated: usize) {
+    let c = cx.config;
+    let [first, last] = c.server.port_range;
+    let listen_ports: Vec<u16> = cx.listen.iter().map(SocketAddr::port).collect();
+    let mut next_port = first;
+    let mut models = Vec::new();
+    for (name, m) in &c.models {
+        let port = match m.port {
+            Some(port) => port,
+            None if first == 0 || first > last => 0,
+            None => {
+                let free = (next_port..=last)
+                    .find(|c| !taken.contains_key(c) && !listen_ports.contains(c));
+                match free {
+                    Some(c) => {
+                        next_port = c.saturating_add(1);
+                        taken.insert(c, format!("models.{name}"));
+                        c
+                    }
+                    None => {
+                        cx.problems.add(
+                                format!("models.{name}.port"),
+                                format!("server.port_range [{first}, {last}] has no free port left; widen it or set a port"),
+                            );
+                        0
+                    }
+                }
+            }
+        };
+        if let Some(spec) = check_model(name, m, port, simulated, &mut cx.problems) {
+            models.push(spec);
+        }
+    }
+
+    cx.models = models;
+}
+
+/// `[store]`.
+fn check_store(cx: &mut Ctx<'_>) {
+    let c = cx.config;
+    if c.store.queue == 0 {
+        cx.problems.add("store.queue", "must be at least 1");
+    }
+    if c.store.batch == 0 {
+        cx.problems.add("store.batch", "must be at least 1");
+    }
+    if c.store.path.as_deref().is_some_and(|x| x.trim().is_empty()) {
+        cx.problems.add(
+            "store.path",
+            "cannot be empty; leave it out for the state directory",
+        );
+    }
+}
+
+/// Retries and the circuit breaker (`[server]`).
+fn check_resilience(cx: &mut Ctx<'_>) {
+    let s = &cx.config.server;
+    if s.max_attempts == 0 {
+        cx.problems
+            .add("server.max_attempts", "must be at least 1 (1: no retries)");
+    }
+    if !(0.0..=10.0).contains(&s.retry_budget) || s.retry_budget.is_nan() {
+        cx.problems.add(
+            "server.retry_budget",
+            "must be a fraction between 0 and 10, e.g. 0.2",
+        );
+    }
+    if s.breaker_failures == 0 {
+        cx.problems
+            .add("server.breaker_failures", "must be at least 1");
+    }
+    if s.breaker_cooldown.is_zero() {
+        cx.problems
+            .add("server.breaker_cooldown", "must be more than 0");
+    }
+}
+
+/// `server.auth` against the listeners and the clients.
+fn check_auth(cx: &mut Ctx<'_>) {
+    let s = &cx.config.server;
+    match s.auth {
+        super::AuthMode::None => {
+            if let Some(a) = cx.listen.iter().find(|a| !a.ip().is_loopback())
+                && !s.auth_none_on_network
+            {
+                cx.problems.add(
+                        "server.auth",
+                        format!("\"none\" lets anyone who reaches {a} use every model; configure [clients] keys, listen on loopback only, or set server.auth_none_on_network = true"),
+                    );
+            }
+        }
+        super::AuthMode::Required => {
+            if cx.config.clients.is_empty() {
+                cx.problems.add(
+                        "server.auth",
+                        "is \"required\" (the default) but no [clients.<name>] has a key, so every request would be refused; add a client, or set auth = \"none\" on a loopback listener",
+                    );
+            }
         }
     }
 }
@@ -304,7 +349,79 @@ fn check_model(
         p.add(format!("models.{name}"), e);
     }
 
-    // Keys that belong to other kinds.
+    let kind = m.kind;
+    check_kind_keys(name, m, p);
+    let model = m.model.clone().unwrap_or_default();
+    if kind != Kind::Command && model.trim().is_empty() {
+        p.add(
+            at("model"),
+            format!("kind = \"{}\" needs `model` (what to serve)", kind.as_str()),
+        );
+    }
+    if let Some(exe) = &m.executable
+        && exe.trim().is_empty()
+    {
+        p.add(at("executable"), "cannot be empty");
+    }
+
+    let backend = backend(name, m, &model, p);
+    check_runtime(name, m, p);
+    let (cpu_quota_percent, allowed_cpus) = check_limits(name, m, p);
+    let (pinned, gpu) = super::gpu::check_model_gpu(name, m, simulated, p);
+
+    if p.0.len() > before {
+        return None;
+    }
+    let served_name = m.served_name.clone().unwrap_or_else(|| match kind {
+        Kind::Ollama => model.clone(),
+        _ => name.to_string(),
+    });
+    Some(ModelSpec {
+        name: name.to_string(),
+        kind,
+        backend,
+        executable: m.executable.clone(),
+        port,
+        served_name,
+        aliases: m.aliases.clone(),
+        max_concurrent: m.max_concurrent,
+        max_queue: m.max_queue,
+        queue_timeout: m.queue_timeout.0,
+        start_timeout: m.start_timeout.0,
+        idle_ttl: (!m.idle_ttl.is_zero()).then_some(m.idle_ttl.0),
+        stop_timeout: m.stop_timeout.0,
+        context_length: m.context_length,
+        tokenizer: m.tokenizer.clone(),
+        env: m.env.clone(),
+        health_path: m
+            .health_path
+            .clone()
+            .unwrap_or_else(|| kind.default_health_path().to_string()),
+        extra_args: m.extra_args.clone(),
+        capabilities: capabilities(name, m, kind, p),
+        restart_backoff: m.restart_backoff.0,
+        max_restarts: m.max_restarts,
+        restart_window: m.restart_window.0,
+        gpu,
+        limits: super::Limits {
+            gpus: pinned,
+            gpu_uuids: Vec::new(),
+            gpu_minors: Vec::new(),
+            memory_max: m.memory_max.map(|s| s.0),
+            memory_high: m.memory_high.map(|s| s.0),
+            cpu_quota_percent,
+            allowed_cpus,
+            tasks_max: m.tasks_max,
+            io_weight: m.io_weight,
+            allow_network: m.allow_network,
+            dynamic_user: m.dynamic_user,
+        },
+    })
+}
+
+/// Keys that belong to other kinds.
+fn check_kind_keys(name: &str, m: &ModelConfig, p: &mut Problems) {
+    let at = |key: &str| format!("models.{name}.{key}");
     let kind = m.kind;
     let only = |p: &mut Problems, key: &str, set: bool, kinds: &[Kind]| {
         if set && !kinds.contains(&kind) {
@@ -362,31 +479,22 @@ fn check_model(
             "`ollama serve` takes no arguments or flags; configure Ollama through its OLLAMA_* variables in `env`",
         );
     }
+}
 
-    let model = m.model.clone().unwrap_or_default();
-    if kind != Kind::Command && model.trim().is_empty() {
-        p.add(
-            at("model"),
-            format!("kind = \"{}\" needs `model` (what to serve)", kind.as_str()),
-        );
-    }
-    if let Some(exe) = &m.executable
-        && exe.trim().is_empty()
-    {
-        p.add(at("executable"), "cannot be empty");
-    }
-
-    let backend = match kind {
+/// What runs: the engine and its model, or the `command` argv (placeholders checked).
+fn backend(name: &str, m: &ModelConfig, model: &str, p: &mut Problems) -> Backend {
+    let at = |key: &str| format!("models.{name}.{key}");
+    match m.kind {
         Kind::Vllm => Backend::Vllm {
-            model: model.clone(),
+            model: model.to_string(),
             tensor_parallel_size: m.tensor_parallel_size.or(m.tensor_parallel),
             gpu_memory_utilization: m.gpu_memory_utilization,
         },
         Kind::Ollama => Backend::Ollama {
-            model: model.clone(),
+            model: model.to_string(),
         },
         Kind::LlamaCpp => Backend::LlamaCpp {
-            model: model.clone(),
+            model: model.to_string(),
             embeddings: m.embeddings.unwrap_or(false),
         },
         Kind::Command => {
@@ -414,8 +522,12 @@ fn check_model(
             }
             Backend::Command { argv }
         }
-    };
+    }
+}
 
+/// Engine settings, concurrency, queueing, timeouts, restarts and health.
+fn check_runtime(name: &str, m: &ModelConfig, p: &mut Problems) {
+    let at = |key: &str| format!("models.{name}.{key}");
     if m.tensor_parallel_size == Some(0) {
         p.add(at("tensor_parallel_size"), "must be at least 1");
     }
@@ -486,7 +598,16 @@ fn check_model(
             );
         }
     }
+}
 
+/// cgroup limits: `cpu_quota` (as a percentage) and `allowed_cpus` (as a CPU list)
+/// resolved, the others checked.
+fn check_limits(
+    name: &str,
+    m: &ModelConfig,
+    p: &mut Problems,
+) -> (Option<u32>, Option<super::values::CpuList>) {
+    let at = |key: &str| format!("models.{name}.{key}");
     let cpu_quota_percent = m.cpu_quota.as_ref().and_then(|q| {
         let n = q
             .strip_suffix('%')
@@ -528,56 +649,7 @@ fn check_model(
             format!("{high} is above memory_max ({max})"),
         );
     }
-    let (pinned, gpu) = super::gpu::check_model_gpu(name, m, simulated, p);
-
-    if p.0.len() > before {
-        return None;
-    }
-    let served_name = m.served_name.clone().unwrap_or_else(|| match kind {
-        Kind::Ollama => model.clone(),
-        _ => name.to_string(),
-    });
-    Some(ModelSpec {
-        name: name.to_string(),
-        kind,
-        backend,
-        executable: m.executable.clone(),
-        port,
-        served_name,
-        aliases: m.aliases.clone(),
-        max_concurrent: m.max_concurrent,
-        max_queue: m.max_queue,
-        queue_timeout: m.queue_timeout.0,
-        start_timeout: m.start_timeout.0,
-        idle_ttl: (!m.idle_ttl.is_zero()).then_some(m.idle_ttl.0),
-        stop_timeout: m.stop_timeout.0,
-        context_length: m.context_length,
-        tokenizer: m.tokenizer.clone(),
-        env: m.env.clone(),
-        health_path: m
-            .health_path
-            .clone()
-            .unwrap_or_else(|| kind.default_health_path().to_string()),
-        extra_args: m.extra_args.clone(),
-        capabilities: capabilities(name, m, kind, p),
-        restart_backoff: m.restart_backoff.0,
-        max_restarts: m.max_restarts,
-        restart_window: m.restart_window.0,
-        gpu,
-        limits: super::Limits {
-            gpus: pinned,
-            gpu_uuids: Vec::new(),
-            gpu_minors: Vec::new(),
-            memory_max: m.memory_max.map(|s| s.0),
-            memory_high: m.memory_high.map(|s| s.0),
-            cpu_quota_percent,
-            allowed_cpus,
-            tasks_max: m.tasks_max,
-            io_weight: m.io_weight,
-            allow_network: m.allow_network,
-            dynamic_user: m.dynamic_user,
-        },
-    })
+    (cpu_quota_percent, allowed_cpus)
 }
 
 /// What `/v1/models` says a model is for.

@@ -164,10 +164,10 @@ async fn queue_full_is_429_with_retry_after() {
     .await;
     assert_eq!(lv.chat("q").await.status(), 200);
     let mut slow = Vec::new();
-    for _ in 0..2 {
-        slow.push(lv.spawn_chat("q"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    slow.push(lv.spawn_chat("q"));
+    lv.wait_count("q", "in_flight", 1).await;
+    slow.push(lv.spawn_chat("q"));
+    lv.wait_count("q", "queued", 1).await;
     let m = lv.model("q").await;
     assert_eq!(
         (m["in_flight"].as_u64(), m["queued"].as_u64()),
@@ -195,7 +195,7 @@ async fn queue_timeout_is_503_with_retry_after() {
     .await;
     assert_eq!(lv.chat("q").await.status(), 200);
     let slow = lv.spawn_chat("q");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    lv.wait_count("q", "in_flight", 1).await;
     let t0 = Instant::now();
     let resp = lv.chat("q").await;
     let waited = t0.elapsed();

@@ -45,7 +45,7 @@ async fn an_idle_model_is_evicted_for_room_and_a_busy_one_gives_a_503_that_says_
 
     // b busy (16 tokens × 100 ms): a waits start_timeout, then 503 naming b.
     let busy = lv.spawn_chat("b");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    lv.wait_count("b", "in_flight", 1).await;
     let t0 = Instant::now();
     let r = lv.chat("a").await;
     assert_eq!(r.status(), 503);
@@ -159,15 +159,13 @@ async fn cuda_oom_lowers_max_concurrent_step_by_step_and_a_reload_restores_it() 
     // A reload (same file) restores the configured values.
     lv.reconfigure(&model);
     lv.wait_log("reloaded", Duration::from_secs(5)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), async || {
         let m = lv.model("big").await;
-        if m["max_concurrent"] == 4 && m["gpu"]["oom"].is_null() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (m["max_concurrent"] == 4 && m["gpu"]["oom"].is_null())
+            .then_some(())
+            .ok_or(m.to_string())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -6,9 +6,9 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Llmvisor, MOCK, alive, free_port, signal};
+use common::{Llmvisor, MOCK, alive, eventually, free_port, signal};
 use serde_json::{Value, json};
 
 /// The mock, started by the test (not by llmvisor) on `port`. As root, without
@@ -30,11 +30,12 @@ fn squatter(port: u16) -> Child {
 }
 
 async fn wait_up(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the squatter did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .map(drop)
+            .map_err(|e| format!("the squatter did not come up: {e}"))
+    })
+    .await;
 }
 
 async fn chats_seen(client: &reqwest::Client, port: u16) -> u64 {
@@ -164,11 +165,12 @@ async fn orphans_of_a_killed_llmvisor_are_killed_and_never_served_from() {
     signal(child.id(), nix::sys::signal::Signal::SIGKILL);
     child.wait().unwrap();
     // The direct child dies with llmvisor (PR_SET_PDEATHSIG).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(wrapper) {
-        assert!(Instant::now() < deadline, "the wrapper outlived llmvisor");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        (!alive(wrapper))
+            .then_some(())
+            .ok_or("the wrapper outlived llmvisor".to_string())
+    })
+    .await;
 
     // A new llmvisor kills what the old one left before it serves anything.
     let lv2 = Llmvisor::start_raw(listen, &config).await;
@@ -197,11 +199,12 @@ async fn orphans_of_a_killed_llmvisor_are_killed_and_never_served_from() {
     assert!(r.status().is_success());
     lv2.wait_state("m", "stopped", Duration::from_secs(10))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(new_mock) {
-        assert!(Instant::now() < deadline, "the mock outlived its stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        (!alive(new_mock))
+            .then_some(())
+            .ok_or("the mock outlived its stop".to_string())
+    })
+    .await;
     drop(lv);
 }
 

@@ -264,7 +264,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_leaves_no_orphans() {
             .unwrap();
         (r.status(), r.json::<serde_json::Value>().await.ok())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    lv.wait_count("a", "in_flight", 1).await;
     let status = tokio::task::spawn_blocking(move || {
         let s = lv.terminate(Duration::from_secs(15));
         (s, lv)

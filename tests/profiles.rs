@@ -111,7 +111,7 @@ async fn day_to_night_drains_the_day_models_and_preloads_the_72b_on_both_gpus() 
             .unwrap();
         (r.status(), r.text().await.unwrap())
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    lv.wait_count("llama-gpu0", "in_flight", 1).await;
     set_clock(&lv, "2025-06-02T02:00:00").await;
     lv.wait_state("llama-gpu0", "draining", Duration::from_secs(3))
         .await;

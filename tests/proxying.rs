@@ -141,29 +141,22 @@ async fn client_disconnect_cancels_the_backend_request() {
     assert!(!first.is_empty());
     assert_eq!(lv.mock_stats("s").await["in_flight"], 1);
     drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
+    eventually(Duration::from_secs(3), async || {
         let stats = lv.mock_stats("s").await;
-        if stats["cancelled"] == 1 && stats["in_flight"] == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "backend still streaming: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (stats["cancelled"] == 1 && stats["in_flight"] == 0)
+            .then_some(())
+            .ok_or(format!("backend still streaming: {stats}"))
+    })
+    .await;
     // The slot is free again and the request is counted as closed by the client.
     assert_eq!(lv.model("s").await["in_flight"], 0);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while lv
-        .metric("llmvisor_requests_total{route=\"s\",target=\"s\",client=\"anonymous\",endpoint=\"chat/completions\",status=\"499\"}")
-        .await
-        != 1.0
-    {
-        assert!(Instant::now() < deadline, "499 not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(2), async || {
+        let n = lv
+            .metric("llmvisor_requests_total{route=\"s\",target=\"s\",client=\"anonymous\",endpoint=\"chat/completions\",status=\"499\"}")
+            .await;
+        (n == 1.0).then_some(()).ok_or(format!("499 counted {n} times"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -195,7 +188,7 @@ async fn a_client_that_leaves_the_queue_frees_its_place() {
     .await;
     assert_eq!(lv.chat("q").await.status(), 200);
     let busy = lv.spawn_chat("q");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    lv.wait_count("q", "in_flight", 1).await;
     // This one queues, then gives up.
     let gave_up = lv
         .client
@@ -205,12 +198,8 @@ async fn a_client_that_leaves_the_queue_frees_its_place() {
         .send()
         .await;
     assert!(gave_up.is_err());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        lv.model("q").await["queued"],
-        0,
-        "the abandoned request still holds a place"
-    );
+    // The abandoned request gives its place back.
+    lv.wait_count("q", "queued", 0).await;
     assert_eq!(
         lv.metric(
             "llmvisor_requests_total{route=\"q\",target=\"-\",client=\"anonymous\",endpoint=\"chat/completions\",status=\"499\"}"
@@ -361,16 +350,11 @@ async fn idle_pooled_connections_to_a_backend_are_closed() {
     let pooled = connections_to(port);
     assert!(pooled >= 4, "{pooled} connections to the backend");
     // Past the idle timeout they are closed (the health probe may hold one).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), async || {
         let now = connections_to(port);
-        if now <= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{now} connections to the backend are still open"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (now <= 1)
+            .then_some(())
+            .ok_or(format!("{now} connections to the backend are still open"))
+    })
+    .await;
 }

@@ -408,17 +408,23 @@ async fn the_queue_holds_requests_beyond_max_concurrent_and_refuses_beyond_max_q
     };
     let first = spawn(1500);
     // Until the first one holds the only slot.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lv.model("one").await["in_flight"] != 1 {
-        assert!(Instant::now() < deadline, "{}", lv.model("one").await);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        if lv.model("one").await["in_flight"] != 1 {
+            Err(format!("{}", lv.model("one").await))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     let second = spawn(4);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lv.model("one").await["queued"] != 1 {
-        assert!(Instant::now() < deadline, "{}", lv.model("one").await);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        if lv.model("one").await["queued"] != 1 {
+            Err(format!("{}", lv.model("one").await))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     // Slot taken, queue full: the third is refused at once.
     let third = lv
         .post("/v1/chat/completions", &chat_body("one", 4, false))
@@ -446,11 +452,14 @@ async fn an_idle_server_is_stopped_and_the_next_request_starts_it_again() {
     let pid = backend_pid(port).expect("a llama-server on the model's port");
     lv.wait_state("tiny", "stopped", Duration::from_secs(15))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "llama-server {pid} still runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        if alive(pid) {
+            Err(format!("llama-server {pid} still runs"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     assert!(lv.log().contains("idle"), "{}", lv.log());
     assert_eq!(lv.chat("tiny").await.status(), 200);
     assert_ne!(backend_pid(port), Some(pid));
@@ -494,11 +503,14 @@ async fn a_killed_server_fails_in_flight_requests_with_502_and_restarts_on_the_n
         .expect("a chunk")
         .unwrap();
     assert!(String::from_utf8_lossy(&first).contains("data:"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lv.model("tiny").await["in_flight"] != 2 {
-        assert!(Instant::now() < deadline, "{}", lv.model("tiny").await);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        if lv.model("tiny").await["in_flight"] != 2 {
+            Err(format!("{}", lv.model("tiny").await))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 
     signal(pid, nix::sys::signal::Signal::SIGKILL);
 

@@ -6,9 +6,9 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Llmvisor, MOCK, free_port, mock_model};
+use common::{Llmvisor, MOCK, eventually, free_port, mock_model};
 use serde_json::{Value, json};
 
 /// The two-GPU example with the mock's path, free ports and a fast start-up.
@@ -278,16 +278,17 @@ impl Host {
             .spawn()
             .unwrap();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            .map_or(true, |r| !r.status().is_success())
-        {
-            assert!(Instant::now() < deadline, "mock host did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(Duration::from_secs(10), async || {
+            match client
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => Ok(()),
+                other => Err(format!("mock host did not start: {other:?}")),
+            }
+        })
+        .await;
         Self { child, port }
     }
 
@@ -550,7 +551,7 @@ async fn a_request_refused_before_any_backend_costs_no_rate_limit() {
     );
     // `free` fills the slot and the queue.
     let mut busy = Vec::new();
-    for _ in 0..2 {
+    for n in 0..2u64 {
         let (c, u, b) = (
             lv.client.clone(),
             lv.url("/v1/chat/completions"),
@@ -566,7 +567,12 @@ async fn a_request_refused_before_any_backend_costs_no_rate_limit() {
                 .unwrap();
             r.status()
         }));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The first holds the slot, the second queues.
+        if n == 0 {
+            lv.wait_count("q", "in_flight", 1).await;
+        } else {
+            lv.wait_count("q", "queued", 1).await;
+        }
     }
     // `app` is refused for a full queue, again and again: not for its rpm of 1
     // nor its tpm (each try is charged ~400 tokens at admission).
@@ -624,7 +630,12 @@ async fn interactive_requests_overtake_waiting_batch_ones() {
             assert_eq!(r.status(), 200);
             o.lock().unwrap().push(i);
         }));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // In this order: the first holds the slot, the others queue behind it.
+        if i == 0 {
+            lv.wait_count("m", "in_flight", 1).await;
+        } else {
+            lv.wait_count("m", "queued", i as u64).await;
+        }
     }
     for t in tasks {
         t.await.unwrap();
@@ -725,15 +736,13 @@ async fn homelab_hosts_fail_over_without_losing_requests() {
     // Requests in flight on the dead host are retried before their first byte.
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     // Once the health check marks it down, it gets nothing.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), async || {
         let h = lv.get_json("/health").await;
-        if h["providers"]["nyx"]["healthy"] == false {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not marked down: {h}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (h["providers"]["nyx"]["healthy"] == false)
+            .then_some(())
+            .ok_or(format!("not marked down: {h}"))
+    })
+    .await;
     for _ in 0..10 {
         let (status, target) = send(&lv).await.unwrap();
         assert_eq!(status, 200);
@@ -960,11 +969,13 @@ async fn with_no_target_left_the_backends_own_error_reaches_the_client() {
         &mock_model("bad", &["--fail-rate", "1.0"], "idle_ttl = \"0\""),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lv.get_json("/health").await["providers"]["gone"]["healthy"] != false {
-        assert!(Instant::now() < deadline, "the host is not marked down");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        let h = lv.get_json("/health").await;
+        (h["providers"]["gone"]["healthy"] == false)
+            .then_some(())
+            .ok_or(format!("the host is not marked down: {h}"))
+    })
+    .await;
     let r = call(
         &lv,
         "test",

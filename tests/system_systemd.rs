@@ -14,10 +14,10 @@ mod common;
 #[macro_use]
 mod llama_fixture;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::free_port;
 use common::system::{Container, mock_model};
+use common::{eventually, free_port};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -79,17 +79,16 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
 
     // The model's own output is in its unit's journal: `llmvisor logs` and the
     // admin route show it, with llmvisor's lines about the model.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), async || {
         let logs = c.sh(&["/usr/local/bin/llmvisor", "logs", "m1", "-n", "50"]);
         if logs.contains("llmvisor-mock listening on http://127.0.0.1:")
             && logs.contains("ready after")
         {
-            break;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "llmvisor logs m1:\n{logs}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("llmvisor logs m1:\n{logs}"))
+    })
+    .await;
     // -f prints the last lines and keeps following until stopped.
     let followed = c.sh(&[
         "sh",
@@ -105,15 +104,17 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
         "logs -f:\n{followed}"
     );
     // systemctl status shows llmvisor's one-line summary (STATUS=).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !c.show("llmvisor.service", "StatusText").contains("1 ready") {
-        assert!(
-            Instant::now() < deadline,
-            "StatusText: {}",
-            c.show("llmvisor.service", "StatusText")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        if !c.show("llmvisor.service", "StatusText").contains("1 ready") {
+            Err(format!(
+                "StatusText: {}",
+                c.show("llmvisor.service", "StatusText")
+            ))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     let api: Value = c
         .client
         .get(c.url("/admin/models/m1/logs?lines=20"))
@@ -134,8 +135,7 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
     );
 
     // The request's log line is in the journal with queryable fields.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), async || {
         let lines = c.sh(&[
             "journalctl",
             "--no-pager",
@@ -147,15 +147,14 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
             "CLIENT=anonymous",
         ]);
         if lines.contains("\"ROUTE\":\"m1\"") && lines.contains("\"STATUS\":\"200\"") {
-            break;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "journalctl MODEL=m1:\n{lines}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("journalctl MODEL=m1:\n{lines}"))
+    })
+    .await;
     // The usage store lives in the service's StateDirectory, writable under
     // ProtectSystem=strict, and `llmvisor usage` reads it beside the service.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), async || {
         let usage = c.sh(&[
             "/usr/local/bin/llmvisor",
             "usage",
@@ -164,23 +163,25 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
             "/var/lib/llmvisor/usage.sqlite",
         ]);
         if usage.contains("\"requests\": 1") {
-            break;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "llmvisor usage:\n{usage}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("llmvisor usage:\n{usage}"))
+    })
+    .await;
 
     // Idle for 2 s: the unit is stopped and collected.
     c.wait_state("m1", "stopped", Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while c.show(unit, "LoadState") != "not-found" {
-        assert!(
-            Instant::now() < deadline,
-            "the unit is still loaded: {}",
-            c.show(unit, "ActiveState")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), async || {
+        if c.show(unit, "LoadState") != "not-found" {
+            Err(format!(
+                "the unit is still loaded: {}",
+                c.show(unit, "ActiveState")
+            ))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -209,15 +210,14 @@ async fn a_killed_model_is_failed_then_restarted_and_a_restarted_llmvisor_adopts
     // process, no new start) and keeps serving.
     let lv = c.show("llmvisor.service", "MainPID");
     c.kill9(&lv);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), async || {
         let now = c.show("llmvisor.service", "MainPID");
         if now != lv && now != "0" && c.show("llmvisor.service", "ActiveState") == "active" {
-            break;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "llmvisor was not restarted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err("llmvisor was not restarted".to_string())
+    })
+    .await;
     c.wait_state("m2", "ready", Duration::from_secs(10)).await;
     assert_eq!(
         c.show(unit, "MainPID"),
@@ -272,19 +272,17 @@ async fn reload_restarts_only_the_changed_unit() {
     );
     let c2 = format!("{idle}max_queue = 7\n");
     c.reconfigure(&format!("{a}{b2}{c2}"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(Duration::from_secs(15), async || {
         let now_b = c.show("llmvisor-model-b.service", "MainPID");
         if now_b != pid_b && now_b != "0" && c.model("b").await["state"] == "ready" {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "b was not restarted\n{}",
             c.journal("llmvisor.service")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ))
+    })
+    .await;
     assert_eq!(c.show("llmvisor-model-a.service", "MainPID"), pid_a);
     assert_eq!(c.show("llmvisor-model-c.service", "MainPID"), pid_c);
     c.wait_state("c", "ready", Duration::from_secs(10)).await;
@@ -427,15 +425,14 @@ async fn a_real_llama_server_runs_as_a_sandboxed_unit_and_answers_through_llmvis
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 
     // llama-server's own output is in its unit's journal, read by `llmvisor logs`.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), async || {
         let logs = c.sh(&["/usr/local/bin/llmvisor", "logs", "tiny", "-n", "200"]);
         if logs.contains("model loaded") && logs.contains("ready after") {
-            break;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "llmvisor logs tiny:\n{logs}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(format!("llmvisor logs tiny:\n{logs}"))
+    })
+    .await;
     let score = c.exposure(unit);
     eprintln!("systemd-analyze security: {unit} {score}");
     assert!(score <= 1.5, "llama-server unit exposure {score}");

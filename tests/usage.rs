@@ -7,13 +7,12 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{LLMVISOR, Llmvisor, mock_model};
+use common::{LLMVISOR, Llmvisor, eventually_blocking, mock_model};
 use serde_json::{Value, json};
 
 /// Wait until the store holds `n` request rows; return them.
 fn rows(lv: &Llmvisor, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually_blocking(Duration::from_secs(10), || {
         let out = Command::new(LLMVISOR)
             .args(["usage", "--json", "--by", "client", "--since", "1h", "--db"])
             .arg(lv.usage_db())
@@ -23,16 +22,14 @@ fn rows(lv: &Llmvisor, n: usize) -> Vec<Value> {
             let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
             let total = v.last().unwrap()["requests"].as_u64().unwrap() as usize;
             if total >= n {
-                return v;
+                return Ok(v);
             }
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "no {n} rows: {}",
             String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ))
+    })
 }
 
 fn sql(lv: &Llmvisor, q: &str) -> Vec<Vec<Value>> {
@@ -208,8 +205,7 @@ async fn usage_totals_match_and_events_tell_the_lifecycle() {
     assert!(by["a"]["p50_ms"].as_u64().is_some() && by["a"]["ttft_p95_ms"].as_u64().is_some());
     // The idle stop after 3 s is an event, with the load time of the start before it.
     lv.wait_state("m", "stopped", Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
+    let text = eventually_blocking(Duration::from_secs(5), || {
         let out = Command::new(LLMVISOR)
             .args(["events", "--model", "m", "--db"])
             .arg(lv.usage_db())
@@ -217,11 +213,11 @@ async fn usage_totals_match_and_events_tell_the_lifecycle() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         if text.contains("stopped") {
-            break text;
+            Ok(text)
+        } else {
+            Err(format!("no stop event: {text}"))
         }
-        assert!(Instant::now() < deadline, "no stop event: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
     let kinds: Vec<&str> = text
         .lines()
         .map(|l| l.split_whitespace().nth(2).unwrap())

@@ -67,22 +67,41 @@ pub fn free_port() -> u16 {
     panic!("no free port in {PORTS:?}");
 }
 
-/// Check until `check` says yes (`Ok`), every 10 ms, for at most `within`; panics
-/// with the last answer (`Err`) otherwise. What tests wait on instead of sleeping:
-/// an observable state (a model's state, a queue depth, a log line), never time.
+/// Check until `check` says yes (`Ok`), first every 5 ms, backing off to every
+/// 100 ms, for at most `within`; panics with the last answer (`Err`) otherwise.
+/// What tests wait on instead of sleeping: an observable state (a model's state, a
+/// queue depth, a log line), never time.
 pub async fn eventually<T>(
     within: Duration,
     mut check: impl AsyncFnMut() -> Result<T, String>,
 ) -> T {
     let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(5);
     loop {
         match check().await {
             Ok(v) => return v,
             Err(why) if Instant::now() >= deadline => {
                 panic!("not within {within:?}: {why}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => tokio::time::sleep(pause).await,
         }
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// [`eventually`] for code outside a runtime (a check that runs a command).
+pub fn eventually_blocking<T>(within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(why) if Instant::now() >= deadline => {
+                panic!("not within {within:?}: {why}")
+            }
+            Err(_) => std::thread::sleep(pause),
+        }
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -309,6 +328,21 @@ impl Llmvisor {
                     "model {name} is {s}, expected {state}; log:\n{}",
                     self.log()
                 ))
+            }
+        })
+        .await
+    }
+
+    /// Wait until the model's `/admin` view has `field` (`in_flight`, `queued`, …)
+    /// equal to `n`: how a test orders its requests (this one holds the slot, that
+    /// one queues) without sleeping.
+    pub async fn wait_count(&self, name: &str, field: &str, n: u64) {
+        eventually(Duration::from_secs(10), async || {
+            let m = self.model(name).await;
+            if m[field].as_u64() == Some(n) {
+                Ok(())
+            } else {
+                Err(format!("model {name}: {field} is not {n}: {m}"))
             }
         })
         .await

@@ -754,7 +754,8 @@ pub async fn serve(
     );
     tracing::info!("{status}");
     telemetry::notify_ready(&status);
-    tokio::spawn(telemetry::report_status(fleet.clone()));
+    let status = fleet.clone();
+    tokio::spawn(telemetry::report_status(move || status.status_line()));
 
     let mut listener_failed = false;
     let which = loop {

@@ -239,17 +239,19 @@ impl Fleet {
             metrics,
             Arc::new(HealthProbe::new()),
             Clock::from_env(),
+            crate::gpu::Inventory::open(&settings.gpu),
         )
     }
 
-    /// [`Fleet::new`] with the backends probed by `probe` and the profiles
-    /// following `clock` (tests give fakes of both).
+    /// [`Fleet::new`] with the backends probed by `probe`, the profiles following
+    /// `clock` and the GPUs read from `inventory` (tests give fakes of all three).
     pub fn with_parts(
         settings: &Settings,
         manager: Arc<dyn UnitManager>,
         metrics: Arc<Metrics>,
         probe: Arc<dyn Probe>,
         clock: Clock,
+        inventory: crate::gpu::Inventory,
     ) -> Arc<Self> {
         let ctx = Arc::new(Ctx {
             manager: manager.clone(),
@@ -258,7 +260,7 @@ impl Fleet {
             poll_interval: settings.server.health_poll_interval.0,
             epoch: Instant::now(),
             shutting_down: AtomicBool::new(false),
-            board: placer::Board::new(crate::gpu::Inventory::open(&settings.gpu)),
+            board: placer::Board::new(inventory),
             schedule: RwLock::new(Arc::new(Schedule::new(settings.profiles.clone(), None))),
             clock,
         });

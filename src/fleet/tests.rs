@@ -81,13 +81,25 @@ impl Setup {
     }
 
     fn with(toml: &str, adopts: bool, clock: Clock) -> Self {
+        let s = settings(toml);
+        let inventory = crate::gpu::Inventory::open(&s.gpu);
+        Self::with_inventory(&s, adopts, clock, inventory)
+    }
+
+    fn with_inventory(
+        s: &crate::config::Settings,
+        adopts: bool,
+        clock: Clock,
+        inventory: crate::gpu::Inventory,
+    ) -> Self {
         let units = Arc::new(FakeUnits::new(adopts));
         let fleet = Fleet::with_parts(
-            &settings(toml),
+            s,
             units.clone(),
             Arc::new(Metrics::new()),
             Arc::new(FakeProbe(units.clone())),
             clock,
+            inventory,
         );
         Self { fleet, units }
     }
@@ -673,10 +685,58 @@ async fn a_full_queue_refuses_at_once_and_a_slot_wait_has_a_limit() {
     drop(l);
 }
 
-/// Transitions simulated GPUs cannot cause: a sleeping model's memory stays
-/// reserved for its wake (a start that needs it stops the sleeper), so a wake finds
-/// no room only when NVML shows memory taken by processes outside llmvisor.
-const NVML_ONLY: [Transition; 1] = [Transition::WakeRefused];
+/// A wake that finds no room: a sleeping model's memory is reserved for its wake
+/// among llmvisor's own models (a start that needs it stops the sleeper), so only
+/// memory taken by a process outside llmvisor can refuse it, which only NVML sees.
+/// Here the inventory reads as NVML would (24 GiB, then 20 GiB taken by someone
+/// else while the model sleeps): the wake waits for room until its deadline, the
+/// model stays asleep with the reason, and wakes once the memory is back.
+async fn a_wake_without_room_leaves_the_model_asleep_with_the_reason() {
+    let gib = 1u64 << 30;
+    let gpu = |free: u64| crate::gpu::GpuInfo {
+        index: 0,
+        uuid: "GPU-fake-0".into(),
+        name: "Fake".into(),
+        minor: Some(0),
+        memory_total: 24 * gib,
+        memory_used: 24 * gib - free,
+        memory_free: free,
+        utilization_percent: None,
+        temperature_celsius: None,
+        power_watts: None,
+        processes: Vec::new(),
+        simulated: false,
+    };
+    let (inventory, readings) = crate::gpu::Inventory::fake_nvml(vec![gpu(24 * gib)]);
+    let s = settings(&model(
+        "s",
+        20001,
+        "gpus = [0]\nvram = \"8GiB\"\nidle_action = \"sleep\"\nidle_ttl = \"1m\"\nstart_timeout = \"10s\"",
+    ));
+    let t = Setup::with_inventory(&s, true, Clock::real(), inventory);
+    let m = t.get("s");
+    drop(m.acquire().await.unwrap());
+    sleep(Duration::from_secs(61)).await;
+    assert_eq!(m.state(), Sleeping);
+    // Someone else takes 20 GiB of the 24 while it sleeps.
+    *readings.lock().unwrap() = vec![gpu(4 * gib)];
+    let t0 = Instant::now();
+    let err = m.acquire().await.err().expect("no room to wake into");
+    assert!(
+        t0.elapsed() <= Duration::from_secs(10),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(m.state(), Sleeping);
+    assert!(format!("{err}").contains("GiB"), "{err}");
+    assert_eq!(m.trail()[4..], [Sleeping, Waking, Sleeping]);
+    assert_eq!(t.units.starts("s"), 1);
+    // The memory is back: the next request wakes it.
+    *readings.lock().unwrap() = vec![gpu(24 * gib)];
+    drop(m.acquire().await.unwrap());
+    assert_eq!(m.trail()[6..], [Sleeping, Waking, Ready]);
+    assert_eq!(t.units.starts("s"), 1);
+}
 
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
@@ -695,7 +755,7 @@ macro_rules! scenarios {
             let seen = SEEN.lock().unwrap().clone().unwrap_or_default();
             let missing: Vec<_> = Transition::ALL
                 .iter()
-                .filter(|t| !seen.contains(t) && !NVML_ONLY.contains(t))
+                .filter(|t| !seen.contains(t))
                 .collect();
             assert!(missing.is_empty(), "never exercised: {missing:?}");
         }
@@ -716,6 +776,7 @@ mod run {
         a_failed_model_stays_failed_under_a_stop,
         an_idle_model_is_evicted_for_another_and_a_busy_one_refuses_it,
         an_idle_model_sleeps_and_wakes_and_one_that_cannot_is_stopped_or_restarted,
+        a_wake_without_room_leaves_the_model_asleep_with_the_reason,
         adoption_keeps_a_matching_unit_and_restarts_a_changed_one,
         reload_applies_only_the_difference,
         reload_under_a_manager_that_cannot_adopt_restarts_a_settings_change,

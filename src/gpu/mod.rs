@@ -102,6 +102,10 @@ enum Backend {
     Nvml(Box<nvml::NvmlInventory>),
     Simulated(Vec<(String, u64)>),
     None(String),
+    /// Readings a test sets, standing in for NVML's (fleet tests: memory taken by
+    /// processes outside llmvisor).
+    #[cfg(test)]
+    Fake(std::sync::Arc<std::sync::Mutex<Vec<GpuInfo>>>),
 }
 
 /// The GPU inventory of this host.
@@ -156,6 +160,21 @@ impl Inventory {
         }
     }
 
+    /// An inventory whose readings the test sets through the handle, as NVML would
+    /// report them (not `simulated`: placement trusts their free memory).
+    #[cfg(test)]
+    pub(crate) fn fake_nvml(
+        gpus: Vec<GpuInfo>,
+    ) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<GpuInfo>>>) {
+        let handle = std::sync::Arc::new(std::sync::Mutex::new(gpus));
+        (
+            Self {
+                backend: Backend::Fake(handle.clone()),
+            },
+            handle,
+        )
+    }
+
     /// Whether the GPUs are simulated.
     pub fn is_simulated(&self) -> bool {
         matches!(self.backend, Backend::Simulated(_))
@@ -173,6 +192,8 @@ impl Inventory {
             Backend::Nvml(_) => ("nvml", None),
             Backend::Simulated(_) => ("simulated", None),
             Backend::None(r) => ("none", Some(r.clone())),
+            #[cfg(test)]
+            Backend::Fake(_) => ("nvml", None),
         }
     }
 
@@ -208,6 +229,14 @@ impl Inventory {
                     reason: reason.clone(),
                 },
                 gpus: Vec::new(),
+                error: None,
+            },
+            #[cfg(test)]
+            Backend::Fake(gpus) => Snapshot {
+                source: Source::Nvml {
+                    driver_version: "fake".into(),
+                },
+                gpus: gpus.lock().unwrap().clone(),
                 error: None,
             },
         }

@@ -124,7 +124,9 @@ pub fn notify_reloading() {
 
 /// Keep systemd's `STATUS=` line current ("2 ready, 1 loading, 0 failed"), for
 /// `systemctl status llmvisor`. Only under systemd; a cheap refresh every 2 s.
-pub async fn report_status(fleet: std::sync::Arc<crate::fleet::Fleet>) {
+/// `line` says what the fleet is doing (the fleet's `status_line`), so telemetry
+/// does not depend on the fleet.
+pub async fn report_status(line: impl Fn() -> String) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -132,7 +134,7 @@ pub async fn report_status(fleet: std::sync::Arc<crate::fleet::Fleet>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        let line = fleet.status_line();
+        let line = line();
         if line != last {
             let _ = sd_notify::notify(false, &[NotifyState::Status(&line)]);
             last = line;

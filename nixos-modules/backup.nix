@@ -165,7 +165,7 @@ in
     };
 
     timerConfig = mkOption {
-      type = types.attrsOf types.str;
+      type = types.nullOr (types.attrsOf types.str);
       default = {
         OnCalendar = "03:00";
         RandomizedDelaySec = "30m";
@@ -174,7 +174,7 @@ in
       example = {
         OnCalendar = "hourly";
       };
-      description = "When the backup runs (`systemd.timer(5)`); `Persistent` catches up on a run missed while the host was off.";
+      description = "When the backup runs (`systemd.timer(5)`); `Persistent` catches up on a run missed while the host was off. `null`: no timer (`systemctl start restic-backups-llmvisor` by hand).";
     };
 
     pruneOpts = mkOption {

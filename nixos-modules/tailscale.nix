@@ -178,11 +178,11 @@ in
     assertions = [
       {
         assertion = hs.enable -> lib.hasPrefix "https://" hs.serverUrl || !hs.acme;
-        message = "llmvisor.tailscale.headscale.serverUrl: `${hs.serverUrl or ""}` must be an https:// URL (the nodes' clients require TLS; acme gets its certificate).";
+        message = "llmvisor.tailscale.headscale.serverUrl: must be an https:// URL (the nodes' clients require TLS; acme gets its certificate).";
       }
       {
         assertion = hs.enable -> urlHost hs.serverUrl != hs.baseDomain && !lib.hasSuffix ".${hs.baseDomain}" (urlHost hs.serverUrl);
-        message = "llmvisor.tailscale.headscale.baseDomain: `${hs.baseDomain or ""}` must not contain serverUrl's host (Headscale refuses it).";
+        message = "llmvisor.tailscale.headscale.baseDomain: must not be or contain serverUrl's host (Headscale refuses it).";
       }
       {
         assertion =

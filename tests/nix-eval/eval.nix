@@ -1161,6 +1161,7 @@ let
           "host-gpu-droplet"
           "host-homelab-2x3090"
           "package"
+          "vm-backup"
           "vm-firewall"
           "vm-fleet"
           "vm-lifecycle"
@@ -1168,6 +1169,7 @@ let
         (eq "aarch64 checks hold no x86_64 host" (lib.attrNames self.checks.aarch64-linux) [
           "clippy"
           "package"
+          "vm-backup"
           "vm-firewall"
           "vm-fleet"
           "vm-lifecycle"
@@ -1199,8 +1201,36 @@ let
       ];
     };
 
-  host-homelab-2x3090 = hostCase "homelab-2x3090";
-  host-gpu-droplet = hostCase "gpu-droplet";
+  host-homelab-2x3090 =
+    let
+      h = hostCase "homelab-2x3090";
+      cfg = self.nixosConfigurations.homelab-2x3090.config;
+    in
+    h
+    // {
+      checks = h.checks ++ [
+        (eq "Qdrant for Open WebUI, bge-m3 embeds" cfg.services.open-webui.environment.RAG_EMBEDDING_MODEL "bge-m3")
+        (eq "Loki" cfg.services.loki.enable true)
+        (eq "backed up: the usage store's copy, Open WebUI, n8n" cfg.services.restic.backups.llmvisor.paths [
+          "/var/lib/llmvisor-backup"
+          "/var/lib/private/open-webui"
+          "/var/lib/private/n8n"
+        ])
+        (contains "and Qdrant's collections" cfg.services.restic.backups.llmvisor.backupPrepareCommand "/collections")
+      ];
+    };
+  host-gpu-droplet =
+    let
+      h = hostCase "gpu-droplet";
+      cfg = self.nixosConfigurations.gpu-droplet.config;
+    in
+    h
+    // {
+      checks = h.checks ++ [
+        (eq "Loki" cfg.services.loki.enable true)
+        (eq "S3 credentials from a file" cfg.systemd.services.restic-backups-llmvisor.serviceConfig.EnvironmentFile "/var/lib/secrets/restic-s3.env")
+      ];
+    };
 
   # The VM tests' nodes: their llmvisor settings must pass check-config too.
   vm-lifecycle =
@@ -1228,6 +1258,27 @@ let
           "embed"
         ])
         (eq "chat's queue" cfg.services.llmvisor.renderedSettings.models.chat.max_queue 7)
+      ];
+      toml = cfg.services.llmvisor.renderedSettings;
+    };
+  vm-backup =
+    let
+      cfg = vmNode "backup.nix" "machine" [ ];
+      b = cfg.services.restic.backups.llmvisor;
+    in
+    {
+      failedAssertions = failed cfg;
+      checks = [
+        (eq "the test's repository file" b.repositoryFile "/etc/llmvisor-test/restic-repository")
+        (eq "no timer: the test starts it" (cfg.systemd.timers ? restic-backups-llmvisor) false)
+        (eq "the usage store and Open WebUI" b.paths [
+          "/var/lib/llmvisor-backup"
+          "/var/lib/private/open-webui"
+        ])
+        (eq "Open WebUI does not start" cfg.systemd.services.open-webui.wantedBy [ ])
+        (contains "the usage store's copy" b.backupPrepareCommand "store-backup --db /var/lib/llmvisor/usage.sqlite")
+        (check "the restore command is installed" (lib.any (p: p.name == "llmvisor-backup-restore") cfg.environment.systemPackages) null)
+        (check "the wrapper restic-llmvisor is installed" (lib.any (p: p.name == "restic-llmvisor") cfg.environment.systemPackages) null)
       ];
       toml = cfg.services.llmvisor.renderedSettings;
     };

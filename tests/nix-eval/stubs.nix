@@ -194,6 +194,7 @@ let
     "qdrant"
     "qdrant-web-ui"
     "restic"
+    "sqlite"
     "util-linux"
     "llama-cpp"
     "llmvisor"

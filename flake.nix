@@ -71,6 +71,7 @@
         tailscale = withPackage ./nixos-modules/tailscale.nix;
         frontends = withPackage ./nixos-modules/frontends.nix;
         monitoring = withPackage ./nixos-modules/monitoring.nix;
+        backup = withPackage ./nixos-modules/backup.nix;
       };
 
       # Every directory in hosts/ is a host: hosts/<name>/default.nix; and the fleet's

@@ -1,6 +1,7 @@
 # llmvisor.frontends: Open WebUI and n8n (with PostgreSQL), hosted natively from
 # nixpkgs' own modules, bound to localhost (or the tailnet), each pointed at
-# llmvisor with an API key of its own from a file.
+# llmvisor with an API key of its own from a file; optionally Qdrant on loopback as
+# Open WebUI's vector store, with embeddings from one of llmvisor's models.
 {
   config,
   lib,
@@ -19,6 +20,14 @@ let
   ow = config.services.open-webui;
   owCfg = cfg.openWebui;
   n8nCfg = cfg.n8n;
+  qd = cfg.qdrant;
+  rag = owCfg.enable && qd.enable;
+  # What llmvisor answers to: instance names, their aliases, routes, and
+  # provider/model targets.
+  llmvisorNames =
+    lib.attrNames config.services.llmvisor.models
+    ++ lib.concatMap (m: m.aliases or [ ]) (lib.attrValues config.services.llmvisor.models)
+    ++ lib.attrNames (config.services.llmvisor.settings.routes or { });
   n8nPackage = config.services.n8n.package or pkgs.n8n;
   n8nUrl = "https://${toString ts.fqdn}:${toString n8nCfg.httpsPort}/";
 
@@ -87,6 +96,32 @@ in
       };
     };
 
+    qdrant = {
+      enable = lib.mkEnableOption ''
+        Qdrant (`services.qdrant`) on 127.0.0.1 as the vector store of Open WebUI's
+        RAG (documents, knowledge bases), which then embeds through llmvisor
+        (`embeddingModel`); n8n's Qdrant nodes can use it too
+      '';
+
+      port = mkOption {
+        type = types.port;
+        default = 6333;
+        example = 6340;
+        description = "Qdrant's HTTP port on 127.0.0.1 (its gRPC port is the next one).";
+      };
+
+      embeddingModel = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "bge-m3";
+        description = ''
+          The llmvisor model (or alias, or route) Open WebUI embeds documents and
+          queries with, through llmvisor's `/v1/embeddings` with Open WebUI's key
+          (`RAG_EMBEDDING_ENGINE=openai`). Needed with Open WebUI.
+        '';
+      };
+    };
+
     n8n = {
       enable = lib.mkEnableOption "n8n (`services.n8n`) with PostgreSQL, for workflows that call llmvisor";
 
@@ -122,8 +157,32 @@ in
           assertion = (owCfg.enable || n8nCfg.enable) -> config.services.llmvisor.enable;
           message = "llmvisor.frontends: the front-ends talk to llmvisor; set services.llmvisor.enable = true.";
         }
+        {
+          assertion = rag -> qd.embeddingModel != null;
+          message = "llmvisor.frontends.qdrant.embeddingModel: Open WebUI needs a llmvisor model to embed with (an embedding model, e.g. bge-m3).";
+        }
+        {
+          assertion =
+            rag && qd.embeddingModel != null
+            -> lib.elem qd.embeddingModel llmvisorNames || lib.hasInfix "/" qd.embeddingModel;
+          message = "llmvisor.frontends.qdrant.embeddingModel: `${toString qd.embeddingModel}` is not a model, alias or route of services.llmvisor (nor a provider/model).";
+        }
       ];
     }
+
+    (lib.mkIf qd.enable {
+      services.qdrant = {
+        enable = true;
+        settings = {
+          service = {
+            host = "127.0.0.1";
+            http_port = qd.port;
+            grpc_port = qd.port + 1;
+          };
+          telemetry_disabled = true;
+        };
+      };
+    })
 
     (lib.mkIf owCfg.enable {
       services.llmvisor.clients.open-webui = {
@@ -147,6 +206,15 @@ in
           DO_NOT_TRACK = "True";
           ANONYMIZED_TELEMETRY = "False";
         }
+        // lib.optionalAttrs rag {
+          # Documents in Qdrant; embeddings from llmvisor with Open WebUI's own key
+          # (RAG_OPENAI_API_KEY defaults to OPENAI_API_KEY, set at start).
+          VECTOR_DB = "qdrant";
+          QDRANT_URI = "http://127.0.0.1:${toString qd.port}";
+          RAG_EMBEDDING_ENGINE = "openai";
+          RAG_OPENAI_API_BASE_URL = llmvisorUrl;
+          RAG_EMBEDDING_MODEL = qd.embeddingModel;
+        }
         // lib.optionalAttrs served {
           WEBUI_URL = "https://${ts.fqdn}:${toString owCfg.httpsPort}";
         };
@@ -154,7 +222,8 @@ in
 
       # The key is read from the credential at start, never written to the store.
       systemd.services.open-webui = {
-        after = [ "llmvisor.service" ];
+        after = [ "llmvisor.service" ] ++ lib.optional rag "qdrant.service";
+        wants = lib.optional rag "qdrant.service";
         serviceConfig = {
           LoadCredential = [ "llmvisor-key:${owCfg.llmvisorKeyFile}" ];
           ExecStart = lib.mkForce (

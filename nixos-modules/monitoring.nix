@@ -1,9 +1,13 @@
 # llmvisor.monitoring: Prometheus scraping llmvisor's /metrics, the node exporter
 # (with systemd unit states, so every llmvisor-model-* unit shows) and an NVIDIA GPU
 # exporter; Grafana with the llmvisor dashboard provisioned from this repository.
+# With `logs.enable`: Loki on loopback, fed from the journal by Grafana Alloy with
+# llmvisor's MODEL= as a label and CLIENT=/ROUTE= as structured metadata, and the
+# dashboard's logs panel.
 {
   config,
   lib,
+  pkgs,
   ...
 }:
 let
@@ -16,6 +20,94 @@ let
   served = ts.enable && ts.serve.enable && ts.fqdn != null;
 
   credential = name: "/run/credentials/grafana.service/${name}";
+
+  logs = cfg.logs;
+  lokiUrl = "http://127.0.0.1:${toString logs.port}";
+
+  # Grafana Alloy: the journal to Loki. A model's unit is named by its unit
+  # (llmvisor-model-<name>.service); llmvisor's own lines carry MODEL=, CLIENT=,
+  # ROUTE= (src/telemetry, src/api/account.rs), which the source exposes as
+  # __journal_model etc. `model` and `unit` stay labels (a few values each);
+  # client and route become structured metadata (the pipeline starts with the
+  # labels in its extracted map), so they do not multiply the streams.
+  alloyConfig = ''
+    loki.relabel "journal" {
+      forward_to = []
+
+      rule {
+        source_labels = ["__journal__systemd_unit"]
+        target_label  = "unit"
+      }
+      rule {
+        source_labels = ["__journal_priority_keyword"]
+        target_label  = "level"
+      }
+      rule {
+        source_labels = ["__journal__systemd_unit"]
+        regex         = "llmvisor-model-(.+)\\.service"
+        target_label  = "model"
+      }
+      rule {
+        source_labels = ["__journal_model"]
+        regex         = "(.+)"
+        target_label  = "model"
+      }
+      rule {
+        source_labels = ["__journal_client"]
+        regex         = "(.+)"
+        target_label  = "client"
+      }
+      rule {
+        source_labels = ["__journal_route"]
+        regex         = "(.+)"
+        target_label  = "route"
+      }
+    }
+
+    loki.source.journal "journal" {
+      forward_to    = [loki.process.llmvisor.receiver]
+      relabel_rules = loki.relabel.journal.rules
+      max_age       = "12h"
+      labels        = {host = ${builtins.toJSON config.networking.hostName}}
+    }
+
+    loki.process "llmvisor" {
+      stage.structured_metadata {
+        values = {client = "", route = ""}
+      }
+      stage.label_drop {
+        values = ["client", "route"]
+      }
+      forward_to = [loki.write.local.receiver]
+    }
+
+    loki.write "local" {
+      endpoint {
+        url = "${lokiUrl}/loki/api/v1/push"
+      }
+    }
+  '';
+
+  # The dashboard of the repository, without its Loki panels and links when there
+  # is no Loki (they would only show "data source not found").
+  dashboard = lib.importJSON ./grafana/llmvisor-dashboard.json;
+  usesLoki = p: (p.datasource.uid or null) == "loki";
+  # The logs panel, which the model panels' links open.
+  logsPanel = (lib.findFirst usesLoki { id = null; } dashboard.panels).id;
+  withoutLogs = dashboard // {
+    panels = map (
+      p:
+      if p ? fieldConfig.defaults.links then
+        lib.recursiveUpdate p { fieldConfig.defaults.links = lib.filter (l: !(lib.hasInfix "viewPanel=${toString logsPanel}" l.url)) p.fieldConfig.defaults.links; }
+      else
+        p
+    ) (lib.filter (p: !(usesLoki p) && (p.title or "") != "Logs") dashboard.panels);
+  };
+  dashboards =
+    if logs.enable then
+      ./grafana
+    else
+      pkgs.writeTextDir "llmvisor-dashboard.json" (builtins.toJSON withoutLogs);
 
   staticJob = name: port: extra: {
     job_name = name;
@@ -94,6 +186,29 @@ in
         default = 3000;
         example = 3443;
         description = "HTTPS port on the tailnet when `llmvisor.tailscale.serve` is enabled.";
+      };
+    };
+
+    logs = {
+      enable = lib.mkEnableOption ''
+        Loki (`services.loki`, on 127.0.0.1) with Grafana Alloy (`services.alloy`)
+        shipping the journal to it: llmvisor's `MODEL=` as the label `model` (also
+        for each model unit's own output), `CLIENT=` and `ROUTE=` as structured
+        metadata; Grafana gets Loki as a data source and the dashboard its logs panel
+      '';
+
+      port = mkOption {
+        type = types.port;
+        default = 3100;
+        example = 3101;
+        description = "Loki's HTTP port on 127.0.0.1.";
+      };
+
+      retention = mkOption {
+        type = types.str;
+        default = "30d";
+        example = "90d";
+        description = "How long Loki keeps logs (`limits_config.retention_period`, applied by its compactor).";
       };
     };
 
@@ -197,7 +312,13 @@ in
               url = "http://127.0.0.1:${toString config.services.prometheus.port}";
               isDefault = true;
             }
-          ];
+          ]
+          ++ lib.optional logs.enable {
+            name = "Loki";
+            type = "loki";
+            uid = "loki";
+            url = lokiUrl;
+          };
         };
         dashboards.settings = {
           apiVersion = 1;
@@ -205,11 +326,71 @@ in
             {
               name = "llmvisor";
               folder = "llmvisor";
-              options.path = ./grafana;
+              options.path = dashboards;
             }
           ];
         };
       };
+    };
+
+    # Loki, single binary, filesystem storage under its dataDir: the TSDB index and
+    # schema v13, which structured metadata needs.
+    services.loki = lib.mkIf logs.enable {
+      enable = true;
+      configuration = {
+        auth_enabled = false;
+        analytics.reporting_enabled = false;
+        server = {
+          http_listen_address = "127.0.0.1";
+          http_listen_port = logs.port;
+          grpc_listen_address = "127.0.0.1";
+          grpc_listen_port = 9096;
+        };
+        common = {
+          instance_addr = "127.0.0.1";
+          path_prefix = config.services.loki.dataDir;
+          replication_factor = 1;
+          ring.kvstore.store = "inmemory";
+          storage.filesystem = {
+            chunks_directory = "${config.services.loki.dataDir}/chunks";
+            rules_directory = "${config.services.loki.dataDir}/rules";
+          };
+        };
+        schema_config.configs = [
+          {
+            from = "2025-01-01";
+            store = "tsdb";
+            object_store = "filesystem";
+            schema = "v13";
+            index = {
+              prefix = "index_";
+              period = "24h";
+            };
+          }
+        ];
+        limits_config = {
+          retention_period = logs.retention;
+          allow_structured_metadata = true;
+        };
+        compactor = {
+          working_directory = "${config.services.loki.dataDir}/compactor";
+          retention_enabled = true;
+          delete_request_store = "filesystem";
+        };
+      };
+    };
+
+    services.alloy = lib.mkIf logs.enable {
+      enable = true;
+      extraFlags = [
+        "--server.http.listen-addr=127.0.0.1:12345"
+        "--disable-reporting"
+      ];
+    };
+    environment.etc."alloy/config.alloy" = lib.mkIf logs.enable { text = alloyConfig; };
+    systemd.services.alloy = lib.mkIf logs.enable {
+      after = [ "loki.service" ];
+      wants = [ "loki.service" ];
     };
 
     systemd.services.grafana.serviceConfig.LoadCredential = [

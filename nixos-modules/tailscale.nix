@@ -1,6 +1,7 @@
 # llmvisor.tailscale: join the tailnet with an auth key file, under a MagicDNS host
 # name, and optionally publish llmvisor and the front-ends as HTTPS on the tailnet
-# with `tailscale serve`.
+# with `tailscale serve`. The control server is Tailscale's, or a self-hosted
+# Headscale (`loginServer`; `headscale.enable` runs one on this host).
 {
   config,
   lib,
@@ -27,11 +28,19 @@ let
     };
   };
 
+  hs = cfg.headscale;
+  # https://host[:port][/…] → host
+  urlHost =
+    url:
+    lib.head (lib.splitString ":" (lib.head (lib.splitString "/" (lib.removePrefix "https://" (lib.removePrefix "http://" url)))));
+
   serveCommands = lib.concatMapStringsSep "\n" (
     t: "tailscale serve --bg --https=${toString t.httpsPort} ${lib.escapeShellArg t.proxyTo}"
   ) (lib.attrValues cfg.serve.targets);
 in
 {
+  imports = [ ./firewall.nix ];
+
   options.llmvisor.tailscale = {
     enable = lib.mkEnableOption "Tailscale for the llmvisor host (auth key file, MagicDNS name, optional tailscale serve)";
 
@@ -75,6 +84,60 @@ in
       description = "The node's full MagicDNS name, when `tailnetDomain` is set.";
     };
 
+    loginServer = mkOption {
+      type = types.nullOr types.str;
+      default = if hs.enable then hs.serverUrl else null;
+      defaultText = literalExpression "if headscale.enable then headscale.serverUrl else null";
+      example = "https://headscale.example.org";
+      description = ''
+        The tailnet's control server when it is not Tailscale's: a Headscale URL,
+        passed as `tailscale up --login-server` (with `authKeyFile`, a key from
+        `headscale preauthkeys create`). `null`: Tailscale's own.
+      '';
+    };
+
+    headscale = {
+      enable = lib.mkEnableOption ''
+        Headscale (`services.headscale`) on this host: the tailnet's own control
+        server in place of Tailscale's; this host and the others join it with
+        `loginServer`
+      '';
+
+      serverUrl = mkOption {
+        type = types.str;
+        example = "https://headscale.example.org";
+        description = "The URL the nodes reach Headscale at (its `server_url`); a DNS name pointing at this host.";
+      };
+
+      baseDomain = mkOption {
+        type = types.str;
+        example = "tailnet.example.org";
+        description = ''
+          The tailnet's MagicDNS domain (`dns.base_domain`): nodes are
+          `<name>.<baseDomain>`. It must differ from `serverUrl`'s domain.
+        '';
+      };
+
+      port = mkOption {
+        type = types.port;
+        default = 443;
+        example = 8443;
+        description = "Headscale's port.";
+      };
+
+      acme = mkOption {
+        type = types.bool;
+        default = true;
+        example = false;
+        description = ''
+          `true`: Headscale listens on every address at `port` with a Let's Encrypt
+          certificate for `serverUrl`'s host (TLS-ALPN-01 on that port, so only it
+          opens on public interfaces). `false`: plain HTTP on 127.0.0.1:`port`, for
+          a TLS reverse proxy of your own in front.
+        '';
+      };
+    };
+
     serve = {
       enable = mkOption {
         type = types.bool;
@@ -106,7 +169,21 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    warnings = lib.optional (cfg.serve.enable && cfg.loginServer != null) ''
+      llmvisor.tailscale.serve: `tailscale serve` publishes HTTPS with certificates
+      from Tailscale's control server; with a login server of your own
+      (${cfg.loginServer}) the nodes may get none.
+    '';
+
     assertions = [
+      {
+        assertion = hs.enable -> lib.hasPrefix "https://" hs.serverUrl || !hs.acme;
+        message = "llmvisor.tailscale.headscale.serverUrl: must be an https:// URL (the nodes' clients require TLS; acme gets its certificate).";
+      }
+      {
+        assertion = hs.enable -> urlHost hs.serverUrl != hs.baseDomain && !lib.hasSuffix ".${hs.baseDomain}" (urlHost hs.serverUrl);
+        message = "llmvisor.tailscale.headscale.baseDomain: must not be or contain serverUrl's host (Headscale refuses it).";
+      }
       {
         assertion =
           cfg.authKeyFile == null
@@ -126,7 +203,35 @@ in
     services.tailscale = {
       enable = true;
       authKeyFile = lib.mkIf (cfg.authKeyFile != null) cfg.authKeyFile;
-      extraUpFlags = [ "--hostname=${cfg.hostName}" ];
+      extraUpFlags = [
+        "--hostname=${cfg.hostName}"
+      ]
+      ++ lib.optional (cfg.loginServer != null) "--login-server=${cfg.loginServer}";
+    };
+
+    services.headscale = lib.mkIf hs.enable {
+      enable = true;
+      address = if hs.acme then "0.0.0.0" else "127.0.0.1";
+      inherit (hs) port;
+      settings = {
+        server_url = hs.serverUrl;
+        dns = {
+          magic_dns = true;
+          base_domain = hs.baseDomain;
+        };
+      }
+      // lib.optionalAttrs hs.acme {
+        tls_letsencrypt_hostname = urlHost hs.serverUrl;
+        tls_letsencrypt_challenge_type = "TLS-ALPN-01";
+      };
+    };
+    # The nodes, this one included, reach Headscale from anywhere.
+    networking.firewall.allowedTCPPorts = lib.mkIf (hs.enable && hs.acme) [ hs.port ];
+    llmvisor.firewall.extraPublicTCPPorts = lib.mkIf (hs.enable && hs.acme) [ hs.port ];
+    # This host's own node logs in once its control server runs.
+    systemd.services.tailscaled-autoconnect = lib.mkIf (hs.enable && cfg.authKeyFile != null) {
+      after = [ "headscale.service" ];
+      wants = [ "headscale.service" ];
     };
 
     llmvisor.tailscale.serve.targets.llmvisor = lib.mkIf (config.services.llmvisor.enable or false) {

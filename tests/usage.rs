@@ -1,6 +1,7 @@
 //! The usage store through the real binary: rows with the right tokens for streamed
 //! and plain requests, the injected usage chunk never reaching the client, model
-//! events, `llmvisor usage` and `events`, a full channel, retention, a corrupt file.
+//! events, `llmvisor usage` and `events`, a full channel, retention, a corrupt file,
+//! `llmvisor store-backup` of a store being written.
 
 mod common;
 
@@ -377,6 +378,88 @@ async fn provider_requests_carry_their_cost() {
         "SELECT cost_usd, target FROM requests WHERE route = 'smart'",
     );
     assert_eq!(cost[0][1], "cloud/gpt");
+}
+
+/// `llmvisor store-backup` while llmvisor serves and records: each run exits 0 and
+/// leaves one self-contained file (no `-wal`) that passes SQLite's integrity check
+/// and holds a prefix of the rows; after the load, a last backup has every row.
+/// (The backup API itself under a busy writer: src/store/backup.rs.)
+// Two workers: the load runs while this thread blocks on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_backup_copies_a_store_while_it_is_written() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model("m", &["--max-tokens", "2"], "idle_ttl = \"0\""),
+    )
+    .await;
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let load = {
+        let (client, url, body) = (
+            lv.client.clone(),
+            lv.url("/v1/chat/completions"),
+            body.clone(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..120 {
+                let r = client.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    rows(&lv, 5);
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = out_dir.path().join("usage.sqlite");
+    let backup = |dest: &std::path::Path| {
+        let out = Command::new(LLMVISOR)
+            .args(["store-backup", "--db"])
+            .arg(lv.usage_db())
+            .arg(dest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "store-backup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains("integrity ok"), "{text}");
+        let c = rusqlite::Connection::open(dest).unwrap();
+        let (n, max): (i64, i64) = c
+            .query_row(
+                "SELECT count(*), coalesce(max(id), 0) FROM requests",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(n, max, "a gap in the copied rows");
+        n
+    };
+    let mut last = 0;
+    while !load.is_finished() {
+        let n = backup(&dest);
+        assert!(n >= last, "{n} < {last}");
+        assert!(!out_dir.path().join("usage.sqlite-wal").exists());
+        last = n;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.await.unwrap();
+    let total = rows(&lv, 120).last().unwrap()["requests"].as_i64().unwrap();
+    assert_eq!(backup(&dest), total);
+    // No source: exit 1, and the last backup stays.
+    let out = Command::new(LLMVISOR)
+        .args(["store-backup", "--db"])
+        .arg(out_dir.path().join("none.sqlite"))
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no usage store at"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(backup(&dest), total);
 }
 
 /// Every llmvisor metric the Grafana dashboard queries is one llmvisor registers

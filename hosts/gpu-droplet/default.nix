@@ -9,6 +9,9 @@
 #   https://gpu-lab.<tailnet>.ts.net:10000  n8n
 #   https://gpu-lab.<tailnet>.ts.net:3000   Grafana
 #
+# From seed 000's VPS: the journal in Loki next to Grafana, and nightly encrypted
+# backups to S3 (the usage store, Open WebUI, n8n's database).
+#
 # Copy this directory, replace hardware.nix, set tailnetDomain, create the key files
 # below (`openssl rand -hex 32 > FILE`), then `nixos-rebuild switch --flake .#<name>`.
 { ... }:
@@ -113,8 +116,18 @@ in
     };
   };
 
+  llmvisor.backup = {
+    enable = true;
+    # "s3:https://s3.<region>.amazonaws.com/<bucket>/gpu-lab", and its keys
+    # (AWS_ACCESS_KEY_ID=…, AWS_SECRET_ACCESS_KEY=…) in the environment file.
+    repositoryFile = "/var/lib/secrets/restic-repository";
+    passwordFile = "/var/lib/secrets/restic-password";
+    environmentFile = "/var/lib/secrets/restic-s3.env";
+  };
+
   llmvisor.monitoring = {
     enable = true;
+    logs.enable = true;
     grafana = {
       secretKeyFile = "/var/lib/secrets/grafana-secret-key";
       adminPasswordFile = "/var/lib/secrets/grafana-admin-password";

@@ -1,6 +1,9 @@
 # homelab-2x3090: seed 003's two-GPU box. GPU 0 serves long contexts for
 # interactive use (Open WebUI), GPU 1 serves throughput (n8n, batch) plus embeddings
-# and a reranker. Public names route by prompt length and client.
+# and a reranker. Public names route by prompt length and client. From seed 004's
+# home lab: Qdrant for Open WebUI's documents (embedded by bge-m3 on GPU 1), the
+# journal in Loki next to Grafana, and nightly backups (usage store, Open WebUI,
+# n8n's database, Qdrant) to a restic repository.
 #
 # Copy this directory, replace hardware.nix, create the key files below (one key
 # per line, `openssl rand -hex 32`), then `nixos-rebuild switch --flake .#<name>`.
@@ -180,11 +183,27 @@ in
       enable = true;
       llmvisorKeyFile = "${secrets}/n8n.key";
     };
+    # Open WebUI's RAG: documents in Qdrant (127.0.0.1:6333), embedded by bge-m3.
+    qdrant = {
+      enable = true;
+      embeddingModel = "bge-m3";
+    };
+  };
+
+  # Every night: the usage store, Open WebUI, n8n's database and Qdrant's
+  # collections, encrypted, to the repository named in the file (a NAS over SFTP,
+  # an S3 bucket, a USB disk). docs/operations.md, "Backups", has the restore.
+  llmvisor.backup = {
+    enable = true;
+    repositoryFile = "/var/lib/secrets/restic-repository";
+    passwordFile = "/var/lib/secrets/restic-password";
   };
 
   llmvisor.monitoring = {
     enable = true;
     exposeOnTailnet = true;
+    # The journal in Loki: each model's log in Grafana, requests by client and route.
+    logs.enable = true;
     grafana = {
       secretKeyFile = "/var/lib/secrets/grafana-secret-key";
       adminPasswordFile = "/var/lib/secrets/grafana-admin-password";

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check-config`, `render-unit`, `status`, `logs`.
+//! The command line: `serve`, `check-config`, `render-unit`, `status`, `logs`,
+//! `usage`, `events`, `store-backup`, `gpus`, `profile`.
 
 mod gpus;
 mod status;
@@ -112,6 +113,21 @@ enum Command {
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Copy the usage store (or another SQLite database) to DEST with SQLite's
+    /// online backup, while llmvisor keeps writing to it: one consistent,
+    /// integrity-checked, self-contained file (never the live file and its -wal).
+    StoreBackup {
+        /// Configuration file, to find the database (`[store] path`).
+        #[arg(long, short, env = "LLMVISOR_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The database itself (instead of --config): the usage store, or any
+        /// SQLite database, such as Open WebUI's webui.db.
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// The file to write (replaced once the new copy is complete).
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
     },
     /// A table of the GPUs: memory, utilisation, temperature, power, processes and
     /// the models placed on each (from the running llmvisor; without one, from NVML
@@ -326,6 +342,19 @@ fn run(command: Command) -> Result<(), String> {
                 }
             }
         }
+        Command::StoreBackup { config, db, dest } => {
+            let src = store_file(config.as_deref(), db.as_deref())?;
+            let r = crate::store::backup::backup(&src, &dest)
+                .map_err(|e| format!("backup of {} failed: {e}", src.display()))?;
+            println!(
+                "{} -> {}: {} pages, {} bytes, schema version {}, integrity ok",
+                src.display(),
+                dest.display(),
+                r.pages,
+                r.bytes,
+                r.user_version
+            );
+        }
         Command::Gpus { config, json } => {
             let report = match &config {
                 Some(c) => {
@@ -448,11 +477,11 @@ async fn reload(app: &App, config: &std::path::Path) {
     telemetry::notify_reloaded();
 }
 
-/// Open the usage database read-only, from `--db` or the configuration.
-fn open_store(
+/// The usage database's file, from `--db` or the configuration; it must exist.
+fn store_file(
     config: Option<&std::path::Path>,
     db: Option<&std::path::Path>,
-) -> Result<rusqlite::Connection, String> {
+) -> Result<PathBuf, String> {
     let path = match (db, config) {
         (Some(db), _) => db.to_path_buf(),
         (None, Some(c)) => {
@@ -467,6 +496,15 @@ fn open_store(
             path.display()
         ));
     }
+    Ok(path)
+}
+
+/// Open the usage database read-only, from `--db` or the configuration.
+fn open_store(
+    config: Option<&std::path::Path>,
+    db: Option<&std::path::Path>,
+) -> Result<rusqlite::Connection, String> {
+    let path = store_file(config, db)?;
     crate::store::open_ro(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 

@@ -6,6 +6,7 @@
 //! At shutdown, [`Store::close`] waits (bounded) until the model events of the last
 //! state changes are queued and every record accepted before it is committed.
 
+pub mod backup;
 pub mod events;
 pub mod query;
 mod schema;

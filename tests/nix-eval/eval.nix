@@ -678,9 +678,7 @@ let
         (eq "node exporter on loopback" p.exporters.node.listenAddress "127.0.0.1")
         (eq "systemd collector" p.exporters.node.enabledCollectors [ "systemd" ])
         (eq "GPU exporter" p.exporters.nvidia-gpu.enable true)
-        (eq "dashboard provisioned from the repository" (lib.head g.provision.dashboards.settings.providers).options.path (
-          repo + "/nixos-modules/grafana"
-        ))
+        (eq "dashboard provisioned from the repository's (without its logs panel: no Loki here)" (lib.head g.provision.dashboards.settings.providers).options.path.path "llmvisor-dashboard.json")
         (check "dashboard JSON present" (builtins.pathExists (repo + "/nixos-modules/grafana/llmvisor-dashboard.json")) null)
         (eq "Grafana secrets from credentials" g.settings.security.secret_key "$__file{/run/credentials/grafana.service/secret-key}")
         (eq "Grafana credentials" cfg.systemd.services.grafana.serviceConfig.LoadCredential [
@@ -690,6 +688,379 @@ let
         (eq "Grafana on the tailnet" cfg.networking.firewall.interfaces.tailscale0.allowedTCPPorts [ 3000 ])
       ];
   };
+
+  # llmvisor.monitoring.logs: Loki, Alloy reading the journal, Grafana's data
+  # source and the dashboard's logs panel.
+  monitoring-logs = case {
+    mods = [
+      {
+        networking.hostName = "gpu-lab";
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          clients.t.keyFile = "/run/secrets/t";
+        };
+        llmvisor.monitoring = {
+          enable = true;
+          logs = {
+            enable = true;
+            retention = "14d";
+          };
+          grafana = {
+            secretKeyFile = "/run/secrets/gsk";
+            adminPasswordFile = "/run/secrets/gpw";
+          };
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        loki = cfg.services.loki.configuration;
+        alloy = cfg.environment.etc."alloy/config.alloy".text;
+        g = cfg.services.grafana;
+        dash = lib.importJSON (repo + "/nixos-modules/grafana/llmvisor-dashboard.json");
+        logsPanel = lib.findFirst (p: p.type == "logs") null dash.panels;
+      in
+      [
+        (eq "Loki on loopback" loki.server.http_listen_address "127.0.0.1")
+        (eq "Loki's port" loki.server.http_listen_port 3100)
+        (eq "Loki: TSDB, schema v13 (structured metadata)" (map (c: { inherit (c) store schema; }) loki.schema_config.configs) [
+          {
+            store = "tsdb";
+            schema = "v13";
+          }
+        ])
+        (eq "retention" loki.limits_config.retention_period "14d")
+        (eq "structured metadata allowed" loki.limits_config.allow_structured_metadata true)
+        (eq "the compactor applies retention" loki.compactor.retention_enabled true)
+        (check "Loki's unit" (lib.hasInfix "loki-config.json" cfg.systemd.services.loki.serviceConfig.ExecStart) cfg.systemd.services.loki.serviceConfig.ExecStart)
+        (eq "Alloy on" cfg.services.alloy.enable true)
+        (has "Alloy reads the journal" cfg.systemd.services.alloy.serviceConfig.SupplementaryGroups "systemd-journal")
+        (eq "Alloy reloads when its file changes" (lib.length cfg.systemd.services.alloy.reloadTriggers) 1)
+        (contains "Alloy: the journal" alloy "loki.source.journal \"journal\"")
+        (contains "Alloy: MODEL= is the label model" alloy "source_labels = [\"__journal_model\"]")
+        (contains "Alloy: a model unit's output is its model's" alloy "regex         = \"llmvisor-model-(.+)\\\\.service\"")
+        (contains "Alloy: CLIENT=" alloy "source_labels = [\"__journal_client\"]")
+        (contains "Alloy: ROUTE=" alloy "source_labels = [\"__journal_route\"]")
+        (contains "Alloy: client and route as structured metadata" alloy "values = {client = \"\", route = \"\"}")
+        (contains "Alloy: and not as labels" alloy "values = [\"client\", \"route\"]")
+        (contains "Alloy pushes to Loki" alloy "url = \"http://127.0.0.1:3100/loki/api/v1/push\"")
+        (contains "Alloy's host label" alloy "labels        = {host = \"gpu-lab\"}")
+        (eq "Grafana data sources" (map (d: { inherit (d) uid type url; }) g.provision.datasources.settings.datasources) [
+          {
+            uid = "prometheus";
+            type = "prometheus";
+            url = "http://127.0.0.1:9090";
+          }
+          {
+            uid = "loki";
+            type = "loki";
+            url = "http://127.0.0.1:3100";
+          }
+        ])
+        (eq "the repository's dashboard, logs panel included" (lib.head g.provision.dashboards.settings.providers).options.path (
+          repo + "/nixos-modules/grafana"
+        ))
+        (eq "the logs panel queries Loki for $model" (logsPanel.datasource.uid or null) "loki")
+        (contains "the logs panel's query" (lib.head logsPanel.targets).expr "{model=~\"$model\", model=~\".+\"}")
+        (check "the model panels link to the logs panel" (
+          lib.length (
+            lib.filter (
+              p: lib.any (l: lib.hasInfix "viewPanel=${toString logsPanel.id}" l.url) (p.fieldConfig.defaults.links or [ ])
+            ) dash.panels
+          ) >= 2
+        ) null)
+      ];
+  };
+
+  # Without logs the dashboard loses its Loki panel, row and links.
+  monitoring-no-logs = case {
+    toml = false;
+    mods = [
+      {
+        services.llmvisor.enable = true;
+        llmvisor.monitoring = {
+          enable = true;
+          grafana = {
+            secretKeyFile = "/run/secrets/gsk";
+            adminPasswordFile = "/run/secrets/gpw";
+          };
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        dir = (lib.head cfg.services.grafana.provision.dashboards.settings.providers).options.path;
+        dash = builtins.fromJSON dir.text;
+        full = lib.importJSON (repo + "/nixos-modules/grafana/llmvisor-dashboard.json");
+      in
+      [
+        (eq "no Loki" cfg.services.loki.enable false)
+        (eq "no Alloy" cfg.services.alloy.enable false)
+        (eq "one data source" (map (d: d.uid) cfg.services.grafana.provision.datasources.settings.datasources) [ "prometheus" ])
+        (eq "a generated dashboard file" dir.path "llmvisor-dashboard.json")
+        (eq "two panels fewer (the row and the logs)" (lib.length dash.panels) (lib.length full.panels - 2))
+        (eq "nothing queries Loki" (lib.filter (p: (p.datasource.uid or "") == "loki") dash.panels) [ ])
+        (eq "no link to the logs panel" (lib.filter (p: (p.fieldConfig.defaults.links or [ ]) != [ ]) dash.panels) [ ])
+        (eq "the rest is unchanged" (lib.elemAt dash.panels 1) (lib.elemAt full.panels 1))
+      ];
+  };
+
+  # llmvisor.backup on services.restic.backups: the copies, the dump, the
+  # snapshots; secrets from files; a timer; the restore command.
+  backup = case {
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models = {
+            chat = mockModel;
+            embed = mockModel;
+          };
+        };
+        llmvisor.frontends = {
+          openWebui = {
+            enable = true;
+            llmvisorKeyFile = "/run/secrets/ow";
+          };
+          n8n = {
+            enable = true;
+            llmvisorKeyFile = "/run/secrets/n8n";
+          };
+          qdrant = {
+            enable = true;
+            embeddingModel = "embed";
+          };
+        };
+        llmvisor.backup = {
+          enable = true;
+          repositoryFile = "/run/secrets/restic-repository";
+          passwordFile = "/run/secrets/restic-password";
+          environmentFile = "/run/secrets/restic-s3.env";
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        b = cfg.services.restic.backups.llmvisor;
+        unit = cfg.systemd.services.restic-backups-llmvisor;
+        prepare = b.backupPrepareCommand;
+        script = (lib.findFirst (p: p.name == "llmvisor-backup-restore") null cfg.environment.systemPackages).text;
+      in
+      [
+        (eq "repository from a file" b.repositoryFile "/run/secrets/restic-repository")
+        (eq "no repository in the store" b.repository null)
+        (eq "password from a file" unit.environment.RESTIC_PASSWORD_FILE "/run/secrets/restic-password")
+        (eq "credentials from a file" unit.serviceConfig.EnvironmentFile "/run/secrets/restic-s3.env")
+        (eq "a timer" cfg.systemd.timers.restic-backups-llmvisor.timerConfig.OnCalendar "03:00")
+        (eq "created on first run" b.initialize true)
+        (eq "what restic reads" b.paths [
+          "/var/lib/llmvisor-backup"
+          "/var/lib/private/open-webui"
+          "/var/lib/private/n8n"
+        ])
+        (eq "not the live Open WebUI database" b.exclude [
+          "/var/lib/private/open-webui/webui.db"
+          "/var/lib/private/open-webui/webui.db-*"
+          "/var/lib/private/open-webui/cache"
+        ])
+        (contains "the prepare step runs in the unit's preStart" unit.preStart "backupPrepareCommand")
+        (contains "the usage store: llmvisor store-backup" prepare "${pkgs.llmvisor}/bin/llmvisor store-backup --db /var/lib/llmvisor/usage.sqlite /var/lib/llmvisor-backup/usage.sqlite")
+        (contains "Open WebUI's database: store-backup" prepare "store-backup --db /var/lib/private/open-webui/webui.db /var/lib/llmvisor-backup/open-webui-webui.db")
+        (contains "n8n: pg_dump as postgres" prepare "-u postgres -- ${pkgs.postgresql}/bin/pg_dump --format=custom n8n > /var/lib/llmvisor-backup/n8n.pgdump")
+        (contains "Qdrant: a snapshot per collection" prepare "/snapshots?wait=true")
+        (contains "Qdrant: downloaded, then deleted from Qdrant" prepare "-X DELETE")
+        (has "after PostgreSQL" unit.after "postgresql.service")
+        (has "after Qdrant" unit.after "qdrant.service")
+        (contains "restore: stops the services" script "for u in llmvisor.service open-webui.service n8n.service")
+        (contains "restore: the usage store swapped in without a stale -wal" script "swap /var/lib/llmvisor-backup/usage.sqlite /var/lib/llmvisor/usage.sqlite")
+        (contains "restore: Open WebUI's database" script "swap /var/lib/llmvisor-backup/open-webui-webui.db /var/lib/private/open-webui/webui.db")
+        (contains "restore: pg_restore" script "pg_restore --clean --if-exists -d n8n /var/lib/llmvisor-backup/n8n.pgdump")
+        (contains "restore: Qdrant's snapshots uploaded" script "/snapshots/upload?priority=snapshot")
+      ];
+  };
+
+  # Qdrant for Open WebUI's RAG, embeddings through llmvisor.
+  qdrant = case {
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models.bge = mockModel // {
+            aliases = [ "text-embedding-3-small" ];
+          };
+        };
+        llmvisor.frontends = {
+          openWebui = {
+            enable = true;
+            llmvisorKeyFile = "/run/secrets/ow";
+          };
+          qdrant = {
+            enable = true;
+            embeddingModel = "text-embedding-3-small";
+          };
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        env = cfg.services.open-webui.environment;
+        q = cfg.services.qdrant.settings;
+      in
+      [
+        (eq "Qdrant on" cfg.services.qdrant.enable true)
+        (eq "Qdrant on loopback" q.service.host "127.0.0.1")
+        (eq "Qdrant's ports" [ q.service.http_port q.service.grpc_port ] [ 6333 6334 ])
+        (eq "no telemetry" q.telemetry_disabled true)
+        (eq "Open WebUI's vector store" env.VECTOR_DB "qdrant")
+        (eq "Open WebUI → Qdrant" env.QDRANT_URI "http://127.0.0.1:6333")
+        (eq "embeddings through llmvisor" env.RAG_EMBEDDING_ENGINE "openai")
+        (eq "llmvisor's URL" env.RAG_OPENAI_API_BASE_URL "http://127.0.0.1:8080/v1")
+        (eq "the embedding model" env.RAG_EMBEDDING_MODEL "text-embedding-3-small")
+        (eq "Open WebUI's own key (OPENAI_API_KEY at start) also embeds" (env ? RAG_OPENAI_API_KEY) false)
+        (has "Open WebUI after Qdrant" cfg.systemd.services.open-webui.after "qdrant.service")
+        (eq "nothing opened" cfg.networking.firewall.allowedTCPPorts [ ])
+      ];
+  };
+
+  qdrant-unknown-model = case {
+    toml = false;
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+        };
+        llmvisor.frontends = {
+          openWebui = {
+            enable = true;
+            llmvisorKeyFile = "/run/secrets/ow";
+          };
+          qdrant = {
+            enable = true;
+            embeddingModel = "bge-m3";
+          };
+        };
+      }
+    ];
+    expectFailures = [ "llmvisor.frontends.qdrant.embeddingModel:" ];
+  };
+
+  # Headscale on this host; its own node logs in to it.
+  headscale = case {
+    mods = [
+      {
+        llmvisor.firewall.enable = true;
+        services.llmvisor.clients.t.keyFile = "/run/secrets/t";
+        llmvisor.tailscale = {
+          enable = true;
+          authKeyFile = "/run/secrets/ts";
+          headscale = {
+            enable = true;
+            serverUrl = "https://headscale.example.org";
+            baseDomain = "tailnet.example.org";
+          };
+        };
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        h = cfg.services.headscale;
+      in
+      [
+        (eq "Headscale on" h.enable true)
+        (eq "server_url" h.settings.server_url "https://headscale.example.org")
+        (eq "MagicDNS domain" h.settings.dns.base_domain "tailnet.example.org")
+        (eq "listens on every address, port 443" h.settings.listen_addr "0.0.0.0:443")
+        (eq "Let's Encrypt for the server's name" h.settings.tls_letsencrypt_hostname "headscale.example.org")
+        (eq "TLS-ALPN-01: port 443 alone" h.settings.tls_letsencrypt_challenge_type "TLS-ALPN-01")
+        (has "may bind 443" cfg.systemd.services.headscale.serviceConfig.AmbientCapabilities "CAP_NET_BIND_SERVICE")
+        (eq "public: SSH and Headscale" cfg.networking.firewall.allowedTCPPorts [ 22 443 ])
+        (eq "this node logs in to it" cfg.services.tailscale.extraUpFlags [
+          "--hostname=nixos"
+          "--login-server=https://headscale.example.org"
+        ])
+        (has "after Headscale" cfg.systemd.services.tailscaled-autoconnect.after "headscale.service")
+      ];
+  };
+
+  # A node of a Headscale tailnet run elsewhere.
+  headscale-node = case {
+    toml = false;
+    mods = [
+      {
+        llmvisor.tailscale = {
+          enable = true;
+          authKeyFile = "/run/secrets/ts";
+          loginServer = "https://headscale.example.org";
+        };
+      }
+    ];
+    checks = cfg: [
+      (eq "no Headscale here" cfg.services.headscale.enable false)
+      (has "--login-server" cfg.services.tailscale.extraUpFlags "--login-server=https://headscale.example.org")
+      (contains "used when joining" cfg.systemd.services.tailscaled-autoconnect.script "--login-server=https://headscale.example.org")
+    ];
+  };
+
+  headscale-same-domain = case {
+    toml = false;
+    mods = [
+      {
+        llmvisor.tailscale = {
+          enable = true;
+          headscale = {
+            enable = true;
+            serverUrl = "https://hs.example.org";
+            baseDomain = "example.org";
+          };
+        };
+      }
+    ];
+    expectFailures = [ "llmvisor.tailscale.headscale.baseDomain:" ];
+  };
+
+  # The new stubs declare option by option, as the real modules do: a misspelt
+  # option fails evaluation (tryEval catches the module system's throw).
+  misspelt-options =
+    let
+      fails =
+        name: mod:
+        let
+          cfg = (evalSystem [ modules.default mod ]).config;
+          # The namespace the definition is in, forced whole.
+          path = lib.take 2 (lib.splitString "." name);
+          r = builtins.tryEval (builtins.deepSeq (lib.attrByPath path null cfg) true);
+        in
+        check "${name} is refused" (!r.success) r.success;
+    in
+    {
+      failedAssertions = [ ];
+      toml = null;
+      checks = [
+        (fails "services.restic.backups.x.pasword" { services.restic.backups.x.pasword = "/p"; })
+        (fails "services.loki.configuraton" { services.loki.configuraton = { }; })
+        (fails "services.alloy.extraFlag" { services.alloy.extraFlag = [ ]; })
+        (fails "services.qdrant.setings" { services.qdrant.setings = { }; })
+        (fails "services.headscale.settings.dns.magic_dns (a bool)" { services.headscale.settings.dns.magic_dns = "yes"; })
+        (fails "services.headscale.adress" { services.headscale.adress = "0.0.0.0"; })
+        (fails "llmvisor.backup.repository" { llmvisor.backup.repository = "/r"; })
+        (fails "llmvisor.monitoring.logs.retension" { llmvisor.monitoring.logs.retension = "1d"; })
+        (fails "llmvisor.frontends.qdrant.embedingModel" { llmvisor.frontends.qdrant.embedingModel = "x"; })
+        (fails "llmvisor.tailscale.headscale.serverURL" { llmvisor.tailscale.headscale.serverURL = "x"; })
+        (fails "systemd.timers.x.timerconfig" { systemd.timers.x.timerconfig = { }; })
+        (check "a correct one is accepted" (builtins.tryEval (builtins.deepSeq (evalSystem [ modules.default { services.qdrant.settings.service.http_port = 6400; } ]).config.services.qdrant.settings true)).success null)
+      ];
+    };
 
   nvidia = case {
     toml = false;
@@ -758,6 +1129,7 @@ let
       in
       [
         (eq "nixosModules" (lib.attrNames self.nixosModules) [
+          "backup"
           "default"
           "firewall"
           "frontends"
@@ -789,6 +1161,7 @@ let
           "host-gpu-droplet"
           "host-homelab-2x3090"
           "package"
+          "vm-backup"
           "vm-firewall"
           "vm-fleet"
           "vm-lifecycle"
@@ -796,6 +1169,7 @@ let
         (eq "aarch64 checks hold no x86_64 host" (lib.attrNames self.checks.aarch64-linux) [
           "clippy"
           "package"
+          "vm-backup"
           "vm-firewall"
           "vm-fleet"
           "vm-lifecycle"
@@ -827,8 +1201,36 @@ let
       ];
     };
 
-  host-homelab-2x3090 = hostCase "homelab-2x3090";
-  host-gpu-droplet = hostCase "gpu-droplet";
+  host-homelab-2x3090 =
+    let
+      h = hostCase "homelab-2x3090";
+      cfg = self.nixosConfigurations.homelab-2x3090.config;
+    in
+    h
+    // {
+      checks = h.checks ++ [
+        (eq "Qdrant for Open WebUI, bge-m3 embeds" cfg.services.open-webui.environment.RAG_EMBEDDING_MODEL "bge-m3")
+        (eq "Loki" cfg.services.loki.enable true)
+        (eq "backed up: the usage store's copy, Open WebUI, n8n" cfg.services.restic.backups.llmvisor.paths [
+          "/var/lib/llmvisor-backup"
+          "/var/lib/private/open-webui"
+          "/var/lib/private/n8n"
+        ])
+        (contains "and Qdrant's collections" cfg.services.restic.backups.llmvisor.backupPrepareCommand "/collections")
+      ];
+    };
+  host-gpu-droplet =
+    let
+      h = hostCase "gpu-droplet";
+      cfg = self.nixosConfigurations.gpu-droplet.config;
+    in
+    h
+    // {
+      checks = h.checks ++ [
+        (eq "Loki" cfg.services.loki.enable true)
+        (eq "S3 credentials from a file" cfg.systemd.services.restic-backups-llmvisor.serviceConfig.EnvironmentFile "/var/lib/secrets/restic-s3.env")
+      ];
+    };
 
   # The VM tests' nodes: their llmvisor settings must pass check-config too.
   vm-lifecycle =
@@ -856,6 +1258,27 @@ let
           "embed"
         ])
         (eq "chat's queue" cfg.services.llmvisor.renderedSettings.models.chat.max_queue 7)
+      ];
+      toml = cfg.services.llmvisor.renderedSettings;
+    };
+  vm-backup =
+    let
+      cfg = vmNode "backup.nix" "machine" [ ];
+      b = cfg.services.restic.backups.llmvisor;
+    in
+    {
+      failedAssertions = failed cfg;
+      checks = [
+        (eq "the test's repository file" b.repositoryFile "/etc/llmvisor-test/restic-repository")
+        (eq "no timer: the test starts it" (cfg.systemd.timers ? restic-backups-llmvisor) false)
+        (eq "the usage store and Open WebUI" b.paths [
+          "/var/lib/llmvisor-backup"
+          "/var/lib/private/open-webui"
+        ])
+        (eq "Open WebUI does not start" cfg.systemd.services.open-webui.wantedBy [ ])
+        (contains "the usage store's copy" b.backupPrepareCommand "store-backup --db /var/lib/llmvisor/usage.sqlite")
+        (check "the restore command is installed" (lib.any (p: p.name == "llmvisor-backup-restore") cfg.environment.systemPackages) null)
+        (check "the wrapper restic-llmvisor is installed" (lib.any (p: p.name == "restic-llmvisor") cfg.environment.systemPackages) null)
       ];
       toml = cfg.services.llmvisor.renderedSettings;
     };

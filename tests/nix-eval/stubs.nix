@@ -163,12 +163,20 @@ let
 
   # What the modules call on `pkgs`.
   pkgs = lib.optionalAttrs realModules realPkgs // {
-    formats.toml =
+    formats = lib.genAttrs [ "toml" "json" "yaml" ] (
+      _:
       { }:
       {
         type = types.lazyAttrsOf loose;
         generate = name: value: fakePackage name // { settings = value; };
-      };
+      }
+    );
+    writeTextDir =
+      path: text:
+      fakePackage "dir-${baseNameOf path}" // { inherit path text; };
+    writeShellScriptBin =
+      name: text:
+      fakePackage name // { inherit text; };
     runCommand =
       name: env: buildCommand:
       fakePackage name // { inherit env buildCommand; };
@@ -178,7 +186,16 @@ let
   }
   // lib.genAttrs [
     "coreutils"
+    "curl"
+    "grafana-alloy"
+    "grafana-loki"
+    "headscale"
     "jq"
+    "qdrant"
+    "qdrant-web-ui"
+    "restic"
+    "sqlite"
+    "util-linux"
     "llama-cpp"
     "llmvisor"
     "n8n"
@@ -307,6 +324,17 @@ let
         startAt = opt (types.either types.str (types.listOf types.str)) [ ];
         # nixos/modules/security/systemd-confinement.nix
         confinement = ns;
+      };
+    }
+  );
+
+  # nixos/lib/systemd-unit-options.nix: a timer (restic's).
+  timerUnit = types.submodule (
+    { name, ... }:
+    {
+      options = commonUnitOptions // {
+        name = opt types.str "${name}.timer";
+        timerConfig = unitSettings;
       };
     }
   );
@@ -534,6 +562,7 @@ let
     systemd = {
       services = opt (types.attrsOf serviceUnit) { };
       slices = opt (types.attrsOf sliceUnit) { };
+      timers = opt (types.attrsOf timerUnit) { };
       packages = opt (types.listOf types.package) [ ];
       network = ns;
     };
@@ -803,6 +832,134 @@ let
         };
       };
 
+      # nixos/modules/services/monitoring/loki.nix
+      loki = {
+        enable = enable;
+        user = str "loki";
+        group = str "loki";
+        package = opt types.package pkgs.grafana-loki;
+        dataDir = opt types.path "/var/lib/loki";
+        configuration = opt (pkgs.formats.json { }).type { };
+        configFile = opt (types.nullOr types.path) null;
+        extraFlags = strList;
+      };
+
+      # nixos/modules/services/monitoring/alloy.nix
+      alloy = {
+        enable = enable;
+        package = opt types.package pkgs.grafana-alloy;
+        configPath = opt types.path "/etc/alloy";
+        environmentFile = opt (types.nullOr types.path) null;
+        extraFlags = strList;
+      };
+
+      # nixos/modules/services/backup/restic.nix
+      restic.backups = opt (types.attrsOf (
+        types.submodule (
+          { name, config, ... }:
+          {
+            options = {
+              passwordFile = req types.str;
+              environmentFile = nullStr;
+              rcloneOptions = opt (types.nullOr (types.attrsOf (types.oneOf [ types.str types.bool ]))) null;
+              rcloneConfig = opt (types.nullOr (types.attrsOf (types.oneOf [ types.str types.bool ]))) null;
+              rcloneConfigFile = opt (types.nullOr types.path) null;
+              inhibitsSleep = bool false;
+              repository = nullStr;
+              repositoryFile = opt (types.nullOr types.path) null;
+              paths = opt (types.nullOr (types.listOf types.str)) [ ];
+              exclude = strList;
+              timerConfig = opt (types.nullOr (types.attrsOf unitOption)) {
+                OnCalendar = "daily";
+                Persistent = true;
+              };
+              user = str "root";
+              extraBackupArgs = strList;
+              extraOptions = strList;
+              initialize = bool false;
+              pruneOpts = strList;
+              runCheck = bool (builtins.length config.checkOpts > 0);
+              checkOpts = strList;
+              dynamicFilesFrom = nullStr;
+              backupPrepareCommand = nullStr;
+              backupCleanupCommand = nullStr;
+              package = opt types.package pkgs.restic;
+              createWrapper = bool true;
+              progressFps = opt (types.nullOr (types.addCheck types.number (x: x >= 0))) null;
+            };
+          }
+        )
+      )) { };
+
+      # nixos/modules/services/search/qdrant.nix
+      qdrant = {
+        enable = enable;
+        settings = opt (pkgs.formats.yaml { }).type { };
+      };
+
+      # nixos/modules/services/networking/headscale.nix
+      headscale = {
+        enable = enable;
+        package = opt types.package pkgs.headscale;
+        user = str "headscale";
+        group = str "headscale";
+        address = str "127.0.0.1";
+        port = opt types.port 8080;
+        settings = opt (types.submodule {
+          freeformType = (pkgs.formats.yaml { }).type;
+          options = {
+            server_url = str "http://127.0.0.1:8080";
+            noise.private_key_path = opt types.path "/var/lib/headscale/noise_private.key";
+            prefixes = {
+              v4 = str "100.64.0.0/10";
+              v6 = str "fd7a:115c:a1e0::/48";
+              allocation = opt (types.enum [ "sequential" "random" ]) "sequential";
+            };
+            derp = {
+              urls = opt (types.listOf types.str) [ "https://controlplane.tailscale.com/derpmap/default" ];
+              paths = opt (types.listOf types.path) [ ];
+              auto_update_enabled = bool true;
+              update_frequency = str "24h";
+              server.private_key_path = opt types.path "/var/lib/headscale/derp_server_private.key";
+            };
+            ephemeral_node_inactivity_timeout = str "30m";
+            database = {
+              type = opt (types.enum [ "sqlite" "sqlite3" "postgres" ]) "sqlite";
+              sqlite = {
+                path = opt (types.nullOr types.str) "/var/lib/headscale/db.sqlite";
+                write_ahead_log = bool true;
+              };
+              postgres = {
+                host = nullStr;
+                port = opt (types.nullOr types.port) null;
+                name = nullStr;
+                user = nullStr;
+                password_file = opt (types.nullOr types.path) null;
+              };
+            };
+            log = {
+              level = str "info";
+              format = str "text";
+            };
+            dns = {
+              magic_dns = bool true;
+              base_domain = str "";
+              nameservers.global = strList;
+              search_domains = strList;
+            };
+            tls_letsencrypt_hostname = opt (types.nullOr types.str) "";
+            tls_letsencrypt_challenge_type = opt (types.enum [ "TLS-ALPN-01" "HTTP-01" ]) "HTTP-01";
+            tls_letsencrypt_listen = opt (types.nullOr types.str) ":http";
+            tls_cert_path = opt (types.nullOr types.path) null;
+            tls_key_path = opt (types.nullOr types.path) null;
+            policy = {
+              mode = opt (types.enum [ "file" "database" ]) "file";
+              path = opt (types.nullOr types.path) null;
+            };
+          };
+        }) { };
+      };
+
       # nixos/modules/services/x11/xserver.nix
       xserver.videoDrivers = opt (types.listOf types.str) [
         "modesetting"
@@ -895,6 +1052,11 @@ let
       pg = config.services.postgresql;
       prom = config.services.prometheus;
       graf = config.services.grafana;
+      loki = config.services.loki;
+      alloy = config.services.alloy;
+      restic = config.services.restic.backups;
+      qdrant = config.services.qdrant;
+      hs = config.services.headscale;
       nv = config.hardware.nvidia;
       nvidiaOnX11 = lib.elem "nvidia" config.services.xserver.videoDrivers;
       exporterUnit =
@@ -1232,6 +1394,181 @@ let
             users.groups.grafana = { };
           }
         ))
+
+        # loki.nix: exactly one of configuration and configFile; a static user.
+        (lib.mkIf loki.enable {
+          assertions = [
+            {
+              assertion =
+                (loki.configuration == { } -> loki.configFile != null)
+                && (loki.configFile != null -> loki.configuration == { });
+              message = ''
+                Please specify either
+                'services.loki.configuration' or
+                'services.loki.configFile'.
+              '';
+            }
+          ];
+          environment.systemPackages = [ loki.package ];
+          users.groups.${loki.group} = { };
+          users.users.${loki.user} = {
+            description = "Loki Service User";
+            group = loki.group;
+            home = loki.dataDir;
+            isSystemUser = true;
+          };
+          systemd.services.loki = {
+            description = "Loki Service Daemon";
+            wantedBy = [ "multi-user.target" ];
+            serviceConfig = {
+              ExecStart = "${loki.package}/bin/loki --config.file=${
+                if loki.configFile == null then (pkgs.formats.json { }).generate "loki-config.json" loki.configuration else loki.configFile
+              } ${lib.escapeShellArgs loki.extraFlags}";
+              User = loki.user;
+              WorkingDirectory = loki.dataDir;
+            };
+          };
+        })
+
+        # alloy.nix: a DynamicUser unit in the systemd-journal group, reloaded when a
+        # /etc/alloy/*.alloy file changes.
+        (lib.mkIf alloy.enable {
+          systemd.services.alloy = {
+            after = [ "network.target" ];
+            wantedBy = [ "multi-user.target" ];
+            reloadTriggers = lib.mapAttrsToList (_: v: v.source or null) (
+              lib.filterAttrs (n: _: lib.hasPrefix "alloy/" n && lib.hasSuffix ".alloy" n) config.environment.etc
+            );
+            serviceConfig = {
+              Restart = "always";
+              DynamicUser = true;
+              SupplementaryGroups = [ "systemd-journal" ];
+              ExecStart = "${lib.getExe alloy.package} run ${alloy.configPath} ${lib.escapeShellArgs alloy.extraFlags}";
+              ConfigurationDirectory = "alloy";
+              StateDirectory = "alloy";
+            };
+          };
+        })
+
+        # restic.nix: one of repository and repositoryFile; a oneshot unit per
+        # backup whose preStart runs backupPrepareCommand, a timer, a wrapper.
+        {
+          assertions = lib.mapAttrsToList (n: v: {
+            assertion = (v.repository == null) != (v.repositoryFile == null);
+            message = "services.restic.backups.${n}: exactly one of repository or repositoryFile should be set";
+          }) restic;
+          systemd.services = lib.mapAttrs' (
+            name: b:
+            lib.nameValuePair "restic-backups-${name}" {
+              environment = {
+                RESTIC_CACHE_DIR = "/var/cache/restic-backups-${name}";
+                RESTIC_PASSWORD_FILE = b.passwordFile;
+                RESTIC_REPOSITORY = b.repository;
+                RESTIC_REPOSITORY_FILE = b.repositoryFile;
+              };
+              restartIfChanged = false;
+              wants = [ "network-online.target" ];
+              after = [ "network-online.target" ];
+              serviceConfig = {
+                Type = "oneshot";
+                ExecStart =
+                  lib.optional (b.paths != null && b.paths != [ ]) "${lib.getExe b.package} backup ${lib.concatStringsSep " " b.extraBackupArgs} --files-from=/run/restic-backups-${name}/includes"
+                  ++ lib.optionals (b.pruneOpts != [ ]) [
+                    "${lib.getExe b.package} unlock"
+                    "${lib.getExe b.package} forget --prune ${lib.concatStringsSep " " b.pruneOpts}"
+                  ];
+                User = b.user;
+                RuntimeDirectory = "restic-backups-${name}";
+                CacheDirectory = "restic-backups-${name}";
+                PrivateTmp = true;
+              }
+              // lib.optionalAttrs (b.environmentFile != null) { EnvironmentFile = b.environmentFile; };
+              preStart = lib.concatStringsSep "\n" (
+                lib.optional (b.backupPrepareCommand != null) "${pkgs.writeShellScript "backupPrepareCommand" b.backupPrepareCommand}"
+                ++ lib.optional b.initialize "${lib.getExe b.package} cat config > /dev/null || ${lib.getExe b.package} init"
+                ++ lib.optional (b.paths != null && b.paths != [ ]) "cat ${lib.concatStringsSep " " b.paths} >> /run/restic-backups-${name}/includes"
+              );
+            }
+          ) restic;
+          systemd.timers = lib.mapAttrs' (
+            name: b:
+            lib.nameValuePair "restic-backups-${name}" {
+              wantedBy = [ "timers.target" ];
+              timerConfig = b.timerConfig;
+            }
+          ) (lib.filterAttrs (_: b: b.timerConfig != null) restic);
+          environment.systemPackages = lib.mapAttrsToList (name: _: fakePackage "restic-${name}") (
+            lib.filterAttrs (_: b: b.createWrapper) restic
+          );
+        }
+
+        # qdrant.nix: its settings' defaults (loopback, ports 6333/6334) and a
+        # DynamicUser unit.
+        (lib.mkIf qdrant.enable {
+          services.qdrant.settings = {
+            storage.storage_path = lib.mkDefault "/var/lib/qdrant/storage";
+            storage.snapshots_path = lib.mkDefault "/var/lib/qdrant/snapshots";
+            service.http_port = lib.mkDefault 6333;
+            service.grpc_port = lib.mkDefault 6334;
+            service.host = lib.mkDefault "127.0.0.1";
+            service.enable_cors = lib.mkDefault true;
+            cluster.enabled = lib.mkDefault false;
+            telemetry_disabled = lib.mkDefault true;
+          };
+          systemd.services.qdrant = {
+            description = "Vector Search Engine for the next generation of AI applications";
+            wantedBy = [ "multi-user.target" ];
+            after = [ "network.target" ];
+            serviceConfig = {
+              ExecStart = "${pkgs.qdrant}/bin/qdrant --config-path ${(pkgs.formats.yaml { }).generate "config.yaml" qdrant.settings}";
+              DynamicUser = true;
+              StateDirectory = "qdrant";
+            };
+          };
+        })
+
+        # headscale.nix: MagicDNS needs a base domain; listen_addr from address and
+        # port; the bind capability below port 1024.
+        (lib.mkIf hs.enable {
+          assertions = [
+            {
+              assertion = hs.settings.dns.magic_dns -> hs.settings.dns.base_domain != "";
+              message = "dns.base_domain must be set when using MagicDNS";
+            }
+          ];
+          services.headscale.settings = {
+            disable_check_updates = true;
+            unix_socket = "/run/headscale/headscale.sock";
+            listen_addr = lib.mkDefault "${hs.address}:${toString hs.port}";
+            tls_letsencrypt_cache_dir = "/var/lib/headscale/.cache";
+          };
+          environment.etc."headscale/config.yaml".source = fakePackage "headscale.yaml";
+          environment.systemPackages = [ hs.package ];
+          users.groups.headscale = lib.mkIf (hs.group == "headscale") { };
+          users.users.headscale = lib.mkIf (hs.user == "headscale") {
+            home = "/var/lib/headscale";
+            group = hs.group;
+            isSystemUser = true;
+          };
+          systemd.services.headscale =
+            let
+              caps = [ "CAP_CHOWN" ] ++ lib.optional (hs.port < 1024) "CAP_NET_BIND_SERVICE";
+            in
+            {
+              description = "headscale coordination server for Tailscale";
+              wants = [ "network-online.target" ];
+              after = [ "network-online.target" ];
+              wantedBy = [ "multi-user.target" ];
+              script = "exec ${lib.getExe hs.package} serve --config ${(pkgs.formats.yaml { }).generate "headscale.yaml" hs.settings}";
+              serviceConfig = {
+                User = hs.user;
+                Group = hs.group;
+                StateDirectory = "headscale";
+                CapabilityBoundingSet = caps;
+                AmbientCapabilities = caps;
+              };
+            };
+        })
 
         # nvidia.nix: both drivers at once, or a >= 560 driver without `open`, are
         # refused.

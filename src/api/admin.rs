@@ -1,19 +1,23 @@
-//! `/admin/*`: operator actions. With an `[admin]` key they need that key; without
-//! one they answer only to clients on the loopback interface.
+//! `/admin/*`: operator actions, and the JSON views of the fleet they show (GPUs,
+//! profiles): the fleet holds the state, this module renders it. With an `[admin]`
+//! key they need that key; without one they answer only to clients on the loopback
+//! interface.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use axum::http::HeaderMap;
+use serde_json::{Value, json};
 
 use super::{ApiError, App};
 use crate::auth::{Auth, Denied};
+use crate::fleet::{Fleet, Instance, StopReason};
+use crate::gpu::Source;
+use crate::gpu::placement::Activity;
 
 /// With an `[admin]` key: that key, from anywhere. Without: loopback only.
 pub fn allowed(auth: &Auth, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -32,7 +36,6 @@ pub fn allowed(auth: &Auth, peer: SocketAddr, headers: &HeaderMap) -> Result<(),
         }),
     }
 }
-use crate::fleet::{Instance, StopReason};
 
 /// Before any admin handler (and before its body is read): the admin key, or
 /// loopback without one.
@@ -183,7 +186,7 @@ pub async fn gpus(
     }
     let fleet = app.fleet.clone();
     // NVML calls block briefly; keep them off the async workers.
-    match tokio::task::spawn_blocking(move || fleet.gpu_report()).await {
+    match tokio::task::spawn_blocking(move || gpu_view(&fleet)).await {
         Ok(v) => Json(v).into_response(),
         Err(_) => ApiError::Unavailable("Reading the GPUs failed.").into_response(),
     }
@@ -199,7 +202,7 @@ pub async fn profiles(
     if let Err(e) = allowed(&app.policy().auth, peer, &headers) {
         return e.into_response();
     }
-    Json(app.fleet.profile_status()).into_response()
+    Json(profile_view(&app.fleet)).into_response()
 }
 
 /// Body of the activate route.
@@ -246,7 +249,7 @@ pub async fn activate_profile(
         Some(Err(e)) => return bad(format!("`for`: {e} (write e.g. \"2h\" or \"30m\")")),
     };
     match app.fleet.activate_profile(&name, duration) {
-        Ok(()) => Json(app.fleet.profile_status()).into_response(),
+        Ok(()) => Json(profile_view(&app.fleet)).into_response(),
         Err(e) => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": {"message": e, "type": "invalid_request_error", "param": null, "code": "profile_not_found"}})),
@@ -265,7 +268,7 @@ pub async fn resume_profiles(
         return e.into_response();
     }
     app.fleet.resume_schedule();
-    Json(app.fleet.profile_status()).into_response()
+    Json(profile_view(&app.fleet)).into_response()
 }
 
 /// Body of the test clock route.
@@ -303,4 +306,97 @@ pub async fn test_clock(
         )
             .into_response(),
     }
+}
+
+/// `GET /admin/gpus`'s body: every GPU (NVML or simulated, said which) and the
+/// models placed on it with their `vram`. Blocks briefly on NVML.
+pub(super) fn gpu_view(fleet: &Fleet) -> Value {
+    let (snap, holders) = fleet.gpu_board();
+    let gpus: Vec<Value> = snap
+        .gpus
+        .iter()
+        .map(|g| {
+            let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+            let models: Vec<Value> = holders
+                .iter()
+                .filter(|(_, h)| h.gpus.contains(&g.index))
+                .map(|(i, h)| {
+                    json!({
+                        "model": i.name(),
+                        "state": i.state().as_str(),
+                        "vram": h.vram,
+                        "sleeping": h.activity == Activity::Sleeping,
+                        "in_flight": i.in_flight(),
+                        "gpus": h.gpus,
+                    })
+                })
+                .collect();
+            v["models"] = json!(models);
+            v
+        })
+        .collect();
+    let (message, simulated) = match &snap.source {
+        Source::None { reason } => (Some(reason.clone()), false),
+        Source::Simulated => (
+            Some(
+                "simulated GPUs ([gpu] simulate): memory is what the models declare (vram)"
+                    .to_string(),
+            ),
+            true,
+        ),
+        Source::Nvml { .. } => (snap.error.clone(), false),
+    };
+    json!({
+        "source": snap.source.as_str(),
+        "driver_version": match &snap.source { Source::Nvml { driver_version } => Some(driver_version.clone()), _ => None },
+        "simulated": simulated,
+        "message": message,
+        "gpus": gpus,
+    })
+}
+
+fn window_text(w: &crate::config::Window) -> String {
+    let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+    format!("{}-{}", hm(w.start), hm(w.end))
+}
+
+/// `GET /admin/profiles`' body (and `llmvisor profile status`'s): the profiles,
+/// which are active, the override, the next switch, which models are allowed now.
+pub(super) fn profile_view(fleet: &Fleet) -> Value {
+    let schedule = fleet.schedule();
+    let now = fleet.now();
+    let active = schedule.active_at(now);
+    let over = schedule.override_at(now);
+    let models: serde_json::Map<String, Value> = fleet
+        .instances()
+        .iter()
+        .map(|i| {
+            let r = schedule.refusal(i.name(), now);
+            (
+                i.name().to_string(),
+                json!({
+                    "allowed": r.is_none(),
+                    "state": i.state().as_str(),
+                    "allowed_in_seconds": r.and_then(|(w, _)| w).map(|d| d.as_secs()),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "now": now.to_rfc3339(),
+        "test_clock": fleet.test_clock(),
+        "active": active,
+        "override": over.map(|o| json!({"profile": o.profile, "until": o.until.map(|u| u.to_rfc3339())})),
+        "next_switch": schedule.next_switch(now).map(|t| t.to_rfc3339()),
+        "profiles": schedule.profiles().iter().map(|p| json!({
+            "name": p.name,
+            "windows": p.windows.iter().map(window_text).collect::<Vec<_>>(),
+            "models": p.models,
+            "preload": p.preload,
+            "exclusive": p.exclusive,
+            "drain_timeout_seconds": p.drain_timeout.as_secs(),
+            "active": active.contains(&p.name),
+        })).collect::<Vec<_>>(),
+        "models": models,
+    })
 }

@@ -110,7 +110,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
             "message": app.fleet.gpu_source().1,
         },
         "profiles": {
-            "active": app.fleet.profile_status()["active"].clone(),
+            "active": app.fleet.active_profiles(),
         },
     });
     (status, Json(body)).into_response()

@@ -551,11 +551,6 @@ impl Fleet {
 }
 
 /// `HH:MM-HH:MM` of a window.
-fn window_text(w: &crate::config::Window) -> String {
-    let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
-    format!("{}-{}", hm(w.start), hm(w.end))
-}
-
 impl Fleet {
     /// Follow the profiles: at every switch, drain and stop the models no longer
     /// allowed, then start the newly active profiles' `preload` models.
@@ -680,9 +675,16 @@ impl Fleet {
         });
     }
 
-    /// `GET /admin/gpus`: the inventory and where the models are.
-    pub fn gpu_report(&self) -> serde_json::Value {
-        self.ctx.board.report()
+    /// The GPUs now (simulated ones showing what the models declared) and every
+    /// instance that holds GPU memory, with what it holds: what `/admin/gpus`
+    /// shows. Blocks briefly on NVML.
+    pub fn gpu_board(
+        &self,
+    ) -> (
+        crate::gpu::Snapshot,
+        Vec<(Arc<Instance>, crate::gpu::placement::Holder)>,
+    ) {
+        self.ctx.board.snapshot()
     }
 
     /// Where GPU facts come from (`nvml`, `simulated`, `none`) and, when there are
@@ -732,45 +734,14 @@ impl Fleet {
         self.ctx.clock.now()
     }
 
-    /// `GET /admin/profiles`, `llmvisor profile status`.
-    pub fn profile_status(&self) -> serde_json::Value {
-        use serde_json::json;
-        let schedule = self.ctx.schedule();
-        let now = self.ctx.clock.now();
-        let active = schedule.active_at(now);
-        let over = schedule.override_at(now);
-        let models: serde_json::Map<String, serde_json::Value> = self
-            .instances()
-            .iter()
-            .map(|i| {
-                let r = schedule.refusal(i.name(), now);
-                (
-                    i.name().to_string(),
-                    json!({
-                        "allowed": r.is_none(),
-                        "state": i.state().as_str(),
-                        "allowed_in_seconds": r.and_then(|(w, _)| w).map(|d| d.as_secs()),
-                    }),
-                )
-            })
-            .collect();
-        json!({
-            "now": now.to_rfc3339(),
-            "test_clock": self.ctx.clock.is_test(),
-            "active": active,
-            "override": over.map(|o| json!({"profile": o.profile, "until": o.until.map(|u| u.to_rfc3339())})),
-            "next_switch": schedule.next_switch(now).map(|t| t.to_rfc3339()),
-            "profiles": schedule.profiles().iter().map(|p| json!({
-                "name": p.name,
-                "windows": p.windows.iter().map(window_text).collect::<Vec<_>>(),
-                "models": p.models,
-                "preload": p.preload,
-                "exclusive": p.exclusive,
-                "drain_timeout_seconds": p.drain_timeout.as_secs(),
-                "active": active.contains(&p.name),
-            })).collect::<Vec<_>>(),
-            "models": models,
-        })
+    /// The profiles in force (their windows, the override) for `/admin/profiles`.
+    pub fn schedule(&self) -> Arc<Schedule> {
+        self.ctx.schedule()
+    }
+
+    /// Whether the clock is the test clock (`LLMVISOR_TEST_CLOCK`).
+    pub fn test_clock(&self) -> bool {
+        self.ctx.clock.is_test()
     }
 
     /// Activate a profile by hand (for `duration`, or until resumed).

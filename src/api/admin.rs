@@ -18,13 +18,27 @@ use crate::auth::{Auth, Denied};
 use crate::fleet::{Fleet, Instance, StopReason};
 use crate::gpu::Source;
 use crate::gpu::placement::Activity;
+use crate::store::RequestRecord;
 
-/// With an `[admin]` key: that key, from anywhere. Without: loopback only.
+/// Whether a request comes from this host itself: a loopback connection that no
+/// proxy forwarded. `tailscale serve` connects from loopback and says whom it
+/// forwards in `X-Forwarded-For` (checked in tailscale's ipn/ipnlocal/serve.go,
+/// `addProxyForwardedHeaders`); so do nginx and Caddy set up as proxies. Sending
+/// such a header can only take rights away, never give them.
+pub fn local(peer: SocketAddr, headers: &HeaderMap) -> bool {
+    peer.ip().is_loopback()
+        && !["x-forwarded-for", "forwarded", "tailscale-user-login"]
+            .iter()
+            .any(|h| headers.contains_key(*h))
+}
+
+/// With an `[admin]` key: that key, from anywhere. Without: this host only
+/// ([`local`]).
 pub fn allowed(auth: &Auth, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-    match auth.admin_allowed(headers, peer.ip().is_loopback()) {
+    match auth.admin_allowed(headers, local(peer, headers)) {
         Ok(()) => Ok(()),
         Err(_) if !auth.has_admin_key() => Err(ApiError::Forbidden(
-            "Admin routes answer only on the loopback interface (configure an [admin] key to use them from elsewhere).",
+            "Admin routes answer only on the loopback interface, not through a proxy (configure an [admin] key to use them from elsewhere).",
         )),
         Err(Denied::Missing) => Err(ApiError::Unauthorized {
             message: "Admin routes need the admin key as `Authorization: Bearer <key>`.",
@@ -399,4 +413,134 @@ pub(super) fn profile_view(fleet: &Fleet) -> Value {
         })).collect::<Vec<_>>(),
         "models": models,
     })
+}
+
+/// A request record as the operator's page and `/admin/requests` show it.
+pub(super) fn request_json(r: &RequestRecord) -> Value {
+    json!({
+        "ts_ms": r.ts_ms,
+        "request_id": r.request_id,
+        "client": r.client,
+        "route": r.route,
+        "target": r.target,
+        "endpoint": r.endpoint,
+        "status": r.status,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "queue_ms": r.queue_ms,
+        "cold_start_ms": r.cold_start_ms,
+        "ttft_ms": r.ttft_ms,
+        "total_ms": r.total_ms,
+        "error": r.error,
+        "cost_usd": r.cost_usd,
+        "stream": r.stream,
+    })
+}
+
+/// The store's latest requests, newest first (empty when the store is off).
+pub(super) async fn recent_requests(
+    app: &App,
+    limit: usize,
+    client: Option<String>,
+    model: Option<String>,
+) -> Result<Vec<Value>, ApiError> {
+    let Some(path) = app.store.path().map(std::path::Path::to_path_buf) else {
+        return Ok(Vec::new());
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let conn = crate::store::open_ro(&path)?;
+        crate::store::query::recent_requests(&conn, limit, client.as_deref(), model.as_deref())
+    })
+    .await;
+    match read {
+        Ok(Ok(rows)) => Ok(rows.iter().map(request_json).collect()),
+        Ok(Err(e)) => {
+            tracing::warn!("reading the usage store: {e}");
+            Err(ApiError::Unavailable("The usage store cannot be read."))
+        }
+        Err(_) => Err(ApiError::Unavailable("Reading the usage store failed.")),
+    }
+}
+
+/// Query of the requests route.
+#[derive(serde::Deserialize)]
+pub struct RequestsQuery {
+    /// How many (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Only this client's.
+    client: Option<String>,
+    /// Only those asking for or served by this model.
+    model: Option<String>,
+}
+
+/// `GET /admin/requests?limit=100&client=&model=`: the latest requests from the
+/// usage store, newest first.
+pub async fn requests(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<RequestsQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let some = |s: Option<String>| s.filter(|s| !s.is_empty());
+    match recent_requests(&app, limit, some(q.client), some(q.model)).await {
+        Ok(rows) => Json(json!({"store": app.store.enabled(), "requests": rows})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Query of the usage route.
+#[derive(serde::Deserialize)]
+pub struct UsageQuery {
+    /// How far back, e.g. `24h` (default) or `7d`; at most 90 days.
+    window: Option<String>,
+}
+
+/// `GET /admin/usage?window=24h`: requests and tokens per client and per serving
+/// model in buckets (an hour up to two days, six hours up to two weeks, else a
+/// day), for the page's charts; and the window's totals.
+pub async fn usage(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+) -> Response {
+    let window = match humantime::parse_duration(q.window.as_deref().unwrap_or("24h")) {
+        Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(90 * 86_400) => d,
+        Ok(_) => return bad("`window` must be more than 0 and at most 90d".into()),
+        Err(e) => return bad(format!("`window`: {e} (write e.g. \"24h\" or \"7d\")")),
+    };
+    let hour = 3_600_000_i64;
+    let bucket_ms = match window.as_secs() {
+        s if s <= 2 * 86_400 => hour,
+        s if s <= 14 * 86_400 => 6 * hour,
+        _ => 24 * hour,
+    };
+    // Whole buckets: the first one starts at a bucket boundary.
+    let since_ms = (crate::store::now_ms() - window.as_millis() as i64) / bucket_ms * bucket_ms;
+    let Some(path) = app.store.path().map(std::path::Path::to_path_buf) else {
+        return Json(json!({"store": false, "since_ms": since_ms, "bucket_ms": bucket_ms, "by_client": [], "by_model": [], "total": null})).into_response();
+    };
+    use crate::store::query::{By, series, usage};
+    let read = tokio::task::spawn_blocking(move || {
+        let conn = crate::store::open_ro(&path)?;
+        Ok::<_, rusqlite::Error>((
+            series(&conn, since_ms, bucket_ms, By::Client)?,
+            series(&conn, since_ms, bucket_ms, By::Target)?,
+            usage(&conn, since_ms, By::Total)?,
+        ))
+    })
+    .await;
+    match read {
+        Ok(Ok((by_client, by_model, total))) => Json(json!({
+            "store": true,
+            "since_ms": since_ms,
+            "bucket_ms": bucket_ms,
+            "by_client": by_client,
+            "by_model": by_model,
+            "total": total.first(),
+        }))
+        .into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!("reading the usage store: {e}");
+            ApiError::Unavailable("The usage store cannot be read.").into_response()
+        }
+        Err(_) => ApiError::Unavailable("Reading the usage store failed.").into_response(),
+    }
 }

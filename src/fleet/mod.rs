@@ -158,6 +158,10 @@ pub(crate) struct Ctx {
     schedule: RwLock<Arc<Schedule>>,
     /// Local time (injectable for tests).
     clock: Clock,
+    /// The name of each instance whose state changed (`*`: the set of instances
+    /// changed), for the operator's page (`/admin/events`). Bounded: a receiver that
+    /// falls behind lags; nothing here ever waits for one.
+    changes: broadcast::Sender<Arc<str>>,
 }
 
 impl Ctx {
@@ -182,6 +186,9 @@ impl Ctx {
         }
     }
 }
+
+/// State changes kept for a slow `/admin/events` reader before it lags.
+const CHANGES: usize = 256;
 
 /// Every model instance of the configuration.
 pub struct Fleet {
@@ -261,6 +268,7 @@ impl Fleet {
             board: placer::Board::new(crate::gpu::Inventory::open(&settings.gpu)),
             schedule: RwLock::new(Arc::new(Schedule::new(settings.profiles.clone(), None))),
             clock,
+            changes: broadcast::channel(CHANGES).0,
         });
         let instances: Vec<Arc<Instance>> = settings
             .models
@@ -336,6 +344,24 @@ impl Fleet {
     /// manager's), or `None` where the journal has it.
     pub fn recent_output(&self, inst: &Instance, lines: usize) -> Option<Vec<String>> {
         self.ctx.manager.recent_output(&inst.unit.unit, lines)
+    }
+
+    /// Each new line of output the unit manager keeps of an instance's unit, as it
+    /// comes (bounded: a slow receiver lags), or `None` where the journal has it.
+    pub fn follow_output(&self, inst: &Instance) -> Option<broadcast::Receiver<Arc<str>>> {
+        self.ctx.manager.follow_output(&inst.unit.unit)
+    }
+
+    /// The main process of an instance's running unit, where the manager knows it.
+    pub async fn main_pid(&self, inst: &Instance) -> Option<u32> {
+        self.ctx.manager.main_pid(&inst.unit.unit).await
+    }
+
+    /// The name of every instance whose state changes from now on (`*` when a
+    /// reload changed the set of instances). A receiver that falls behind gets
+    /// `Lagged` and should read everything again.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<str>> {
+        self.ctx.changes.subscribe()
     }
 
     /// After a restart of llmvisor: adopt running units whose spec hash matches
@@ -460,6 +486,7 @@ impl Fleet {
             }
         }
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live::new(instances));
+        let _ = self.ctx.changes.send(Arc::from("*"));
         let old_schedule = self.ctx.schedule();
         if old_schedule.profiles() != settings.profiles.as_slice() {
             let over = old_schedule.override_at(self.ctx.clock.now());

@@ -10,6 +10,8 @@ Usage: drive.py BASE SCENARIO SHOTS_DIR
               each view; no console errors.
   day-night:  simulated GPUs and profiles: the GPUs view says "simulated", the
               Profiles view shows the active profile; screenshots.
+  soak:       (bench/ui-soak.sh) a page left open while SOAK_N requests go
+              through; llmvisor's RSS and the page's JS heap sampled.
 Prints "ok" last on success; fails with a message otherwise.
 """
 
@@ -116,7 +118,8 @@ class Chrome:
     def wait(self, expr, within, what):
         deadline = time.monotonic() + within
         while True:
-            v = self.js(expr)
+            # Before the page has loaded, its elements are not there yet.
+            v = self.js(f"(() => {{ try {{ return ({expr}); }} catch (e) {{ return null; }} }})()")
             if v:
                 return v
             if time.monotonic() > deadline:
@@ -233,13 +236,72 @@ def day_night(c, base, shots):
     view(c, "profiles", shots, "document.querySelectorAll('#profiles tbody tr.on').length >= 1", "an active profile")
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def soak(c, base, shots):
+    """A page left open: N requests (each a `request` event, two `model` events and
+    a log line on the followed model), one more feed that is never read; llmvisor's
+    RSS and the page's JS heap (after a forced GC) sampled along the way."""
+    import socket
+
+    pid, n, model = int(os.environ["SOAK_PID"]), int(os.environ.get("SOAK_N", "5000")), os.environ.get("SOAK_MODEL", "fast")
+    host, port = base.split("//")[1].split(":")
+    stuck = socket.create_connection((host, int(port)))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(f"GET /admin/events?logs={model} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    c.call("Page.navigate", {"url": base + "/ui#requests"})
+    c.wait("document.getElementById('conn').dataset.state === 'up'", 10, "the live feed")
+    c.js(f"const s = document.getElementById('log-model'); s.value = '{model}'; s.dispatchEvent(new Event('change'))")
+    c.call("HeapProfiler.enable")
+    import http.client
+
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    body = json.dumps({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+    rows = []
+    t0 = time.monotonic()
+
+    def sample(done):
+        c.wait("document.getElementById('conn').dataset.state === 'up'", 10, "the live feed")
+        c.call("HeapProfiler.collectGarbage")
+        heap = c.call("Runtime.getHeapUsage")["usedSize"]
+        shown = c.js("S.requests.length")
+        rows.append((done, rss_kib(pid), heap // 1024, shown, round(time.monotonic() - t0, 1)))
+        print(f"after {done:6d} requests: llmvisor RSS {rows[-1][1]:7d} KiB, page JS heap {rows[-1][2]:6d} KiB, requests kept by the page {shown}, {rows[-1][4]} s", flush=True)
+
+    marks = sorted({n // 10, n // 4, n // 2, 3 * n // 4, n})
+    for i in range(1, n + 1):
+        try:
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed the keep-alive connection (idle while sampling).
+            conn.close()
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+        if i == 1:
+            sample(0)
+        if i in marks:
+            sample(i)
+    stuck.close()
+    lagged = c.js("document.getElementById('message').textContent")
+    print(f"page message: {lagged!r}")
+
+
 def main():
     base, scenario, shots = sys.argv[1], sys.argv[2], sys.argv[3]
     os.makedirs(shots, exist_ok=True)
     c = Chrome()
     try:
         c.open(1200, 640)
-        {"quickstart": quickstart, "day-night": day_night}[scenario](c, base, shots)
+        {"quickstart": quickstart, "day-night": day_night, "soak": soak}[scenario](c, base, shots)
         errors = c.errors()
         assert not errors, "console errors:\n" + "\n".join(errors)
     finally:

@@ -403,10 +403,10 @@ in
       default = null;
       example = "/run/secrets/llmvisor-admin";
       description = ''
-        A file outside the store with the key that guards `/admin/*` (`[admin]`).
-        Without it `/admin/*` answers only on loopback connections; set it whenever a
-        proxy on this host (`tailscale serve`) forwards the tailnet to llmvisor, since
-        proxied connections arrive from loopback.
+        A file outside the store with the key that guards `/admin/*` (`[admin]`) and
+        the operator's page at `/ui`. Without it they answer only on loopback
+        connections that no proxy forwarded (`tailscale serve` sends
+        `X-Forwarded-For`); set it to use them over the tailnet.
       '';
     };
 

@@ -1,4 +1,5 @@
-//! The HTTP API: OpenAI-compatible endpoints, health, metrics and admin routes.
+//! The HTTP API: OpenAI-compatible endpoints, health, metrics, admin routes and
+//! the operator's page (`/ui`).
 
 mod account;
 mod admin;
@@ -6,11 +7,13 @@ mod admit;
 pub mod anthropic;
 pub mod body;
 pub mod error;
+mod events;
 mod keepalive;
 mod messages;
 pub mod openai;
 pub mod server;
 mod status;
+mod ui;
 
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -159,6 +162,9 @@ pub fn routes(app: Arc<App>) -> Router {
         )
         .route("/admin/profiles/resume", post(admin::resume_profiles))
         .route("/admin/test/clock", post(admin::test_clock))
+        .route("/admin/events", get(events::events))
+        .route("/admin/requests", get(admin::requests))
+        .route("/admin/usage", get(admin::usage))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             admin::gate,
@@ -175,6 +181,9 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/models/{*id}", get(status::model))
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/{file}", get(ui::asset))
         .merge(admin)
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed);

@@ -15,7 +15,8 @@ use crate::auth::Denied;
 use crate::fleet::{Instance, State as ModelState};
 use crate::router::{NameKind, Router};
 
-fn model_status(i: &Instance, router: &Router) -> Value {
+/// A model in `/health` (and, with more, on the operator's page).
+pub(super) fn model_status(i: &Instance, router: &Router) -> Value {
     let s = i.status();
     let breaker = router.model_breaker(i.name());
     json!({
@@ -110,7 +111,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
             "message": app.fleet.gpu_source().1,
         },
         "profiles": {
-            "active": app.fleet.profile_status()["active"].clone(),
+            "active": app.fleet.active_profiles(),
         },
     });
     (status, Json(body)).into_response()

@@ -288,6 +288,10 @@ impl Instance {
             update(s);
             true
         });
+        // Only while a page follows: no allocation on the request path otherwise.
+        if out.is_ok() && self.ctx.changes.receiver_count() > 0 {
+            let _ = self.ctx.changes.send(Arc::from(self.name()));
+        }
         out
     }
 

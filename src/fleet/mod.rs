@@ -158,6 +158,10 @@ pub(crate) struct Ctx {
     schedule: RwLock<Arc<Schedule>>,
     /// Local time (injectable for tests).
     clock: Clock,
+    /// The name of each instance whose state changed (`*`: the set of instances
+    /// changed), for the operator's page (`/admin/events`). Bounded: a receiver that
+    /// falls behind lags; nothing here ever waits for one.
+    changes: broadcast::Sender<Arc<str>>,
 }
 
 impl Ctx {
@@ -182,6 +186,9 @@ impl Ctx {
         }
     }
 }
+
+/// State changes kept for a slow `/admin/events` reader before it lags.
+const CHANGES: usize = 256;
 
 /// Every model instance of the configuration.
 pub struct Fleet {
@@ -263,6 +270,7 @@ impl Fleet {
             board: placer::Board::new(inventory),
             schedule: RwLock::new(Arc::new(Schedule::new(settings.profiles.clone(), None))),
             clock,
+            changes: broadcast::channel(CHANGES).0,
         });
         let instances: Vec<Arc<Instance>> = settings
             .models
@@ -338,6 +346,24 @@ impl Fleet {
     /// manager's), or `None` where the journal has it.
     pub fn recent_output(&self, inst: &Instance, lines: usize) -> Option<Vec<String>> {
         self.ctx.manager.recent_output(&inst.unit.unit, lines)
+    }
+
+    /// Each new line of output the unit manager keeps of an instance's unit, as it
+    /// comes (bounded: a slow receiver lags), or `None` where the journal has it.
+    pub fn follow_output(&self, inst: &Instance) -> Option<broadcast::Receiver<Arc<str>>> {
+        self.ctx.manager.follow_output(&inst.unit.unit)
+    }
+
+    /// The main process of an instance's running unit, where the manager knows it.
+    pub async fn main_pid(&self, inst: &Instance) -> Option<u32> {
+        self.ctx.manager.main_pid(&inst.unit.unit).await
+    }
+
+    /// The name of every instance whose state changes from now on (`*` when a
+    /// reload changed the set of instances). A receiver that falls behind gets
+    /// `Lagged` and should read everything again.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<str>> {
+        self.ctx.changes.subscribe()
     }
 
     /// After a restart of llmvisor: adopt running units whose spec hash matches
@@ -462,6 +488,7 @@ impl Fleet {
             }
         }
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live::new(instances));
+        let _ = self.ctx.changes.send(Arc::from("*"));
         let old_schedule = self.ctx.schedule();
         if old_schedule.profiles() != settings.profiles.as_slice() {
             let over = old_schedule.override_at(self.ctx.clock.now());
@@ -553,11 +580,6 @@ impl Fleet {
 }
 
 /// `HH:MM-HH:MM` of a window.
-fn window_text(w: &crate::config::Window) -> String {
-    let hm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
-    format!("{}-{}", hm(w.start), hm(w.end))
-}
-
 impl Fleet {
     /// Follow the profiles: at every switch, drain and stop the models no longer
     /// allowed, then start the newly active profiles' `preload` models.
@@ -682,9 +704,16 @@ impl Fleet {
         });
     }
 
-    /// `GET /admin/gpus`: the inventory and where the models are.
-    pub fn gpu_report(&self) -> serde_json::Value {
-        self.ctx.board.report()
+    /// The GPUs now (simulated ones showing what the models declared) and every
+    /// instance that holds GPU memory, with what it holds: what `/admin/gpus`
+    /// shows. Blocks briefly on NVML.
+    pub fn gpu_board(
+        &self,
+    ) -> (
+        crate::gpu::Snapshot,
+        Vec<(Arc<Instance>, crate::gpu::placement::Holder)>,
+    ) {
+        self.ctx.board.snapshot()
     }
 
     /// Where GPU facts come from (`nvml`, `simulated`, `none`) and, when there are
@@ -734,45 +763,14 @@ impl Fleet {
         self.ctx.clock.now()
     }
 
-    /// `GET /admin/profiles`, `llmvisor profile status`.
-    pub fn profile_status(&self) -> serde_json::Value {
-        use serde_json::json;
-        let schedule = self.ctx.schedule();
-        let now = self.ctx.clock.now();
-        let active = schedule.active_at(now);
-        let over = schedule.override_at(now);
-        let models: serde_json::Map<String, serde_json::Value> = self
-            .instances()
-            .iter()
-            .map(|i| {
-                let r = schedule.refusal(i.name(), now);
-                (
-                    i.name().to_string(),
-                    json!({
-                        "allowed": r.is_none(),
-                        "state": i.state().as_str(),
-                        "allowed_in_seconds": r.and_then(|(w, _)| w).map(|d| d.as_secs()),
-                    }),
-                )
-            })
-            .collect();
-        json!({
-            "now": now.to_rfc3339(),
-            "test_clock": self.ctx.clock.is_test(),
-            "active": active,
-            "override": over.map(|o| json!({"profile": o.profile, "until": o.until.map(|u| u.to_rfc3339())})),
-            "next_switch": schedule.next_switch(now).map(|t| t.to_rfc3339()),
-            "profiles": schedule.profiles().iter().map(|p| json!({
-                "name": p.name,
-                "windows": p.windows.iter().map(window_text).collect::<Vec<_>>(),
-                "models": p.models,
-                "preload": p.preload,
-                "exclusive": p.exclusive,
-                "drain_timeout_seconds": p.drain_timeout.as_secs(),
-                "active": active.contains(&p.name),
-            })).collect::<Vec<_>>(),
-            "models": models,
-        })
+    /// The profiles in force (their windows, the override) for `/admin/profiles`.
+    pub fn schedule(&self) -> Arc<Schedule> {
+        self.ctx.schedule()
+    }
+
+    /// Whether the clock is the test clock (`LLMVISOR_TEST_CLOCK`).
+    pub fn test_clock(&self) -> bool {
+        self.ctx.clock.is_test()
     }
 
     /// Activate a profile by hand (for `duration`, or until resumed).

@@ -1,15 +1,14 @@
 //! The GPU board: the inventory, every instance that may hold GPU memory, the lock
-//! that serialises placement decisions, and the report `/admin/gpus`, metrics and
-//! `llmvisor gpus` show.
+//! that serialises placement decisions, and the snapshot that `/admin/gpus`
+//! (rendered in `api/admin.rs`), metrics and `llmvisor gpus` show.
 
 use std::sync::{Arc, Mutex, Weak};
 
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::instance::Instance;
 use crate::gpu::placement::{Activity, GpuView, Holder, free_on};
-use crate::gpu::{Inventory, Snapshot, Source};
+use crate::gpu::{Inventory, Snapshot};
 
 /// Shared by every instance of a fleet.
 pub(crate) struct Board {
@@ -102,50 +101,5 @@ impl Board {
             }
         }
         (snap, holders)
-    }
-
-    /// `GET /admin/gpus`: every GPU and the models placed on it.
-    pub fn report(&self) -> Value {
-        let (snap, holders) = self.snapshot();
-        let gpus: Vec<Value> = snap
-            .gpus
-            .iter()
-            .map(|g| {
-                let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
-                let models: Vec<Value> = holders
-                    .iter()
-                    .filter(|(_, h)| h.gpus.contains(&g.index))
-                    .map(|(i, h)| {
-                        json!({
-                            "model": i.name(),
-                            "state": i.state().as_str(),
-                            "vram": h.vram,
-                            "in_flight": i.in_flight(),
-                            "gpus": h.gpus,
-                        })
-                    })
-                    .collect();
-                v["models"] = json!(models);
-                v
-            })
-            .collect();
-        let (message, simulated) = match &snap.source {
-            Source::None { reason } => (Some(reason.clone()), false),
-            Source::Simulated => (
-                Some(
-                    "simulated GPUs ([gpu] simulate): memory is what the models declare (vram)"
-                        .to_string(),
-                ),
-                true,
-            ),
-            Source::Nvml { .. } => (snap.error.clone(), false),
-        };
-        json!({
-            "source": snap.source.as_str(),
-            "driver_version": match &snap.source { Source::Nvml { driver_version } => Some(driver_version.clone()), _ => None },
-            "simulated": simulated,
-            "message": message,
-            "gpus": gpus,
-        })
     }
 }

@@ -115,7 +115,13 @@ pub struct Store {
     pub stats: Arc<StoreStats>,
     path: Option<PathBuf>,
     watched: Arc<events::Watched>,
+    /// Each finished request as it is recorded, for the operator's page
+    /// (`/admin/events`); also when the store is off. Bounded: a slow page lags.
+    live: tokio::sync::broadcast::Sender<Arc<RequestRecord>>,
 }
+
+/// Requests a slow `/admin/events` reader may fall behind before it lags.
+const LIVE_REQUESTS: usize = 256;
 
 /// How often a full channel is logged at most.
 const DROP_LOG_INTERVAL_MS: u64 = 10_000;
@@ -130,6 +136,7 @@ impl Store {
             stats: Arc::new(StoreStats::default()),
             path: None,
             watched: Arc::default(),
+            live: tokio::sync::broadcast::channel(LIVE_REQUESTS).0,
         }
     }
 
@@ -178,6 +185,7 @@ impl Store {
             stats,
             path: Some(path.to_path_buf()),
             watched: Arc::default(),
+            live: tokio::sync::broadcast::channel(LIVE_REQUESTS).0,
         }
     }
 
@@ -216,7 +224,17 @@ impl Store {
 
     /// Record a finished request (never blocks).
     pub fn request(&self, r: RequestRecord) {
+        // A copy only while a page follows.
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::new(r.clone()));
+        }
         self.send(Record::Request(r));
+    }
+
+    /// Each request recorded from now on. A receiver that falls behind gets
+    /// `Lagged` (and misses those records; they are still in the database).
+    pub fn subscribe_requests(&self) -> tokio::sync::broadcast::Receiver<Arc<RequestRecord>> {
+        self.live.subscribe()
     }
 
     /// Record a model event (never blocks).

@@ -1,11 +1,12 @@
-//! Reading the store: `llmvisor usage` and `llmvisor events`.
+//! Reading the store: `llmvisor usage`, `llmvisor events`, and the operator
+//! page's requests and charts (`/admin/requests`, `/admin/usage`).
 
 use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::EventRecord;
+use super::{EventRecord, RequestRecord};
 
 /// How `usage` groups requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +155,85 @@ pub fn events(
     rows.collect()
 }
 
+/// The latest `limit` requests, newest first, optionally of one client and of one
+/// model (asked for or serving).
+pub fn recent_requests(
+    conn: &Connection,
+    limit: usize,
+    client: Option<&str>,
+    model: Option<&str>,
+) -> rusqlite::Result<Vec<RequestRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT ts_ms, request_id, client, route, target, endpoint, status, prompt_tokens,
+                completion_tokens, queue_ms, cold_start_ms, ttft_ms, total_ms, error, cost_usd, stream
+         FROM requests
+         WHERE (?2 IS NULL OR client = ?2) AND (?3 IS NULL OR route = ?3 OR target = ?3)
+         ORDER BY id DESC LIMIT ?1",
+    )?;
+    let u = |v: Option<i64>| v.map(|v| v.max(0) as u64);
+    let rows = stmt.query_map(rusqlite::params![limit as i64, client, model], |r| {
+        Ok(RequestRecord {
+            ts_ms: r.get(0)?,
+            request_id: r.get(1)?,
+            client: r.get(2)?,
+            route: r.get(3)?,
+            target: r.get(4)?,
+            endpoint: r.get(5)?,
+            status: r.get(6)?,
+            prompt_tokens: u(r.get(7)?),
+            completion_tokens: u(r.get(8)?),
+            queue_ms: u(r.get(9)?),
+            cold_start_ms: u(r.get(10)?),
+            ttft_ms: u(r.get(11)?),
+            total_ms: r.get::<_, i64>(12)?.max(0) as u64,
+            error: r.get(13)?,
+            cost_usd: r.get(14)?,
+            stream: r.get(15)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// One bucket of one group of [`series`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    /// Start of the bucket, Unix milliseconds.
+    pub ts_ms: i64,
+    /// The group (client, or the instance or provider model that served).
+    pub key: String,
+    /// Requests.
+    pub requests: u64,
+    /// Prompt plus completion tokens.
+    pub tokens: u64,
+}
+
+/// Requests and tokens since `since_ms` in buckets of `bucket_ms`, per client
+/// (`By::Client`) or per serving model (`By::Target`); oldest first. Buckets
+/// without requests are left out.
+pub fn series(
+    conn: &Connection,
+    since_ms: i64,
+    bucket_ms: i64,
+    by: By,
+) -> rusqlite::Result<Vec<SeriesPoint>> {
+    let sql = format!(
+        "SELECT (ts_ms / ?2) * ?2 AS b, {} AS k, COUNT(*),
+                SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0))
+         FROM requests WHERE ts_ms >= ?1 GROUP BY b, k ORDER BY b, k",
+        by.column()
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params![since_ms, bucket_ms.max(1)], |r| {
+        Ok(SeriesPoint {
+            ts_ms: r.get(0)?,
+            key: r.get(1)?,
+            requests: r.get::<_, i64>(2)?.max(0) as u64,
+            tokens: r.get::<_, i64>(3)?.max(0) as u64,
+        })
+    })?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +272,43 @@ mod tests {
         assert_eq!(rows[2].key, "total");
         assert_eq!(rows[2].requests, 22);
         assert!(usage(&c, 2000, By::Total).unwrap()[0].requests == 0);
+    }
+
+    #[test]
+    fn recent_requests_and_series() {
+        let c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&c).unwrap();
+        for (ts, client, target, p) in [
+            (1_000, "a", "chat", 3),
+            (2_000, "b", "chat", 4),
+            (3_700_000, "a", "big", 5),
+        ] {
+            c.execute(
+                "INSERT INTO requests (ts_ms, request_id, client, route, target, endpoint, status, prompt_tokens, completion_tokens, total_ms)
+                 VALUES (?1, 'x', ?2, ?3, ?3, 'chat/completions', 200, ?4, 1, 10)",
+                rusqlite::params![ts, client, target, p],
+            )
+            .unwrap();
+        }
+        let r = recent_requests(&c, 2, None, None).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].target.as_str(), r[0].prompt_tokens), ("big", Some(5)));
+        assert_eq!(r[1].client, "b");
+        let a = recent_requests(&c, 10, Some("a"), Some("chat")).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].ts_ms, 1_000);
+        let s = series(&c, 0, 3_600_000, By::Client).unwrap();
+        let got: Vec<(i64, &str, u64, u64)> = s
+            .iter()
+            .map(|p| (p.ts_ms, p.key.as_str(), p.requests, p.tokens))
+            .collect();
+        assert_eq!(
+            got,
+            [(0, "a", 1, 4), (0, "b", 1, 5), (3_600_000, "a", 1, 6)]
+        );
+        assert_eq!(
+            series(&c, 3_000_000, 3_600_000, By::Target).unwrap().len(),
+            1
+        );
     }
 }

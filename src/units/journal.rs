@@ -94,10 +94,17 @@ pub fn messages(q: &Query<'_>, lines: usize) -> Vec<String> {
 
 /// Print the last `lines` entries, then every new one as it arrives (`-f`), until
 /// `emit` returns false.
-pub fn follow(
+pub fn follow(q: &Query<'_>, lines: usize, emit: impl FnMut(&str) -> bool) -> Result<(), String> {
+    follow_while(q, lines, emit, || true)
+}
+
+/// [`follow`], also ending within a second once `alive` returns false (a quiet
+/// journal calls no `emit`: the operator's page left and nothing would notice).
+pub fn follow_while(
     q: &Query<'_>,
     lines: usize,
     mut emit: impl FnMut(&str) -> bool,
+    alive: impl Fn() -> bool,
 ) -> Result<(), String> {
     for l in tail(q, lines)? {
         if !emit(&l) {
@@ -109,7 +116,7 @@ pub fn follow(
     // After seek_tail the cursor sits past the end; step back onto the last entry
     // so the next read is the first new one.
     let _ = j.previous();
-    loop {
+    while alive() {
         match j.await_next_entry(Some(Duration::from_secs(1))) {
             Ok(Some(r)) => {
                 if !emit(&line(&j, &r)) {
@@ -120,4 +127,5 @@ pub fn follow(
             Err(e) => return Err(format!("journal read: {e}")),
         }
     }
+    Ok(())
 }

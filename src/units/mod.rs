@@ -16,6 +16,7 @@ pub mod sockets;
 pub mod systemd;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -158,10 +159,23 @@ pub trait UnitManager: Send + Sync + 'static {
         None
     }
 
+    /// The main process of a running unit (systemd's `MainPID`; the session
+    /// leader under the process manager), for the operator's page.
+    async fn main_pid(&self, _unit: &str) -> Option<u32> {
+        None
+    }
+
     /// The last `lines` lines of output the manager itself kept of a unit (oldest
     /// first), for managers whose units do not log to the journal. `None`: read the
     /// journal.
     fn recent_output(&self, _unit: &str, _lines: usize) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Each new line of output the manager itself keeps of a unit (the lines
+    /// [`recent_output`](Self::recent_output) would add), as it comes; bounded, a
+    /// slow receiver lags. `None`: follow the journal.
+    fn follow_output(&self, _unit: &str) -> Option<broadcast::Receiver<Arc<str>>> {
         None
     }
 }

@@ -55,8 +55,24 @@ pub const SUPERVISOR_ENV: &str = "LLMVISOR_SUPERVISOR";
 /// The environment variable that marks a model's processes with their run.
 pub const INVOCATION_ENV: &str = "LLMVISOR_INVOCATION";
 
-/// Recent output of one unit, across its runs.
-type LogRing = Arc<Mutex<VecDeque<String>>>;
+/// Recent output of one unit, across its runs, and each new line as it comes (for
+/// the operator's page; bounded, a slow page lags and never holds up the pump).
+struct LogRing {
+    lines: Mutex<VecDeque<String>>,
+    live: broadcast::Sender<Arc<str>>,
+}
+
+/// Lines a slow follower of a unit's output may fall behind before it lags.
+const LIVE_LINES: usize = 256;
+
+impl Default for LogRing {
+    fn default() -> Self {
+        Self {
+            lines: Mutex::default(),
+            live: broadcast::channel(LIVE_LINES).0,
+        }
+    }
+}
 
 struct Child {
     pgid: Pid,
@@ -75,7 +91,7 @@ pub struct ProcessManager {
     counter: AtomicU64,
     /// `<pid>:<start time>` of this llmvisor, the mark its models carry.
     me: String,
-    logs: Mutex<HashMap<String, LogRing>>,
+    logs: Mutex<HashMap<String, Arc<LogRing>>>,
     /// Where this llmvisor records its children's sessions.
     record: Option<std::path::PathBuf>,
 }
@@ -138,7 +154,7 @@ impl ProcessManager {
         }
     }
 
-    fn log_ring(&self, unit: &str) -> LogRing {
+    fn log_ring(&self, unit: &str) -> Arc<LogRing> {
         self.logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -164,7 +180,7 @@ fn pump(
     stream: &'static str,
     out: impl AsyncRead + Unpin + Send + 'static,
     tail: Arc<Mutex<VecDeque<String>>>,
-    log: (LogRing, String),
+    log: (Arc<LogRing>, String),
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(out).lines();
@@ -179,11 +195,15 @@ fn pump(
                     t.push_back(line.clone());
                     drop(t);
                     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-                    let mut ring = log.0.lock().unwrap_or_else(|e| e.into_inner());
+                    let text = format!("{when} {}: {line}", log.1);
+                    if log.0.live.receiver_count() > 0 {
+                        let _ = log.0.live.send(Arc::from(text.as_str()));
+                    }
+                    let mut ring = log.0.lines.lock().unwrap_or_else(|e| e.into_inner());
                     if ring.len() >= LOG_LINES {
                         ring.pop_front();
                     }
-                    ring.push_back(format!("{when} {}: {line}", log.1));
+                    ring.push_back(text);
                 }
                 Ok(None) => break,
                 // Not UTF-8 or a read error: the output is only logged, so skip on.
@@ -418,13 +438,23 @@ impl UnitManager for ProcessManager {
 
     fn recent_output(&self, unit: &str, lines: usize) -> Option<Vec<String>> {
         let ring = self.log_ring(unit);
-        let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = ring.lines.lock().unwrap_or_else(|e| e.into_inner());
         Some(
             ring.iter()
                 .skip(ring.len().saturating_sub(lines))
                 .cloned()
                 .collect(),
         )
+    }
+
+    async fn main_pid(&self, unit: &str) -> Option<u32> {
+        let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let c = children.get(unit)?;
+        (!*c.exited.borrow()).then_some(c.pgid.as_raw() as u32)
+    }
+
+    fn follow_output(&self, unit: &str) -> Option<broadcast::Receiver<Arc<str>>> {
+        Some(self.log_ring(unit).live.subscribe())
     }
 
     async fn list(&self) -> Result<Vec<UnitInfo>, UnitError> {

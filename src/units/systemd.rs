@@ -512,6 +512,13 @@ impl UnitManager for SystemdManager {
         Ok(invocation)
     }
 
+    async fn main_pid(&self, unit: &str) -> Option<u32> {
+        self.runtime(unit)
+            .await
+            .map(|(pid, _)| pid)
+            .filter(|p| *p != 0)
+    }
+
     async fn pids(&self, unit: &str) -> Option<Vec<u32>> {
         let cg = self.control_group(unit).await?;
         let pids = tokio::task::spawn_blocking(move || cgroup_pids(&cg))

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 pub use error::ApiError;
 
 use crate::auth::Auth;
-use crate::config::Settings;
+use crate::config::{Kind, Settings};
 use crate::fleet::Fleet;
 use crate::proxy::Upstream;
 use crate::router::{self, Tokenizers};
@@ -164,11 +164,24 @@ pub fn routes(app: Arc<App>) -> Router {
             admin::gate,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10));
-    let router = Router::new()
+    let mut router = Router::new();
+    // Each kind's pass-through POST paths (config::Kind::post_paths), once each.
+    let mut paths: Vec<&str> = [Kind::Vllm, Kind::LlamaCpp, Kind::Ollama, Kind::Command]
+        .iter()
+        .flat_map(|k| k.post_paths().iter().copied())
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    for p in paths {
+        router = router.route(p, post(openai::forward));
+    }
+    let router = router
+        .route("/upstream/{*rest}", get(openai::upstream))
         .route("/v1/chat/completions", post(openai::forward))
         .route("/v1/completions", post(openai::forward))
         .route("/v1/embeddings", post(openai::forward))
         .route("/v1/rerank", post(openai::forward))
+        .route("/v1/responses", post(openai::forward))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(status::models))

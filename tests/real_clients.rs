@@ -44,11 +44,16 @@ fn python_or_skip(module: &str, test: &str) -> Option<String> {
 
 /// Run `tests/clients/<script> BASE MODEL` against `lv`; it must end with "ok".
 async fn run_client(python: String, script: &str, lv: &Llmvisor, model: &str) {
-    let args = [
+    run_client_args(python, script, lv, &[model]).await;
+}
+
+/// Run `tests/clients/<script> BASE ARGS…` against `lv`; it must end with "ok".
+async fn run_client_args(python: String, script: &str, lv: &Llmvisor, rest: &[&str]) {
+    let mut args = vec![
         format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR")),
         lv.base.clone(),
-        model.to_string(),
     ];
+    args.extend(rest.iter().map(|s| s.to_string()));
     let out =
         tokio::task::spawn_blocking(move || Command::new(python).args(args).output().unwrap())
             .await
@@ -131,4 +136,57 @@ async fn openai_responses_api_on_the_real_llama_server() {
     };
     let lv = Llmvisor::start("", &llama_model(&f, "tiny")).await;
     run_client(python, "openai_responses.py", &lv, "tiny").await;
+}
+
+/// The `ollama` client (list, show, chat ± stream, generate ± stream, ps, embed)
+/// on llmvisor's Ollama API, translated to the mock's OpenAI API (the mock's own
+/// `/api/*` is not used).
+#[tokio::test]
+async fn official_ollama_python_client_on_the_mock() {
+    let Some(python) = python_or_skip("ollama", "official_ollama_python_client_on_the_mock") else {
+        return;
+    };
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "{}{}",
+            mock_model("chat", &[], "aliases = [\"llama3.2:latest\"]"),
+            mock_model("embed", &[], "capabilities = [\"embedding\"]")
+        ),
+    )
+    .await;
+    run_client_args(
+        python,
+        "ollama_client.py",
+        &lv,
+        &["llama3.2:latest", "embed"],
+    )
+    .await;
+    // Translated to OpenAI's paths: 4 generations there, and the embedding.
+    let stats = lv.mock_stats("chat").await;
+    assert_eq!(stats["requests"], 4, "{stats}");
+    assert_eq!(lv.mock_stats("embed").await["requests"], 1);
+}
+
+/// The same client against the real llama-server (a chat instance and an
+/// embedding one with mean pooling).
+#[tokio::test]
+async fn official_ollama_python_client_on_the_real_llama_server() {
+    let f = require_llama!();
+    let Some(python) = python_or_skip(
+        "ollama",
+        "official_ollama_python_client_on_the_real_llama_server",
+    ) else {
+        return;
+    };
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "{}{}embeddings = true\nextra_args = [\"--pooling\", \"mean\"]\n",
+            llama_model(&f, "tiny"),
+            llama_model(&f, "tiny-embed")
+        ),
+    )
+    .await;
+    run_client_args(python, "ollama_client.py", &lv, &["tiny", "tiny-embed"]).await;
 }

@@ -1,4 +1,5 @@
-//! The HTTP API: OpenAI-compatible endpoints, health, metrics and admin routes.
+//! The HTTP API: OpenAI-compatible endpoints (and the Anthropic and Ollama
+//! dialects, translated), health, metrics and admin routes.
 
 mod account;
 mod admin;
@@ -8,6 +9,8 @@ pub mod body;
 pub mod error;
 mod keepalive;
 mod messages;
+pub mod ollama;
+mod ollama_api;
 pub mod openai;
 pub mod server;
 mod status;
@@ -184,6 +187,14 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/responses", post(openai::forward))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/api/version", get(ollama_api::version))
+        .route("/api/tags", get(ollama_api::tags))
+        .route("/api/ps", get(ollama_api::ps))
+        .route("/api/show", post(ollama_api::show))
+        .route("/api/chat", post(ollama_api::chat))
+        .route("/api/generate", post(ollama_api::generate))
+        .route("/api/embed", post(ollama_api::embed))
+        .route("/api/embeddings", post(ollama_api::embeddings_legacy))
         .route("/v1/models", get(status::models))
         .route("/v1/models/{*id}", get(status::model))
         .route("/health", get(status::health))

@@ -9,6 +9,10 @@
 //! messages or prompt just stops it, as Ollama's "unload" does); other values are
 //! accepted and left to the model's own `idle_ttl`.
 
+// Helpers short-circuit with a ready-made `Response` as their `Err`, moved once on
+// a cold path (as src/api/messages.rs does with its tuple).
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -160,10 +160,9 @@ pub async fn upstream(State(app): State<Arc<App>>, req: Request) -> Response {
         .to_string();
     let policy = app.policy();
     let split = rest
-        .match_indices('/')
+        .rmatch_indices('/')
         .map(|(i, _)| i)
-        .filter(|i| policy.router.knows(&rest[..*i]))
-        .last();
+        .find(|i| policy.router.knows(&rest[..*i]));
     let Some(i) = split else {
         let id = admit::request_id(req.headers());
         let mut resp = ApiError::UnknownUrl(format!("GET {}", req.uri().path())).into_response();

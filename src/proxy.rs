@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -201,11 +201,39 @@ impl Upstream {
         request_id: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Response<UpBody>, ProxyError> {
+        self.send(
+            Method::POST,
+            port,
+            path_and_query,
+            headers,
+            request_id,
+            body,
+        )
+        .await
+    }
+
+    /// [`Upstream::post`] with another method (`GET` for pass-through paths).
+    pub async fn send(
+        &self,
+        method: Method,
+        port: u16,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        request_id: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Result<Response<UpBody>, ProxyError> {
         use pool::SendError;
         let host = HeaderValue::from_str(&format!("127.0.0.1:{port}"))
             .map_err(|e| ProxyError::Failed(e.to_string()))?;
         let build = || {
-            let mut req = build_request(path_and_query, headers, request_id, None, body.clone())?;
+            let mut req = build_request(
+                method.clone(),
+                path_and_query,
+                headers,
+                request_id,
+                None,
+                body.clone(),
+            )?;
             req.headers_mut().insert(header::HOST, host.clone());
             Ok::<_, ProxyError>(req)
         };
@@ -248,7 +276,16 @@ impl Upstream {
             }
             None => None,
         };
-        let build = || build_request(uri, headers, request_id, auth.as_ref(), body.clone());
+        let build = || {
+            build_request(
+                Method::POST,
+                uri,
+                headers,
+                request_id,
+                auth.as_ref(),
+                body.clone(),
+            )
+        };
         // A pooled keep-alive connection the backend had closed (llama-server closes
         // after every stream while advertising keep-alive) fails at once, before any
         // response: send once more, on another connection. A backend that died fails
@@ -271,8 +308,10 @@ impl Upstream {
     }
 }
 
-/// A POST of `body` to `uri` with the forwarded headers of the client's request.
+/// A request (POST, or GET without a body) of `body` to `uri` with the forwarded
+/// headers of the client's request.
 fn build_request(
+    method: Method,
     uri: &str,
     headers: &HeaderMap,
     request_id: Option<&HeaderValue>,
@@ -280,7 +319,7 @@ fn build_request(
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
     let named = connection_named(headers);
-    let mut req = Request::post(uri);
+    let mut req = Request::builder().method(method).uri(uri);
     for name in FORWARDED {
         if named.iter().any(|c| c == name.as_str()) {
             continue;

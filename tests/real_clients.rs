@@ -1,9 +1,12 @@
-//! Real clients against the real binary: the official `openai` and `anthropic`
-//! Python packages. Needs Python with them (`.venv/` made by `.ci/run`, or any
+//! Real clients against the real binary: the official `openai`, `anthropic` and
+//! `ollama` Python packages, against the mock and (where the test says so) the real
+//! llama-server of `scripts/llama-fixture.sh`. Needs Python with them (`.venv/` made by `.ci/run`, or any
 //! `python3` that can import them). Without it a test says SKIPPED loudly; under CI
 //! it fails instead.
 
 mod common;
+#[macro_use]
+mod llama_fixture;
 
 use std::path::Path;
 use std::process::Command;
@@ -41,11 +44,16 @@ fn python_or_skip(module: &str, test: &str) -> Option<String> {
 
 /// Run `tests/clients/<script> BASE MODEL` against `lv`; it must end with "ok".
 async fn run_client(python: String, script: &str, lv: &Llmvisor, model: &str) {
-    let args = [
+    run_client_args(python, script, lv, &[model]).await;
+}
+
+/// Run `tests/clients/<script> BASE ARGS…` against `lv`; it must end with "ok".
+async fn run_client_args(python: String, script: &str, lv: &Llmvisor, rest: &[&str]) {
+    let mut args = vec![
         format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR")),
         lv.base.clone(),
-        model.to_string(),
     ];
+    args.extend(rest.iter().map(|s| s.to_string()));
     let out =
         tokio::task::spawn_blocking(move || Command::new(python).args(args).output().unwrap())
             .await
@@ -93,4 +101,92 @@ async fn official_anthropic_python_client() {
     run_client(python, "anthropic_client.py", &lv, "claude-local").await;
     // The message and the stream reached the backend as chat completions.
     assert_eq!(lv.mock_stats("local").await["requests"], 2);
+}
+
+/// A `kind = "llama-cpp"` model running the real llama-server fixture.
+fn llama_model(f: &llama_fixture::Fixture, name: &str) -> String {
+    format!(
+        "[models.{name}]\nkind = \"llama-cpp\"\nmodel = {:?}\nexecutable = {:?}\nport = {}\nstart_timeout = \"60s\"\n",
+        f.model.display().to_string(),
+        f.server.display().to_string(),
+        free_port()
+    )
+}
+
+/// `client.responses.create`, plain and streamed, forwarded to the mock (its
+/// `/v1/responses` has llama-server's shapes).
+#[tokio::test]
+async fn openai_responses_api_on_the_mock() {
+    let Some(python) = python_or_skip("openai", "openai_responses_api_on_the_mock") else {
+        return;
+    };
+    let lv = Llmvisor::start("", &mock_model("m", &[], "aliases = [\"gpt-4.1-mini\"]")).await;
+    run_client(python, "openai_responses.py", &lv, "gpt-4.1-mini").await;
+    assert_eq!(lv.mock_stats("m").await["requests"], 2);
+}
+
+/// `client.responses.create`, plain and streamed, forwarded to the real
+/// llama-server.
+#[tokio::test]
+async fn openai_responses_api_on_the_real_llama_server() {
+    let f = require_llama!();
+    let Some(python) = python_or_skip("openai", "openai_responses_api_on_the_real_llama_server")
+    else {
+        return;
+    };
+    let lv = Llmvisor::start("", &llama_model(&f, "tiny")).await;
+    run_client(python, "openai_responses.py", &lv, "tiny").await;
+}
+
+/// The `ollama` client (list, show, chat ± stream, generate ± stream, ps, embed)
+/// on llmvisor's Ollama API, translated to the mock's OpenAI API (the mock's own
+/// `/api/*` is not used).
+#[tokio::test]
+async fn official_ollama_python_client_on_the_mock() {
+    let Some(python) = python_or_skip("ollama", "official_ollama_python_client_on_the_mock") else {
+        return;
+    };
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "{}{}",
+            mock_model("chat", &[], "aliases = [\"llama3.2:latest\"]"),
+            mock_model("embed", &[], "capabilities = [\"embedding\"]")
+        ),
+    )
+    .await;
+    run_client_args(
+        python,
+        "ollama_client.py",
+        &lv,
+        &["llama3.2:latest", "embed"],
+    )
+    .await;
+    // Translated to OpenAI's paths: 4 generations there, and the embedding.
+    let stats = lv.mock_stats("chat").await;
+    assert_eq!(stats["requests"], 4, "{stats}");
+    assert_eq!(lv.mock_stats("embed").await["requests"], 1);
+}
+
+/// The same client against the real llama-server (a chat instance and an
+/// embedding one with mean pooling).
+#[tokio::test]
+async fn official_ollama_python_client_on_the_real_llama_server() {
+    let f = require_llama!();
+    let Some(python) = python_or_skip(
+        "ollama",
+        "official_ollama_python_client_on_the_real_llama_server",
+    ) else {
+        return;
+    };
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "{}{}embeddings = true\nextra_args = [\"--pooling\", \"mean\"]\n",
+            llama_model(&f, "tiny"),
+            llama_model(&f, "tiny-embed")
+        ),
+    )
+    .await;
+    run_client_args(python, "ollama_client.py", &lv, &["tiny", "tiny-embed"]).await;
 }

@@ -44,6 +44,9 @@ pub(super) fn request_id(headers: &HeaderMap) -> HeaderValue {
 pub(super) type Rejected = (String, String, ApiError);
 
 /// Everything before the first target: key, body, model, permission, plan, limits.
+/// `upstream` is a GET pass-through: (the model named in the URL, the backend
+/// path); no body is read then.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn admit(
     app: Arc<App>,
     policy: Arc<Policy>,
@@ -52,6 +55,7 @@ pub(super) async fn admit(
     endpoint: &'static str,
     started: Instant,
     request_id: HeaderValue,
+    upstream: Option<(String, String)>,
 ) -> Result<(Call, Plan), Rejected> {
     let anon = |e| ("-".to_string(), "-".to_string(), e);
     let client = policy.auth.identify(&parts.headers).map_err(|d| {
@@ -67,10 +71,35 @@ pub(super) async fn admit(
         })
     })?;
     let who = |route: &str, e| (client.name.clone(), route.to_string(), e);
-    let bytes = read_body(&app, &parts.headers, body)
-        .await
-        .map_err(|e| who("-", e))?;
-    let head = body::parse_head(&bytes).map_err(|e| who("-", e))?;
+    let (bytes, head, upstream_path) = match upstream {
+        Some((model, path)) => (
+            Bytes::new(),
+            body::Head {
+                model,
+                model_span: (0, 0),
+                stream: false,
+                stream_options: body::StreamOptions::Absent,
+                form: false,
+            },
+            Some(path),
+        ),
+        None => {
+            let bytes = read_body(&app, &parts.headers, body)
+                .await
+                .map_err(|e| who("-", e))?;
+            let boundary = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(body::form_boundary);
+            let head = match boundary {
+                Some(b) => body::parse_form_head(&bytes, b),
+                None => body::parse_head(&bytes),
+            }
+            .map_err(|e| who("-", e))?;
+            (bytes, head, None)
+        }
+    };
     let requested = head.model.clone();
     let stream = head.stream;
     if !policy.router.knows(&requested) {
@@ -100,6 +129,9 @@ pub(super) async fn admit(
                 &requested,
                 match e {
                     PlanError::NotFound => ApiError::ModelNotFound(requested.clone()),
+                    PlanError::NotServed => {
+                        ApiError::EndpointNotServed(requested.clone(), parts.uri.path().to_string())
+                    }
                     PlanError::ContextTooLong {
                         prompt,
                         max_tokens,
@@ -177,6 +209,7 @@ pub(super) async fn admit(
         charged_tokens,
         reached: AtomicBool::new(false),
         ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
+        upstream_path,
         // Only where the client's own options say nothing about the usage chunk
         // (none, `null`, an object without `include_usage`): turning it on is then
         // invisible once the chunk is removed again; overriding the client is not.

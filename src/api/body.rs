@@ -61,6 +61,8 @@ pub struct Head {
     pub stream: bool,
     /// `stream_options`.
     pub stream_options: StreamOptions,
+    /// `model` is a `multipart/form-data` field: its span holds the bare value.
+    pub form: bool,
 }
 
 fn bad(message: impl Into<String>, code: &'static str) -> ApiError {
@@ -159,6 +161,88 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, ApiError> {
         model_span: (start, start + raw.get().len()),
         stream,
         stream_options,
+        form: false,
+    })
+}
+
+/// The `boundary` of a `multipart/form-data` content type, if it is one.
+pub fn form_boundary(content_type: &str) -> Option<&str> {
+    let mut params = content_type.split(';');
+    if !params
+        .next()?
+        .trim()
+        .eq_ignore_ascii_case("multipart/form-data")
+    {
+        return None;
+    }
+    params.find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// The fields llmvisor reads from a `multipart/form-data` body (an audio upload):
+/// the `model` field's value and its byte range, and `stream` (`true` as text).
+/// 400 `missing_model` without a `model` field.
+pub fn parse_form_head(bytes: &[u8], boundary: &str) -> Result<Head, ApiError> {
+    let delim = format!("--{boundary}");
+    let delim = delim.as_bytes();
+    let find = |hay: &[u8], from: usize, needle: &[u8]| {
+        hay.get(from..)?
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|i| i + from)
+    };
+    let (mut model, mut stream) = (None, false);
+    let mut at = find(bytes, 0, delim);
+    while let Some(start) = at {
+        let part = start + delim.len();
+        // `--` after the delimiter ends the body.
+        if bytes.get(part..part + 2) == Some(b"--") {
+            break;
+        }
+        let Some(head_end) = find(bytes, part, b"\r\n\r\n") else {
+            break;
+        };
+        let next = find(bytes, head_end, delim);
+        // The value ends before the CRLF that precedes the next delimiter.
+        let value_end = next.map_or(bytes.len(), |n| n.saturating_sub(2));
+        let headers = String::from_utf8_lossy(&bytes[part..head_end]).to_ascii_lowercase();
+        let name = headers
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("name="))
+            .map(|n| {
+                n.split(['\r', '\n'])
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_string()
+            });
+        let value = (head_end + 4, value_end.max(head_end + 4));
+        match name.as_deref() {
+            Some("model") => model = Some(value),
+            Some("stream") => stream = bytes.get(value.0..value.1) == Some(b"true"),
+            _ => {}
+        }
+        at = next;
+    }
+    let Some((s, e)) = model else {
+        return Err(bad("You must provide a model parameter.", "missing_model"));
+    };
+    let requested = std::str::from_utf8(&bytes[s..e])
+        .map_err(|_| bad("`model` must be text.", "invalid_model"))?
+        .to_string();
+    if requested.is_empty() {
+        return Err(bad("You must provide a model parameter.", "missing_model"));
+    }
+    Ok(Head {
+        model: requested,
+        model_span: (s, e),
+        stream,
+        stream_options: StreamOptions::Odd,
+        form: true,
     })
 }
 
@@ -168,7 +252,11 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, ApiError> {
 /// itself when nothing changes.
 pub fn rewrite(body: &Bytes, head: &Head, name: &str, inject_usage: bool) -> Bytes {
     let (start, end) = head.model_span;
-    let quoted = serde_json::to_string(name).unwrap_or_default();
+    let quoted = if head.form {
+        name.to_string()
+    } else {
+        serde_json::to_string(name).unwrap_or_default()
+    };
     let inject = inject_usage && head.stream_options.injectable();
     if body.get(start..end) == Some(quoted.as_bytes()) && !inject {
         return body.clone();
@@ -213,6 +301,38 @@ pub fn rewrite(body: &Bytes, head: &Head, name: &str, inject_usage: bool) -> Byt
     }
     out.extend_from_slice(&body[at..]);
     out.freeze()
+}
+
+#[cfg(test)]
+mod form_tests {
+    use super::*;
+
+    /// The shape the `openai` Python client sends for
+    /// `audio.transcriptions.create(model=…, file=…)` (httpx: fields, then files).
+    const BODY: &str = "--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--b0\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\x00\x01\r\n--b0--\r\n";
+
+    #[test]
+    fn the_model_field_is_found_and_rewritten_in_place() {
+        assert_eq!(
+            form_boundary("multipart/form-data; boundary=\"b0\""),
+            Some("b0")
+        );
+        assert_eq!(form_boundary("application/json"), None);
+        let head = parse_form_head(BODY.as_bytes(), "b0").unwrap();
+        assert_eq!(head.model, "whisper");
+        assert!(head.stream);
+        let out = rewrite(&Bytes::from(BODY), &head, "openai/whisper-large-v3", false);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            BODY.replace("\r\nwhisper\r\n", "\r\nopenai/whisper-large-v3\r\n")
+        );
+    }
+
+    #[test]
+    fn a_form_without_a_model_is_refused() {
+        let body = "--b0\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx\r\n--b0--\r\n";
+        assert!(parse_form_head(body.as_bytes(), "b0").is_err());
+    }
 }
 
 #[cfg(test)]

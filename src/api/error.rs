@@ -23,6 +23,10 @@ pub enum ApiError {
     /// No model or alias of that name.
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
+    /// The model's server does not have the endpoint (a pass-through path its kind
+    /// lacks): (model, path).
+    #[error("the model `{0}` does not serve {1}")]
+    EndpointNotServed(String, String),
     /// The body is over `server.max_body`.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(u64),
@@ -229,6 +233,15 @@ impl ApiError {
                 "model_not_found",
                 format!(
                     "The model `{m}` does not exist. GET /v1/models lists the models served here."
+                ),
+                None,
+            ),
+            ApiError::EndpointNotServed(m, path) => r(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_endpoint",
+                format!(
+                    "The model `{m}` does not serve {path}: its server does not have it (docs/api.md lists the endpoints of each kind)."
                 ),
                 None,
             ),

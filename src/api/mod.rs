@@ -1,5 +1,6 @@
-//! The HTTP API: OpenAI-compatible endpoints, health, metrics, admin routes and
-//! the operator's page (`/ui`).
+//! The HTTP API: OpenAI-compatible endpoints (and the Anthropic and Ollama
+//! dialects, translated), health, metrics, admin routes and the operator's page
+//! (`/ui`).
 
 mod account;
 mod admin;
@@ -10,6 +11,8 @@ pub mod error;
 mod events;
 mod keepalive;
 mod messages;
+pub mod ollama;
+mod ollama_api;
 pub mod openai;
 pub mod server;
 mod status;
@@ -26,7 +29,7 @@ use axum::routing::{get, post};
 pub use error::ApiError;
 
 use crate::auth::Auth;
-use crate::config::Settings;
+use crate::config::{Kind, Settings};
 use crate::fleet::Fleet;
 use crate::proxy::Upstream;
 use crate::router::{self, Tokenizers};
@@ -170,13 +173,34 @@ pub fn routes(app: Arc<App>) -> Router {
             admin::gate,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 10));
-    let router = Router::new()
+    let mut router = Router::new();
+    // Each kind's pass-through POST paths (config::Kind::post_paths), once each.
+    let mut paths: Vec<&str> = [Kind::Vllm, Kind::LlamaCpp, Kind::Ollama, Kind::Command]
+        .iter()
+        .flat_map(|k| k.post_paths().iter().copied())
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    for p in paths {
+        router = router.route(p, post(openai::forward));
+    }
+    let router = router
+        .route("/upstream/{*rest}", get(openai::upstream))
         .route("/v1/chat/completions", post(openai::forward))
         .route("/v1/completions", post(openai::forward))
         .route("/v1/embeddings", post(openai::forward))
         .route("/v1/rerank", post(openai::forward))
+        .route("/v1/responses", post(openai::forward))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/api/version", get(ollama_api::version))
+        .route("/api/tags", get(ollama_api::tags))
+        .route("/api/ps", get(ollama_api::ps))
+        .route("/api/show", post(ollama_api::show))
+        .route("/api/chat", post(ollama_api::chat))
+        .route("/api/generate", post(ollama_api::generate))
+        .route("/api/embed", post(ollama_api::embed))
+        .route("/api/embeddings", post(ollama_api::embeddings_legacy))
         .route("/v1/models", get(status::models))
         .route("/v1/models/{*id}", get(status::model))
         .route("/health", get(status::health))

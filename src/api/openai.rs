@@ -1,5 +1,5 @@
 //! The forwarding endpoints (`/v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings`, `/v1/rerank`): admit the request (src/api/admit.rs), hand its
+//! `/v1/embeddings`, `/v1/rerank`, `/v1/responses`): admit the request (src/api/admit.rs), hand its
 //! plan to `router::dispatch` — which tries the targets, retrying only before the
 //! first byte — and relay the answer as it comes, rendering the headers and errors.
 //! Every request, answered or refused, is accounted once (src/api/account.rs).
@@ -29,7 +29,8 @@ fn endpoint_of(path: &str) -> &'static str {
         "/v1/completions" => "completions",
         "/v1/embeddings" => "embeddings",
         "/v1/rerank" => "rerank",
-        _ => "other",
+        "/v1/responses" => "responses",
+        p => crate::config::post_passthrough(p).unwrap_or("other"),
     }
 }
 
@@ -55,6 +56,8 @@ pub(super) struct Call {
     pub reached: AtomicBool,
     /// Unix milliseconds at arrival (the usage store's time).
     pub ts_ms: i64,
+    /// A GET pass-through (`/upstream/<model><path>`): the backend path and query.
+    pub upstream_path: Option<String>,
     /// llmvisor adds `stream_options.include_usage` (and removes what it brings).
     pub inject_usage: bool,
 }
@@ -105,10 +108,20 @@ impl Call {
 
     /// Try the plan's targets (see `router::dispatch`).
     async fn dispatch(&self, plan: &Plan) -> Result<Served, (String, ApiError)> {
-        let body_for = |name: &str| body::rewrite(&self.body, &self.head, name, self.inject_usage);
+        let body_for = |name: &str| {
+            if self.upstream_path.is_some() {
+                Bytes::new()
+            } else {
+                body::rewrite(&self.body, &self.head, name, self.inject_usage)
+            }
+        };
         let job = Job {
             route: &self.route,
-            path: self.parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            method: &self.parts.method,
+            path: self
+                .upstream_path
+                .as_deref()
+                .unwrap_or_else(|| self.parts.uri.path_and_query().map_or("/", |p| p.as_str())),
             headers: &self.parts.headers,
             request_id: &self.request_id,
             priority: self.client.priority,
@@ -128,11 +141,58 @@ impl Call {
     }
 }
 
-/// Handler of every forwarding endpoint.
+/// Handler of every forwarding endpoint (and of POST pass-through paths).
 pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
+    let endpoint = endpoint_of(req.uri().path());
+    forward_as(app, req, endpoint, None).await
+}
+
+/// `GET /upstream/<model><path>`: a GET path of the model's server (its kind's
+/// [`crate::config::Kind::get_paths`]), with keys, limits and accounting as for
+/// any request. The model name may hold `/`: the longest known name that the URL
+/// starts with wins.
+pub async fn upstream(State(app): State<Arc<App>>, req: Request) -> Response {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix("/upstream/")
+        .unwrap_or_default()
+        .to_string();
+    let policy = app.policy();
+    let split = rest
+        .rmatch_indices('/')
+        .map(|(i, _)| i)
+        .find(|i| policy.router.knows(&rest[..*i]));
+    let Some(i) = split else {
+        let id = admit::request_id(req.headers());
+        let mut resp = ApiError::UnknownUrl(format!("GET {}", req.uri().path())).into_response();
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), id);
+        return resp;
+    };
+    let (model, path) = (rest[..i].to_string(), &rest[i..]);
+    let Some(endpoint) = crate::config::get_passthrough(path) else {
+        let id = admit::request_id(req.headers());
+        let mut resp = ApiError::EndpointNotServed(model, format!("GET {path}")).into_response();
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), id);
+        return resp;
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    forward_as(app, req, endpoint, Some((model, path_and_query))).await
+}
+
+async fn forward_as(
+    app: Arc<App>,
+    req: Request,
+    endpoint: &'static str,
+    upstream: Option<(String, String)>,
+) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let endpoint = endpoint_of(parts.uri.path());
     let id = admit::request_id(&parts.headers);
     let policy = app.policy();
     let admitted = admit::admit(
@@ -143,6 +203,7 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
         endpoint,
         started,
         id.clone(),
+        upstream,
     )
     .await;
     let mut resp = match admitted {

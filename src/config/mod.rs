@@ -236,6 +236,36 @@ pub enum ManagerChoice {
     Process,
 }
 
+/// The OpenAI endpoints every kind serves (`/v1/<name>`): vLLM, llama-server and
+/// Ollama (0.13.3 and later for `responses`) all do; a `command` server's own
+/// answer is relayed.
+pub const OPENAI_ENDPOINTS: [&str; 5] = [
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "rerank",
+    "responses",
+];
+
+/// Every kind's pass-through POST paths, and the endpoint name each is counted
+/// under (the path without its leading `/`).
+pub fn post_passthrough(path: &str) -> Option<&'static str> {
+    [Kind::Vllm, Kind::LlamaCpp, Kind::Ollama, Kind::Command]
+        .iter()
+        .flat_map(|k| k.post_paths())
+        .find(|p| **p == path)
+        .map(|p| &p[1..])
+}
+
+/// The same for GET paths (`/upstream/<model><path>`).
+pub fn get_passthrough(path: &str) -> Option<&'static str> {
+    [Kind::Vllm, Kind::LlamaCpp, Kind::Ollama, Kind::Command]
+        .iter()
+        .flat_map(|k| k.get_paths())
+        .find(|p| **p == path)
+        .map(|p| &p[1..])
+}
+
 /// Which kind of inference server runs a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -267,6 +297,58 @@ impl Kind {
             Kind::Ollama => "/api/version",
             Kind::Vllm | Kind::LlamaCpp | Kind::Command => "/health",
         }
+    }
+
+    /// POST paths the kind's server has beyond the [`OPENAI_ENDPOINTS`], passed
+    /// through under the same path and picked by the body's `model` field (a form
+    /// field for `multipart/form-data`). Checked against llama-server's and vLLM's
+    /// sources (docs/api.md, "Pass-through").
+    pub fn post_paths(self) -> &'static [&'static str] {
+        match self {
+            Kind::LlamaCpp => &[
+                "/tokenize",
+                "/detokenize",
+                "/infill",
+                "/apply-template",
+                "/completion",
+                "/embedding",
+            ],
+            Kind::Vllm => &[
+                "/tokenize",
+                "/detokenize",
+                "/pooling",
+                "/score",
+                "/v1/score",
+                "/classify",
+                "/rerank",
+                "/v2/rerank",
+                "/v1/audio/transcriptions",
+                "/v1/audio/translations",
+            ],
+            Kind::Ollama | Kind::Command => &[],
+        }
+    }
+
+    /// GET paths the kind's server has, passed through as
+    /// `GET /upstream/<model><path>`.
+    pub fn get_paths(self) -> &'static [&'static str] {
+        match self {
+            Kind::LlamaCpp => &["/props", "/slots", "/metrics", "/v1/models", "/health"],
+            Kind::Vllm => &["/version", "/metrics", "/v1/models", "/health"],
+            Kind::Ollama => &["/api/version", "/api/tags", "/api/ps", "/v1/models"],
+            Kind::Command => &["/v1/models", "/health"],
+        }
+    }
+
+    /// Whether the kind's server answers `endpoint` (an [`OPENAI_ENDPOINTS`] name,
+    /// or one of its pass-through paths without the leading `/`).
+    pub fn serves(self, endpoint: &str) -> bool {
+        OPENAI_ENDPOINTS.contains(&endpoint)
+            || self
+                .post_paths()
+                .iter()
+                .chain(self.get_paths())
+                .any(|p| &p[1..] == endpoint)
     }
 
     /// The executable started when `executable` is not set.

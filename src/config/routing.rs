@@ -205,7 +205,7 @@ pub struct RuleConfig {
     /// Matches requests of these clients (names from `[clients]`, or `anonymous`).
     pub clients: Option<Vec<String>>,
     /// Matches these endpoints: `chat/completions`, `completions`, `embeddings`,
-    /// `rerank`.
+    /// `rerank`, `responses`.
     pub endpoints: Option<Vec<String>>,
     /// Matches while one of these profiles (`[profiles.<name>]`) is active.
     pub profiles: Option<Vec<String>>,
@@ -216,7 +216,13 @@ pub struct RuleConfig {
 }
 
 /// The endpoints a rule can name.
-pub const ENDPOINTS: [&str; 4] = ["chat/completions", "completions", "embeddings", "rerank"];
+pub const ENDPOINTS: [&str; 5] = [
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "rerank",
+    "responses",
+];
 
 /// The client name of requests when `auth = "none"`.
 pub const ANONYMOUS: &str = "anonymous";

@@ -1,6 +1,8 @@
 //! What the relay learns from a response on its way to the client: when its first
 //! byte came, and the token `usage` — from a JSON body, or from the usage chunk of an
-//! SSE stream. When llmvisor itself asked for that chunk (`stream_options.
+//! SSE stream. The Responses API's `usage` (`input_tokens`, `output_tokens`) counts
+//! the same, found at the top of a JSON body or inside the `response` of the
+//! stream's `response.completed` event. When llmvisor itself asked for that chunk (`stream_options.
 //! include_usage`, for the usage store), the tap also removes it, and the
 //! `"usage":null` fields it caused in every other chunk, so the client sees the
 //! stream it asked for.
@@ -13,11 +15,11 @@ use tokio::time::Instant;
 /// Token counts of one response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    /// Prompt (input) tokens.
-    #[serde(default)]
+    /// Prompt (input) tokens; the Responses API's `input_tokens`.
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: u64,
-    /// Completion (output) tokens.
-    #[serde(default)]
+    /// Completion (output) tokens; the Responses API's `output_tokens`.
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
 }
 
@@ -48,6 +50,22 @@ struct WithUsage<'a> {
     usage: Option<Usage>,
     #[serde(borrow, default)]
     choices: Option<&'a RawValue>,
+    /// The Responses API's `response.completed` event: the response, usage inside.
+    #[serde(default)]
+    response: Option<Nested>,
+}
+
+#[derive(Deserialize)]
+struct Nested {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+impl WithUsage<'_> {
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+            .or_else(|| self.response.as_ref().and_then(|r| r.usage))
+    }
 }
 
 impl Tap {
@@ -131,7 +149,7 @@ impl Tap {
             if !self.overflow && !self.buf.is_empty() {
                 self.found.usage = serde_json::from_slice::<WithUsage<'_>>(&self.buf)
                     .ok()
-                    .and_then(|w| w.usage);
+                    .and_then(|w| w.usage());
             }
             self.buf = BytesMut::new();
             Bytes::new()
@@ -160,8 +178,9 @@ fn event_usage(event: &[u8]) -> Option<(Usage, bool)> {
         .collect::<Vec<_>>()
         .join("\n");
     let w: WithUsage<'_> = serde_json::from_str(&data).ok()?;
-    let usage = w.usage?;
-    let empty = w.choices.is_none_or(|c| c.get().trim() == "[]");
+    let usage = w.usage()?;
+    // Only a chat/completions chunk without choices is a usage-only chunk.
+    let empty = w.response.is_none() && w.choices.is_none_or(|c| c.get().trim() == "[]");
     Some((usage, empty))
 }
 
@@ -228,6 +247,28 @@ mod tests {
         assert_eq!(tap.found().usage.unwrap().completion_tokens, 2);
     }
 
+    /// The Responses API's stream as llama-server sends it (named events, no
+    /// `[DONE]`): the usage of `response.completed`, and nothing removed.
+    #[test]
+    fn responses_stream_usage_is_read_from_response_completed() {
+        let stream = [
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[],\"usage\":{\"input_tokens\":26,\"output_tokens\":3,\"total_tokens\":29}}}\n\n",
+        ];
+        for strip in [false, true] {
+            let mut tap = Tap::new(true, strip);
+            assert_eq!(run(&mut tap, &stream), stream.concat());
+            assert_eq!(
+                tap.found().usage,
+                Some(Usage {
+                    prompt_tokens: 26,
+                    completion_tokens: 3
+                })
+            );
+        }
+    }
+
     #[test]
     fn json_bodies() {
         let mut tap = Tap::new(false, true);
@@ -250,6 +291,20 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 5,
                 completion_tokens: 0
+            })
+        );
+        let mut tap = Tap::new(false, false);
+        run(
+            &mut tap,
+            &[
+                r#"{"object":"response","output":[],"usage":{"input_tokens":35,"output_tokens":5,"total_tokens":40}}"#,
+            ],
+        );
+        assert_eq!(
+            tap.found().usage,
+            Some(Usage {
+                prompt_tokens: 35,
+                completion_tokens: 5
             })
         );
         let mut tap = Tap::new(false, false);

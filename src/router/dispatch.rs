@@ -231,6 +231,8 @@ pub struct Served {
 pub struct Job<'a> {
     /// The public name asked for.
     pub route: &'a str,
+    /// `POST`, or `GET` for a pass-through path.
+    pub method: &'a http::Method,
     /// Path and query to send.
     pub path: &'a str,
     /// The client's request headers (the forwarded ones are picked by the proxy).
@@ -304,7 +306,8 @@ impl Dispatcher<'_> {
                 let inst = lease.instance().clone();
                 let resp = self
                     .upstream
-                    .post(
+                    .send(
+                        job.method.clone(),
                         inst.spec.port,
                         job.path,
                         job.headers,

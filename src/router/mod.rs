@@ -159,6 +159,8 @@ pub struct Plan {
 pub enum PlanError {
     /// No route, model or alias of that name.
     NotFound,
+    /// No target's server has the endpoint (a pass-through path its kind lacks).
+    NotServed,
     /// No target's context window holds the request.
     ContextTooLong {
         /// Estimated prompt tokens.
@@ -174,7 +176,9 @@ pub enum PlanError {
 pub struct Request<'a, 'b> {
     /// The client's name.
     pub client: &'a str,
-    /// `chat/completions`, `completions`, `embeddings` or `rerank`.
+    /// `chat/completions`, `completions`, `embeddings`, `rerank`, `responses`, or a
+    /// pass-through path without its `/` (only targets whose kind serves it are
+    /// planned).
     pub endpoint: &'a str,
     /// Prompt estimates.
     pub estimate: &'a Estimator<'b>,
@@ -382,8 +386,23 @@ impl Router {
         }
     }
 
-    /// The targets for a request, in the order to try them.
+    /// The targets for a request, in the order to try them: only those that serve
+    /// its endpoint (`NotServed` when that leaves none).
     pub fn plan(
+        &self,
+        requested: &str,
+        fleet: &Fleet,
+        req: &Request<'_, '_>,
+    ) -> Result<Plan, PlanError> {
+        let mut plan = self.plan_any(requested, fleet, req)?;
+        plan.candidates.retain(|c| serves(&c.target, req.endpoint));
+        if plan.candidates.is_empty() {
+            return Err(PlanError::NotServed);
+        }
+        Ok(plan)
+    }
+
+    fn plan_any(
         &self,
         requested: &str,
         fleet: &Fleet,
@@ -492,6 +511,15 @@ impl Router {
             .filter_map(|t| self.candidate(t, fleet, false))
             .filter(|c| self.fits(c, req.estimate, widest))
             .collect()
+    }
+}
+
+/// Whether a target's server has `endpoint`: a local model's kind says; an
+/// external provider serves OpenAI's endpoints only.
+pub fn serves(target: &Target, endpoint: &str) -> bool {
+    match target {
+        Target::Model(i) => i.spec.kind.serves(endpoint),
+        Target::Provider { .. } => crate::config::OPENAI_ENDPOINTS.contains(&endpoint),
     }
 }
 

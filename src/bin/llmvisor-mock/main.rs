@@ -17,6 +17,7 @@ mod generate;
 mod ollama;
 mod openai;
 mod probes;
+mod responses;
 mod state;
 mod stats;
 mod stream;
@@ -38,6 +39,10 @@ use crate::state::{AppState, Config};
 /// `--help` description, including the token-counting rule tests rely on.
 const ABOUT: &str = "\
 Mock LLM server speaking the OpenAI API the way vLLM does, plus Ollama's API.
+Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank,
+/v1/responses (Responses API in llama-server's shapes: named SSE events
+ending with response.completed, which carries usage.input_tokens and
+output_tokens), /v1/models, /health, and Ollama's /api/*.
 
 Output is deterministic: the k-th generated word is picked from a fixed
 64-word list by a hash of the prompt and k, so the same request always
@@ -48,9 +53,11 @@ Token accounting (usage, Ollama counts):
     of every message's content (a string, or the \"text\" parts of an
     array; other parts are ignored) plus 1 per message for its role.
     Completions/embeddings: the words of each prompt string, or 1 per
-    token id when given as integers.
+    token id when given as integers. Responses: `instructions` as a
+    system message, a string `input` as a user message, each input item
+    with a role as a message (the text of its parts).
   completion_tokens = n = min(max_completion_tokens | max_tokens |
-    options.num_predict, --max-tokens), exactly the number of token
+    max_output_tokens | options.num_predict, --max-tokens), exactly the number of token
     chunks streamed. finish_reason is \"length\" when the request's own
     limit produced n, \"stop\" otherwise.
 
@@ -222,6 +229,7 @@ fn router(st: &'static AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/rerank", post(openai::rerank))
+        .route("/v1/responses", post(responses::responses))
         .route("/api/version", get(ollama::version))
         .route("/api/tags", get(ollama::tags))
         .route("/api/chat", post(ollama::chat))

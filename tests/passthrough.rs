@@ -1,0 +1,324 @@
+//! The endpoints beyond chat: OpenAI's Responses API (`POST /v1/responses`) and
+//! each kind's own paths passed through (`POST /tokenize` … picked by `model`,
+//! `GET /upstream/<model>/props` …), with keys, limits and usage accounting as for
+//! chat.
+//!
+//! Against the mock (its `/v1/responses` has the shapes the real llama-server
+//! returned: named SSE events ending with `response.completed`, usage as
+//! `input_tokens`/`output_tokens`) and against the real llama-server of
+//! `scripts/llama-fixture.sh` (SKIPPED loudly without it; under CI=true a failure).
+
+mod common;
+#[macro_use]
+mod llama_fixture;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Rows of the usage store: (endpoint, status, prompt_tokens, completion_tokens),
+/// once `n` are there.
+async fn usage_rows(lv: &Llmvisor, n: usize) -> Vec<(String, i64, Option<i64>, Option<i64>)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = rusqlite::Connection::open(lv.usage_db())
+            .and_then(|c| {
+                let mut st = c.prepare(
+                    "SELECT endpoint, status, prompt_tokens, completion_tokens FROM requests ORDER BY id",
+                )?;
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_default();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} rows, not {n}:\n{}",
+            rows.len(),
+            lv.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `data:` payloads of an SSE body, with their `event:` names.
+fn events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let name = block
+            .lines()
+            .find_map(|l| l.strip_prefix("event: "))
+            .unwrap_or("")
+            .to_string();
+        if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: "))
+            && let Ok(v) = serde_json::from_str(data)
+        {
+            out.push((name, v));
+        }
+    }
+    out
+}
+
+/// `/v1/responses` to the mock, plain and streamed: relayed as the backend sent
+/// it, counted under `responses` with the usage of the body and of the
+/// `response.completed` event.
+#[tokio::test]
+async fn responses_are_forwarded_and_their_usage_accounted() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model(
+            "m",
+            &["--max-tokens", "5"],
+            "served_name = \"served-m\"\naliases = [\"gpt-4.1-mini\"]",
+        ),
+    )
+    .await;
+    let r = lv
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-4.1-mini", "input": "one two three", "instructions": "be brief"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llmvisor-model"], "m");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["model"], "served-m");
+    // system (1) + 2 words, user (1) + 3 words.
+    assert_eq!(body["usage"]["input_tokens"], 7);
+    assert_eq!(body["usage"]["output_tokens"], 5);
+    // The backend got the served name.
+    assert_eq!(
+        lv.mock_stats("m").await["last_request"]["model"],
+        "served-m",
+        "{}",
+        lv.mock_stats("m").await
+    );
+
+    let r = lv
+        .post(
+            "/v1/responses",
+            &json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "a b"}]}],
+                    "max_output_tokens": 3, "stream": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = r.text().await.unwrap();
+    let ev = events(&text);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"response.created"), "{text}");
+    assert_eq!(names.last(), Some(&"response.completed"), "{text}");
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "response.output_text.delta")
+            .count(),
+        3
+    );
+    let done = &ev.last().unwrap().1["response"];
+    assert_eq!(done["usage"]["input_tokens"], 3);
+    assert_eq!(done["usage"]["output_tokens"], 3);
+    assert!(
+        !text.contains("[DONE]"),
+        "nothing added to the stream: {text}"
+    );
+
+    let rows = usage_rows(&lv, 2).await;
+    assert_eq!(
+        rows,
+        vec![
+            ("responses".into(), 200, Some(7), Some(5)),
+            ("responses".into(), 200, Some(3), Some(3)),
+        ]
+    );
+    let metrics = lv.metrics_text().await;
+    assert!(
+        metrics.contains("endpoint=\"responses\""),
+        "no responses series in /metrics"
+    );
+}
+
+/// Paths a kind's server lacks are refused with a 400 that says so (a `command`
+/// model declares none but `/v1/models` and `/health`); an unknown model under
+/// `/upstream/` is an unknown URL; keys apply before anything else.
+#[tokio::test]
+async fn pass_through_paths_a_kind_lacks_are_refused_cleanly() {
+    let lv = Llmvisor::start(
+        "[clients.app]\nkey_sha256 = \"f3abf2a6cc4f00987743db5f544ba345b4899ae31f326d8ee9c4816de153c9e0\"\n",
+        &mock_model("m", &[], "aliases = [\"org/m\"]"),
+    )
+    .await;
+    // sha256("sk-test") above.
+    let key = "sk-test";
+    let tokenize = lv
+        .client
+        .post(lv.url("/tokenize"))
+        .bearer_auth(key)
+        .json(&json!({"model": "m", "content": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tokenize.status(), 400);
+    let e: Value = tokenize.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "unsupported_endpoint", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not serve /tokenize"),
+        "{e}"
+    );
+
+    let props = lv
+        .client
+        .get(lv.url("/upstream/m/props"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(props.status(), 400);
+    let e: Value = props.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "unsupported_endpoint", "{e}");
+
+    // A declared GET path is forwarded, for a name with a `/` too.
+    let models = lv
+        .client
+        .get(lv.url("/upstream/org/m/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    assert_eq!(models.headers()["x-llmvisor-model"], "m");
+    let v: Value = models.json().await.unwrap();
+    assert_eq!(v["data"][0]["id"], "m", "{v}");
+
+    let unknown = lv
+        .client
+        .get(lv.url("/upstream/nope/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let anonymous = lv
+        .client
+        .get(lv.url("/upstream/m/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+/// The real llama-server: `/v1/responses` (plain and streamed) with its usage in
+/// the store, `POST /tokenize` and `/detokenize` picked by `model`, and
+/// `GET /upstream/<model>/props` and `/slots`, all counted per endpoint.
+#[tokio::test]
+async fn real_llama_server_responses_and_its_own_paths() {
+    let f = require_llama!();
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "[models.tiny]\nkind = \"llama-cpp\"\nmodel = {:?}\nexecutable = {:?}\nport = {}\nstart_timeout = \"60s\"\n",
+            f.model.display().to_string(),
+            f.server.display().to_string(),
+            free_port()
+        ),
+    )
+    .await;
+    let r = lv
+        .post(
+            "/v1/responses",
+            &json!({"model": "tiny", "input": "hello there", "max_output_tokens": 4, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", lv.log());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["object"], "response", "{body}");
+    let (input, output) = (
+        body["usage"]["input_tokens"].as_i64().unwrap(),
+        body["usage"]["output_tokens"].as_i64().unwrap(),
+    );
+    assert!(input > 0 && output > 0, "{body}");
+
+    let r = lv
+        .post(
+            "/v1/responses",
+            &json!({"model": "tiny", "input": [{"role": "user", "content": "hi"}], "max_output_tokens": 6,
+                    "temperature": 0, "stream": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let ev = events(&text);
+    let (name, last) = ev.last().expect("events");
+    assert_eq!(name, "response.completed", "{text}");
+    let s_usage = &last["response"]["usage"];
+
+    let tok = lv
+        .post(
+            "/tokenize",
+            &json!({"model": "tiny", "content": "hello world"}),
+        )
+        .await;
+    assert_eq!(tok.status(), 200);
+    assert_eq!(tok.headers()["x-llmvisor-model"], "tiny");
+    let tokens: Value = tok.json().await.unwrap();
+    assert!(!tokens["tokens"].as_array().unwrap().is_empty(), "{tokens}");
+    let detok = lv
+        .post(
+            "/detokenize",
+            &json!({"model": "tiny", "tokens": tokens["tokens"]}),
+        )
+        .await;
+    assert_eq!(detok.status(), 200);
+    assert!(
+        detok.json::<Value>().await.unwrap()["content"].is_string(),
+        "detokenize"
+    );
+
+    let props: Value = lv.get_json("/upstream/tiny/props").await;
+    assert!(props["default_generation_settings"].is_object(), "{props}");
+    let slots = lv
+        .client
+        .get(lv.url("/upstream/tiny/slots"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slots.status(), 200);
+    assert!(slots.json::<Value>().await.unwrap().is_array());
+
+    let rows = usage_rows(&lv, 6).await;
+    let endpoints: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        endpoints,
+        [
+            "responses",
+            "responses",
+            "tokenize",
+            "detokenize",
+            "props",
+            "slots"
+        ]
+    );
+    assert_eq!((rows[0].2, rows[0].3), (Some(input), Some(output)));
+    assert_eq!(
+        (rows[1].2, rows[1].3),
+        (
+            s_usage["input_tokens"].as_i64(),
+            s_usage["output_tokens"].as_i64()
+        ),
+        "{text}"
+    );
+    assert!(rows.iter().all(|r| r.1 == 200), "{rows:?}");
+}

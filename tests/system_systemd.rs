@@ -154,34 +154,34 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
     .await;
     // The operator page's feed follows the same journal under systemd: the last
     // lines on connect, then each new one (this request's log line).
-    let feed = c
-        .client
-        .get(c.url("/admin/events?logs=m1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(feed.status(), 200);
-    let mut feed = feed.bytes_stream();
-    let mut seen = String::new();
-    let mut read_until = async |seen: &mut String, from: usize, want: &str| {
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
-            while !seen[from..].contains(want) {
-                match futures_util::StreamExt::next(&mut feed).await {
-                    Some(Ok(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
-                    _ => return false,
+    {
+        let feed = c
+            .client
+            .get(c.url("/admin/events?logs=m1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(feed.status(), 200);
+        let mut feed = feed.bytes_stream();
+        let mut seen = String::new();
+        let mut read_until = async |seen: &mut String, from: usize, want: &str| {
+            let found = tokio::time::timeout(Duration::from_secs(10), async {
+                while !seen[from..].contains(want) {
+                    match futures_util::StreamExt::next(&mut feed).await {
+                        Some(Ok(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+                        _ => return false,
+                    }
                 }
-            }
-            true
-        })
-        .await;
-        assert!(found == Ok(true), "no {want:?} in the feed:\n{seen}");
-    };
-    read_until(&mut seen, 0, "llmvisor-mock listening").await;
-    let before = seen.len();
-    assert_eq!(c.chat("m1").await.status(), 200);
-    read_until(&mut seen, before, ": request\"").await;
-    drop(read_until);
-    drop(feed);
+                true
+            })
+            .await;
+            assert!(found == Ok(true), "no {want:?} in the feed:\n{seen}");
+        };
+        read_until(&mut seen, 0, "llmvisor-mock listening").await;
+        let before = seen.len();
+        assert_eq!(c.chat("m1").await.status(), 200);
+        read_until(&mut seen, before, ": request\"").await;
+    }
 
     // The usage store lives in the service's StateDirectory, writable under
     // ProtectSystem=strict, and `llmvisor usage` reads it beside the service.

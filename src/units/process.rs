@@ -317,6 +317,7 @@ impl UnitManager for ProcessManager {
                         code: s.code(),
                         signal: s.signal(),
                         result: None,
+                        result_by: Default::default(),
                     }
                 }
                 Err(e) => {
@@ -325,6 +326,7 @@ impl UnitManager for ProcessManager {
                         code: None,
                         signal: None,
                         result: None,
+                        result_by: Default::default(),
                     }
                 }
             };

@@ -163,6 +163,12 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
     // Failed units stay until the next start resets them, so their exit status
     // and journal can still be read (and `systemctl status` shows them).
     p.push(prop("CollectMode", "inactive"));
+    // After the main process has ended, while the unit's cgroup is still there:
+    // the kernel's OOM-kill count for llmvisor's exit report (systemd cannot see
+    // OOM kills on cgroup v1). `-`: its failure never fails the unit.
+    if let Some(argv) = super::oom_report::command() {
+        p.push(prop("ExecStopPost", format!("-{}", shell_join(&argv))));
+    }
     p.push(prop("ExecStart", shell_join(&unit.argv)));
     p
 }
@@ -283,6 +289,11 @@ mod tests {
         assert_eq!(values(&p, "KillMode"), ["mixed"]);
         assert_eq!(values(&p, "TimeoutStopSec"), ["30s"]);
         assert_eq!(values(&p, "CollectMode"), ["inactive"]);
+        let post = values(&p, "ExecStopPost");
+        assert!(
+            post.len() == 1 && post[0].starts_with('-') && post[0].ends_with(" exit-report"),
+            "{post:?}"
+        );
         assert_eq!(p.last().unwrap().name, "ExecStart");
     }
 

@@ -135,9 +135,20 @@ fn render_unit_prints_the_properties_and_a_systemd_run_line() {
         "IPAddressDeny=any",
         "ExecStart=llmvisor-mock --port 28101 --served-name Qwen/Qwen2.5-7B-Instruct",
         "systemd-run --unit=llmvisor-model-chat.service -p ",
+        // The kernel's OOM-kill count after the main process (src/units/oom_report.rs).
+        &format!("ExecStopPost=-{LLMVISOR} exit-report\n"),
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    // That command, as the unit runs it: after a failure it always reports.
+    let out = Command::new(LLMVISOR)
+        .arg("exit-report")
+        .env("SERVICE_RESULT", "signal")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.starts_with("llmvisor exit-report: "), "{report}");
     let out = Command::new(LLMVISOR)
         .args(["render-unit", "--config", config, "nope"])
         .output()

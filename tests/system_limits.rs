@@ -102,30 +102,55 @@ async fn a_backend_past_memory_max_is_killed_by_the_kernel() {
         "no memory-cgroup OOM kill of {cg} in the kernel log"
     );
 
-    let log = c.sh(&["journalctl", "--no-pager", "-u", "llmvisor.service"]);
-    let failed = events(&c, "mem");
-    if c.unified() {
-        // systemd reads the kill from memory.events (cgroup v2 only): the unit's
-        // result is oom-kill, and llmvisor says so everywhere.
-        assert_eq!(m["exit"]["result"], "oom-kill", "{m}");
-        assert!(log.contains("(systemd: oom-kill)"), "{log}");
-        assert!(failed.iter().any(|e| e["event"] == "oom"), "{failed:?}");
+    // llmvisor calls it what it is: an OOM kill of the unit (its result
+    // `oom-kill`), in /health, its log and the events. On cgroup v2 systemd says
+    // so itself (it reads memory.events); on v1 it cannot (its Result is
+    // `signal`), and the unit's ExecStopPost= read the kernel's count from the
+    // unit's memory cgroup before systemd removed it.
+    let by = if c.unified() {
+        "systemd"
     } else {
-        // On the legacy hierarchy systemd cannot tell an OOM kill from any other
-        // SIGKILL (its Result is `signal`): llmvisor reports the signal only.
-        assert!(m["exit"]["result"].is_null(), "{m}");
-        eprintln!(
-            "cgroup v1: systemd cannot see the OOM kill; llmvisor reports {}",
-            m["last_error"]
-        );
+        "memory-cgroup"
+    };
+    assert_eq!(m["exit"]["result"], "oom-kill", "{m}");
+    assert_eq!(m["exit"]["result_by"], by, "{m}");
+    if !c.unified() {
+        assert_eq!(c.show(unit, "Result"), "signal", "systemd saw the OOM kill");
     }
-    assert!(log.contains("killed by signal 9 (SIGKILL)"), "{log}");
+    let report = out
+        .lines()
+        .find(|l| l.starts_with("llmvisor exit-report: oom_kill="))
+        .unwrap_or_else(|| panic!("no exit report in the unit's journal:\n{out}"));
     assert!(
-        failed.iter().any(|e| e["event"] == "failed"
+        report.starts_with("llmvisor exit-report: oom_kill=1 "),
+        "{report}"
+    );
+    // The backend's own last words stay the reason, not the report.
+    assert!(
+        m["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("llmvisor-mock: allocated") && !e.contains("exit-report")),
+        "{m}"
+    );
+    let log = c.sh(&["journalctl", "--no-pager", "-u", "llmvisor.service"]);
+    let failure = log
+        .lines()
+        .find(|l| l.contains("backend killed by signal 9 (SIGKILL)"))
+        .unwrap_or_else(|| panic!("no failure line in llmvisor's log:\n{log}"));
+    assert!(failure.contains("oom-kill"), "{failure}");
+    eprintln!("llmvisor logged: {failure}");
+    let events = events(&c, "mem");
+    let oom = events
+        .iter()
+        .find(|e| e["event"] == "oom")
+        .unwrap_or_else(|| panic!("no oom event: {events:?}"));
+    assert_eq!(oom["reason"], "crash", "{oom}");
+    assert!(
+        events.iter().any(|e| e["event"] == "failed"
             && e["detail"]
                 .as_str()
-                .is_some_and(|d| d.contains("killed by signal 9"))),
-        "{failed:?}"
+                .is_some_and(|d| d.contains("killed by signal 9") && d.contains("oom-kill"))),
+        "{events:?}"
     );
 }
 

@@ -184,7 +184,8 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
     }
 
     // The usage store lives in the service's StateDirectory, writable under
-    // ProtectSystem=strict, and `llmvisor usage` reads it beside the service.
+    // ProtectSystem=strict, and `llmvisor usage` reads it beside the service
+    // (two requests: the first chat and the one the feed check sent).
     eventually(Duration::from_secs(5), async || {
         let usage = c.sh(&[
             "/usr/local/bin/llmvisor",
@@ -193,7 +194,7 @@ async fn a_request_creates_a_sandboxed_unit_and_idle_ttl_removes_it() {
             "--db",
             "/var/lib/llmvisor/usage.sqlite",
         ]);
-        if usage.contains("\"requests\": 1") {
+        if usage.contains("\"requests\": 2") {
             return Ok(());
         }
         Err(format!("llmvisor usage:\n{usage}"))

@@ -26,7 +26,7 @@ pub(super) fn model_status(i: &Instance, router: &Router) -> Value {
         "since": humantime::format_rfc3339_seconds(s.since_wall).to_string(),
         "state_seconds": (s.since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         "last_error": s.last_error,
-        "exit": s.exit.as_ref().map(|e| json!({"code": e.code, "signal": e.signal, "description": e.to_string()})),
+        "exit": s.exit.as_ref().map(|e| json!({"code": e.code, "signal": e.signal, "result": e.result, "result_by": e.result.as_ref().map(|_| e.result_by.as_str()), "description": e.to_string()})),
         "restarts_paused": s.locked_out,
         "kind": i.spec.kind.as_str(),
         "unit": i.unit.unit,

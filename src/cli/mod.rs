@@ -163,6 +163,10 @@ enum Command {
         /// The model (instance name or alias).
         model: String,
     },
+    /// Run by a model unit's `ExecStopPost=`: print the kernel's OOM-kill count of
+    /// the unit's memory cgroup for llmvisor's exit report.
+    #[command(name = "exit-report", hide = true)]
+    ExitReport,
 }
 
 /// `llmvisor profile …`.
@@ -237,6 +241,7 @@ pub fn load_full(
 fn run(command: Command) -> Result<(), String> {
     let load = |path: &std::path::Path| load_full(path, SecretsMode::Skip).map(|(s, _, _)| s);
     match command {
+        Command::ExitReport => crate::units::oom_report::run(),
         Command::CheckConfig { config } => {
             let (s, _, notes) = load_full(&config, SecretsMode::Check)?;
             for n in notes {

@@ -9,6 +9,7 @@
 #[cfg(test)]
 pub mod fake;
 pub mod journal;
+pub mod oom_report;
 pub mod process;
 pub mod properties;
 pub mod render;
@@ -45,6 +46,30 @@ pub struct ExitInfo {
     /// systemd's `Result` when it says more than the code or signal does
     /// (`oom-kill`, `timeout`, `watchdog`, `core-dump`, …).
     pub result: Option<String>,
+    /// Who said `result`.
+    pub result_by: ResultBy,
+}
+
+/// The source of an [`ExitInfo::result`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResultBy {
+    /// systemd's own `Result` of the unit.
+    #[default]
+    Systemd,
+    /// The kernel's OOM-kill count of the unit's memory cgroup, read by its
+    /// `ExecStopPost=` ([`oom_report`]): `oom-kill` where systemd cannot see one
+    /// (cgroup v1).
+    MemoryCgroup,
+}
+
+impl ResultBy {
+    /// `systemd` or `memory-cgroup`, for logs and `/health`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultBy::Systemd => "systemd",
+            ResultBy::MemoryCgroup => "memory-cgroup",
+        }
+    }
 }
 
 impl ExitInfo {
@@ -67,7 +92,10 @@ impl fmt::Display for ExitInfo {
             (None, None) => f.write_str("ended for an unknown reason")?,
         }
         if let Some(r) = &self.result {
-            write!(f, " (systemd: {r})")?;
+            match self.result_by {
+                ResultBy::Systemd => write!(f, " (systemd: {r})")?,
+                ResultBy::MemoryCgroup => write!(f, " ({r}: counted by the unit's memory cgroup)")?,
+            }
         }
         Ok(())
     }

@@ -337,6 +337,7 @@ impl UnitManager for ProcessManager {
                         code: s.code(),
                         signal: s.signal(),
                         result: None,
+                        result_by: Default::default(),
                     }
                 }
                 Err(e) => {
@@ -345,6 +346,7 @@ impl UnitManager for ProcessManager {
                         code: None,
                         signal: None,
                         result: None,
+                        result_by: Default::default(),
                     }
                 }
             };

@@ -77,6 +77,9 @@ pub enum Value {
     Addresses(Addresses),
     /// `ExecStart=`: the argv, shell-quoted in text; on D-Bus `a(sasb)`.
     Exec(Vec<String>),
+    /// `ExecStopPost=-…`: an argv whose failure does not fail the unit (the `-`
+    /// prefix in text, the `b` of `a(sasb)` on D-Bus).
+    ExecIgnoringFailure(Vec<String>),
 }
 
 impl fmt::Display for Value {
@@ -97,6 +100,7 @@ impl fmt::Display for Value {
             Value::Addresses(Addresses::Any) => f.write_str("any"),
             Value::Addresses(Addresses::Localhost) => f.write_str("localhost"),
             Value::Exec(argv) => f.write_str(&shell_join(argv)),
+            Value::ExecIgnoringFailure(argv) => write!(f, "-{}", shell_join(argv)),
         }
     }
 }
@@ -169,6 +173,11 @@ impl Property {
                 argv.first().cloned().unwrap_or_default(),
                 argv.clone(),
                 false,
+            )])),
+            Value::ExecIgnoringFailure(argv) => one(DbusValue::from(vec![(
+                argv.first().cloned().unwrap_or_default(),
+                argv.clone(),
+                true,
             )])),
         }
     }
@@ -321,6 +330,12 @@ pub fn properties(spec: &ModelSpec, unit: &UnitSpec) -> Vec<Property> {
     // Failed units stay until the next start resets them, so their exit status
     // and journal can still be read (and `systemctl status` shows them).
     p.push(text("CollectMode", "inactive"));
+    // After the main process has ended, while the unit's cgroup is still there:
+    // the kernel's OOM-kill count for llmvisor's exit report (systemd cannot see
+    // OOM kills on cgroup v1). `-`: its failure never fails the unit.
+    if let Some(argv) = super::oom_report::command() {
+        p.push(prop("ExecStopPost", Value::ExecIgnoringFailure(argv)));
+    }
     p.push(prop("ExecStart", Value::Exec(unit.argv.clone())));
     p
 }
@@ -447,6 +462,11 @@ mod tests {
         assert_eq!(values(&p, "KillMode"), ["mixed"]);
         assert_eq!(values(&p, "TimeoutStopSec"), ["30s"]);
         assert_eq!(values(&p, "CollectMode"), ["inactive"]);
+        let post = values(&p, "ExecStopPost");
+        assert!(
+            post.len() == 1 && post[0].starts_with('-') && post[0].ends_with(" exit-report"),
+            "{post:?}"
+        );
         assert_eq!(p.last().unwrap().name, "ExecStart");
     }
 

@@ -257,6 +257,7 @@ impl SystemdManager {
                         code: None,
                         signal: None,
                         result: None,
+                        result_by: Default::default(),
                     }
                 }
             };
@@ -268,7 +269,7 @@ impl SystemdManager {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&unit);
-            let last_output = journal_tail(&unit, &invocation).await;
+            let (exit, last_output) = with_oom_report(&unit, &invocation, exit, requested).await;
             let _ = events.send(UnitEvent::Exited {
                 unit,
                 invocation,
@@ -348,7 +349,38 @@ fn exit_info(code: i32, status: i32, result: &str) -> ExitInfo {
         code,
         signal,
         result,
+        result_by: super::ResultBy::Systemd,
     }
+}
+
+/// The unit's last output, and its exit with `Result=oom-kill` where systemd
+/// could not see the kernel's OOM kill but the unit's `ExecStopPost=` counted one
+/// in its memory cgroup ([`super::oom_report`]). systemd's own result stays first.
+async fn with_oom_report(
+    unit: &str,
+    invocation: &Invocation,
+    mut exit: ExitInfo,
+    requested: bool,
+) -> (ExitInfo, Vec<String>) {
+    let mut out = journal_tail(unit, invocation).await;
+    // A failed unit's report always comes (a count, or why there is none); the
+    // journal may take a moment longer to have it when the machine is busy. A
+    // stop, a clean exit or one by a signal systemd counts as clean (SIGHUP,
+    // SIGINT, SIGPIPE, SIGTERM) has no report to wait for.
+    let failed = !requested && !exit.success() && !matches!(exit.signal, Some(1 | 2 | 13 | 15));
+    for _ in 0..4 {
+        if !failed || exit.result.is_some() || super::oom_report::reported(&out) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        out = journal_tail(unit, invocation).await;
+    }
+    let kills = super::oom_report::take(&mut out);
+    if kills.is_some_and(|n| n > 0) && exit.result.is_none() && !exit.success() {
+        exit.result = Some("oom-kill".into());
+        exit.result_by = super::ResultBy::MemoryCgroup;
+    }
+    (exit, out)
 }
 
 /// The unit's last journal lines of this invocation, for error messages (best
@@ -660,6 +692,13 @@ mod tests {
             Vec::<u8>::try_from(get(&p, "CPUAffinity").clone()).unwrap(),
             vec![0b0000_0111, 0b0000_0010]
         );
+        // This binary's exit report after the main process, its failure ignored.
+        let post =
+            Vec::<(String, Vec<String>, bool)>::try_from(get(&p, "ExecStopPost").clone()).unwrap();
+        assert_eq!(post.len(), 1);
+        assert_eq!(post[0].1[1], crate::units::oom_report::SUBCOMMAND);
+        assert_eq!(post[0].0, post[0].1[0]);
+        assert!(post[0].2, "ignore failure");
         let devices = Vec::<(String, String)>::try_from(get(&p, "DeviceAllow").clone()).unwrap();
         assert_eq!(devices[0], ("/dev/nvidia1".to_string(), "rw".to_string()));
         // Every rendered property has a D-Bus counterpart (names may differ).
@@ -680,6 +719,17 @@ mod tests {
             exit_info(2, 9, "oom-kill").to_string(),
             "killed by signal 9 (SIGKILL) (systemd: oom-kill)"
         );
+        // On cgroup v1 the kill is known from the unit's memory cgroup instead.
+        let mut v1 = exit_info(2, 9, "signal");
+        assert_eq!(v1.result, None);
+        v1.result = Some("oom-kill".into());
+        v1.result_by = crate::units::ResultBy::MemoryCgroup;
+        let text = v1.to_string();
+        assert_eq!(
+            text,
+            "killed by signal 9 (SIGKILL) (oom-kill: counted by the unit's memory cgroup)"
+        );
+        assert!(crate::gpu::oom::is_oom(&text) && !crate::gpu::oom::is_gpu_oom(&text));
     }
 
     #[test]

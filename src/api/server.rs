@@ -568,9 +568,7 @@ impl Budget {
         self.held += n;
         total <= self.max_total && conn <= self.max_conn
     }
-}
 
-impl Budget {
     fn release(&mut self) {
         self.stats.buffered.fetch_sub(self.held, Ordering::Relaxed);
         self.conn.buffered.fetch_sub(self.held, Ordering::Relaxed);

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -18,6 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
 pub mod pool;
+pub mod upload;
+
+pub use upload::ReqBody;
 pub mod usage;
 pub use pool::{Pool, PooledBody};
 pub use usage::{Tap, Tapped, Usage};
@@ -136,7 +138,7 @@ impl Body for UpBody {
 /// external providers through hyper-util's pooled client with rustls.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
     pool: Arc<Pool>,
     connect_timeout: Duration,
     header_timeout: Duration,
@@ -199,7 +201,7 @@ impl Upstream {
         path_and_query: &str,
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
-        body: Bytes,
+        body: impl Into<ReqBody>,
     ) -> Result<Response<UpBody>, ProxyError> {
         self.send(
             Method::POST,
@@ -212,7 +214,9 @@ impl Upstream {
         .await
     }
 
-    /// [`Upstream::post`] with another method (`GET` for pass-through paths).
+    /// [`Upstream::post`] with another method (`GET` for pass-through paths). An
+    /// upload streamed through ([`ReqBody::Upload`]) goes on a fresh connection,
+    /// once: it cannot be sent again.
     pub async fn send(
         &self,
         method: Method,
@@ -220,29 +224,32 @@ impl Upstream {
         path_and_query: &str,
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
-        body: Bytes,
+        body: impl Into<ReqBody>,
     ) -> Result<Response<UpBody>, ProxyError> {
         use pool::SendError;
+        let body = body.into();
+        let again = body.bytes();
         let host = HeaderValue::from_str(&format!("127.0.0.1:{port}"))
             .map_err(|e| ProxyError::Failed(e.to_string()))?;
-        let build = || {
+        let build = |body: ReqBody| {
             let mut req = build_request(
                 method.clone(),
                 path_and_query,
                 headers,
                 request_id,
                 None,
-                body.clone(),
+                body,
             )?;
             req.headers_mut().insert(header::HOST, host.clone());
             Ok::<_, ProxyError>(req)
         };
         let pool = self.pool();
         let (ct, ht) = (self.connect_timeout, self.header_timeout);
-        let mut result = pool.send(port, build()?, false, ct, ht).await;
-        if let Err(SendError::Failed { stale: true, error }) = &result {
+        let fresh = again.is_none();
+        let mut result = pool.send(port, build(body)?, fresh, ct, ht).await;
+        if let (Err(SendError::Failed { stale: true, error }), Some(b)) = (&result, again) {
             tracing::debug!("reused connection was closed by the backend ({error}); sending again");
-            result = pool.send(port, build()?, true, ct, ht).await;
+            result = pool.send(port, build(b.into())?, true, ct, ht).await;
         }
         match result {
             Ok(resp) => Ok(resp.map(UpBody::Pooled)),
@@ -263,7 +270,7 @@ impl Upstream {
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
         bearer: Option<&str>,
-        body: Bytes,
+        body: impl Into<ReqBody>,
         timeout: Duration,
     ) -> Result<Response<UpBody>, ProxyError> {
         let auth = match bearer {
@@ -276,28 +283,23 @@ impl Upstream {
             }
             None => None,
         };
-        let build = || {
-            build_request(
-                Method::POST,
-                uri,
-                headers,
-                request_id,
-                auth.as_ref(),
-                body.clone(),
-            )
+        let body = body.into();
+        let again = body.bytes();
+        let build = |body: ReqBody| {
+            build_request(Method::POST, uri, headers, request_id, auth.as_ref(), body)
         };
         // A pooled keep-alive connection the backend had closed (llama-server closes
         // after every stream while advertising keep-alive) fails at once, before any
         // response: send once more, on another connection. A backend that died fails
         // the second time too (connection refused). The request is built again only
         // then.
-        let first = tokio::time::timeout(timeout, self.client.request(build()?)).await;
-        let result = match first {
-            Ok(Err(e)) if stale_connection(&e) => {
+        let first = tokio::time::timeout(timeout, self.client.request(build(body)?)).await;
+        let result = match (first, again) {
+            (Ok(Err(e)), Some(b)) if stale_connection(&e) => {
                 tracing::debug!("reused connection was closed by the backend ({e}); sending again");
-                tokio::time::timeout(timeout, self.client.request(build()?)).await
+                tokio::time::timeout(timeout, self.client.request(build(b.into())?)).await
             }
-            r => r,
+            (r, _) => r,
         };
         match result {
             Err(_) => Err(ProxyError::Timeout(timeout)),
@@ -316,8 +318,8 @@ fn build_request(
     headers: &HeaderMap,
     request_id: Option<&HeaderValue>,
     auth: Option<&HeaderValue>,
-    body: Bytes,
-) -> Result<Request<Full<Bytes>>, ProxyError> {
+    body: ReqBody,
+) -> Result<Request<ReqBody>, ProxyError> {
     let named = connection_named(headers);
     let mut req = Request::builder().method(method).uri(uri);
     for name in FORWARDED {
@@ -334,7 +336,7 @@ fn build_request(
     if let Some(v) = auth {
         req = req.header(header::AUTHORIZATION, v.clone());
     }
-    req.body(Full::new(body))
+    req.body(body)
         .map_err(|e| ProxyError::Failed(e.to_string()))
 }
 
@@ -342,7 +344,7 @@ impl Upstream {
     /// GET `url` and expect a 2xx within `timeout` (a provider's health check).
     pub async fn check(&self, url: &str, timeout: Duration) -> Result<(), String> {
         let req = Request::get(url)
-            .body(Full::new(Bytes::new()))
+            .body(ReqBody::full(Bytes::new()))
             .map_err(|e| e.to_string())?;
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),

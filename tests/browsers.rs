@@ -1,11 +1,16 @@
 //! What browsers and model pickers need (issue 17): CORS from `[server]
 //! cors_origins`, `GET /v1/models/{id}` (openai's `models.retrieve`), and what each
 //! model is for in `/v1/models`. The preflight and response headers are checked
-//! against the Fetch standard's CORS protocol, which is what a browser enforces.
+//! against the Fetch standard's CORS protocol, which is what a browser enforces,
+//! and in a real browser: headless Chromium (Debian's `chromium`, see
+//! `common::browser`) fetching from pages on two other loopback origins.
 
 mod common;
 
-use common::{Llmvisor, example, free_port, mock_model};
+use std::time::Duration;
+
+use common::browser::{browser_or_skip, drive};
+use common::{Llmvisor, eventually, example, free_port, mock_model};
 use serde_json::Value;
 
 async fn preflight(lv: &Llmvisor, origin: &str) -> reqwest::Response {
@@ -167,4 +172,44 @@ async fn models_retrieve_and_capabilities() {
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "model_not_found");
+}
+
+/// The issue's browser check: a page on an origin listed in `cors_origins` does a
+/// `fetch` that needs a preflight (POST, JSON, `Authorization`) and reads the
+/// exposed `x-llmvisor-target` / `x-request-id`; a page on an origin not listed
+/// is refused by Chromium itself ("blocked by CORS policy", a `TypeError` in the
+/// page) and its POST never leaves the browser: llmvisor records one request.
+#[tokio::test]
+async fn chromium_fetches_from_a_listed_origin_and_refuses_another() {
+    let Some(python) = browser_or_skip("chromium_fetches_from_a_listed_origin_and_refuses_another")
+    else {
+        return;
+    };
+    let (ok_port, refused_port) = (free_port(), free_port());
+    let lv = Llmvisor::start(
+        &format!("cors_origins = [\"http://127.0.0.1:{ok_port}\"]"),
+        &mock_model("chat", &[], ""),
+    )
+    .await;
+    let out = drive(
+        python,
+        &lv,
+        "cors",
+        &[
+            ("CORS_OK_PORT", ok_port.to_string()),
+            ("CORS_REFUSED_PORT", refused_port.to_string()),
+        ],
+    )
+    .await;
+    assert!(out.contains("CORS policy"), "{out}");
+    let requests = eventually(Duration::from_secs(5), async || {
+        let v = lv.get_json("/admin/requests?limit=10").await;
+        match v["requests"].as_array() {
+            Some(a) if !a.is_empty() => Ok(a.clone()),
+            _ => Err(format!("no request in the store yet: {v}")),
+        }
+    })
+    .await;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["status"], 200);
 }

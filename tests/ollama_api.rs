@@ -1,5 +1,6 @@
 //! llmvisor's Ollama API beyond what the `ollama` client tests cover
-//! (tests/real_clients.rs): `keep_alive: 0` stops the model, the load/unload
+//! (tests/real_clients.rs): `keep_alive: 0` stops the model, other values set its
+//! idle TTL, the load/unload
 //! requests without messages, NDJSON streaming, and errors as `{"error": "..."}`
 //! with the status of the underlying error. Against the mock (OpenAI's API; the
 //! translation is llmvisor's).
@@ -78,4 +79,58 @@ async fn keep_alive_zero_stops_the_model_and_errors_are_ollama_shaped() {
     }
     let v: Value = lv.get_json("/api/version").await;
     assert!(v["version"].is_string());
+}
+
+/// Seconds from now to the model's `expires_at` in `/api/ps`.
+async fn expires_in(lv: &Llmvisor, model: &str) -> f64 {
+    let ps = lv.get_json("/api/ps").await;
+    let m = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == model || m["model"] == model)
+        .unwrap_or_else(|| panic!("{model} in {ps}"))
+        .clone();
+    let t = humantime::parse_rfc3339(m["expires_at"].as_str().unwrap()).unwrap();
+    match t.duration_since(std::time::SystemTime::now()) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// `keep_alive` other than 0 is the model's idle TTL from then on, as Ollama
+/// (docs/faq.md: a duration string or seconds, negative = stay loaded) counts it:
+/// from the last request. `-1` shows as far in the future in `/api/ps`; a request
+/// without `keep_alive` puts the configured `idle_ttl` (1 h) back; `"2s"` stops
+/// the model two seconds after its answer.
+#[tokio::test]
+async fn keep_alive_sets_the_idle_ttl() {
+    let lv = Llmvisor::start(
+        "",
+        &mock_model("m", &["--max-tokens", "2"], "idle_ttl = \"1h\""),
+    )
+    .await;
+    let gen_ = async |keep_alive: Option<Value>| {
+        let mut body = json!({"model": "m", "prompt": "x", "stream": false});
+        if let Some(k) = keep_alive {
+            body["keep_alive"] = k;
+        }
+        let r = lv.post("/api/generate", &body).await;
+        assert_eq!(r.status(), 200);
+    };
+    gen_(Some(json!(-1))).await;
+    let e = expires_in(&lv, "m").await;
+    assert!(e > 50.0 * 365.0 * 86400.0, "{e}");
+    gen_(None).await;
+    let e = expires_in(&lv, "m").await;
+    assert!((3500.0..=3600.0).contains(&e), "{e}");
+    gen_(Some(json!("10m"))).await;
+    let e = expires_in(&lv, "m").await;
+    assert!((500.0..=600.0).contains(&e), "{e}");
+
+    gen_(Some(json!("2s"))).await;
+    let e = expires_in(&lv, "m").await;
+    assert!(e <= 2.0, "{e}");
+    lv.wait_state("m", "stopped", Duration::from_secs(10)).await;
+    assert!(lv.log().contains("idle for 2s; stopping"), "{}", lv.log());
 }

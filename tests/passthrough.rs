@@ -322,3 +322,185 @@ async fn real_llama_server_responses_and_its_own_paths() {
     );
     assert!(rows.iter().all(|r| r.1 == 200), "{rows:?}");
 }
+
+/// VmHWM / VmRSS of a process, KiB.
+fn mem_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// FNV-1a 64, as the mock's upload endpoint computes it.
+fn fnv(hash: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *hash ^= u64::from(*b);
+        *hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+/// A `kind = "vllm"` model (the kind that declares the audio paths) run by the
+/// mock, which takes vLLM's argv; `max_body` small, to show it does not bound an
+/// upload.
+async fn audio_llmvisor() -> Llmvisor {
+    Llmvisor::start(
+        "max_body = \"1MiB\"\nmax_buffered_bodies = \"8MiB\"",
+        &format!(
+            "[models.whisper]\nkind = \"vllm\"\nmodel = \"openai/whisper-large-v3\"\nexecutable = {MOCK:?}\nport = {}\naliases = [\"whisper-1\"]\n",
+            free_port()
+        ),
+    )
+    .await
+}
+
+const B: &str = "llmvisor-test-boundary";
+
+fn field(name: &str, value: &str) -> String {
+    format!("--{B}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+}
+
+fn file_head() -> String {
+    format!(
+        "--{B}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
+    )
+}
+
+/// A 50 MB upload to `/v1/audio/transcriptions`, 50 times `max_body`, in 64 KiB
+/// chunks with its Content-Length (as httpx sends it): it reaches the backend
+/// whole and unchanged (the mock's length and FNV-1a hash of what it got), while
+/// llmvisor's peak RSS grows by far less than the body (a buffered body would
+/// add all of it). Checked against the mock only (it reads multipart the way
+/// vLLM's server does: fields, then the file); the real vLLM needs a GPU.
+#[tokio::test]
+async fn a_large_upload_is_streamed_through_not_buffered() {
+    const SIZE: usize = 50 << 20;
+    const CHUNK: usize = 64 << 10;
+    let lv = audio_llmvisor().await;
+    let pid = lv.child.as_ref().unwrap().id();
+    // Start the model and warm the path with a small upload first.
+    let small = format!(
+        "{}{}{}RIFF\r\n--{B}--\r\n",
+        field("model", "whisper"),
+        field("response_format", "json"),
+        file_head()
+    );
+    let r = lv
+        .client
+        .post(lv.url("/v1/audio/transcriptions"))
+        .header("content-type", format!("multipart/form-data; boundary={B}"))
+        .body(small.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", lv.log());
+    let before = mem_kib(pid, "VmHWM:");
+
+    // The client says `whisper-1` (an alias): the backend gets `whisper`, two
+    // bytes fewer, and a Content-Length that says so.
+    let head = format!("{}{}", field("model", "whisper-1"), file_head());
+    let sent_head = format!("{}{}", field("model", "whisper"), file_head());
+    let tail = format!("\r\n--{B}--\r\n");
+    let file_len = SIZE - head.len() - tail.len();
+    let chunk = move |i: usize| -> Vec<u8> {
+        let n = CHUNK.min(file_len - i * CHUNK);
+        (0..n)
+            .map(|j| (((i * CHUNK + j) * 2_654_435_761) >> 13) as u8)
+            .collect()
+    };
+    let chunks = file_len.div_ceil(CHUNK);
+    let mut want = 0xcbf2_9ce4_8422_2325u64;
+    fnv(&mut want, sent_head.as_bytes());
+    for i in 0..chunks {
+        fnv(&mut want, &chunk(i));
+    }
+    fnv(&mut want, tail.as_bytes());
+    let parts = futures_util::stream::iter(
+        std::iter::once(head.into_bytes())
+            .chain((0..chunks).map(chunk))
+            .chain(std::iter::once(tail.into_bytes()))
+            .map(Ok::<_, std::io::Error>),
+    );
+    let r = lv
+        .client
+        .post(lv.url("/v1/audio/transcriptions"))
+        .header("content-type", format!("multipart/form-data; boundary={B}"))
+        .header("content-length", SIZE)
+        .body(reqwest::Body::wrap_stream(parts))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", lv.log());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["mock"]["bytes"], SIZE as u64 - 2, "{v}");
+    assert_eq!(v["mock"]["fnv1a64"], format!("{want:016x}"), "{v}");
+    assert_eq!(v["mock"]["model"], "whisper");
+    let after = mem_kib(pid, "VmHWM:");
+    let grew = after.saturating_sub(before);
+    eprintln!(
+        "llmvisor peak RSS {before} KiB before the {} MiB upload, {after} KiB after (+{grew} KiB)",
+        SIZE >> 20
+    );
+    assert!(
+        grew < (SIZE as u64 >> 10) / 4,
+        "peak RSS grew by {grew} KiB for a {} KiB upload",
+        SIZE >> 10
+    );
+
+    // Counted like any request, under its endpoint.
+    let rows = usage_rows(&lv, 2).await;
+    assert!(
+        rows.iter()
+            .filter(|r| r.0 == "v1/audio/transcriptions" && r.1 == 200)
+            .count()
+            == 2,
+        "{rows:?}"
+    );
+}
+
+/// `model` after the file part: read (buffered) as far as `max_body` to find it,
+/// then sent on; past `max_body` without it, a 400 that says to send it first.
+/// A form without `model` is a 400 too; no backend sees either.
+#[tokio::test]
+async fn a_model_field_after_the_file_is_found_within_max_body() {
+    let lv = audio_llmvisor().await;
+    let send = async |body: String| {
+        let r = lv
+            .client
+            .post(lv.url("/v1/audio/translations"))
+            .header("content-type", format!("multipart/form-data; boundary={B}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let late = |file: usize| {
+        format!(
+            "{}{}\r\n{}--{B}--\r\n",
+            file_head(),
+            "x".repeat(file),
+            field("model", "whisper")
+        )
+    };
+    let (status, v) = send(late(200 << 10)).await;
+    assert_eq!(status, 200, "{v}\n{}", lv.log());
+    assert_eq!(v["mock"]["bytes"], late(200 << 10).len() as u64);
+    let (status, v) = send(late(3 << 19)).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "missing_model");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send it before the file"),
+        "{v}"
+    );
+    let (status, v) = send(format!("{}x\r\n--{B}--\r\n", file_head())).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("missing_model")),
+        "{v}"
+    );
+}

@@ -1,66 +1,16 @@
 //! The operator's page (`/ui`, issue 19) in a real browser: Debian's `chromium`,
-//! headless, driven over its DevTools protocol by `tests/ui/drive.py` (standard
-//! library only: CDP over `--remote-debugging-pipe`). Needs `chromium` and a
-//! `python3`; without them a test says SKIPPED loudly, under CI it fails. Also,
+//! headless, driven by `tests/ui/drive.py` (see `common::browser`). Needs
+//! `chromium` and a `python3`; without them a test says SKIPPED loudly, under CI
+//! it fails. Also,
 //! without a browser: who may load the page and its feed (the `/admin` rule,
 //! proxied requests counted as remote), and the feed's first events.
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::browser::{browser_or_skip, drive};
 use common::*;
-
-/// Chromium and Python, or None (after saying SKIPPED, or failing under CI).
-fn browser_or_skip(test: &str) -> Option<String> {
-    let have = |cmd: &str| {
-        Command::new(cmd)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let python = [venv, "python3"]
-        .into_iter()
-        .find(|p| have(p))
-        .map(str::to_string);
-    let missing = match (&python, have("chromium")) {
-        (Some(_), true) => return python,
-        (None, _) => "python3",
-        (_, false) => "chromium (apt-get install chromium)",
-    };
-    let msg = format!("{missing} is not installed");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n**** SKIPPED {test}: {msg} ****\n");
-    None
-}
-
-/// Run the driver's `scenario` against `lv`; screenshots go to
-/// `target/ui-shots/<scenario>/` (docs/ui/ holds copies from such a run).
-async fn drive(python: String, lv: &Llmvisor, scenario: &str) {
-    let shots = format!("{}/ui-shots/{scenario}", env!("CARGO_TARGET_TMPDIR"));
-    let args = [
-        format!("{}/tests/ui/drive.py", env!("CARGO_MANIFEST_DIR")),
-        lv.base.clone(),
-        scenario.to_string(),
-        shots,
-    ];
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(python).args(args).output().unwrap())
-            .await
-            .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.trim_end().ends_with("ok"),
-        "the page test ({scenario}) failed:\n{stdout}\n{stderr}\nllmvisor log:\n{}",
-        lv.log()
-    );
-    eprintln!("{stdout}");
-}
 
 /// The issue's check: the quick start's three models; `big` started by its button
 /// goes loading → ready within its start-up delay + 1 s; a chat shows in Requests
@@ -72,7 +22,7 @@ async fn the_page_in_chromium_against_the_quick_start() {
     };
     let port = free_port();
     let lv = Llmvisor::start_raw(port, &example("quickstart.toml", port, &[])).await;
-    drive(python, &lv, "quickstart").await;
+    drive(python, &lv, "quickstart", &[]).await;
     lv.wait_state("big", "stopped", Duration::from_secs(10))
         .await;
 }
@@ -99,7 +49,7 @@ async fn the_page_shows_simulated_gpus_and_profiles() {
     assert!(r.status().is_success(), "{}", r.status());
     lv.wait_state("llama-gpu0", "ready", Duration::from_secs(20))
         .await;
-    drive(python, &lv, "day-night").await;
+    drive(python, &lv, "day-night", &[]).await;
 }
 
 async fn get(lv: &Llmvisor, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::openai::Call;
@@ -71,6 +72,7 @@ pub(super) async fn admit(
         })
     })?;
     let who = |route: &str, e| (client.name.clone(), route.to_string(), e);
+    let mut upload = None;
     let (bytes, head, upstream_path) = match upstream {
         Some((model, path)) => (
             Bytes::new(),
@@ -84,19 +86,28 @@ pub(super) async fn admit(
             Some(path),
         ),
         None => {
-            let bytes = read_body(&app, &parts.headers, body)
-                .await
-                .map_err(|e| who("-", e))?;
             let boundary = parts
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(body::form_boundary);
-            let head = match boundary {
-                Some(b) => body::parse_form_head(&bytes, b),
-                None => body::parse_head(&bytes),
-            }
-            .map_err(|e| who("-", e))?;
+                .and_then(body::form_boundary)
+                .map(str::to_string);
+            let (bytes, head) = match boundary {
+                Some(b) => {
+                    let (bytes, head, rest) = read_form_head(&app, &parts, body, &b)
+                        .await
+                        .map_err(|e| who("-", e))?;
+                    upload = rest.map(|r| std::sync::Mutex::new(Some(r)));
+                    (bytes, head)
+                }
+                None => {
+                    let bytes = read_body(&app, &parts.headers, body)
+                        .await
+                        .map_err(|e| who("-", e))?;
+                    let head = body::parse_head(&bytes).map_err(|e| who("-", e))?;
+                    (bytes, head)
+                }
+            };
             (bytes, head, None)
         }
     };
@@ -218,6 +229,7 @@ pub(super) async fn admit(
             && head.stream_options.injectable()
             && matches!(endpoint, "chat/completions" | "completions"),
         head,
+        upload,
     };
     Ok((call, plan))
 }
@@ -227,6 +239,89 @@ fn bad(message: impl Into<String>, code: &'static str) -> ApiError {
         message: message.into(),
         code,
     }
+}
+
+/// The first bytes of a `multipart/form-data` body, up to its fields before the
+/// first file part (see [`body::scan_form_head`]), at most `max_body` of them;
+/// the rest of the body (and its length, when the client gave one) is streamed
+/// to the backend, never held whole: `max_body` does not limit an upload. A body
+/// that ends within those bytes is read whole (and may be retried elsewhere).
+async fn read_form_head(
+    app: &App,
+    parts: &Parts,
+    mut body: Body,
+    boundary: &str,
+) -> Result<(Bytes, body::Head, Option<super::openai::Rest>), ApiError> {
+    let limit = app.settings.server.max_body.0;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let delim = format!("--{boundary}");
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let Some(frame) = body.frame().await else {
+            let bytes = buf.freeze();
+            let head = body::parse_form_head(&bytes, boundary)?;
+            return Ok((bytes, head, None));
+        };
+        let frame = frame.map_err(|e| body_error(&e))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        // Look again only when the new bytes may end a part or its headers (a
+        // file's bytes seldom hold either): scanning is linear in what is held.
+        let from = buf.len().saturating_sub(delim.len() + 4);
+        buf.extend_from_slice(&data);
+        let tail = &buf[from..];
+        let may_end = |n: &[u8]| tail.windows(n.len()).any(|w| w == n);
+        if !(may_end(delim.as_bytes()) || may_end(b"\r\n\r\n")) {
+            if buf.len() as u64 > limit {
+                return Err(form_model_too_late(body, limit).await);
+            }
+            continue;
+        }
+        if let Some(head) = body::scan_form_head(&buf, boundary, body.is_end_stream())? {
+            // Frames may carry the buffer past the bound: the field must end within it.
+            if head.model_span.1 as u64 > limit {
+                return Err(form_model_too_late(body, limit).await);
+            }
+            if body.is_end_stream() {
+                return Ok((buf.freeze(), head, None));
+            }
+            let bytes = buf.freeze();
+            let rest_len = declared.map(|n| n.saturating_sub(bytes.len() as u64));
+            // From here on the edge stops counting the body in its budget of
+            // buffered bytes: it flows through.
+            if let Some(s) = parts.extensions.get::<super::server::Streamed>() {
+                s.set();
+            }
+            return Ok((bytes, head, Some((body, rest_len))));
+        }
+        if buf.len() as u64 > limit {
+            return Err(form_model_too_late(body, limit).await);
+        }
+    }
+}
+
+/// The refusal of a form whose `model` is not within `limit` bytes. Up to `limit`
+/// more bytes are read and dropped first: a client still sending when the
+/// answer comes and the connection closes may get a reset instead of it.
+async fn form_model_too_late(mut body: Body, limit: u64) -> ApiError {
+    let mut drained = 0u64;
+    while drained <= limit
+        && let Some(Ok(frame)) = body.frame().await
+    {
+        drained += frame.data_ref().map_or(0, |d| d.len() as u64);
+    }
+    bad(
+        format!(
+            "The `model` field was not found in the first {limit} bytes of the form \
+             (server.max_body): send it before the file."
+        ),
+        "missing_model",
+    )
 }
 
 pub(crate) async fn read_body(

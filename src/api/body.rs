@@ -187,6 +187,18 @@ pub fn form_boundary(content_type: &str) -> Option<&str> {
 /// the `model` field's value and its byte range, and `stream` (`true` as text).
 /// 400 `missing_model` without a `model` field.
 pub fn parse_form_head(bytes: &[u8], boundary: &str) -> Result<Head, ApiError> {
+    scan_form_head(bytes, boundary, true).map(|h| h.expect("a complete body gives an answer"))
+}
+
+/// [`parse_form_head`] on the first bytes of a body (`complete`: all of it): None
+/// until they hold the `model` field and every part up to the first file part
+/// (one with a `filename`: clients send fields, then files). Fields after a file
+/// part are read only when the file part ends within the bytes given.
+pub fn scan_form_head(
+    bytes: &[u8],
+    boundary: &str,
+    complete: bool,
+) -> Result<Option<Head>, ApiError> {
     let delim = format!("--{boundary}");
     let delim = delim.as_bytes();
     let find = |hay: &[u8], from: usize, needle: &[u8]| {
@@ -204,12 +216,23 @@ pub fn parse_form_head(bytes: &[u8], boundary: &str) -> Result<Head, ApiError> {
             break;
         }
         let Some(head_end) = find(bytes, part, b"\r\n\r\n") else {
-            break;
+            if complete {
+                break;
+            }
+            return Ok(None);
         };
+        let headers = String::from_utf8_lossy(&bytes[part..head_end]).to_ascii_lowercase();
+        if !complete && model.is_some() && headers.contains("filename=") {
+            // The fields are read; the file is streamed.
+            break;
+        }
         let next = find(bytes, head_end, delim);
+        if next.is_none() && !complete {
+            // This part goes on past what was read.
+            return Ok(None);
+        }
         // The value ends before the CRLF that precedes the next delimiter.
         let value_end = next.map_or(bytes.len(), |n| n.saturating_sub(2));
-        let headers = String::from_utf8_lossy(&bytes[part..head_end]).to_ascii_lowercase();
         let name = headers
             .split(';')
             .find_map(|p| p.trim().strip_prefix("name="))
@@ -228,6 +251,9 @@ pub fn parse_form_head(bytes: &[u8], boundary: &str) -> Result<Head, ApiError> {
         }
         at = next;
     }
+    if model.is_none() && !complete {
+        return Ok(None);
+    }
     let Some((s, e)) = model else {
         return Err(bad("You must provide a model parameter.", "missing_model"));
     };
@@ -237,13 +263,13 @@ pub fn parse_form_head(bytes: &[u8], boundary: &str) -> Result<Head, ApiError> {
     if requested.is_empty() {
         return Err(bad("You must provide a model parameter.", "missing_model"));
     }
-    Ok(Head {
+    Ok(Some(Head {
         model: requested,
         model_span: (s, e),
         stream,
         stream_options: StreamOptions::Odd,
         form: true,
-    })
+    }))
 }
 
 /// The body with `model` set to `name` (every other byte as sent), and with
@@ -325,6 +351,46 @@ mod form_tests {
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             BODY.replace("\r\nwhisper\r\n", "\r\nopenai/whisper-large-v3\r\n")
+        );
+    }
+
+    /// Read a byte at a time: no answer until the fields before the file part are
+    /// in, then the same head as from the whole body; a model after the file part
+    /// needs that part's end.
+    #[test]
+    fn the_head_is_found_in_the_first_bytes() {
+        let file_at = BODY
+            .find("--b0\r\nContent-Disposition: form-data; name=\"file\"")
+            .unwrap();
+        let whole = parse_form_head(BODY.as_bytes(), "b0").unwrap();
+        for n in 0..BODY.len() {
+            let got = scan_form_head(&BODY.as_bytes()[..n], "b0", false).unwrap();
+            // The file part's headers must be in to know it is one.
+            let known = n
+                >= BODY.find("filename=").unwrap()
+                    + "filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n".len();
+            assert_eq!(got.is_some(), known, "after {n} bytes");
+            if let Some(h) = got {
+                assert_eq!(h, whole);
+                assert!(h.model_span.1 < file_at);
+            }
+        }
+        let late = "--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nRIFF\r\n--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nw\r\n--b0--\r\n";
+        let model_end = late.find("w\r\n--b0--").unwrap() + 3;
+        for n in 0..late.len() {
+            let got = scan_form_head(&late.as_bytes()[..n], "b0", false).unwrap();
+            assert_eq!(
+                got.is_some(),
+                n >= model_end + 6,
+                "after {n} bytes: {got:?}"
+            );
+        }
+        assert_eq!(
+            scan_form_head(late.as_bytes(), "b0", false)
+                .unwrap()
+                .unwrap()
+                .model,
+            "w"
         );
     }
 

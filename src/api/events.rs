@@ -312,7 +312,7 @@ impl Feed {
     async fn view(&self, i: &Instance) -> Value {
         let mut v = super::status::model_status(i, &self.app.policy().router);
         v["name"] = json!(i.name());
-        v["idle_ttl_seconds"] = json!(i.spec.idle_ttl.map(|d| d.as_secs()));
+        v["idle_ttl_seconds"] = json!(i.idle_ttl().map(|d| d.as_secs()));
         let state = i.state();
         if !matches!(state, ModelState::Stopped | ModelState::Failed) {
             v["pid"] = json!(self.app.fleet.main_pid(i).await);

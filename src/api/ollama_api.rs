@@ -6,8 +6,11 @@
 //! `{"error": "..."}` with the status of the underlying error.
 //!
 //! `keep_alive: 0` stops the model once the answer is out (a request with no
-//! messages or prompt just stops it, as Ollama's "unload" does); other values are
-//! accepted and left to the model's own `idle_ttl`.
+//! messages or prompt just stops it, as Ollama's "unload" does). Any other
+//! `keep_alive` becomes the model's idle TTL from then on, counted from its last
+//! request as Ollama counts it (a negative one: never idle out); a request without
+//! `keep_alive` puts the configured `idle_ttl` back, as Ollama goes back to its
+//! default. Only a request that was served sets it.
 
 // Helpers short-circuit with a ready-made `Response` as their `Err`, moved once on
 // a cold path (as src/api/messages.rs does with its tuple).
@@ -145,7 +148,7 @@ pub async fn ps(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             }
             // Never stopped for idleness: far in the future, as Ollama shows
             // `keep_alive: -1`.
-            let expires = match inst.spec.idle_ttl {
+            let expires = match inst.idle_ttl() {
                 Some(ttl) => now + ttl.saturating_sub(inst.idle_for().unwrap_or_default()),
                 None => now + Duration::from_secs(100 * 365 * 86400),
             };
@@ -272,6 +275,20 @@ fn stop_now(app: &App, name: &str) {
     }
 }
 
+/// A served request's `keep_alive` other than 0 (seconds; negative: forever;
+/// None: absent) as the model's idle TTL from now on (see the module doc).
+fn keep_alive_ttl(app: &App, name: &str, secs: Option<f64>) {
+    let Some(inst) = instance_of(app, name) else {
+        return;
+    };
+    match secs {
+        Some(0.0) => {}
+        Some(s) if s < 0.0 => inst.set_idle_ttl(Some(None)),
+        Some(s) => inst.set_idle_ttl(Some(Some(Duration::from_secs_f64(s.min(1e12))))),
+        None => inst.set_idle_ttl(None),
+    }
+}
+
 /// Milliseconds of an `x-llmvisor-*-ms` header.
 fn header_ms(h: &HeaderMap, name: &str) -> u64 {
     h.get(name)
@@ -323,6 +340,7 @@ async fn generate_or_chat(app: Arc<App>, req: Request, api: Api) -> Response {
             stop_now(&app, &model);
             "unload"
         } else {
+            keep_alive_ttl(&app, &model, keep_alive);
             inst.begin_start(false);
             "load"
         };
@@ -351,6 +369,7 @@ async fn generate_or_chat(app: Arc<App>, req: Request, api: Api) -> Response {
     if !resp.status().is_success() {
         return ollama_error(resp).await;
     }
+    keep_alive_ttl(&app, &model, keep_alive);
     let (mut head, body) = resp.into_parts();
     let load_ns = (header_ms(&head.headers, "x-llmvisor-cold-start-ms")
         + header_ms(&head.headers, "x-llmvisor-queue-ms"))
@@ -459,12 +478,14 @@ async fn embeddings(app: Arc<App>, req: Request, legacy: bool) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.0),
     };
     let resp = forward(app.clone(), &parts, "/v1/embeddings", &body).await;
-    if ollama::keep_alive_secs(&v) == Some(0.0) {
+    let keep_alive = ollama::keep_alive_secs(&v);
+    if keep_alive == Some(0.0) {
         stop_now(&app, &model);
     }
     if !resp.status().is_success() {
         return ollama_error(resp).await;
     }
+    keep_alive_ttl(&app, &model, keep_alive);
     let (mut head, body) = resp.into_parts();
     let load_ns = (header_ms(&head.headers, "x-llmvisor-cold-start-ms")
         + header_ms(&head.headers, "x-llmvisor-queue-ms"))

@@ -19,6 +19,7 @@ use super::body::{self, Head};
 use super::{ApiError, App, Policy, admit};
 use crate::auth::{Client, Quota, reset_text};
 use crate::fleet::State as ModelState;
+use crate::proxy::ReqBody;
 use crate::proxy::{Outcome, Relay, Tap};
 use crate::router::dispatch::{Dispatcher, Hold, Job, Served};
 use crate::router::{Plan, Target};
@@ -33,6 +34,9 @@ fn endpoint_of(path: &str) -> &'static str {
         p => crate::config::post_passthrough(p).unwrap_or("other"),
     }
 }
+
+/// The rest of an upload's body, and its length when the client gave one.
+pub(super) type Rest = (Body, Option<u64>);
 
 /// One request on its way: who sent it, what it asked, where it stands.
 pub(super) struct Call {
@@ -60,6 +64,10 @@ pub(super) struct Call {
     pub upstream_path: Option<String>,
     /// llmvisor adds `stream_options.include_usage` (and removes what it brings).
     pub inject_usage: bool,
+    /// A multipart upload streamed through: `body` holds what was read to find
+    /// `model`; this, the rest of the client's body (and its length, if known).
+    /// Taken by the one target it is sent to.
+    pub upload: Option<std::sync::Mutex<Option<Rest>>>,
 }
 
 impl Call {
@@ -108,11 +116,22 @@ impl Call {
 
     /// Try the plan's targets (see `router::dispatch`).
     async fn dispatch(&self, plan: &Plan) -> Result<Served, (String, ApiError)> {
-        let body_for = |name: &str| {
+        let body_for = |name: &str| -> ReqBody {
             if self.upstream_path.is_some() {
-                Bytes::new()
-            } else {
-                body::rewrite(&self.body, &self.head, name, self.inject_usage)
+                return Bytes::new().into();
+            }
+            let head = body::rewrite(&self.body, &self.head, name, self.inject_usage);
+            match &self.upload {
+                None => head.into(),
+                Some(rest) => {
+                    // max_attempts is 1 for an upload: taken once.
+                    let (rest, len) = rest
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
+                        .unwrap_or_else(|| (Body::empty(), Some(0)));
+                    ReqBody::upload(head, rest, len)
+                }
             }
         };
         let job = Job {
@@ -131,7 +150,12 @@ impl Call {
         let dispatcher = Dispatcher {
             upstream: &self.app.upstream,
             fleet: &self.app.fleet,
-            max_attempts: self.app.settings.server.max_attempts as usize,
+            // An upload streamed through cannot be sent twice.
+            max_attempts: if self.upload.is_some() {
+                1
+            } else {
+                self.app.settings.server.max_attempts as usize
+            },
             budget: self.policy.router.budget(),
         };
         dispatcher

@@ -431,7 +431,10 @@ impl ConnService {
             Body::new(body)
         } else {
             let now = tokio::time::Instant::now();
+            let streamed = Streamed::default();
+            parts.extensions.insert(streamed.clone());
             Body::new(TimedBody {
+                streamed,
                 inner: body,
                 deadline: now + limits.body_timeout,
                 last_data: now,
@@ -536,6 +539,18 @@ pub enum BodyError {
     Read(#[from] hyper::Error),
 }
 
+/// Set by a handler that streams the request body on instead of holding it (an
+/// upload): the body's bytes stop counting in the budgets of buffered bytes.
+#[derive(Clone, Default)]
+pub struct Streamed(Arc<std::sync::atomic::AtomicBool>);
+
+impl Streamed {
+    /// The body flows through from now on.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Request body bytes this request holds in the budgets; given back on drop (when
 /// the handler has dropped the body: the bytes it collected go with the request).
 struct Budget {
@@ -553,12 +568,17 @@ impl Budget {
         self.held += n;
         total <= self.max_total && conn <= self.max_conn
     }
+
+    fn release(&mut self) {
+        self.stats.buffered.fetch_sub(self.held, Ordering::Relaxed);
+        self.conn.buffered.fetch_sub(self.held, Ordering::Relaxed);
+        self.held = 0;
+    }
 }
 
 impl Drop for Budget {
     fn drop(&mut self) {
-        self.stats.buffered.fetch_sub(self.held, Ordering::Relaxed);
-        self.conn.buffered.fetch_sub(self.held, Ordering::Relaxed);
+        self.release();
     }
 }
 
@@ -577,6 +597,8 @@ struct TimedBody {
     /// (the deadline, the idle timer), armed at the first wait.
     timers: Option<(Timer, Timer)>,
     budget: Budget,
+    /// The handler streams the body on: its bytes are not held.
+    streamed: Streamed,
     done: bool,
 }
 
@@ -594,7 +616,11 @@ impl HttpBody for TimedBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
+                if this.streamed.0.load(Ordering::Relaxed) {
+                    if this.budget.held > 0 {
+                        this.budget.release();
+                    }
+                } else if let Some(data) = frame.data_ref()
                     && !this.budget.take(data.len() as u64)
                 {
                     this.done = true;

@@ -117,6 +117,11 @@ pub struct Instance {
     /// Milliseconds since `ctx.epoch` when the instance last became idle.
     idle_since_ms: AtomicU64,
     idle: Notify,
+    /// A client's idle TTL (Ollama's `keep_alive`) in place of `spec.idle_ttl`:
+    /// [`TTL_CONFIGURED`] none, [`TTL_FOREVER`] never idle out, else milliseconds.
+    ttl_override: AtomicU64,
+    /// Wakes the idle loop when `ttl_override` changes.
+    ttl_changed: Notify,
     /// Woken when the last request in flight finishes (a stop's drain waits on it).
     drained: Notify,
     /// Replaced by a reload: no more starts or idle stops from this object.
@@ -195,6 +200,8 @@ impl Instance {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
+            ttl_override: AtomicU64::new(TTL_CONFIGURED),
+            ttl_changed: Notify::new(),
             drained: Notify::new(),
             retired: AtomicBool::new(false),
             pending_start: AtomicBool::new(false),
@@ -207,10 +214,33 @@ impl Instance {
             trail: Mutex::new(vec![initial]),
         });
         inst.ctx.board.register(&inst);
-        if let Some(ttl) = inst.spec.idle_ttl {
-            tokio::spawn(inst.clone().idle_loop(ttl));
-        }
+        // Also without an `idle_ttl`: a client's `keep_alive` may set one.
+        tokio::spawn(inst.clone().idle_loop());
         inst
+    }
+
+    /// The idle TTL in force: a client's override, else the configured one (None:
+    /// the model never idles out).
+    pub fn idle_ttl(&self) -> Option<Duration> {
+        match self.ttl_override.load(Ordering::SeqCst) {
+            TTL_CONFIGURED => self.spec.idle_ttl,
+            TTL_FOREVER => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Set the idle TTL from now on (Ollama's `keep_alive`): `Some(Some(d))` idle
+    /// out after `d` without requests, `Some(None)` never, `None` back to the
+    /// configured `idle_ttl`. Counted from the last request, as before.
+    pub fn set_idle_ttl(&self, ttl: Option<Option<Duration>>) {
+        let v = match ttl {
+            None => TTL_CONFIGURED,
+            Some(None) => TTL_FOREVER,
+            Some(Some(d)) => (d.as_millis() as u64).min(TTL_FOREVER - 1),
+        };
+        if self.ttl_override.swap(v, Ordering::SeqCst) != v {
+            self.ttl_changed.notify_one();
+        }
     }
 
     /// The instance name.
@@ -946,11 +976,15 @@ impl Instance {
         }
     }
 
-    /// Stop when nothing has been admitted for `ttl`: one long-lived task per model,
-    /// woken when the model becomes idle, sleeping exactly until the deadline.
-    async fn idle_loop(self: Arc<Self>, ttl: Duration) {
+    /// Stop when nothing has been admitted for the idle TTL ([`Instance::idle_ttl`],
+    /// read anew at every wake): one long-lived task per model, woken when the
+    /// model becomes idle or the TTL changes, sleeping exactly until the deadline.
+    async fn idle_loop(self: Arc<Self>) {
         loop {
-            self.idle.notified().await;
+            tokio::select! {
+                () = self.idle.notified() => {}
+                () = self.ttl_changed.notified() => {}
+            }
             loop {
                 if self.retired.load(Ordering::SeqCst) {
                     return;
@@ -958,10 +992,16 @@ impl Instance {
                 if self.admitted.load(Ordering::SeqCst) > 0 || self.state() != State::Ready {
                     break;
                 }
+                let Some(ttl) = self.idle_ttl() else {
+                    break;
+                };
                 let due_ms = self.idle_since_ms.load(Ordering::SeqCst) + ttl.as_millis() as u64;
                 let now_ms = self.ctx.now_ms();
                 if now_ms < due_ms {
-                    tokio::time::sleep(Duration::from_millis(due_ms - now_ms)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(due_ms - now_ms)) => {}
+                        () = self.ttl_changed.notified() => {}
+                    }
                     continue;
                 }
                 if self.sleeps_when_idle() {
@@ -984,11 +1024,16 @@ impl Instance {
         tracing::info!(
             model = %self.spec.name,
             "idle for {}; stopping",
-            humantime::format_duration(self.spec.idle_ttl.unwrap_or_default())
+            humantime::format_duration(self.idle_ttl().unwrap_or_default())
         );
         self.finish_stop().await;
     }
 }
+
+/// `ttl_override`: no override, the configured `idle_ttl` holds.
+const TTL_CONFIGURED: u64 = u64::MAX;
+/// `ttl_override`: never idle out (a negative `keep_alive`).
+const TTL_FOREVER: u64 = u64::MAX - 1;
 
 /// The message of the last Rust panic or Python traceback in a backend's output.
 ///

@@ -180,6 +180,58 @@ async fn idle_ttl_stops_an_unused_model() {
     );
 }
 
+/// Ollama's `keep_alive` as an override of the idle TTL, read by the idle loop at
+/// every wake: a shorter one while the model idles on the longer one takes effect
+/// at once; negative (forever) keeps it; cleared, the configured TTL is back; a
+/// model without an `idle_ttl` gets one.
+async fn an_idle_ttl_override_replaces_the_configured_one() {
+    let t = Setup::new(&format!(
+        "{}{}",
+        model("a", 20001, "idle_ttl = \"5m\""),
+        model("b", 20002, "idle_ttl = \"0s\"")
+    ));
+    let a = t.get("a");
+    drop(a.acquire().await.unwrap());
+    assert_eq!(a.idle_ttl(), Some(Duration::from_secs(300)));
+    sleep(Duration::from_secs(60)).await;
+    // 30 s after the last request: already past, the model stops now.
+    a.set_idle_ttl(Some(Some(Duration::from_secs(30))));
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(a.state(), Stopped);
+    assert_eq!(a.status().stop_reason, Some(StopReason::Idle));
+
+    // Forever: a day idle and still ready.
+    a.set_idle_ttl(Some(None));
+    drop(a.acquire().await.unwrap());
+    assert_eq!(a.idle_ttl(), None);
+    sleep(Duration::from_secs(86400)).await;
+    assert_eq!(a.state(), Ready);
+    // Back to the configured 5 minutes, counted from the last request (long past).
+    a.set_idle_ttl(None);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(a.state(), Stopped);
+
+    // A longer one: 10 minutes instead of 5.
+    a.set_idle_ttl(Some(Some(Duration::from_secs(600))));
+    drop(a.acquire().await.unwrap());
+    sleep(Duration::from_secs(599)).await;
+    assert_eq!(a.state(), Ready);
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.state(), Stopped);
+
+    // `idle_ttl = "0s"`: never idles out, unless a client says so.
+    let b = t.get("b");
+    drop(b.acquire().await.unwrap());
+    sleep(Duration::from_secs(86400)).await;
+    assert_eq!(b.state(), Ready);
+    b.set_idle_ttl(Some(Some(Duration::from_secs(120))));
+    drop(b.acquire().await.unwrap());
+    sleep(Duration::from_secs(119)).await;
+    assert_eq!(b.state(), Ready);
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.state(), Stopped);
+}
+
 async fn an_idle_step_rolls_back_for_a_request_admitted_in_the_same_instant() {
     let t = Setup::new(&model("a", 20001, ""));
     let a = t.get("a");
@@ -639,7 +691,7 @@ async fn shutdown_stops_everything_and_refuses_new_requests() {
     let t = Setup::new(&format!(
         "{}{}",
         model("a", 20001, ""),
-        model("b", 20002, "")
+        model("b", 20002, "idle_ttl = \"0s\"")
     ));
     drop(t.get("a").acquire().await.unwrap());
     t.fleet.shutdown(SEC).await;
@@ -767,6 +819,7 @@ mod run {
     scenarios!(
         start_is_shared_by_concurrent_requests,
         idle_ttl_stops_an_unused_model,
+        an_idle_ttl_override_replaces_the_configured_one,
         an_idle_step_rolls_back_for_a_request_admitted_in_the_same_instant,
         a_crash_fails_the_model_and_the_next_request_restarts_it_after_a_backoff,
         a_start_that_fails_or_never_gets_healthy_fails_the_waiting_requests,

@@ -24,14 +24,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-type Sender = http1::SendRequest<Full<Bytes>>;
-type Conn = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+use super::upload::ReqBody;
+
+type Sender = http1::SendRequest<ReqBody>;
+type Conn = http1::Connection<TokioIo<TcpStream>, ReqBody>;
 
 /// One HTTP/1 connection: the handle to send on, and the connection state machine
 /// that the holder polls.
@@ -176,7 +177,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         port: u16,
-        req: Request<Full<Bytes>>,
+        req: Request<ReqBody>,
         fresh: bool,
         connect_timeout: Duration,
         timeout: Duration,

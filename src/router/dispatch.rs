@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::breaker::{Breaker, RetryBudget};
@@ -242,7 +241,7 @@ pub struct Job<'a> {
     /// The client's priority in a model's queue.
     pub priority: Priority,
     /// The body for a target that calls the model by this name.
-    pub body_for: &'a (dyn Fn(&str) -> Bytes + Send + Sync),
+    pub body_for: &'a (dyn Fn(&str) -> crate::proxy::ReqBody + Send + Sync),
     /// Set once a backend got the request (a send that did not fail to connect).
     pub reached: &'a AtomicBool,
 }

@@ -10,6 +10,12 @@ Usage: drive.py BASE SCENARIO SHOTS_DIR
               each view; no console errors.
   day-night:  simulated GPUs and profiles: the GPUs view says "simulated", the
               Profiles view shows the active profile; screenshots.
+  cors:       (tests/browsers.rs) a page served on CORS_OK_PORT (an origin in
+              [server] cors_origins) and one on CORS_REFUSED_PORT (not listed):
+              from the first, a fetch that needs a preflight (POST, JSON,
+              Authorization) succeeds and reads exposed headers; from the
+              second, the browser refuses it (TypeError, "blocked by CORS
+              policy") and never sends the POST.
   soak:       (bench/ui-soak.sh) a page left open while SOAK_N requests go
               through; llmvisor's RSS and the page's JS heap sampled.
 Prints "ok" last on success; fails with a message otherwise.
@@ -236,6 +242,96 @@ def day_night(c, base, shots):
     view(c, "profiles", shots, "document.querySelectorAll('#profiles tbody tr.on').length >= 1", "an active profile")
 
 
+def serve_page(port):
+    """A page on 127.0.0.1:port, in a thread: the origin a browser app has."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><title>a browser app</title><p>cross-origin page</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Page)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+CORS_FETCH = """(async () => {
+  try {
+    const r = await fetch(%s + '/v1/chat/completions', {
+      method: 'POST',
+      headers: {'Content-Type': 'application/json', 'Authorization': 'Bearer none'},
+      body: JSON.stringify({model: 'chat', max_tokens: 4, messages: [{role: 'user', content: 'from %s'}]}),
+    });
+    const j = await r.json();
+    return {ok: true, status: r.status, target: r.headers.get('x-llmvisor-target'),
+            request_id: r.headers.get('x-request-id'), object: j.object};
+  } catch (e) {
+    return {ok: false, error: String(e)};
+  }
+})()"""
+
+
+def cors(c, base, shots):
+    servers = []
+    try:
+        ok_port, refused_port = int(os.environ["CORS_OK_PORT"]), int(os.environ["CORS_REFUSED_PORT"])
+        servers = [serve_page(ok_port), serve_page(refused_port)]
+        c.call("Network.enable")
+        results = {}
+        for port in (ok_port, refused_port):
+            origin = f"http://127.0.0.1:{port}"
+            c.call("Page.navigate", {"url": origin + "/"})
+            c.wait("document.body && document.body.innerText.includes('cross-origin page')", 10, f"the page on {origin}")
+            assert c.js("location.origin") == origin
+            results[origin] = c.js(CORS_FETCH % (json.dumps(base), origin))
+            print(f"fetch from {origin}: {results[origin]}")
+        ok, refused = results[f"http://127.0.0.1:{ok_port}"], results[f"http://127.0.0.1:{refused_port}"]
+        assert ok.get("ok") and ok["status"] == 200 and ok["object"] == "chat.completion", ok
+        # Only readable because llmvisor exposes them (Access-Control-Expose-Headers).
+        assert ok["target"] == "chat" and ok["request_id"], ok
+        assert not refused.get("ok") and "TypeError" in refused["error"], refused
+
+        # What the browser did: a preflight (OPTIONS) from each origin; the POST
+        # from the allowed one answered, the other's failed on CORS before it was sent
+        # (llmvisor's own record of one request is checked by tests/browsers.rs).
+        sent, posts = [], []
+        for e in c.events:
+            if e.get("method") == "Network.requestWillBeSent" and e["params"]["request"]["url"].startswith(base):
+                req = e["params"]["request"]
+                sent.append((req["method"], req.get("headers", {}).get("Origin")))
+                if req["method"] == "POST":
+                    posts.append(e["params"]["requestId"])
+        print(f"requests to llmvisor in the browser: {sent}")
+        assert ("OPTIONS", f"http://127.0.0.1:{ok_port}") in sent and ("OPTIONS", f"http://127.0.0.1:{refused_port}") in sent, sent
+        assert len(posts) == 2, sent
+        answered = {e["params"]["requestId"]: e["params"]["response"]["status"] for e in c.events if e.get("method") == "Network.responseReceived"}
+        failed = {e["params"]["requestId"]: e["params"] for e in c.events if e.get("method") == "Network.loadingFailed"}
+        assert answered.get(posts[0]) == 200, (answered, failed)
+        assert posts[1] not in answered and failed.get(posts[1], {}).get("corsErrorStatus"), (answered, failed)
+        print(f"the refused POST: {failed[posts[1]]['corsErrorStatus']}")
+        blocked = [e for e in c.events if e.get("method") == "Log.entryAdded" and "CORS policy" in e["params"]["entry"].get("text", "")]
+        assert blocked, "no 'blocked by CORS policy' message from the browser"
+        texts = [b["params"]["entry"]["text"] for b in blocked]
+        print(f"the browser said: {texts}")
+        assert all(f"http://127.0.0.1:{refused_port}" in t for t in texts), texts
+        # That refusal is the expected error; any other is not.
+        c.events = [e for e in c.events if e not in blocked and not (
+            e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("url", "").startswith(base)
+            and e["params"]["entry"].get("text", "").startswith("Failed to load resource"))]
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -301,7 +397,7 @@ def main():
     c = Chrome()
     try:
         c.open(1200, 640)
-        {"quickstart": quickstart, "day-night": day_night, "soak": soak}[scenario](c, base, shots)
+        {"quickstart": quickstart, "day-night": day_night, "cors": cors, "soak": soak}[scenario](c, base, shots)
         errors = c.errors()
         assert not errors, "console errors:\n" + "\n".join(errors)
     finally:

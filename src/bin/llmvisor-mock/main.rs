@@ -13,6 +13,7 @@
 // helpers; it is moved once, on a cold path, so boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod audio;
 mod generate;
 mod ollama;
 mod openai;
@@ -42,7 +43,12 @@ Mock LLM server speaking the OpenAI API the way vLLM does, plus Ollama's API.
 Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank,
 /v1/responses (Responses API in llama-server's shapes: named SSE events
 ending with response.completed, which carries usage.input_tokens and
-output_tokens), /v1/models, /health, and Ollama's /api/*.
+output_tokens), /v1/audio/transcriptions and /translations (multipart
+uploads read as they come and counted: the answer's \"mock\" holds the
+body's length, an FNV-1a 64 hash of its bytes and the model field),
+/v1/models, /health, and Ollama's /api/*. It takes vLLM's argv too
+(`serve MODEL --host H --port P --served-model-name N`), so a
+`kind = \"vllm\"` model can run it.
 
 Output is deterministic: the k-th generated word is picked from a fixed
 64-word list by a hash of the prompt and k, so the same request always
@@ -87,9 +93,20 @@ struct Args {
     #[arg(long)]
     port: u16,
 
-    /// The only model name accepted (and listed).
-    #[arg(long, default_value = "mock", value_name = "NAME")]
+    /// The only model name accepted (and listed). Also as vLLM spells it
+    /// (`--served-model-name`).
+    #[arg(
+        long,
+        alias = "served-model-name",
+        default_value = "mock",
+        value_name = "NAME"
+    )]
     served_name: String,
+
+    /// `serve MODEL`, as `vllm serve` is called: accepted and ignored, so a
+    /// `kind = "vllm"` model can run the mock (`executable = llmvisor-mock`).
+    #[arg(value_name = "VLLM_SERVE", hide = true)]
+    vllm_serve: Vec<String>,
 
     /// Answer 503 on /health and the model endpoints until this long after
     /// start (e.g. 2s, 500ms), like a server loading weights.
@@ -230,6 +247,8 @@ fn router(st: &'static AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/rerank", post(openai::rerank))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/audio/transcriptions", post(audio::transcription))
+        .route("/v1/audio/translations", post(audio::transcription))
         .route("/api/version", get(ollama::version))
         .route("/api/tags", get(ollama::tags))
         .route("/api/chat", post(ollama::chat))

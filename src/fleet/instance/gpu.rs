@@ -381,7 +381,7 @@ impl Instance {
                 tracing::info!(
                     model = %self.spec.name,
                     "idle for {}; asleep after {:.2} s (weights in host memory, GPU memory freed)",
-                    humantime::format_duration(self.spec.idle_ttl.unwrap_or_default()),
+                    humantime::format_duration(self.idle_ttl().unwrap_or_default()),
                     t0.elapsed().as_secs_f64()
                 );
                 self.ctx

@@ -89,7 +89,7 @@ leg() { # leg NAME BIN ENV...
   sleep 1
   rss_kb "$lv" > "$work/$name.idle"
   ( max=0; while kill -0 "$lv" 2>/dev/null; do r=$(rss_kb "$lv" 2>/dev/null || echo 0)
-      [ "${r:-0}" -gt "$max" ] && max=$r; echo "$max" > "$work/$name.peak"; sleep 0.1; done ) & sampler=$!
+      [ "${r:-0}" -gt "$max" ] && max=$r; echo "$max" > "$work/$name.peak.tmp"; mv "$work/$name.peak.tmp" "$work/$name.peak"; sleep 0.1; done ) & sampler=$!
   a=$(ticks "$lv")
   ohajson -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$PORT/v1/chat/completions" > "$work/$name.c64.json"
   b=$(ticks "$lv"); echo $((b - a)) > "$work/$name.c64.cpu"
@@ -131,7 +131,7 @@ import json, os, statistics, sys
 w, n = sys.argv[1], int(sys.argv[2])
 HZ = os.sysconf('SC_CLK_TCK')
 def j(f): return json.load(open(os.path.join(w, f)))
-def num(f): return int(open(os.path.join(w, f)).read().strip() or 0)
+def num(f): return int(open(os.path.join(w, f)).read().strip() or 0) if os.path.exists(os.path.join(w, f)) else 0
 def have(f): return os.path.exists(os.path.join(w, f))
 def answered(r): return sum(r.get("statusCodeDistribution", {}).values())
 def rps(r): return r["summary"]["requestsPerSec"]

@@ -199,6 +199,7 @@ impl Upstream {
         path_and_query: &str,
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
+        traceparent: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Response<UpBody>, ProxyError> {
         use pool::SendError;
@@ -207,6 +208,10 @@ impl Upstream {
         let build = || {
             let mut req = build_request(path_and_query, headers, request_id, None, body.clone())?;
             req.headers_mut().insert(header::HOST, host.clone());
+            if let Some(tp) = traceparent {
+                req.headers_mut()
+                    .insert(header::HeaderName::from_static("traceparent"), tp.clone());
+            }
             Ok::<_, ProxyError>(req)
         };
         let pool = self.pool();

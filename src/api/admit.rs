@@ -176,6 +176,7 @@ pub(super) async fn admit(
         quota,
         charged_tokens,
         reached: AtomicBool::new(false),
+        trace: Default::default(),
         ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
         // Only where the client's own options say nothing about the usage chunk
         // (none, `null`, an object without `include_usage`): turning it on is then

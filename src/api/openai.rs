@@ -22,6 +22,7 @@ use crate::fleet::State as ModelState;
 use crate::proxy::{Outcome, Relay, Tap};
 use crate::router::dispatch::{Dispatcher, Hold, Job, Served};
 use crate::router::{Plan, Target};
+use crate::telemetry::trace::{self, Asked, RequestSpan};
 
 fn endpoint_of(path: &str) -> &'static str {
     match path {
@@ -57,6 +58,8 @@ pub(super) struct Call {
     pub ts_ms: i64,
     /// llmvisor adds `stream_options.include_usage` (and removes what it brings).
     pub inject_usage: bool,
+    /// Its spans (nothing while tracing is off).
+    pub trace: RequestSpan,
 }
 
 impl Call {
@@ -100,6 +103,16 @@ impl Call {
                 .limits
                 .settle(self.charged_tokens, u.prompt_tokens + u.completion_tokens);
         }
+        self.trace.finish(&trace::Finished {
+            target,
+            status,
+            error: end.error.as_deref(),
+            usage: end
+                .tapped
+                .usage
+                .map(|u| (u.prompt_tokens, u.completion_tokens)),
+            first_byte: end.tapped.first_byte.map(|t| t.into_std()),
+        });
         self.account().record(target, status, end);
     }
 
@@ -114,6 +127,7 @@ impl Call {
             priority: self.client.priority,
             body_for: &body_for,
             reached: &self.reached,
+            trace: &self.trace,
         };
         let dispatcher = Dispatcher {
             upstream: &self.app.upstream,
@@ -134,6 +148,7 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let endpoint = endpoint_of(parts.uri.path());
     let id = admit::request_id(&parts.headers);
+    let parent = trace::client_parent(app.tracing.as_ref(), &parts.headers);
     let policy = app.policy();
     let admitted = admit::admit(
         app.clone(),
@@ -146,9 +161,39 @@ pub async fn forward(State(app): State<Arc<App>>, req: Request) -> Response {
     )
     .await;
     let mut resp = match admitted {
-        Ok((call, plan)) => run(Arc::new(call), plan).await,
+        Ok((mut call, plan)) => {
+            call.trace = RequestSpan::start(
+                app.tracing.as_ref(),
+                parent.as_ref(),
+                started,
+                &Asked {
+                    endpoint,
+                    route: &call.route,
+                    client: &call.client.name,
+                    request_id: &id,
+                    stream: call.stream,
+                    body: &call.body,
+                },
+            );
+            run(Arc::new(call), plan).await
+        }
         Err((client, route, e)) => {
             let r = e.render();
+            RequestSpan::refused(
+                app.tracing.as_ref(),
+                parent.as_ref(),
+                started,
+                &Asked {
+                    endpoint,
+                    route: &route,
+                    client: &client,
+                    request_id: &id,
+                    stream: false,
+                    body: &[],
+                },
+                r.status.as_u16(),
+                r.code,
+            );
             let account = Account {
                 app: &app,
                 request_id: &id,

@@ -207,6 +207,22 @@ impl Config {
             }
         }
 
+        if let Some(url) = self.telemetry.traces_url() {
+            match url.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+                Ok(u) if u.scheme_str() == Some("https") => p.add(
+                    "telemetry.otlp_endpoint",
+                    "https is not supported; use the collector's plain http:// OTLP port (4318) on the host or the tailnet",
+                ),
+                _ => p.add(
+                    "telemetry.otlp_endpoint",
+                    "must be an http:// URL such as \"http://127.0.0.1:4318\"",
+                ),
+            }
+        }
+        if self.telemetry.queue == 0 {
+            p.add("telemetry.queue", "must be at least 1");
+        }
         if self.store.queue == 0 {
             p.add("store.queue", "must be at least 1");
         }
@@ -283,6 +299,7 @@ impl Config {
                 gpu,
                 profiles,
                 store: self.store.clone(),
+                telemetry: self.telemetry.clone(),
             })
         } else {
             Err(p.0)

@@ -204,7 +204,9 @@ pub fn fleet_failure(e: FleetError) -> Failure<DispatchError> {
 
 /// An attempt that failed after it was sent: its `upstream` span ends with the error.
 fn traced_failure(trace: &RequestSpan, f: Failure<DispatchError>) -> Failure<DispatchError> {
-    trace.upstream_failed(&f.error.to_string());
+    if trace.is_on() {
+        trace.upstream_failed(&f.error.to_string());
+    }
     f
 }
 
@@ -296,7 +298,6 @@ impl Dispatcher<'_> {
                 job.reached.store(true, Ordering::Relaxed);
             }
         };
-
         let proxy_failure = |model: &str, source| Failure {
             error: DispatchError::Proxy {
                 model: model.to_string(),

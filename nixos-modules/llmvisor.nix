@@ -445,6 +445,19 @@ in
       description = "`MemoryHigh=` of `llmvisor.slice`: above it, models are throttled and reclaimed.";
     };
 
+    otlpEndpoint = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "http://127.0.0.1:4318";
+      description = ''
+        An OpenTelemetry collector's OTLP/HTTP address (`[telemetry] otlp_endpoint`):
+        one trace per request, with spans for the cold start, the queue wait, the
+        call to the backend and the first token, and GenAI attributes (model,
+        tokens, client, route). Prompt text is sent only with
+        `settings.telemetry.capture_content = true`. `null`: no traces.
+      '';
+    };
+
     settings = mkOption {
       type = types.submodule {
         freeformType = settingsFormat.type;
@@ -566,7 +579,8 @@ in
         // lib.optionalAttrs (p.keyFile != null) { key_file = providerCredential name; }
       ) cfg.providers;
     }
-    // lib.optionalAttrs (cfg.adminKeyFile != null) { admin.key_file = adminCredential; };
+    // lib.optionalAttrs (cfg.adminKeyFile != null) { admin.key_file = adminCredential; }
+    // lib.optionalAttrs (cfg.otlpEndpoint != null) { telemetry.otlp_endpoint = cfg.otlpEndpoint; };
 
     environment.etc."llmvisor/llmvisor.toml".source = cfg.configFile;
     environment.systemPackages = [ cfg.package ];

@@ -201,6 +201,7 @@ impl Upstream {
         path_and_query: &str,
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
+        traceparent: Option<&HeaderValue>,
         body: impl Into<ReqBody>,
     ) -> Result<Response<UpBody>, ProxyError> {
         self.send(
@@ -209,6 +210,7 @@ impl Upstream {
             path_and_query,
             headers,
             request_id,
+            traceparent,
             body,
         )
         .await
@@ -217,6 +219,9 @@ impl Upstream {
     /// [`Upstream::post`] with another method (`GET` for pass-through paths). An
     /// upload streamed through ([`ReqBody::Upload`]) goes on a fresh connection,
     /// once: it cannot be sent again.
+    // Eight plain parts of one request, all borrowed from the caller's; a struct
+    // for them would only be built and taken apart again on every request.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         method: Method,
@@ -224,6 +229,7 @@ impl Upstream {
         path_and_query: &str,
         headers: &HeaderMap,
         request_id: Option<&HeaderValue>,
+        traceparent: Option<&HeaderValue>,
         body: impl Into<ReqBody>,
     ) -> Result<Response<UpBody>, ProxyError> {
         use pool::SendError;
@@ -241,6 +247,10 @@ impl Upstream {
                 body,
             )?;
             req.headers_mut().insert(header::HOST, host.clone());
+            if let Some(tp) = traceparent {
+                req.headers_mut()
+                    .insert(header::HeaderName::from_static("traceparent"), tp.clone());
+            }
             Ok::<_, ProxyError>(req)
         };
         let pool = self.pool();

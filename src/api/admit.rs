@@ -223,6 +223,7 @@ pub(super) async fn admit(
         quota,
         charged_tokens,
         reached: AtomicBool::new(false),
+        trace: Default::default(),
         ts_ms: crate::store::now_ms() - started.elapsed().as_millis() as i64,
         upstream_path,
         // Only where the client's own options say nothing about the usage chunk

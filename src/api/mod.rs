@@ -61,6 +61,8 @@ pub struct App {
     pub started: SystemTime,
     /// Client connections: limits and counters (`[server]`, src/api/server.rs).
     pub edge: Arc<server::Edge>,
+    /// Request traces (`[telemetry]`), when on.
+    pub tracing: Option<Arc<crate::telemetry::trace::Tracing>>,
 }
 
 impl App {
@@ -84,7 +86,9 @@ impl App {
             auth: Auth::new(&settings, None),
         };
         let edge = server::Edge::new(server::Limits::from_config(&settings.server));
+        let tracing = crate::telemetry::trace::Tracing::start(&settings.telemetry, &metrics);
         Arc::new(Self {
+            tracing,
             edge,
             policy: RwLock::new(Arc::new(policy)),
             settings,

@@ -23,6 +23,7 @@ use crate::proxy::ReqBody;
 use crate::proxy::{Outcome, Relay, Tap};
 use crate::router::dispatch::{Dispatcher, Hold, Job, Served};
 use crate::router::{Plan, Target};
+use crate::telemetry::trace::{self, Asked, RequestSpan};
 
 fn endpoint_of(path: &str) -> &'static str {
     match path {
@@ -68,6 +69,8 @@ pub(super) struct Call {
     /// `model`; this, the rest of the client's body (and its length, if known).
     /// Taken by the one target it is sent to.
     pub upload: Option<std::sync::Mutex<Option<Rest>>>,
+    /// Its spans (nothing while tracing is off).
+    pub trace: RequestSpan,
 }
 
 impl Call {
@@ -111,6 +114,16 @@ impl Call {
                 .limits
                 .settle(self.charged_tokens, u.prompt_tokens + u.completion_tokens);
         }
+        self.trace.finish(&trace::Finished {
+            target,
+            status,
+            error: end.error.as_deref(),
+            usage: end
+                .tapped
+                .usage
+                .map(|u| (u.prompt_tokens, u.completion_tokens)),
+            first_byte: end.tapped.first_byte.map(|t| t.into_std()),
+        });
         self.account().record(target, status, end);
     }
 
@@ -146,6 +159,7 @@ impl Call {
             priority: self.client.priority,
             body_for: &body_for,
             reached: &self.reached,
+            trace: &self.trace,
         };
         let dispatcher = Dispatcher {
             upstream: &self.app.upstream,
@@ -218,6 +232,7 @@ async fn forward_as(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let id = admit::request_id(&parts.headers);
+    let parent = trace::client_parent(app.tracing.as_ref(), &parts.headers);
     let policy = app.policy();
     let admitted = admit::admit(
         app.clone(),
@@ -231,9 +246,39 @@ async fn forward_as(
     )
     .await;
     let mut resp = match admitted {
-        Ok((call, plan)) => run(Arc::new(call), plan).await,
+        Ok((mut call, plan)) => {
+            call.trace = RequestSpan::start(
+                app.tracing.as_ref(),
+                parent.as_ref(),
+                started,
+                &Asked {
+                    endpoint,
+                    route: &call.route,
+                    client: &call.client.name,
+                    request_id: &id,
+                    stream: call.stream,
+                    body: &call.body,
+                },
+            );
+            run(Arc::new(call), plan).await
+        }
         Err((client, route, e)) => {
             let r = e.render();
+            RequestSpan::refused(
+                app.tracing.as_ref(),
+                parent.as_ref(),
+                started,
+                &Asked {
+                    endpoint,
+                    route: &route,
+                    client: &client,
+                    request_id: &id,
+                    stream: false,
+                    body: &[],
+                },
+                r.status.as_u16(),
+                r.code,
+            );
             let account = Account {
                 app: &app,
                 request_id: &id,

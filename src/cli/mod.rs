@@ -466,6 +466,9 @@ async fn reload(app: &App, config: &std::path::Path) {
             for n in notes {
                 tracing::warn!("{n}");
             }
+            if new.telemetry != app.settings.telemetry {
+                tracing::warn!("[telemetry] changed: it takes effect at the next restart");
+            }
             let s = app.reload(&new, &tokenizers).await;
             crate::store::events::watch_fleet(&app.fleet, &app.store);
             tracing::info!(
@@ -835,6 +838,10 @@ pub async fn serve(
     }
     // Every request row and the models' `stopped` events reach the database.
     app.store.close(grace.max(Duration::from_secs(2))).await;
+    // And the last requests' spans reach the collector (if it answers).
+    if let Some(t) = &app.tracing {
+        t.flush(Duration::from_secs(2)).await;
+    }
     tracing::info!("stopped");
     if listener_failed {
         anyhow::bail!("a listener failed; see the log above");

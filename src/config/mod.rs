@@ -60,6 +60,53 @@ pub struct Config {
     /// The usage store.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Traces (OpenTelemetry, OTLP), off unless an endpoint is set.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: OpenTelemetry traces of requests, exported over OTLP/HTTP
+/// (protobuf). Off unless `otlp_endpoint` is set; read at start (a reload keeps
+/// the exporter it started with).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP address, e.g. `http://127.0.0.1:4318` (spans go to
+    /// `/v1/traces` under it, unless the address already ends with that path).
+    /// Plain `http://`: point it at a collector on the host or the tailnet.
+    pub otlp_endpoint: Option<String>,
+    /// Put the request's messages (or prompt, or input) on its span as
+    /// `gen_ai.input.messages`. Off: no prompt text ever leaves llmvisor in a span.
+    pub capture_content: bool,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Spans waiting for the exporter at most; beyond, they are dropped and counted
+    /// (`llmvisor_trace_spans_dropped_total`), so a slow collector never slows a
+    /// request.
+    pub queue: u32,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            capture_content: false,
+            service_name: "llmvisor".into(),
+            queue: 8192,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The URL spans are posted to, if tracing is on.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.as_deref()?.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_string()
+        } else {
+            format!("{base}/v1/traces")
+        })
+    }
 }
 
 /// `[store]`: the SQLite request log and model events.
@@ -672,6 +719,8 @@ pub struct Settings {
     pub profiles: Vec<ProfileSpec>,
     /// `[store]` as written.
     pub store: StoreConfig,
+    /// `[telemetry]` as written.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Why a configuration could not be loaded.

@@ -50,6 +50,7 @@ impl Config {
         let gpu = super::gpu::check_gpu(&self.gpu, &mut cx.problems);
         let profiles = super::gpu::check_profiles(&self.profiles, &self.models, &mut cx.problems);
         check_models(&mut cx, taken, gpu.simulate.len());
+        check_telemetry(&mut cx);
         check_store(&mut cx);
         check_resilience(&mut cx);
         check_auth(&mut cx);
@@ -68,6 +69,7 @@ impl Config {
                 gpu,
                 profiles,
                 store: self.store.clone(),
+                telemetry: self.telemetry.clone(),
             })
         } else {
             Err(cx.problems.0)
@@ -268,6 +270,27 @@ fn check_models(cx: &mut Ctx<'_>, mut taken: BTreeMap<u16, String>, simulated: u
     }
 
     cx.models = models;
+}
+
+/// `[telemetry]`: where traces go.
+fn check_telemetry(cx: &mut Ctx<'_>) {
+    let t = &cx.config.telemetry;
+    if let Some(url) = t.traces_url() {
+        match url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+            Ok(u) if u.scheme_str() == Some("https") => cx.problems.add(
+                "telemetry.otlp_endpoint",
+                "https is not supported; use the collector's plain http:// OTLP port (4318) on the host or the tailnet",
+            ),
+            _ => cx.problems.add(
+                "telemetry.otlp_endpoint",
+                "must be an http:// URL such as \"http://127.0.0.1:4318\"",
+            ),
+        }
+    }
+    if t.queue == 0 {
+        cx.problems.add("telemetry.queue", "must be at least 1");
+    }
 }
 
 /// `[store]`.

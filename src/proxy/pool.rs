@@ -359,6 +359,7 @@ mod tests {
                 "/v1/x",
                 &HeaderMap::new(),
                 None,
+                None,
                 Bytes::from_static(b"hi"),
             )
             .await

@@ -16,6 +16,7 @@ use super::{Candidate, Target};
 use crate::config::Priority;
 use crate::fleet::{Fleet, FleetError, Instance, Lease};
 use crate::proxy::{ProxyError, Upstream};
+use crate::telemetry::trace::{self, RequestSpan};
 
 /// Why a request could not be served by any target.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +201,14 @@ pub fn fleet_failure(e: FleetError) -> Failure<DispatchError> {
     }
 }
 
+/// An attempt that failed after it was sent: its `upstream` span ends with the error.
+fn traced_failure(trace: &RequestSpan, f: Failure<DispatchError>) -> Failure<DispatchError> {
+    if trace.is_on() {
+        trace.upstream_failed(&f.error.to_string());
+    }
+    f
+}
+
 /// What keeps a target's slot while a response is relayed.
 pub enum Hold {
     /// A slot at a local model.
@@ -244,6 +253,8 @@ pub struct Job<'a> {
     pub body_for: &'a (dyn Fn(&str) -> crate::proxy::ReqBody + Send + Sync),
     /// Set once a backend got the request (a send that did not fail to connect).
     pub reached: &'a AtomicBool,
+    /// The request's spans (nothing while tracing is off).
+    pub trace: &'a RequestSpan,
 }
 
 /// Where requests are sent.
@@ -298,11 +309,25 @@ impl Dispatcher<'_> {
         };
         match &c.target {
             Target::Model(inst) => {
+                let began = job.trace.now();
                 let lease = self
                     .acquire(inst, job.priority)
                     .await
                     .map_err(fleet_failure)?;
                 let inst = lease.instance().clone();
+                job.trace
+                    .waited(began, inst.name(), lease.cold_start, lease.queued);
+                // Ours when tracing, else the client's as it came.
+                let parent = job
+                    .trace
+                    .upstream(&trace::Upstream {
+                        label: &c.label,
+                        model: &inst.spec.served_name,
+                        provider: inst.spec.kind.as_str(),
+                        address: "127.0.0.1",
+                        port: inst.spec.port,
+                    })
+                    .or_else(|| trace::passthrough(job.headers));
                 let resp = self
                     .upstream
                     .send(
@@ -311,12 +336,16 @@ impl Dispatcher<'_> {
                         job.path,
                         job.headers,
                         Some(job.request_id),
+                        parent.as_ref(),
                         (job.body_for)(&inst.spec.served_name),
                     )
                     .await;
                 sent(&resp);
-                let resp = resp.map_err(|e| proxy_failure(inst.name(), e))?;
-                judge(&c.breaker, resp.status(), false, more, &c.label)?;
+                let resp = resp
+                    .map_err(|e| proxy_failure(inst.name(), e))
+                    .map_err(|f| traced_failure(job.trace, f))?;
+                judge(&c.breaker, resp.status(), false, more, &c.label)
+                    .map_err(|f| traced_failure(job.trace, f))?;
                 Ok(Served {
                     resp,
                     label: c.label.clone(),
@@ -338,10 +367,22 @@ impl Dispatcher<'_> {
                         retry: true,
                     });
                 };
+                let url = provider.url(job.path);
+                if job.trace.is_on() {
+                    let (address, port) = trace::host_of(&url);
+                    // No `traceparent` leaves for a third party.
+                    job.trace.upstream(&trace::Upstream {
+                        label: &c.label,
+                        model: provider.upstream_model(model),
+                        provider: &provider.spec.name,
+                        address,
+                        port,
+                    });
+                }
                 let resp = self
                     .upstream
                     .post_url(
-                        &provider.url(job.path),
+                        &url,
                         job.headers,
                         Some(job.request_id),
                         provider.spec.api_key.as_ref().map(|k| k.0.as_str()),
@@ -350,8 +391,11 @@ impl Dispatcher<'_> {
                     )
                     .await;
                 sent(&resp);
-                let resp = resp.map_err(|e| proxy_failure(&c.label, e))?;
-                judge(&c.breaker, resp.status(), true, more, &c.label)?;
+                let resp = resp
+                    .map_err(|e| proxy_failure(&c.label, e))
+                    .map_err(|f| traced_failure(job.trace, f))?;
+                judge(&c.breaker, resp.status(), true, more, &c.label)
+                    .map_err(|f| traced_failure(job.trace, f))?;
                 Ok(Served {
                     resp,
                     label: c.label.clone(),

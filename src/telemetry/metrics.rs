@@ -109,6 +109,9 @@ pub struct Metrics {
     pub store_dropped: Counter,
     /// Usage-store records written (set at scrape).
     pub store_written: Counter,
+    /// Spans of traces: (exported, dropped because the exporter's queue was full,
+    /// lost in exports that failed).
+    pub trace_spans: (Counter, Counter, Counter),
     /// Circuit breaker state per target: 0 closed, 1 open, 2 half-open (set at scrape).
     pub breaker_state: Family<TargetLabels, Gauge>,
     /// Provider health: 1 up, 0 down (set at scrape).
@@ -217,6 +220,22 @@ impl Metrics {
             "Usage-store records written",
             store_written.clone(),
         );
+        let trace_spans = (Counter::default(), Counter::default(), Counter::default());
+        registry.register(
+            "trace_spans_exported",
+            "Spans of request traces sent to the OTLP collector",
+            trace_spans.0.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans of request traces dropped because the exporter's queue was full",
+            trace_spans.1.clone(),
+        );
+        registry.register(
+            "trace_spans_failed",
+            "Spans of request traces lost in exports the collector did not accept",
+            trace_spans.2.clone(),
+        );
         let provider_up = Family::<TargetLabels, Gauge>::default();
         let provider_in_flight = Family::<TargetLabels, Gauge>::default();
         let in_flight = Family::<ModelLabels, Gauge>::default();
@@ -323,6 +342,7 @@ impl Metrics {
             tokens,
             store_dropped,
             store_written,
+            trace_spans,
             provider_up,
             provider_in_flight,
             in_flight,

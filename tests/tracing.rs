@@ -1,0 +1,401 @@
+//! OpenTelemetry traces (`[telemetry]`, src/telemetry/trace.rs) through the real
+//! binary: a recording OTLP/HTTP receiver of our own decodes what llmvisor exports
+//! with the protocol's own protobuf types (`opentelemetry-proto`, the crate the
+//! exporter encodes with, generated from the OTLP `.proto` files the Collector,
+//! Tempo and Jaeger accept), and checks the spans' parent/child structure, their
+//! GenAI attributes, the `traceparent` the backend (the mock, which records every
+//! header) received, that no prompt text leaves without `capture_content`, and that
+//! a collector that never answers costs requests nothing (spans dropped, counted).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use common::{Llmvisor, eventually, mock_model};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use serde_json::json;
+
+/// Everything the receiver got: (resource attributes, span) pairs.
+type Got = Arc<Mutex<Vec<(Vec<(String, String)>, Span)>>>;
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Any::StringValue(s)) => s.clone(),
+        Some(Any::IntValue(i)) => i.to_string(),
+        Some(Any::BoolValue(b)) => b.to_string(),
+        Some(Any::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attr(s: &Span, key: &str) -> Option<String> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| text(&kv.value))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A recording OTLP/HTTP receiver on a free port: `POST /v1/traces` with a
+/// protobuf `ExportTraceServiceRequest`, answered as a collector does.
+async fn receiver() -> (String, Got) {
+    async fn traces(State(got): State<Got>, body: Bytes) -> impl axum::response::IntoResponse {
+        let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
+        let mut g = got.lock().unwrap();
+        for rs in req.resource_spans {
+            let res: Vec<(String, String)> = rs
+                .resource
+                .map(|r| {
+                    r.attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(&kv.value)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    g.push((res.clone(), s));
+                }
+            }
+        }
+        (
+            [("content-type", "application/x-protobuf")],
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        )
+    }
+    let got = Got::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(traces))
+        .with_state(got.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, got)
+}
+
+/// The spans of one trace, once `n` of them have arrived.
+async fn trace_of(got: &Got, trace_id: &str, n: usize) -> Vec<Span> {
+    eventually(Duration::from_secs(15), async || {
+        let g = got.lock().unwrap();
+        let spans: Vec<Span> = g
+            .iter()
+            .map(|(_, s)| s.clone())
+            .filter(|s| hex(&s.trace_id) == trace_id)
+            .collect();
+        if spans.len() >= n {
+            Ok(spans)
+        } else {
+            Err(format!(
+                "{} span(s) of {trace_id}: {:?}",
+                spans.len(),
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await
+}
+
+fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+        panic!(
+            "no span {name:?} in {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        )
+    })
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const SECRET: &str = "the secret prompt text";
+
+async fn chat(lv: &Llmvisor, model: &str, traceparent: Option<&str>) -> reqwest::Response {
+    let mut req = lv.client.post(lv.url("/v1/chat/completions")).json(&json!({
+        "model": model, "stream": true, "max_tokens": 3,
+        "messages": [{"role": "user", "content": SECRET}],
+    }));
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_request_is_one_trace_of_its_phases_with_genai_attributes() {
+    let (url, got) = receiver().await;
+    let model = mock_model("m", &["--startup-delay", "300ms"], "");
+    let port: u16 = model
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let lv = Llmvisor::start(
+        "",
+        &format!("[telemetry]\notlp_endpoint = \"{url}\"\n\n{model}"),
+    )
+    .await;
+
+    // A cold start, under the client's own trace.
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let resp = chat(&lv, "m", Some(&tp)).await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let spans = trace_of(&got, TRACE, 5).await;
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+
+    // The request span and the upstream span are both `chat m` (GenAI spans are
+    // named `<operation> <model>`): told apart by their kind.
+    let root = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .expect("the request (server) span");
+    assert_eq!(
+        hex(&root.parent_span_id),
+        CLIENT_SPAN,
+        "the client's span is the parent"
+    );
+    for (k, v) in [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.request.model", "m"),
+        ("gen_ai.response.model", "m"),
+        ("llmvisor.route", "m"),
+        ("llmvisor.client", "anonymous"),
+        ("llmvisor.target", "m"),
+        ("llmvisor.stream", "true"),
+        ("http.response.status_code", "200"),
+    ] {
+        assert_eq!(attr(root, k).as_deref(), Some(v), "{k} of {root:#?}");
+    }
+    let tokens = |s: &Span, k: &str| attr(s, k).and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        tokens(root, "gen_ai.usage.input_tokens").is_some_and(|n| n > 0),
+        "{root:#?}"
+    );
+    assert_eq!(
+        tokens(root, "gen_ai.usage.output_tokens"),
+        Some(3),
+        "{root:#?}"
+    );
+    assert!(attr(root, "llmvisor.request_id").is_some());
+
+    let root_id = hex(&root.span_id);
+    let cold = named(&spans, "cold start");
+    let queue = named(&spans, "queue wait");
+    let up = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .expect("an upstream (client) span");
+    let first = named(&spans, "first token");
+    for s in [cold, queue, up] {
+        assert_eq!(
+            hex(&s.parent_span_id),
+            root_id,
+            "{} under the request",
+            s.name
+        );
+        assert!(
+            s.start_time_unix_nano >= root.start_time_unix_nano
+                && s.end_time_unix_nano <= root.end_time_unix_nano,
+            "{} within the request",
+            s.name
+        );
+    }
+    assert_eq!(
+        hex(&first.parent_span_id),
+        hex(&up.span_id),
+        "first token under upstream"
+    );
+    assert_eq!(cold.kind, SpanKind::Internal as i32);
+    // The mock waited 300 ms before it was healthy.
+    assert!(
+        cold.end_time_unix_nano - cold.start_time_unix_nano >= 250_000_000,
+        "{cold:#?}"
+    );
+    assert!(cold.end_time_unix_nano <= queue.start_time_unix_nano + 1_000_000);
+    assert!(first.end_time_unix_nano <= up.end_time_unix_nano);
+    for (k, v) in [
+        ("gen_ai.operation.name", "chat".to_string()),
+        ("gen_ai.request.model", "m".to_string()),
+        ("gen_ai.provider.name", "command".to_string()),
+        ("server.address", "127.0.0.1".to_string()),
+        ("server.port", port.to_string()),
+        ("http.response.status_code", "200".to_string()),
+    ] {
+        assert_eq!(attr(up, k), Some(v), "{k} of {up:#?}");
+    }
+    assert_eq!(tokens(up, "gen_ai.usage.output_tokens"), Some(3));
+
+    // The backend was told its caller: the upstream span, in the client's trace.
+    let stats = lv.mock_stats("m").await;
+    assert_eq!(
+        stats["last_headers"]["traceparent"],
+        format!("00-{TRACE}-{}-01", hex(&up.span_id)),
+        "{stats}"
+    );
+
+    // No prompt text in any span without capture_content.
+    let everything = format!("{:?}", got.lock().unwrap());
+    assert!(!everything.contains(SECRET));
+    // The resource names the service. (The guard must not outlive the line: the
+    // receiver runs on this test's thread.)
+    let res = got.lock().unwrap()[0].0.clone();
+    assert!(
+        res.contains(&("service.name".into(), "llmvisor".into())),
+        "{res:?}"
+    );
+
+    // A refused request is a span too, with its status and error type.
+    let other = "0af7651916cd43dd8448eb211c80319c";
+    let resp = chat(
+        &lv,
+        "nope",
+        Some(&format!("00-{other}-b7ad6b7169203331-01")),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    let spans = trace_of(&got, other, 1).await;
+    let refused = &spans[0];
+    assert_eq!(refused.kind, SpanKind::Server as i32);
+    assert_eq!(
+        attr(refused, "http.response.status_code").as_deref(),
+        Some("404")
+    );
+    assert_eq!(
+        attr(refused, "error.type").as_deref(),
+        Some("model_not_found")
+    );
+
+    // Without a traceparent: a trace of its own; the model is up, so no cold start.
+    let before = got.lock().unwrap().len();
+    let resp = chat(&lv, "m", None).await;
+    resp.text().await.unwrap();
+    let names = eventually(Duration::from_secs(15), async || {
+        let g = got.lock().unwrap();
+        let new: Vec<_> = g[before..].iter().map(|(_, s)| s.clone()).collect();
+        match new.iter().find(|s| s.kind == SpanKind::Server as i32) {
+            Some(root) if new.len() >= 4 => Ok((root.clone(), new)),
+            _ => Err(format!("{} new span(s)", new.len())),
+        }
+    })
+    .await;
+    let (root, new) = names;
+    assert!(root.parent_span_id.is_empty(), "a root span");
+    let mut got_names: Vec<_> = new.iter().map(|s| s.name.as_str()).collect();
+    got_names.sort();
+    assert_eq!(got_names, ["chat m", "chat m", "first token", "queue wait"]);
+    assert_eq!(lv.metric("llmvisor_trace_spans_dropped_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn prompt_text_is_on_the_span_only_when_asked_for() {
+    let (url, got) = receiver().await;
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "[telemetry]\notlp_endpoint = \"{url}/v1/traces\"\ncapture_content = true\nservice_name = \"gpu-box\"\n\n{}",
+            mock_model("m", &[], "")
+        ),
+    )
+    .await;
+    let resp = chat(&lv, "m", Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await;
+    resp.text().await.unwrap();
+    let spans = trace_of(&got, TRACE, 4).await;
+    let root = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    let messages = attr(root, "gen_ai.input.messages").expect("the messages");
+    let v: serde_json::Value = serde_json::from_str(&messages).unwrap();
+    assert_eq!(v[0]["content"], SECRET);
+    let res = got.lock().unwrap()[0].0.clone();
+    assert!(
+        res.contains(&("service.name".into(), "gpu-box".into())),
+        "{res:?}"
+    );
+
+    // A client's unsampled trace is honoured: nothing is recorded for it.
+    let before = lv.metric("llmvisor_trace_spans_exported_total").await;
+    let quiet = "11111111111111111111111111111111";
+    let resp = chat(&lv, "m", Some(&format!("00-{quiet}-{CLIENT_SPAN}-00"))).await;
+    resp.text().await.unwrap();
+    // A sampled request after it: once its spans are in, the unsampled one's
+    // would have been too.
+    let resp = chat(&lv, "m", Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await;
+    resp.text().await.unwrap();
+    trace_of(&got, TRACE, 8).await;
+    assert!(
+        !got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, s)| hex(&s.trace_id) == quiet),
+        "spans of an unsampled trace"
+    );
+    assert!(lv.metric("llmvisor_trace_spans_exported_total").await >= before + 4.0);
+    // The backend still learns the caller's (unsampled) trace.
+    let tp = lv.mock_stats("m").await["last_headers"]["traceparent"].clone();
+    assert!(
+        tp.as_str()
+            .is_some_and(|t| t.starts_with(&format!("00-{TRACE}-"))),
+        "{tp}"
+    );
+}
+
+#[tokio::test]
+async fn with_tracing_off_the_clients_traceparent_reaches_the_backend_as_it_came() {
+    let lv = Llmvisor::start("", &mock_model("m", &[], "")).await;
+    let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let resp = chat(&lv, "m", Some(&tp)).await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    assert_eq!(lv.mock_stats("m").await["last_headers"]["traceparent"], tp);
+    assert_eq!(lv.metric("llmvisor_trace_spans_exported_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_requests_nothing() {
+    // Accepts connections (the kernel's backlog) and never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "[telemetry]\notlp_endpoint = \"{url}\"\nqueue = 8\n\n{}",
+            mock_model("m", &[], "")
+        ),
+    )
+    .await;
+    // The exporter takes up to 512 spans into its first export, which never ends;
+    // past those and the 8 the queue holds, spans are dropped. Requests go on
+    // until the drops show, at most 1000 of them.
+    let mut sent = 0;
+    let mut dropped = 0.0;
+    while sent < 1000 && dropped == 0.0 {
+        for _ in 0..50 {
+            let resp = chat(&lv, "m", None).await;
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap();
+        }
+        sent += 50;
+        dropped = lv.metric("llmvisor_trace_spans_dropped_total").await;
+    }
+    assert!(
+        dropped > 0.0,
+        "nothing dropped after {sent} requests:\n{}",
+        lv.log()
+    );
+    assert_eq!(lv.metric("llmvisor_trace_spans_exported_total").await, 0.0);
+    eprintln!("{sent} requests answered while the collector hung; {dropped} spans dropped");
+    drop(silent);
+}

@@ -207,7 +207,15 @@ async fn a_model_can_open_exactly_its_gpus_device_nodes() {
     let report = |m: &'static str| {
         let c = &c;
         async move {
-            assert_eq!(c.chat(m).await.status(), 200, "{m}");
+            let r = c.chat(m).await;
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            assert_eq!(
+                status,
+                200,
+                "{m}: {body}\n{}",
+                c.journal("llmvisor.service")
+            );
             let stats = c.mock_stats(m).await;
             stats["probes"]["open"].clone()
         }

@@ -213,8 +213,9 @@ async fn a_model_can_open_exactly_its_gpus_device_nodes() {
             assert_eq!(
                 status,
                 200,
-                "{m}: {body}\n{}",
-                c.journal("llmvisor.service")
+                "{m}: {body}\n{}\n{}",
+                c.journal("llmvisor.service"),
+                c.journal(&format!("llmvisor-model-{m}.service"))
             );
             let stats = c.mock_stats(m).await;
             stats["probes"]["open"].clone()

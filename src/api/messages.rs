@@ -148,14 +148,7 @@ pub async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
             let _ = tx.send(Ok(Bytes::from(out))).await;
         }
     });
-    head.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Response::from_parts(head, Body::from_stream(stream))
+    super::channel_response(head, "text/event-stream", rx)
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as llmvisor estimates them

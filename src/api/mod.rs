@@ -283,3 +283,21 @@ async fn unknown_url(method: Method, uri: Uri) -> Response {
 async fn method_not_allowed(method: Method) -> Response {
     ApiError::MethodNotAllowed(method.to_string()).into_response()
 }
+
+/// A response whose body is what a task sends down `rx`, with `head`'s status and
+/// headers and `content_type` (the translated streams of the Anthropic and Ollama
+/// dialects).
+pub(crate) fn channel_response(
+    mut head: axum::http::response::Parts,
+    content_type: &'static str,
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> Response {
+    head.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(content_type),
+    );
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::from_parts(head, axum::body::Body::from_stream(stream))
+}

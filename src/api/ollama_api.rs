@@ -446,14 +446,7 @@ async fn generate_or_chat(app: Arc<App>, req: Request, api: Api) -> Response {
             let _ = tx.send(Ok(Bytes::from(format!("{last}\n")))).await;
         }
     });
-    head.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Response::from_parts(head, Body::from_stream(stream))
+    super::channel_response(head, "application/x-ndjson", rx)
 }
 
 /// `POST /api/embed`.

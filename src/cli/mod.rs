@@ -470,7 +470,6 @@ async fn reload(app: &App, config: &std::path::Path) {
                 tracing::warn!("[telemetry] changed: it takes effect at the next restart");
             }
             let s = app.reload(&new, &tokenizers).await;
-            crate::store::events::watch_fleet(&app.fleet, &app.store);
             tracing::info!(
                 "reloaded {}: added {:?}, restarted {:?}, updated in place {:?}, removed {:?}, unchanged {}",
                 config.display(),
@@ -738,7 +737,7 @@ pub async fn serve(
     }
     let grace = settings.server.shutdown_grace.0;
     let store = crate::store::Store::open(&settings.store, &store_path(&settings, config));
-    crate::store::events::watch_fleet(&fleet, &store);
+    crate::store::events::record(&fleet, &store);
     let app = App::new(settings, &tokenizers, fleet.clone(), metrics, store);
     let routes = api::routes(app.clone());
 

@@ -305,7 +305,8 @@ impl Instance {
             if !guard(s) {
                 return false;
             }
-            out = Ok(s.state);
+            let from = s.state;
+            out = Ok(from);
             #[cfg(test)]
             {
                 self.trail
@@ -316,6 +317,13 @@ impl Instance {
             }
             s.set(to);
             update(s);
+            if let Some(observe) = self.ctx.observer.get() {
+                observe(&super::Change {
+                    model: self.name(),
+                    from,
+                    status: s,
+                });
+            }
             true
         });
         // Only while a page follows: no allocation on the request path otherwise.

@@ -12,7 +12,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -162,7 +162,25 @@ pub(crate) struct Ctx {
     /// changed), for the operator's page (`/admin/events`). Bounded: a receiver that
     /// falls behind lags; nothing here ever waits for one.
     changes: broadcast::Sender<Arc<str>>,
+    /// Told of every state change as it is made (the usage store's event log).
+    observer: OnceLock<Observer>,
 }
+
+/// One state change, told to the observer inside the change itself: in order, none
+/// coalesced (a `watch` receiver may see Ready then Stopped and miss the Stopping
+/// between them, or miss a change made just before shutdown).
+pub struct Change<'a> {
+    /// The model.
+    pub model: &'a str,
+    /// The state left.
+    pub from: State,
+    /// The status entered.
+    pub status: &'a Status,
+}
+
+/// What [`Fleet::observe`] takes. It runs while the status is being changed: it
+/// must not block, nor touch the instance.
+pub type Observer = Box<dyn Fn(&Change) + Send + Sync>;
 
 impl Ctx {
     fn schedule(&self) -> Arc<Schedule> {
@@ -271,6 +289,7 @@ impl Fleet {
             schedule: RwLock::new(Arc::new(Schedule::new(settings.profiles.clone(), None))),
             clock,
             changes: broadcast::channel(CHANGES).0,
+            observer: OnceLock::new(),
         });
         let instances: Vec<Arc<Instance>> = settings
             .models
@@ -364,6 +383,12 @@ impl Fleet {
     /// `Lagged` and should read everything again.
     pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<str>> {
         self.ctx.changes.subscribe()
+    }
+
+    /// Tell `f` of every state change of every instance from now on, this
+    /// configuration's and every reload's (set once; a second call is ignored).
+    pub fn observe(&self, f: Observer) {
+        let _ = self.ctx.observer.set(f);
     }
 
     /// After a restart of llmvisor: adopt running units whose spec hash matches

@@ -694,8 +694,30 @@ async fn shutdown_stops_everything_and_refuses_new_requests() {
         model("a", 20001, ""),
         model("b", 20002, "idle_ttl = \"0s\"")
     ));
+    // The usage store's event log, as `store::events::record` makes it.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let started = Mutex::new(std::collections::HashMap::new());
+    t.fleet.observe(Box::new(move |c: &Change| {
+        let mut started = started.lock().unwrap();
+        for e in crate::store::events::event(c, &mut started) {
+            log.lock().unwrap().push(format!(
+                "{} {} {}",
+                e.model,
+                e.event,
+                e.reason.unwrap_or_default()
+            ));
+        }
+    }));
     drop(t.get("a").acquire().await.unwrap());
     t.fleet.shutdown(SEC).await;
+    // Every change is told as it is made: by the time shutdown returns, the
+    // `stopped` event is there (a `watch` follower could see Ready then Stopped,
+    // miss the Stopping between, and so miss the event).
+    assert_eq!(
+        *events.lock().unwrap(),
+        ["a start_requested ", "a ready ", "a stopped shutdown"]
+    );
     assert!(!t.units.running("a"));
     assert_eq!(t.get("a").status().stop_reason, Some(StopReason::Shutdown));
     assert!(matches!(

@@ -1,123 +1,80 @@
 //! Model events from the fleet's state changes: start requested, ready (with its
 //! load time), stopped (with the reason), failed (with the exit status), OOM.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{EventRecord, Store, now_ms};
-use crate::fleet::{Fleet, Instance, State};
+use crate::fleet::{Change, Fleet, State};
 
-/// Instances already followed, each with the `since` of the last status its
-/// follower has handled.
-#[derive(Default)]
-pub struct Watched(Mutex<Vec<(Weak<Instance>, Seen)>>);
-
-/// The `since` of the last status a follower handled.
-type Seen = Arc<Mutex<Option<Instant>>>;
-
-impl Watched {
-    /// Whether every follower has handled the current status of its instance.
-    pub fn caught_up(&self) -> bool {
-        let w = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        w.iter().all(|(inst, seen)| {
-            inst.upgrade().is_none_or(|i| {
-                *seen.lock().unwrap_or_else(|e| e.into_inner()) == Some(i.status().since)
-            })
-        })
-    }
-}
-
-/// Follow every instance of the fleet not followed yet (at start and after each
-/// reload). A follower ends with its instance.
-pub fn watch_fleet(fleet: &Fleet, store: &Store) {
+/// Record the events of every instance of the fleet, this configuration's and every
+/// reload's, from now on. The fleet tells the store of each state change as it makes
+/// it, so none is coalesced or missed: by the time `Fleet::shutdown` returns, the
+/// `stopped` events are in the writer's queue, and `Store::close` writes them.
+pub fn record(fleet: &Fleet, store: &Store) {
     if !store.enabled() {
         return;
     }
-    let mut w = store.watched.0.lock().unwrap_or_else(|e| e.into_inner());
-    w.retain(|(i, _)| i.strong_count() > 0);
-    for inst in fleet.instances() {
-        if w.iter()
-            .any(|(x, _)| std::ptr::eq(x.as_ptr(), Arc::as_ptr(&inst)))
-        {
-            continue;
+    let store = store.clone();
+    // When each model's current start began (for the `ready` event's load time).
+    let started: Mutex<HashMap<String, Instant>> = Mutex::default();
+    fleet.observe(Box::new(move |c: &Change| {
+        let mut started = started.lock().unwrap_or_else(|e| e.into_inner());
+        for e in event(c, &mut started) {
+            store.event(e);
         }
-        let seen = Seen::default();
-        w.push((Arc::downgrade(&inst), seen.clone()));
-        tokio::spawn(follow(
-            inst.name().to_string(),
-            inst.subscribe_status(),
-            store.clone(),
-            seen,
-        ));
-    }
+    }));
 }
 
-async fn follow(
-    model: String,
-    mut rx: tokio::sync::watch::Receiver<crate::fleet::Status>,
-    store: Store,
-    seen: Seen,
-) {
-    let mut prev = rx.borrow_and_update().clone();
-    let mark = |s: &crate::fleet::Status| {
-        *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.since);
-    };
-    mark(&prev);
-    let mut started_at = None;
-    while rx.changed().await.is_ok() {
-        let cur = rx.borrow_and_update().clone();
-        if cur.state == prev.state {
-            mark(&cur);
-            prev = cur;
-            continue;
-        }
-        let ev = |event: &str,
-                  reason: Option<String>,
-                  detail: Option<String>,
-                  load_ms: Option<u64>| EventRecord {
+/// The events one state change makes (none, one, or `oom` and `failed`).
+pub(crate) fn event(c: &Change, started: &mut HashMap<String, Instant>) -> Vec<EventRecord> {
+    let cur = c.status;
+    let ev = |event: &str, reason: Option<String>, detail: Option<String>, load_ms: Option<u64>| {
+        EventRecord {
             ts_ms: now_ms(),
-            model: model.clone(),
+            model: c.model.to_string(),
             event: event.into(),
             reason,
             detail,
             load_ms,
-        };
-        match cur.state {
-            State::Starting if !matches!(prev.state, State::Loading) => {
-                started_at = Some(cur.since);
-                store.event(ev("start_requested", None, None, None));
-            }
-            State::Ready => {
-                let load = started_at
-                    .take()
-                    .map(|t| cur.since.saturating_duration_since(t).as_millis() as u64);
-                store.event(ev("ready", None, None, load));
-            }
-            State::Stopped if matches!(prev.state, State::Draining | State::Stopping) => {
-                let reason = cur.stop_reason.map(|r| r.as_str().to_string());
-                store.event(ev("stopped", reason, None, None));
-            }
-            State::Failed => {
-                let exit = cur.exit.as_ref().map(ToString::to_string);
-                let detail = match (&exit, &cur.last_error) {
-                    (Some(x), Some(e)) => Some(format!("{x}: {e}")),
-                    (Some(x), None) => Some(x.clone()),
-                    (None, e) => e.clone(),
-                };
-                let reason = if matches!(prev.state, State::Starting | State::Loading) {
-                    "start_failed"
-                } else {
-                    "crash"
-                };
-                if detail.as_deref().is_some_and(crate::gpu::oom::is_oom) {
-                    store.event(ev("oom", Some(reason.into()), detail.clone(), None));
-                }
-                store.event(ev("failed", Some(reason.into()), detail, None));
-                started_at = None;
-            }
-            _ => {}
         }
-        mark(&cur);
-        prev = cur;
+    };
+    match cur.state {
+        State::Starting if c.from != State::Loading => {
+            started.insert(c.model.to_string(), cur.since);
+            vec![ev("start_requested", None, None, None)]
+        }
+        State::Ready => {
+            let load = started
+                .remove(c.model)
+                .map(|t| cur.since.saturating_duration_since(t).as_millis() as u64);
+            vec![ev("ready", None, None, load)]
+        }
+        State::Stopped if matches!(c.from, State::Draining | State::Stopping) => {
+            let reason = cur.stop_reason.map(|r| r.as_str().to_string());
+            vec![ev("stopped", reason, None, None)]
+        }
+        State::Failed => {
+            started.remove(c.model);
+            let exit = cur.exit.as_ref().map(ToString::to_string);
+            let detail = match (&exit, &cur.last_error) {
+                (Some(x), Some(e)) => Some(format!("{x}: {e}")),
+                (Some(x), None) => Some(x.clone()),
+                (None, e) => e.clone(),
+            };
+            let reason = if matches!(c.from, State::Starting | State::Loading) {
+                "start_failed"
+            } else {
+                "crash"
+            };
+            let mut out = Vec::with_capacity(2);
+            if detail.as_deref().is_some_and(crate::gpu::oom::is_oom) {
+                out.push(ev("oom", Some(reason.into()), detail.clone(), None));
+            }
+            out.push(ev("failed", Some(reason.into()), detail, None));
+            out
+        }
+        _ => Vec::new(),
     }
 }

@@ -114,7 +114,6 @@ pub struct Store {
     /// Counters.
     pub stats: Arc<StoreStats>,
     path: Option<PathBuf>,
-    watched: Arc<events::Watched>,
     /// Each finished request as it is recorded, for the operator's page
     /// (`/admin/events`); also when the store is off. Bounded: a slow page lags.
     live: tokio::sync::broadcast::Sender<Arc<RequestRecord>>,
@@ -135,7 +134,6 @@ impl Store {
             queue: 0,
             stats: Arc::new(StoreStats::default()),
             path: None,
-            watched: Arc::default(),
             live: tokio::sync::broadcast::channel(LIVE_REQUESTS).0,
         }
     }
@@ -184,7 +182,6 @@ impl Store {
             queue: cfg.queue.max(1) as usize,
             stats,
             path: Some(path.to_path_buf()),
-            watched: Arc::default(),
             live: tokio::sync::broadcast::channel(LIVE_REQUESTS).0,
         }
     }
@@ -242,23 +239,15 @@ impl Store {
         self.send(Record::Event(e));
     }
 
-    /// At shutdown, after the models are stopped: wait until the event followers
-    /// have seen every state change (the `stopped` events), then until the writer has
-    /// committed every record accepted before this call; `within` bounds the whole.
-    /// Returns whether everything was written in time.
+    /// At shutdown, after the models are stopped: wait until the writer has
+    /// committed every record accepted before this call (the `stopped` events
+    /// included: the fleet hands them over as it makes each change), for up to
+    /// `within`. Returns whether everything was written in time.
     pub async fn close(&self, within: Duration) -> bool {
         let Some(tx) = self.tx.clone() else {
             return true;
         };
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.watched.caught_up() {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("usage store: model events still pending after {within:?}");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = within;
         let done = tokio::task::spawn_blocking(move || {
             let (ack_tx, ack_rx) = sync_channel(1);
             let t0 = Instant::now();

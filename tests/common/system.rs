@@ -396,23 +396,29 @@ impl Container {
             "cannot hand the cgroup controllers to the container: {out}"
         );
         self.wait_running();
-        // systemd realized its units in the memory hierarchy: it manages it now.
+        // systemd realized its units in the hierarchies the limits use: it manages
+        // them now. Waited for together: right after the re-exec, `memory` can have
+        // `system.slice` while `devices` or `pids` do not yet, and a unit started
+        // then failed with 219/CGROUP (1 run in 13). Checked in this container on a
+        // host whose v1 `cpu` and `cpuacct` are separate hierarchies: systemd makes
+        // `system.slice` in devices, memory and pids within 0.5 s, and never in
+        // cpu, cpuacct or blkio until a unit asks for them, so those are not awaited.
+        const MANAGED: &str = "for c in devices memory pids; do test -d /sys/fs/cgroup/$c/system.slice || exit 1; done";
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self
-            .run(&["test", "-d", "/sys/fs/cgroup/memory/system.slice"])
-            .0
-        {
+        while !self.run(&["sh", "-c", MANAGED]).0 {
             assert!(
                 Instant::now() < deadline,
-                "systemd did not take over the memory controller:\n{}",
+                "systemd did not take over the devices, memory and pids controllers:\n{}",
                 self.sh(&[
                     "sh",
                     "-c",
-                    "grep cgroup /proc/self/mounts; cat /proc/1/cgroup"
+                    "grep cgroup /proc/self/mounts; cat /proc/1/cgroup; ls -d /sys/fs/cgroup/*/system.slice"
                 ])
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // And its queue of jobs (the re-exec's own) is empty.
+        self.wait_running();
     }
 
     /// Whether the container runs the unified (v2) hierarchy.

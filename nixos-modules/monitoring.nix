@@ -3,7 +3,8 @@
 # exporter; Grafana with the llmvisor dashboard provisioned from this repository.
 # With `logs.enable`: Loki on loopback, fed from the journal by Grafana Alloy with
 # llmvisor's MODEL= as a label and CLIENT=/ROUTE= as structured metadata, and the
-# dashboard's logs panel.
+# dashboard's logs panel. With `traces.enable`: Grafana Tempo on loopback taking
+# llmvisor's OTLP traces (services.llmvisor.otlpEndpoint), a Grafana data source.
 {
   config,
   lib,
@@ -23,6 +24,9 @@ let
 
   logs = cfg.logs;
   lokiUrl = "http://127.0.0.1:${toString logs.port}";
+
+  traces = cfg.traces;
+  tempoUrl = "http://127.0.0.1:${toString traces.queryPort}";
 
   # Grafana Alloy: the journal to Loki. A model's unit is named by its unit
   # (llmvisor-model-<name>.service); llmvisor's own lines carry MODEL=, CLIENT=,
@@ -212,6 +216,36 @@ in
       };
     };
 
+    traces = {
+      enable = lib.mkEnableOption ''
+        Grafana Tempo (`services.tempo`, every listener on 127.0.0.1) taking OTLP/HTTP
+        traces, with `services.llmvisor.otlpEndpoint` pointed at it (one trace per
+        request: cold start, queue wait, the backend call, GenAI attributes) and
+        Grafana given Tempo as a data source
+      '';
+
+      port = mkOption {
+        type = types.port;
+        default = 4318;
+        example = 4319;
+        description = "Tempo's OTLP/HTTP receiver port on 127.0.0.1 (llmvisor sends to it).";
+      };
+
+      queryPort = mkOption {
+        type = types.port;
+        default = 3200;
+        example = 3201;
+        description = "Tempo's HTTP API port on 127.0.0.1 (Grafana queries it).";
+      };
+
+      retention = mkOption {
+        type = types.str;
+        default = "336h";
+        example = "720h";
+        description = "How long Tempo keeps traces (`compactor.compaction.block_retention`, a Go duration).";
+      };
+    };
+
     exposeOnTailnet = mkOption {
       type = types.bool;
       default = false;
@@ -318,6 +352,12 @@ in
             type = "loki";
             uid = "loki";
             url = lokiUrl;
+          }
+          ++ lib.optional traces.enable {
+            name = "Tempo";
+            type = "tempo";
+            uid = "tempo";
+            url = tempoUrl;
           };
         };
         dashboards.settings = {
@@ -378,6 +418,39 @@ in
           delete_request_store = "filesystem";
         };
       };
+    };
+
+    # Tempo, single binary, local storage under its StateDirectory (/var/lib/tempo,
+    # a DynamicUser's). Every listener on loopback: the HTTP API, gRPC (9095 by
+    # default on every address), memberlist (7946, likewise) and the OTLP receiver.
+    services.llmvisor.otlpEndpoint = lib.mkIf traces.enable (
+      lib.mkDefault "http://127.0.0.1:${toString traces.port}"
+    );
+    services.tempo = lib.mkIf traces.enable {
+      enable = true;
+      settings = {
+        usage_report.reporting_enabled = false;
+        server = {
+          http_listen_address = "127.0.0.1";
+          http_listen_port = traces.queryPort;
+          grpc_listen_address = "127.0.0.1";
+          grpc_listen_port = 9095;
+        };
+        memberlist.bind_addr = [ "127.0.0.1" ];
+        distributor.receivers.otlp.protocols.http.endpoint = "127.0.0.1:${toString traces.port}";
+        storage.trace = {
+          backend = "local";
+          local.path = "/var/lib/tempo/traces";
+          wal.path = "/var/lib/tempo/wal";
+        };
+        compactor.compaction.block_retention = traces.retention;
+      };
+    };
+    systemd.services.llmvisor = lib.mkIf traces.enable {
+      # Tempo first: an export to a collector not listening yet is counted as
+      # failed and dropped, not retried.
+      after = [ "tempo.service" ];
+      wants = [ "tempo.service" ];
     };
 
     services.alloy = lib.mkIf logs.enable {

@@ -128,6 +128,8 @@ in
   llmvisor.monitoring = {
     enable = true;
     logs.enable = true;
+    # Seed 001's Phoenix: a trace per request, here in Tempo next to the metrics.
+    traces.enable = true;
     grafana = {
       secretKeyFile = "/var/lib/secrets/grafana-secret-key";
       adminPasswordFile = "/var/lib/secrets/grafana-admin-password";

@@ -799,6 +799,8 @@ let
       [
         (eq "no Loki" cfg.services.loki.enable false)
         (eq "no Alloy" cfg.services.alloy.enable false)
+        (eq "no Tempo" cfg.services.tempo.enable false)
+        (eq "no traces" (cfg.services.llmvisor.renderedSettings ? telemetry) false)
         (eq "one data source" (map (d: d.uid) cfg.services.grafana.provision.datasources.settings.datasources) [ "prometheus" ])
         (eq "a generated dashboard file" dir.path "llmvisor-dashboard.json")
         (eq "two panels fewer (the row and the logs)" (lib.length dash.panels) (lib.length full.panels - 2))
@@ -806,6 +808,80 @@ let
         (eq "no link to the logs panel" (lib.filter (p: (p.fieldConfig.defaults.links or [ ]) != [ ]) dash.panels) [ ])
         (eq "the rest is unchanged" (lib.elemAt dash.panels 1) (lib.elemAt full.panels 1))
       ];
+  };
+
+  # llmvisor.monitoring.traces: Tempo on loopback, llmvisor's otlpEndpoint at
+  # it (the rendered TOML is checked by `llmvisor check-config`), Grafana's data
+  # source. The stub of services.tempo is the real tempo.nix's four options and
+  # its unit (NixOS/nixpkgs 9253afca).
+  monitoring-traces = case {
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          clients.t.keyFile = "/run/secrets/t";
+        };
+        llmvisor.monitoring = {
+          enable = true;
+          traces = {
+            enable = true;
+            retention = "72h";
+          };
+          grafana = {
+            secretKeyFile = "/run/secrets/gsk";
+            adminPasswordFile = "/run/secrets/gpw";
+          };
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        t = cfg.services.tempo.settings;
+        unit = cfg.systemd.services.tempo;
+      in
+      [
+        (eq "llmvisor sends its traces to Tempo" cfg.services.llmvisor.renderedSettings.telemetry.otlp_endpoint "http://127.0.0.1:4318")
+        (eq "Tempo on" cfg.services.tempo.enable true)
+        (eq "OTLP/HTTP on loopback" t.distributor.receivers.otlp.protocols.http.endpoint "127.0.0.1:4318")
+        (eq "no OTLP/gRPC receiver" (t.distributor.receivers.otlp.protocols ? grpc) false)
+        (eq "the API on loopback" [ t.server.http_listen_address t.server.http_listen_port ] [ "127.0.0.1" 3200 ])
+        (eq "gRPC on loopback" t.server.grpc_listen_address "127.0.0.1")
+        (eq "memberlist on loopback" t.memberlist.bind_addr [ "127.0.0.1" ])
+        (eq "retention" t.compactor.compaction.block_retention "72h")
+        (eq "no usage report" t.usage_report.reporting_enabled false)
+        (check "storage in Tempo's state directory" (lib.all (p: lib.hasPrefix "/var/lib/${unit.serviceConfig.StateDirectory}/" p) [ t.storage.trace.local.path t.storage.trace.wal.path ]) null)
+        (contains "the unit reads the settings" unit.serviceConfig.ExecStart "--config.file=")
+        (eq "data sources" (map (d: d.uid) cfg.services.grafana.provision.datasources.settings.datasources) [ "prometheus" "tempo" ])
+        (eq "Grafana reads Tempo's API" (lib.last cfg.services.grafana.provision.datasources.settings.datasources).url "http://127.0.0.1:3200")
+        (has "llmvisor after Tempo" cfg.systemd.services.llmvisor.after "tempo.service")
+        (eq "nothing opened" cfg.networking.firewall.allowedTCPPorts [ ])
+      ];
+  };
+
+  # An operator's own collector wins over the monitoring's Tempo.
+  monitoring-traces-elsewhere = case {
+    toml = false;
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          otlpEndpoint = "http://10.0.0.5:4318";
+        };
+        llmvisor.monitoring = {
+          enable = true;
+          traces.enable = true;
+          grafana = {
+            secretKeyFile = "/run/secrets/gsk";
+            adminPasswordFile = "/run/secrets/gpw";
+          };
+        };
+      }
+    ];
+    checks = cfg: [
+      (eq "the operator's collector" cfg.services.llmvisor.renderedSettings.telemetry.otlp_endpoint "http://10.0.0.5:4318")
+    ];
   };
 
   # llmvisor.backup on services.restic.backups: the copies, the dump, the
@@ -1055,6 +1131,8 @@ let
         (fails "services.headscale.adress" { services.headscale.adress = "0.0.0.0"; })
         (fails "llmvisor.backup.repository" { llmvisor.backup.repository = "/r"; })
         (fails "llmvisor.monitoring.logs.retension" { llmvisor.monitoring.logs.retension = "1d"; })
+        (fails "llmvisor.monitoring.traces.retension" { llmvisor.monitoring.traces.retension = "1d"; })
+        (fails "services.tempo.setings" { services.tempo.setings = { }; })
         (fails "llmvisor.frontends.qdrant.embedingModel" { llmvisor.frontends.qdrant.embedingModel = "x"; })
         (fails "llmvisor.tailscale.headscale.serverURL" { llmvisor.tailscale.headscale.serverURL = "x"; })
         (fails "systemd.timers.x.timerconfig" { systemd.timers.x.timerconfig = { }; })

@@ -195,6 +195,7 @@ let
     "qdrant-web-ui"
     "restic"
     "sqlite"
+    "tempo"
     "util-linux"
     "llama-cpp"
     "llmvisor"
@@ -844,6 +845,15 @@ let
         extraFlags = strList;
       };
 
+      # nixos/modules/services/tracing/tempo.nix (NixOS/nixpkgs 9253afca): its
+      # four options, all of them.
+      tempo = {
+        enable = enable;
+        settings = opt (pkgs.formats.yaml { }).type { };
+        configFile = opt (types.nullOr types.path) null;
+        extraFlags = strList;
+      };
+
       # nixos/modules/services/monitoring/alloy.nix
       alloy = {
         enable = enable;
@@ -1054,6 +1064,7 @@ let
       graf = config.services.grafana;
       loki = config.services.loki;
       alloy = config.services.alloy;
+      tempo = config.services.tempo;
       restic = config.services.restic.backups;
       qdrant = config.services.qdrant;
       hs = config.services.headscale;
@@ -1426,6 +1437,38 @@ let
               } ${lib.escapeShellArgs loki.extraFlags}";
               User = loki.user;
               WorkingDirectory = loki.dataDir;
+            };
+          };
+        })
+
+        # tempo.nix: exactly one of settings and configFile; a DynamicUser unit
+        # whose state is /var/lib/tempo, reading the settings as YAML.
+        (lib.mkIf tempo.enable {
+          environment.systemPackages = [ pkgs.tempo ];
+          assertions = [
+            {
+              assertion = ((tempo.settings == { }) != (tempo.configFile == null));
+              message = ''
+                Please specify a configuration for Tempo with either
+                'services.tempo.settings' or
+                'services.tempo.configFile'.
+              '';
+            }
+          ];
+          systemd.services.tempo = {
+            description = "Grafana Tempo Service Daemon";
+            wantedBy = [ "multi-user.target" ];
+            serviceConfig = {
+              ExecStart = "${pkgs.tempo}/bin/tempo --config.file=${
+                if tempo.configFile == null then (pkgs.formats.yaml { }).generate "config.yaml" tempo.settings else tempo.configFile
+              } ${lib.escapeShellArgs tempo.extraFlags}";
+              DynamicUser = true;
+              Restart = "always";
+              ProtectSystem = "full";
+              DevicePolicy = "closed";
+              NoNewPrivileges = true;
+              WorkingDirectory = "/var/lib/tempo";
+              StateDirectory = "tempo";
             };
           };
         })

@@ -1,8 +1,8 @@
 //! OpenTelemetry traces (`[telemetry]`, src/telemetry/trace.rs) through the real
 //! binary: a recording OTLP/HTTP receiver of our own decodes what llmvisor exports
-//! with the protocol's own protobuf types (`opentelemetry-proto`, the crate the
-//! exporter encodes with, generated from the OTLP `.proto` files the Collector,
-//! Tempo and Jaeger accept), and checks the spans' parent/child structure, their
+//! with the protocol's own protobuf types (`opentelemetry-proto`, generated from the
+//! OTLP `.proto` files the Collector, Tempo and Jaeger accept; llmvisor's encoder,
+//! src/telemetry/otlp.rs, is its own, so this checks it against them), and checks the spans' parent/child structure, their
 //! GenAI attributes, the `traceparent` the backend (the mock, which records every
 //! header) received, that no prompt text leaves without `capture_content`, and that
 //! a collector that never answers costs requests nothing (spans dropped, counted).

@@ -1,6 +1,7 @@
 //! Logs, service-manager notifications and metrics.
 
 pub mod metrics;
+pub mod otlp;
 pub mod trace;
 
 use std::time::Duration;

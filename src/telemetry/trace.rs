@@ -18,27 +18,31 @@
 //! local backends as it came. External providers never get one.
 //!
 //! Cost: with tracing off a request carries a [`RequestSpan`] that is `None` — no
-//! allocation, no clock read, one branch per hook. With it on, finished spans go
-//! into a bounded queue (`[telemetry] queue`) that a task drains into OTLP/HTTP
-//! protobuf exports; a full queue drops the span and counts it
+//! allocation, no clock read, one branch per hook. With it on, a request's spans
+//! are one record (a [`Rec`]: ids, times, the few strings the attributes need),
+//! filled in place as the request goes and moved whole into a bounded queue when
+//! it ends; a task drains the queue and encodes the records straight into OTLP/HTTP
+//! protobuf exports (src/telemetry/otlp.rs). A full queue (`[telemetry] queue`
+//! spans) drops the record and counts its spans
 //! (`llmvisor_trace_spans_dropped_total`): the request path never waits for the
-//! collector.
+//! collector, and wakes the export task only when the queue was empty or a batch
+//! is full. This replaced the OpenTelemetry SDK, whose span objects cost 28 % of
+//! req/s at c=64 (bench/trace.sh, docs/benchmarks.md).
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor,
-};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::otlp::{self, Head, Kind, Value};
 use crate::config::TelemetryConfig;
 
 /// Spans per OTLP export at most.
@@ -50,9 +54,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The tracer of a running llmvisor with tracing on.
 pub struct Tracing {
-    tracer: SdkTracer,
-    provider: SdkTracerProvider,
-    flush: mpsc::Sender<Msg>,
+    queue: Arc<Queue>,
+    flush: mpsc::Sender<oneshot::Sender<()>>,
     capture_content: bool,
 }
 
@@ -62,146 +65,201 @@ impl std::fmt::Debug for Tracing {
     }
 }
 
-/// What the queue carries to the export task. Spans are nearly all of it: boxing
-/// them to shrink the rare `Flush` would cost an allocation per span.
-#[allow(clippy::large_enum_variant)]
-enum Msg {
-    Span(SpanData),
-    /// Export what is queued, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// The span processor: hands finished spans to the export task without waiting.
-#[derive(Debug)]
+/// Finished requests' records waiting for the export task.
 struct Queue {
-    tx: mpsc::Sender<Msg>,
+    pending: Mutex<Pending>,
+    /// Spans the queue holds at most.
+    capacity: usize,
+    /// The export task: records arrived in an empty queue, or a batch is full.
+    wake: Notify,
     dropped: Counter,
 }
 
-impl SpanProcessor for Queue {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+#[derive(Default)]
+struct Pending {
+    recs: Vec<Rec>,
+    spans: usize,
+}
 
-    fn on_end(&self, span: SpanData) {
-        if self.tx.try_send(Msg::Span(span)).is_err() {
-            self.dropped.inc();
+impl Queue {
+    fn push(&self, rec: Rec) {
+        let n = rec.spans();
+        let wake = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.spans + n > self.capacity {
+                None
+            } else {
+                let was = p.spans;
+                p.recs.push(rec);
+                p.spans += n;
+                Some(was == 0 || (was < BATCH && p.spans >= BATCH))
+            }
+        };
+        match wake {
+            None => {
+                self.dropped.inc_by(n as u64);
+            }
+            Some(true) => self.wake.notify_one(),
+            Some(false) => {}
         }
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
+    /// Everything queued, leaving `spare` (emptied) in its place.
+    fn take(&self, spare: &mut Vec<Rec>) {
+        spare.clear();
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut p.recs, spare);
+        p.spans = 0;
     }
 }
 
 impl Tracing {
     /// Start the exporter (inside the runtime) when `[telemetry] otlp_endpoint` is
-    /// set; `None` when it is not, or when the exporter cannot be built (logged).
+    /// set; `None` when it is not, or when its URL cannot be used (logged).
     pub fn start(
         cfg: &TelemetryConfig,
         metrics: &crate::telemetry::metrics::Metrics,
     ) -> Option<Arc<Self>> {
-        use opentelemetry_otlp::{Protocol, WithExportConfig};
         let url = cfg.traces_url()?;
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(cfg.service_name.clone())
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
-        let mut exporter = match opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(url.clone())
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
-        {
-            Ok(e) => e,
+        let uri: http::Uri = match url.parse() {
+            Ok(u) => u,
             Err(e) => {
-                tracing::error!("traces are off: cannot build the OTLP exporter for {url}: {e}");
+                tracing::error!("traces are off: {url} is not a URL: {e}");
                 return None;
             }
         };
-        exporter.set_resource(&resource);
-        let (tx, rx) = mpsc::channel(cfg.queue.max(1) as usize);
         let (exported, dropped, failed) = metrics.trace_spans.clone();
-        tokio::spawn(export_loop(rx, exporter, exported, failed, url.clone()));
-        let provider = SdkTracerProvider::builder()
-            .with_resource(resource)
-            .with_span_processor(Queue {
-                tx: tx.clone(),
-                dropped,
-            })
-            .build();
-        let tracer = provider.tracer("llmvisor");
+        let queue = Arc::new(Queue {
+            pending: Mutex::default(),
+            capacity: cfg.queue.max(1) as usize,
+            wake: Notify::new(),
+            dropped,
+        });
+        let (flush, flushes) = mpsc::channel(4);
+        let version = env!("CARGO_PKG_VERSION");
+        let exporter = Exporter {
+            queue: queue.clone(),
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            uri,
+            resource: otlp::resource(&cfg.service_name, version),
+            scope: otlp::scope("llmvisor", version),
+            capture_content: cfg.capture_content,
+            exported,
+            failed,
+            warned: None,
+        };
+        tokio::spawn(exporter.run(flushes, url.clone()));
         tracing::info!("traces go to {url} (OTLP/HTTP protobuf)");
         Some(Arc::new(Self {
-            tracer,
-            provider,
-            flush: tx,
+            queue,
+            flush,
             capture_content: cfg.capture_content,
         }))
     }
 
     /// Export what is queued (at shutdown), waiting at most `within`.
     pub async fn flush(&self, within: Duration) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = tokio::time::timeout(within, self.flush.send(Msg::Flush(tx))).await;
+        let (tx, rx) = oneshot::channel();
+        let sent = tokio::time::timeout(within, self.flush.send(tx)).await;
         if matches!(sent, Ok(Ok(()))) {
             let _ = tokio::time::timeout(within, rx).await;
         }
-        let _ = self.provider.shutdown_with_timeout(within);
     }
 }
 
-/// Drain the queue into exports of up to [`BATCH`] spans, each sent at most
-/// [`LINGER`] after its first span arrived.
-async fn export_loop(
-    mut rx: mpsc::Receiver<Msg>,
-    exporter: opentelemetry_otlp::SpanExporter,
+/// The export task's state.
+struct Exporter {
+    queue: Arc<Queue>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: http::Uri,
+    /// The encoded `Resource` and `InstrumentationScope` of every export.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+    capture_content: bool,
     exported: Counter,
     failed: Counter,
-    url: String,
-) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
-    let mut warned: Option<Instant> = None;
-    loop {
-        let mut flushed = None;
-        match rx.recv().await {
-            None => return,
-            Some(Msg::Span(s)) => batch.push(s),
-            Some(Msg::Flush(done)) => flushed = Some(done),
-        }
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while flushed.is_none() && batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Msg::Span(s))) => batch.push(s),
-                Ok(Some(Msg::Flush(done))) => flushed = Some(done),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            match exporter
-                .export(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                .await
-            {
-                Ok(()) => {
-                    exported.inc_by(n);
-                }
-                Err(e) => {
-                    failed.inc_by(n);
-                    // Once a minute at most: a collector that is down must not
-                    // flood the journal.
-                    if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        warned = Some(Instant::now());
-                        tracing::warn!("cannot export {n} span(s) to {url}: {e}");
-                    }
+    warned: Option<Instant>,
+}
+
+impl Exporter {
+    /// Wait for records, let a batch fill for up to [`LINGER`], export; until the
+    /// [`Tracing`] is gone.
+    async fn run(mut self, mut flushes: mpsc::Receiver<oneshot::Sender<()>>, url: String) {
+        let mut recs = Vec::new();
+        loop {
+            let mut flushed = tokio::select! {
+                f = flushes.recv() => match f {
+                    None => return,
+                    Some(done) => Some(done),
+                },
+                () = self.queue.wake.notified() => None,
+            };
+            if flushed.is_none() {
+                tokio::select! {
+                    f = flushes.recv() => flushed = f,
+                    () = self.queue.wake.notified() => {}
+                    () = tokio::time::sleep(LINGER) => {}
                 }
             }
+            self.queue.take(&mut recs);
+            self.export(&recs, &url).await;
+            if let Some(done) = flushed {
+                let _ = done.send(());
+            }
         }
-        if let Some(done) = flushed {
-            let _ = done.send(());
+    }
+
+    /// Export `recs` in requests of at most [`BATCH`] spans (a record's spans stay
+    /// together).
+    async fn export(&mut self, recs: &[Rec], url: &str) {
+        let mut scratch = Vec::with_capacity(512);
+        let mut spans = Vec::new();
+        let mut n = 0;
+        for (i, rec) in recs.iter().enumerate() {
+            n += rec.encode(&mut scratch, &mut spans, self.capture_content);
+            if n >= BATCH || i + 1 == recs.len() {
+                let body = otlp::request(&self.resource, &self.scope, &spans);
+                self.send(body, n, url).await;
+                spans.clear();
+                n = 0;
+            }
+        }
+    }
+
+    async fn send(&mut self, body: Vec<u8>, n: usize, url: &str) {
+        let req = http::Request::post(self.uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a POST to a parsed URI");
+        let sent = tokio::time::timeout(EXPORT_TIMEOUT, async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            // Read the answer through, so the connection is kept for the next.
+            let _ = resp.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the collector answered {status}"))
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer in {EXPORT_TIMEOUT:?}")));
+        match sent {
+            Ok(()) => {
+                self.exported.inc_by(n as u64);
+            }
+            Err(e) => {
+                self.failed.inc_by(n as u64);
+                // Once a minute at most: a collector that is down must not flood
+                // the journal.
+                if self
+                    .warned
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
+                    self.warned = Some(Instant::now());
+                    tracing::warn!("cannot export {n} span(s) to {url}: {e}");
+                }
+            }
         }
     }
 }
@@ -217,35 +275,98 @@ fn operation(endpoint: &str) -> &'static str {
     }
 }
 
-/// A W3C `traceparent` header's value for a span.
-fn traceparent(cx: &Context) -> Option<HeaderValue> {
-    let sc = cx.span().span_context().clone();
-    if !sc.is_valid() {
-        return None;
+/// A random, non-zero 64-bit id: splitmix64 over a per-thread state seeded from
+/// the standard library's per-thread random keys (ids need to be unique, not
+/// secret).
+fn random_id() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(SystemTime::now())
+        });
     }
-    HeaderValue::from_str(&format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    ))
-    .ok()
+    loop {
+        let x = STATE.with(|s| {
+            let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(x);
+            x
+        });
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if z != 0 {
+            return z;
+        }
+    }
 }
 
-/// The parent named by a client's `traceparent`, if valid.
-fn parent_of(traceparent: Option<&HeaderValue>) -> Context {
-    use opentelemetry::propagation::{Extractor, TextMapPropagator};
-    struct Header<'a>(Option<&'a str>);
-    impl Extractor for Header<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            self.0.filter(|_| key == "traceparent")
-        }
-        fn keys(&self) -> Vec<&str> {
-            vec!["traceparent"]
-        }
+fn span_id() -> [u8; 8] {
+    random_id().to_be_bytes()
+}
+
+/// A W3C `traceparent` (version 00, sampled) naming a span.
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> Option<HeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = [0u8; 55];
+    v[..3].copy_from_slice(b"00-");
+    for (i, b) in trace_id.iter().chain(span_id).enumerate() {
+        let at = 3 + 2 * i + usize::from(i >= 16);
+        v[at] = HEX[usize::from(b >> 4)];
+        v[at + 1] = HEX[usize::from(b & 15)];
     }
-    let value = traceparent.and_then(|v| v.to_str().ok());
-    opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Header(value))
+    v[35] = b'-';
+    v[52..].copy_from_slice(b"-01");
+    HeaderValue::from_bytes(&v).ok()
+}
+
+/// A client's span: its trace, its span id, and whether it is sampled.
+#[derive(Debug, PartialEq, Eq)]
+struct Parent {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+}
+
+/// A W3C `traceparent` (Trace Context level 1, §3.2): `version-traceid-parentid-flags`
+/// in lowercase hex; version `ff`, an all-zero trace or parent id, or a version 00
+/// value with anything after the flags are invalid. A later version is read for its
+/// first four fields.
+fn parent_of(value: Option<&HeaderValue>) -> Option<Parent> {
+    fn hex(s: &[u8], out: &mut [u8]) -> Option<()> {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+            *o = (digit(pair[0])? << 4) | digit(pair[1])?;
+        }
+        Some(())
+    }
+    let v = value?.as_bytes();
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let mut version = [0u8];
+    hex(&v[..2], &mut version)?;
+    match version[0] {
+        0xff => return None,
+        0 if v.len() != 55 => return None,
+        _ if v.len() > 55 && v[55] != b'-' => return None,
+        _ => {}
+    }
+    let mut p = Parent {
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        sampled: false,
+    };
+    hex(&v[3..35], &mut p.trace_id)?;
+    hex(&v[36..52], &mut p.span_id)?;
+    let mut flags = [0u8];
+    hex(&v[53..55], &mut flags)?;
+    p.sampled = flags[0] & 1 == 1;
+    (p.trace_id != [0; 16] && p.span_id != [0; 8]).then_some(p)
 }
 
 /// The client's `traceparent`, kept for the request span only while tracing is on.
@@ -257,6 +378,12 @@ pub fn client_parent(tracing: Option<&Arc<Tracing>>, headers: &HeaderMap) -> Opt
 fn wall(at: Instant) -> SystemTime {
     let now = Instant::now();
     SystemTime::now() - now.saturating_duration_since(at)
+}
+
+/// Unix nanoseconds of a wall-clock time.
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Who asked for what: the request span's first attributes.
@@ -310,13 +437,196 @@ pub struct Finished<'a> {
 pub struct RequestSpan(Option<Box<Active>>);
 
 struct Active {
-    tracer: SdkTracer,
+    queue: Arc<Queue>,
+    /// `None` once finished (moved into the queue).
+    rec: Mutex<Option<Rec>>,
+}
+
+/// A request's spans as recorded: what the OTLP encoder needs, nothing more.
+struct Rec {
+    trace_id: [u8; 16],
+    /// The request span's id, and its parent's (the client's span; zeros: none).
+    id: [u8; 8],
+    parent: [u8; 8],
     /// `gen_ai.operation.name`.
     op: &'static str,
-    /// The context holding the request span.
-    cx: Context,
-    /// The attempt in progress: its `upstream` span's context and when it was sent.
-    upstream: Mutex<Option<(Context, SystemTime)>>,
+    /// Unix nanoseconds; `end` is 0 until the request ends.
+    start: u64,
+    end: u64,
+    route: String,
+    client: String,
+    request_id: HeaderValue,
+    stream: bool,
+    /// The prompt (`capture_content` only).
+    content: Option<String>,
+    /// How it ended.
+    status: Option<u16>,
+    target: String,
+    error: Option<String>,
+    usage: Option<(u64, u64)>,
+    /// `cold start` and `queue wait` spans.
+    waits: Vec<Wait>,
+    /// `upstream` spans, one per attempt; the last may still be open.
+    attempts: Vec<Attempt>,
+}
+
+struct Wait {
+    id: [u8; 8],
+    name: &'static str,
+    start: u64,
+    end: u64,
+    model: String,
+}
+
+struct Attempt {
+    id: [u8; 8],
+    start: u64,
+    /// 0 while the attempt is in progress.
+    end: u64,
+    model: String,
+    provider: String,
+    address: String,
+    port: u16,
+    label: String,
+    /// Why it failed (`error.type`).
+    error: Option<String>,
+    /// The attempt that answered: the status and usage it relayed, and its
+    /// `first token` span (id, end).
+    answered: Option<(u16, Option<(u64, u64)>)>,
+    first_token: Option<([u8; 8], u64)>,
+}
+
+impl Rec {
+    fn spans(&self) -> usize {
+        1 + self.waits.len()
+            + self.attempts.len()
+            + self
+                .attempts
+                .iter()
+                .filter(|a| a.first_token.is_some())
+                .count()
+    }
+
+    /// The open attempt, if any.
+    fn open(&mut self) -> Option<&mut Attempt> {
+        self.attempts.last_mut().filter(|a| a.end == 0)
+    }
+
+    /// Write its spans into `out` (each as `ScopeSpans.spans`); how many.
+    fn encode(&self, scratch: &mut Vec<u8>, out: &mut Vec<u8>, capture_content: bool) -> usize {
+        let usage = |s: &mut otlp::Span<'_>, usage: Option<(u64, u64)>| {
+            if let Some((input, output)) = usage {
+                s.attr("gen_ai.usage.input_tokens", Value::Int(input as i64))
+                    .attr("gen_ai.usage.output_tokens", Value::Int(output as i64));
+            }
+        };
+        let mut s = otlp::Span::begin(
+            scratch,
+            &Head {
+                trace_id: &self.trace_id,
+                span_id: self.id,
+                parent: self.parent,
+                name: &[self.op, " ", &self.route],
+                kind: Kind::Server,
+                start: self.start,
+                end: self.end,
+            },
+        );
+        s.attr("gen_ai.operation.name", Value::Str(self.op))
+            .attr("gen_ai.request.model", Value::Str(&self.route))
+            .attr("llmvisor.route", Value::Str(&self.route))
+            .attr("llmvisor.client", Value::Str(&self.client))
+            .attr("llmvisor.stream", Value::Bool(self.stream))
+            .attr("http.request.method", Value::Str("POST"))
+            .attr(
+                "llmvisor.request_id",
+                Value::Str(self.request_id.to_str().unwrap_or("-")),
+            );
+        if capture_content && let Some(c) = &self.content {
+            s.attr("gen_ai.input.messages", Value::Str(c));
+        }
+        if let Some(status) = self.status {
+            s.attr("http.response.status_code", Value::Int(i64::from(status)))
+                .attr("llmvisor.target", Value::Str(&self.target));
+            if self.target != "-" {
+                s.attr("gen_ai.response.model", Value::Str(&self.target));
+            }
+            usage(&mut s, self.usage);
+            if let Some(e) = &self.error {
+                s.attr("error.type", Value::Str(e));
+                // A server span is in error for 5xx only (HTTP semantic conventions).
+                if status >= 500 {
+                    s.error(e);
+                }
+            }
+        }
+        s.end(out);
+        let mut n = 1;
+        for w in &self.waits {
+            otlp::Span::begin(
+                scratch,
+                &Head {
+                    trace_id: &self.trace_id,
+                    span_id: w.id,
+                    parent: self.id,
+                    name: &[w.name],
+                    kind: Kind::Internal,
+                    start: w.start,
+                    end: w.end,
+                },
+            )
+            .attr("llmvisor.model", Value::Str(&w.model))
+            .end(out);
+            n += 1;
+        }
+        for a in &self.attempts {
+            let mut s = otlp::Span::begin(
+                scratch,
+                &Head {
+                    trace_id: &self.trace_id,
+                    span_id: a.id,
+                    parent: self.id,
+                    // GenAI client spans are named `<operation> <model>`.
+                    name: &[self.op, " ", &a.model],
+                    kind: Kind::Client,
+                    start: a.start,
+                    end: a.end.max(a.start),
+                },
+            );
+            s.attr("gen_ai.operation.name", Value::Str(self.op))
+                .attr("gen_ai.request.model", Value::Str(&a.model))
+                .attr("gen_ai.provider.name", Value::Str(&a.provider))
+                .attr("server.address", Value::Str(&a.address))
+                .attr("server.port", Value::Int(i64::from(a.port)))
+                .attr("llmvisor.target", Value::Str(&a.label));
+            if let Some((status, u)) = a.answered {
+                s.attr("http.response.status_code", Value::Int(i64::from(status)));
+                usage(&mut s, u);
+            }
+            if let Some(e) = &a.error {
+                s.attr("error.type", Value::Str(e)).error(e);
+            }
+            s.end(out);
+            n += 1;
+            if let Some((id, end)) = a.first_token {
+                otlp::Span::begin(
+                    scratch,
+                    &Head {
+                        trace_id: &self.trace_id,
+                        span_id: id,
+                        parent: a.id,
+                        name: &["first token"],
+                        kind: Kind::Internal,
+                        start: a.start,
+                        end,
+                    },
+                )
+                .end(out);
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 impl RequestSpan {
@@ -331,40 +641,42 @@ impl RequestSpan {
         let Some(t) = tracing else {
             return Self(None);
         };
-        let parent = parent_of(traceparent);
-        let op = operation(asked.endpoint);
-        let mut attrs = vec![
-            KeyValue::new("gen_ai.operation.name", op),
-            KeyValue::new("gen_ai.request.model", asked.route.to_string()),
-            KeyValue::new("llmvisor.route", asked.route.to_string()),
-            KeyValue::new("llmvisor.client", asked.client.to_string()),
-            KeyValue::new("llmvisor.stream", asked.stream),
-            KeyValue::new("http.request.method", "POST"),
-            KeyValue::new(
-                "llmvisor.request_id",
-                asked.request_id.to_str().unwrap_or("-").to_string(),
-            ),
-        ];
-        if t.capture_content
-            && let Some(content) = content_of(asked.body)
-        {
-            attrs.push(KeyValue::new("gen_ai.input.messages", content));
-        }
-        let span = t
-            .tracer
-            .span_builder(format!("{op} {}", asked.route))
-            .with_kind(SpanKind::Server)
-            .with_start_time(wall(started))
-            .with_attributes(attrs)
-            .start_with_context(&t.tracer, &parent);
-        if !span.span_context().is_sampled() {
-            return Self(None);
-        }
+        let (trace_id, parent) = match parent_of(traceparent) {
+            Some(p) if !p.sampled => return Self(None),
+            Some(p) => (p.trace_id, p.span_id),
+            None => {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&random_id().to_be_bytes());
+                id[8..].copy_from_slice(&random_id().to_be_bytes());
+                (id, [0; 8])
+            }
+        };
+        let content = if t.capture_content {
+            content_of(asked.body)
+        } else {
+            None
+        };
         Self(Some(Box::new(Active {
-            tracer: t.tracer.clone(),
-            op,
-            cx: parent.with_span(span),
-            upstream: Mutex::new(None),
+            queue: t.queue.clone(),
+            rec: Mutex::new(Some(Rec {
+                trace_id,
+                id: span_id(),
+                parent,
+                op: operation(asked.endpoint),
+                start: unix(wall(started)),
+                end: 0,
+                route: asked.route.to_owned(),
+                client: asked.client.to_owned(),
+                request_id: asked.request_id.clone(),
+                stream: asked.stream,
+                content,
+                status: None,
+                target: String::new(),
+                error: None,
+                usage: None,
+                waits: Vec::new(),
+                attempts: Vec::new(),
+            })),
         })))
     }
 
@@ -398,14 +710,11 @@ impl RequestSpan {
         self.0.as_ref().map(|_| SystemTime::now())
     }
 
-    fn child(a: &Active, parent: &Context, name: &'static str, start: SystemTime) -> Context {
-        let span = a
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Internal)
-            .with_start_time(start)
-            .start_with_context(&a.tracer, parent);
-        parent.with_span(span)
+    /// The record, while the request is on and not finished.
+    fn with<R>(&self, f: impl FnOnce(&mut Rec) -> R) -> Option<R> {
+        let a = self.0.as_ref()?;
+        let mut rec = a.rec.lock().unwrap_or_else(|e| e.into_inner());
+        rec.as_mut().map(f)
     }
 
     /// The waits of an attempt at a local model that began at `began`: `cold start`
@@ -417,115 +726,105 @@ impl RequestSpan {
         cold_start: Option<Duration>,
         queued: Duration,
     ) {
-        let (Some(a), Some(began)) = (&self.0, began) else {
-            return;
-        };
-        let now = SystemTime::now();
-        if let Some(cold) = cold_start {
-            let cx = Self::child(a, &a.cx, "cold start", began);
-            cx.span()
-                .set_attribute(KeyValue::new("llmvisor.model", model.to_string()));
-            cx.span().end_with_timestamp(began + cold);
-        }
-        let cx = Self::child(a, &a.cx, "queue wait", now - queued);
-        cx.span()
-            .set_attribute(KeyValue::new("llmvisor.model", model.to_string()));
-        cx.span().end_with_timestamp(now);
+        let Some(began) = began else { return };
+        self.with(|r| {
+            let now = SystemTime::now();
+            if let Some(cold) = cold_start {
+                r.waits.push(Wait {
+                    id: span_id(),
+                    name: "cold start",
+                    start: unix(began),
+                    end: unix(began + cold),
+                    model: model.to_owned(),
+                });
+            }
+            r.waits.push(Wait {
+                id: span_id(),
+                name: "queue wait",
+                start: unix(now - queued),
+                end: unix(now),
+                model: model.to_owned(),
+            });
+        });
     }
 
     /// An attempt is sent: its `upstream` span starts (ending the one of an
     /// earlier attempt that is still open). Returns the `traceparent` for the
     /// backend.
     pub fn upstream(&self, to: &Upstream<'_>) -> Option<HeaderValue> {
-        let a = self.0.as_ref()?;
-        let now = SystemTime::now();
-        // GenAI client spans are named `<operation> <model>`.
-        let span = a
-            .tracer
-            .span_builder(format!("{} {}", a.op, to.model))
-            .with_kind(SpanKind::Client)
-            .with_start_time(now)
-            .with_attributes([
-                KeyValue::new("gen_ai.operation.name", a.op),
-                KeyValue::new("gen_ai.request.model", to.model.to_string()),
-                KeyValue::new("gen_ai.provider.name", to.provider.to_string()),
-                KeyValue::new("server.address", to.address.to_string()),
-                KeyValue::new("server.port", i64::from(to.port)),
-                KeyValue::new("llmvisor.target", to.label.to_string()),
-            ])
-            .start_with_context(&a.tracer, &a.cx);
-        let cx = a.cx.with_span(span);
-        let header = traceparent(&cx);
-        let old = a
-            .upstream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace((cx, now));
-        if let Some((old, _)) = old {
-            old.span().end();
-        }
-        header
+        self.with(|r| {
+            let now = unix(SystemTime::now());
+            if let Some(open) = r.open() {
+                open.end = now;
+            }
+            let id = span_id();
+            r.attempts.push(Attempt {
+                id,
+                start: now,
+                end: 0,
+                model: to.model.to_owned(),
+                provider: to.provider.to_owned(),
+                address: to.address.to_owned(),
+                port: to.port,
+                label: to.label.to_owned(),
+                error: None,
+                answered: None,
+                first_token: None,
+            });
+            traceparent(&r.trace_id, &id)
+        })
+        .flatten()
     }
 
     /// The attempt in progress failed before a response was relayed (it may be
     /// retried elsewhere).
     pub fn upstream_failed(&self, error: &str) {
-        let Some(a) = &self.0 else { return };
-        let taken = a.upstream.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((cx, _)) = taken {
-            let span = cx.span();
-            span.set_attribute(KeyValue::new("error.type", error.to_string()));
-            span.set_status(Status::error(error.to_string()));
-            span.end();
-        }
+        self.with(|r| {
+            if let Some(open) = r.open() {
+                open.end = unix(SystemTime::now());
+                open.error = Some(error.to_owned());
+            }
+        });
     }
 
     /// The request ended: the `upstream` span (with its `first token` child) and
-    /// the request span end with what the response said.
+    /// the request span end with what the response said, and go to the exporter.
     pub fn finish(&self, f: &Finished<'_>) {
         let Some(a) = &self.0 else { return };
-        let usage = |span: &opentelemetry::trace::SpanRef<'_>| {
-            if let Some((input, output)) = f.usage {
-                span.set_attribute(KeyValue::new("gen_ai.usage.input_tokens", input as i64));
-                span.set_attribute(KeyValue::new("gen_ai.usage.output_tokens", output as i64));
-            }
+        let Some(mut rec) = a.rec.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
         };
-        let taken = a.upstream.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((cx, sent)) = taken {
+        let now = unix(SystemTime::now());
+        if let Some(open) = rec.open() {
+            open.end = now;
+            open.answered = Some((f.status, f.usage));
+            open.error = f.error.map(str::to_owned);
             if let Some(first) = f.first_byte {
-                let token = Self::child(a, &cx, "first token", sent);
-                token.span().end_with_timestamp(wall(first));
-            }
-            let span = cx.span();
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(f.status),
-            ));
-            usage(&span);
-            if let Some(e) = f.error {
-                span.set_attribute(KeyValue::new("error.type", e.to_string()));
-                span.set_status(Status::error(e.to_string()));
-            }
-            span.end();
-        }
-        let span = a.cx.span();
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(f.status),
-        ));
-        span.set_attribute(KeyValue::new("llmvisor.target", f.target.to_string()));
-        if f.target != "-" {
-            span.set_attribute(KeyValue::new("gen_ai.response.model", f.target.to_string()));
-        }
-        usage(&span);
-        if let Some(e) = f.error {
-            span.set_attribute(KeyValue::new("error.type", e.to_string()));
-            // A server span is in error for 5xx only (HTTP semantic conventions).
-            if f.status >= 500 {
-                span.set_status(Status::error(e.to_string()));
+                open.first_token = Some((span_id(), unix(wall(first))));
             }
         }
-        span.end();
+        rec.end = now;
+        rec.status = Some(f.status);
+        rec.target = f.target.to_owned();
+        rec.error = f.error.map(str::to_owned);
+        rec.usage = f.usage;
+        a.queue.push(rec);
+    }
+}
+
+impl Drop for Active {
+    /// A request dropped before it was finished (its task cancelled) still shows:
+    /// its spans end now, without a status.
+    fn drop(&mut self) {
+        let rec = self.rec.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut rec) = rec {
+            let now = unix(SystemTime::now());
+            if let Some(open) = rec.open() {
+                open.end = now;
+            }
+            rec.end = now;
+            self.queue.push(rec);
+        }
     }
 }
 
@@ -600,21 +899,180 @@ mod tests {
 
     #[test]
     fn a_clients_traceparent_is_read() {
-        let h = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let cx = parent_of(Some(&h));
-        let sc = cx.span().span_context().clone();
-        assert!(sc.is_remote() && sc.is_sampled());
+        let parse = |v: &'static str| parent_of(Some(&HeaderValue::from_static(v)));
+        let p = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert!(p.sampled);
         assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(
-            traceparent(&cx).unwrap(),
+            traceparent(&p.trace_id, &p.span_id).unwrap(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
-        let bad = HeaderValue::from_static("garbage");
-        assert!(!parent_of(Some(&bad)).span().span_context().is_valid());
-        assert!(!parent_of(None).span().span_context().is_valid());
+        let q = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert!(!q.sampled);
+        // A later version may carry more after the flags.
+        assert!(parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what").is_some());
+        for bad in [
+            "garbage",
+            // Uppercase hex, version ff, zero ids, 00 with a tail, bad separators.
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        assert_eq!(parent_of(None), None);
+    }
+
+    fn tracing(capacity: u32, capture_content: bool) -> Arc<Tracing> {
+        let (flush, _) = mpsc::channel(1);
+        Arc::new(Tracing {
+            queue: Arc::new(Queue {
+                pending: Mutex::default(),
+                capacity: capacity as usize,
+                wake: Notify::new(),
+                dropped: Counter::default(),
+            }),
+            flush,
+            capture_content,
+        })
+    }
+
+    fn asked<'a>(id: &'a HeaderValue, body: &'a [u8]) -> Asked<'a> {
+        Asked {
+            endpoint: "chat/completions",
+            route: "m",
+            client: "c",
+            request_id: id,
+            stream: false,
+            body,
+        }
+    }
+
+    /// A request's record through its phases, encoded, read back with the
+    /// protocol's own types: the spans and their parents.
+    #[test]
+    fn a_request_becomes_one_record_of_its_spans() {
+        let t = tracing(100, true);
+        let id = HeaderValue::from_static("r1");
+        let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
+        let parent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let s = RequestSpan::start(Some(&t), Some(&parent), Instant::now(), &asked(&id, body));
+        let began = s.now();
+        s.waited(began, "m", Some(Duration::from_millis(5)), Duration::from_millis(1));
+        let up = |label| Upstream {
+            label,
+            model: "m",
+            provider: "vllm",
+            address: "127.0.0.1",
+            port: 8000,
+        };
+        let first = s.upstream(&up("a")).unwrap();
+        s.upstream_failed("connect_error");
+        let second = s.upstream(&up("b")).unwrap();
+        assert_ne!(first, second);
+        assert!(
+            second
+                .to_str()
+                .unwrap()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        s.finish(&Finished {
+            target: "b",
+            status: 200,
+            error: None,
+            usage: Some((7, 3)),
+            first_byte: Some(Instant::now()),
+        });
+        // A second finish (or the drop) adds nothing.
+        s.finish(&Finished {
+            target: "b",
+            status: 500,
+            error: None,
+            usage: None,
+            first_byte: None,
+        });
+        drop(s);
+        let mut recs = Vec::new();
+        t.queue.take(&mut recs);
+        assert_eq!(recs.len(), 1);
+        // request, cold start, queue wait, two upstreams, one first token.
+        assert_eq!(recs[0].spans(), 6);
+
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        assert_eq!(recs[0].encode(&mut scratch, &mut out, true), 6);
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let body = otlp::request(&otlp::resource("x", "1"), &otlp::scope("llmvisor", "1"), &out);
+        let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["chat m", "cold start", "queue wait", "chat m", "chat m", "first token"]
+        );
+        let root = &spans[0];
+        assert_eq!(root.parent_span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        for s in &spans[1..5] {
+            assert_eq!(s.parent_span_id, root.span_id, "{} under the request", s.name);
+            assert_eq!(s.trace_id, root.trace_id);
+        }
+        assert_eq!(spans[5].parent_span_id, spans[4].span_id);
+        let attrs = |s: &opentelemetry_proto::tonic::trace::v1::Span| -> Vec<String> {
+            s.attributes.iter().map(|kv| kv.key.clone()).collect()
+        };
+        assert!(attrs(root).contains(&"gen_ai.input.messages".to_string()));
+        assert!(attrs(&spans[3]).contains(&"error.type".to_string()));
+        assert_eq!(spans[3].status.as_ref().unwrap().code, 2);
+        assert!(!attrs(&spans[4]).contains(&"error.type".to_string()));
+        assert!(attrs(&spans[4]).contains(&"gen_ai.usage.output_tokens".to_string()));
+        assert!(spans[3].end_time_unix_nano <= spans[4].start_time_unix_nano);
+        assert!(spans.iter().all(|s| s.end_time_unix_nano >= s.start_time_unix_nano));
+    }
+
+    /// A full queue drops whole records and counts their spans; an unsampled
+    /// parent records nothing; a request dropped unfinished still shows.
+    #[test]
+    fn the_queue_is_bounded_and_counts_what_it_drops() {
+        let t = tracing(3, false);
+        let id = HeaderValue::from_static("r");
+        let done = Finished {
+            target: "-",
+            status: 404,
+            error: Some("model_not_found"),
+            usage: None,
+            first_byte: None,
+        };
+        for _ in 0..4 {
+            RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"")).finish(&done);
+        }
+        assert_eq!(t.queue.dropped.get(), 1);
+        let unsampled =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let s = RequestSpan::start(Some(&t), Some(&unsampled), Instant::now(), &asked(&id, b""));
+        assert!(!s.is_on());
+        let mut recs = Vec::new();
+        t.queue.take(&mut recs);
+        assert_eq!(recs.len(), 3);
+        assert!(recs.iter().all(|r| r.status == Some(404) && r.content.is_none()));
+
+        drop(RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}")));
+        t.queue.take(&mut recs);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].status, None);
+        assert!(recs[0].end >= recs[0].start);
+    }
+
+    #[test]
+    fn ids_are_random_and_never_zero() {
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(|_| random_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
+        let other = std::thread::spawn(random_id).join().unwrap();
+        assert!(!ids.contains(&other));
     }
 
     #[test]

@@ -130,7 +130,10 @@ impl<'b> Span<'b> {
             bytes(scratch, 4, &[&h.parent]);
         }
         tag(scratch, 5, LEN);
-        varint(scratch, h.name.iter().map(|p| p.len()).sum::<usize>() as u64);
+        varint(
+            scratch,
+            h.name.iter().map(|p| p.len()).sum::<usize>() as u64,
+        );
         for p in h.name {
             scratch.extend_from_slice(p.as_bytes());
         }

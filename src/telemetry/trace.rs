@@ -959,10 +959,16 @@ mod tests {
         let t = tracing(100, true);
         let id = HeaderValue::from_static("r1");
         let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
-        let parent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let parent =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let s = RequestSpan::start(Some(&t), Some(&parent), Instant::now(), &asked(&id, body));
         let began = s.now();
-        s.waited(began, "m", Some(Duration::from_millis(5)), Duration::from_millis(1));
+        s.waited(
+            began,
+            "m",
+            Some(Duration::from_millis(5)),
+            Duration::from_millis(1),
+        );
         let up = |label| Upstream {
             label,
             model: "m",
@@ -1006,18 +1012,36 @@ mod tests {
         assert_eq!(recs[0].encode(&mut scratch, &mut out, true), 6);
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message;
-        let body = otlp::request(&otlp::resource("x", "1"), &otlp::scope("llmvisor", "1"), &out);
+        let body = otlp::request(
+            &otlp::resource("x", "1"),
+            &otlp::scope("llmvisor", "1"),
+            &out,
+        );
         let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         let spans = &req.resource_spans[0].scope_spans[0].spans;
         let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["chat m", "cold start", "queue wait", "chat m", "chat m", "first token"]
+            [
+                "chat m",
+                "cold start",
+                "queue wait",
+                "chat m",
+                "chat m",
+                "first token"
+            ]
         );
         let root = &spans[0];
-        assert_eq!(root.parent_span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(
+            root.parent_span_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
         for s in &spans[1..5] {
-            assert_eq!(s.parent_span_id, root.span_id, "{} under the request", s.name);
+            assert_eq!(
+                s.parent_span_id, root.span_id,
+                "{} under the request",
+                s.name
+            );
             assert_eq!(s.trace_id, root.trace_id);
         }
         assert_eq!(spans[5].parent_span_id, spans[4].span_id);
@@ -1030,7 +1054,11 @@ mod tests {
         assert!(!attrs(&spans[4]).contains(&"error.type".to_string()));
         assert!(attrs(&spans[4]).contains(&"gen_ai.usage.output_tokens".to_string()));
         assert!(spans[3].end_time_unix_nano <= spans[4].start_time_unix_nano);
-        assert!(spans.iter().all(|s| s.end_time_unix_nano >= s.start_time_unix_nano));
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.end_time_unix_nano >= s.start_time_unix_nano)
+        );
     }
 
     /// A full queue drops whole records and counts their spans; an unsampled
@@ -1057,9 +1085,17 @@ mod tests {
         let mut recs = Vec::new();
         t.queue.take(&mut recs);
         assert_eq!(recs.len(), 3);
-        assert!(recs.iter().all(|r| r.status == Some(404) && r.content.is_none()));
+        assert!(
+            recs.iter()
+                .all(|r| r.status == Some(404) && r.content.is_none())
+        );
 
-        drop(RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}")));
+        drop(RequestSpan::start(
+            Some(&t),
+            None,
+            Instant::now(),
+            &asked(&id, b"{}"),
+        ));
         t.queue.take(&mut recs);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].status, None);

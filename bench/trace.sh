@@ -67,27 +67,61 @@ config "$ON_PORT" "$ON_MOCK" "[telemetry]
 otlp_endpoint = \"${BENCH_OTLP:-http://127.0.0.1:$SINK}\"" > "$work/on.toml"
 mkdir -p "$work/off" "$work/on"
 STATE_DIRECTORY=$work/off RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/off.toml" 2>"$work/off.log" & pids+=($!)
+OFF_PID=$!
 STATE_DIRECTORY=$work/on RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/on.toml" 2>"$work/on.log" & pids+=($!)
+ON_PID=$!
+echo "off llmvisor pid $OFF_PID, on llmvisor pid $ON_PID" >&2
 body='{"model":"fast","max_tokens":16,"messages":[{"role":"user","content":"benchmark prompt of a few words"}]}'
 for p in "$OFF_PORT" "$ON_PORT"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$p/v1/chat/completions" -H 'content-type: application/json' -d "$body" >/dev/null
 done
-rps() { oha --no-tui --output-format json -z "$DURATION" -c 64 -m POST -H 'content-type: application/json' \
-  -d "$body" "http://127.0.0.1:$1/v1/chat/completions" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"]["requestsPerSec"])'; }
+# The CPU time (utime + stime, in clock ticks) of a process and its threads.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# One leg: prints "req/s answered µs-of-llmvisor-CPU-per-request"; $1 the port, $2
+# the llmvisor's pid. CPU per request is the steadier figure on a shared machine:
+# it does not depend on how the 2 cores were shared during the leg.
+rps() {
+  local t0 t1 out
+  t0=$(ticks "$2")
+  out=$(oha --no-tui --output-format json -z "$DURATION" -c 64 ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
+    -d "$body" "http://127.0.0.1:$1/v1/chat/completions" 2>/dev/null)
+  t1=$(ticks "$2")
+  python3 -c 'import json,sys
+s = json.loads(sys.argv[1]); n = s["statusCodeDistribution"].get("200", 0)
+print(s["summary"]["requestsPerSec"], n, (int(sys.argv[2]) / int(sys.argv[3])) * 1e6 / max(n, 1))' \
+    "$out" "$((t1 - t0))" "$(getconf CLK_TCK)"
+}
 metric() { curl -sf "http://127.0.0.1:$ON_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
-echo "| round | off req/s | on req/s | on / off |"
-echo "| --- | --- | --- | --- |"
-ratios=()
+echo "| round | off req/s | on req/s | on / off | off CPU µs/req | on CPU µs/req | on / off |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+ratios=() cpu_ratios=()
+# The collector stand-in's CPU: nginx's master and its worker.
+sink_ticks() {
+  local m t=0 p
+  m=$(cat "$work/nginx/nginx.pid")
+  for p in $m $(pgrep -P "$m"); do t=$((t + $(ticks "$p"))); done
+  echo "$t"
+}
+sink_t0=$(sink_ticks)
 for r in $(seq "$ROUNDS"); do
   # Alternate which goes first, so a drift of the machine's load hits both.
-  if [ $((r % 2)) -eq 1 ]; then off=$(rps "$OFF_PORT"); on=$(rps "$ON_PORT"); else on=$(rps "$ON_PORT"); off=$(rps "$OFF_PORT"); fi
+  if [ $((r % 2)) -eq 1 ]; then
+    read -r off off_n off_cpu < <(rps "$OFF_PORT" "$OFF_PID"); read -r on on_n on_cpu < <(rps "$ON_PORT" "$ON_PID")
+  else
+    read -r on on_n on_cpu < <(rps "$ON_PORT" "$ON_PID"); read -r off off_n off_cpu < <(rps "$OFF_PORT" "$OFF_PID")
+  fi
   ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
-  ratios+=("$ratio")
-  printf '| %s | %.0f | %.0f | %s |\n' "$r" "$off" "$on" "$ratio"
+  cpu_ratio=$(python3 -c "print(f'{$on_cpu / $off_cpu:.3f}')")
+  ratios+=("$ratio") cpu_ratios+=("$cpu_ratio")
+  on_total=$(( ${on_total:-0} + on_n ))
+  printf '| %s | %.0f | %.0f | %s | %.1f | %.1f | %s |\n' "$r" "$off" "$on" "$ratio" "$off_cpu" "$on_cpu" "$cpu_ratio"
 done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "median on/off: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+echo "median on/off: req/s $(median "${ratios[@]}"), llmvisor CPU per request $(median "${cpu_ratios[@]}")"
 echo "spans exported $(metric llmvisor_trace_spans_exported_total), dropped $(metric llmvisor_trace_spans_dropped_total), failed $(metric llmvisor_trace_spans_failed_total)"
+sink_t1=$(sink_ticks)
+echo "the collector stand-in (nginx) used $(( (sink_t1 - sink_t0) * 1000 / $(getconf CLK_TCK) )) ms of CPU for $on_total traced requests"
 echo "load average before $load_before, after $(cut -d' ' -f1 /proc/loadavg) ($(nproc) CPUs)"

@@ -403,7 +403,12 @@ pub type OnEnd = Box<dyn FnOnce(Outcome, Tapped) + Send + Sync>;
 pub struct Relay {
     inner: UpBody,
     idle: Duration,
+    /// Fires at the idle deadline as it was when last armed; data moves `last`
+    /// only, and the timer is re-armed from `last` when it fires early. Re-arming
+    /// on every frame cost a timer-wheel update (a lock) per relayed SSE event.
     sleep: Pin<Box<Sleep>>,
+    /// When the backend last sent data (or the relay began).
+    last: Instant,
     sse: bool,
     model: String,
     done: bool,
@@ -425,6 +430,7 @@ impl Relay {
             inner,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
+            last: Instant::now(),
             sse,
             model,
             done: false,
@@ -503,8 +509,7 @@ impl Body for Relay {
                 Poll::Ready(Some(Ok(frame))) => {
                     let end = this.inner.is_end_stream();
                     if !end {
-                        let deadline = Instant::now() + this.idle;
-                        this.sleep.as_mut().reset(deadline);
+                        this.last = Instant::now();
                     }
                     let frame = match frame.into_data() {
                         Ok(data) => {
@@ -538,15 +543,22 @@ impl Body for Relay {
                     return this.fail(Outcome::UpstreamFailed, error_chain(&e));
                 }
                 Poll::Ready(None) => return this.complete(),
-                Poll::Pending => {
-                    return match this.sleep.as_mut().poll(cx) {
+                Poll::Pending => loop {
+                    match this.sleep.as_mut().poll(cx) {
                         Poll::Ready(()) => {
+                            let deadline = this.last + this.idle;
+                            if deadline > Instant::now() {
+                                // Data came since the timer was armed: wait from then.
+                                this.sleep.as_mut().reset(deadline);
+                                continue;
+                            }
                             let idle = this.idle;
-                            this.fail(Outcome::UpstreamTimeout, format!("no data for {idle:?}"))
+                            return this
+                                .fail(Outcome::UpstreamTimeout, format!("no data for {idle:?}"));
                         }
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                },
             }
         }
     }

@@ -208,6 +208,35 @@ async fn a_backend_that_stalls_after_a_cold_start_ends_the_stream_with_an_error(
         .await;
 }
 
+/// The idle timer measures the gap since the backend's last data, not the stream's
+/// age: tokens every 300 ms for about 3 s under a 1 s `upstream_idle_timeout` end
+/// with `[DONE]`. (The relay moves a timestamp per event and re-arms its timer only
+/// when it fires; a timer armed once and never moved would cut this stream at 1 s.)
+#[tokio::test]
+async fn a_stream_longer_than_the_idle_timeout_with_short_gaps_completes() {
+    let lv = Llmvisor::start(
+        "upstream_idle_timeout = \"1s\"",
+        &mock_model("paced", &["--token-delay", "300ms"], ""),
+    )
+    .await;
+    let t0 = Instant::now();
+    let resp = lv
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "paced", "stream": true, "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let chunks = tokio::time::timeout(Duration::from_secs(20), read_stream(resp, t0))
+        .await
+        .expect("the stream ends");
+    let text: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+    assert!(t0.elapsed() > Duration::from_millis(2500), "{text}");
+    assert!(!text.contains("backend_timeout"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
+
 #[tokio::test]
 async fn keepalive_can_be_turned_off() {
     let lv = Llmvisor::start(

@@ -13,8 +13,13 @@ use common::browser::{browser_or_skip, drive};
 use common::*;
 
 /// The check: the quick start's three models; `big` started by its button
-/// goes loading → ready within its start-up delay + 1 s; a chat shows in Requests
-/// with its tokens; `big` stopped by its button; no console errors.
+/// goes loading → ready on the page within 1 s of llmvisor publishing it on its
+/// own feed (the driver listens to `/admin/events` beside the page). The first
+/// form, "within its start-up delay + 1 s" of the click, also timed how fast the
+/// machine spawns the mock: it failed once in a loop of full runs (9.06 s, the
+/// mock's process took 0.68 s to start on a loaded 2-core machine) while the page
+/// itself lagged no more than usual. A chat shows in Requests with its tokens;
+/// `big` stopped by its button; no console errors.
 #[tokio::test]
 async fn the_page_in_chromium_against_the_quick_start() {
     let Some(python) = browser_or_skip("the_page_in_chromium_against_the_quick_start") else {

@@ -353,6 +353,9 @@ fn exit_info(code: i32, status: i32, result: &str) -> ExitInfo {
     }
 }
 
+/// How long a failed unit's exit report may take to be readable in the journal.
+const REPORT_WAIT: Duration = Duration::from_secs(10);
+
 /// The unit's last output, and its exit with `Result=oom-kill` where systemd
 /// could not see the kernel's OOM kill but the unit's `ExecStopPost=` counted one
 /// in its memory cgroup ([`super::oom_report`]). systemd's own result stays first.
@@ -363,15 +366,19 @@ async fn with_oom_report(
     requested: bool,
 ) -> (ExitInfo, Vec<String>) {
     let mut out = journal_tail(unit, invocation).await;
-    // A failed unit's report always comes (a count, or why there is none); the
-    // journal may take a moment longer to have it when the machine is busy. A
-    // stop, a clean exit or one by a signal systemd counts as clean (SIGHUP,
+    // A failed unit's report always comes (a count, or why there is none): the
+    // unit is not stopped before its `ExecStopPost=` has run, so the line is
+    // written; journald may take seconds to make it readable when the machine is
+    // busy (2 s was not enough once in a loop of full test runs on 2 loaded cores).
+    // A stop, a clean exit or one by a signal systemd counts as clean (SIGHUP,
     // SIGINT, SIGPIPE, SIGTERM) has no report to wait for.
     let failed = !requested && !exit.success() && !matches!(exit.signal, Some(1 | 2 | 13 | 15));
-    for _ in 0..4 {
-        if !failed || exit.result.is_some() || super::oom_report::reported(&out) {
-            break;
-        }
+    let give_up = tokio::time::Instant::now() + REPORT_WAIT;
+    while failed
+        && exit.result.is_none()
+        && !super::oom_report::reported(&out)
+        && tokio::time::Instant::now() < give_up
+    {
         tokio::time::sleep(Duration::from_millis(250)).await;
         out = journal_tail(unit, invocation).await;
     }

@@ -5,7 +5,9 @@ protocol, with nothing but the standard library: Chromium's
 
 Usage: drive.py BASE SCENARIO SHOTS_DIR
   quickstart: the quick start's three models; start `big` by its button and see
-              loading -> ready within its start-up delay + 1 s; a chat appears in
+              loading -> ready, each state on the page within 1 s of llmvisor's
+              own feed publishing it (start-up itself is reported, not timed:
+              spawning the mock under a loaded CI machine varies); a chat appears in
               Requests with its tokens; stop it by its button; a screenshot of
               each view; no console errors.
   day-night:  simulated GPUs and profiles: the GPUs view says "simulated", the
@@ -28,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -175,6 +178,39 @@ def view(c, name, shots, ready_expr, what):
     c.shot(os.path.join(shots, f"{name}.png"))
 
 
+def follow_states(base, model):
+    """Listen to /admin/events as the page does, from this process: returns a dict
+    filling with {state: time.monotonic() when llmvisor published it for `model`}.
+    The page's own lag is measured against it, not against the wall clock of a
+    start-up that depends on how fast the machine spawns processes."""
+    seen = {}
+    ready = threading.Event()
+
+    def run():
+        try:
+            with urllib.request.urlopen(base + "/admin/events", timeout=60) as r:
+                event = None
+                for raw in r:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                        if event == "hello":
+                            ready.set()
+                    elif line.startswith("data:") and event in ("model", "models"):
+                        data = json.loads(line[5:])
+                        for v in data if isinstance(data, list) else [data]:
+                            if v.get("name") == model:
+                                seen.setdefault(v.get("state"), time.monotonic())
+        except Exception as e:  # the run ends when the process does
+            seen.setdefault("error", repr(e))
+            ready.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    if not ready.wait(10):
+        raise SystemExit("the events feed did not say hello within 10 s")
+    return seen
+
+
 def row_state(model):
     return f"(document.querySelector('#models tr[data-model=\"{model}\"]') || {{dataset: {{}}}}).dataset.state"
 
@@ -186,23 +222,30 @@ def quickstart(c, base, shots):
     assert sorted(names) == ["big", "chat", "embed"], names
     c.wait("document.getElementById('conn').dataset.state === 'up'", 5, "the live feed")
 
-    # Start `big` by its button; follow its row's state as the page shows it.
+    # Start `big` by its button; follow its row's state as the page shows it, and
+    # the same model in llmvisor's feed, so the page's lag is what is checked.
+    published = follow_states(base, "big")
     c.js("document.querySelector('button[data-action=start][data-model=big]').click()")
     t0 = time.monotonic()
     seen = []
+    shown = {}
     while True:
         s = c.js(row_state("big"))
         if not seen or seen[-1] != s:
             seen.append(s)
+            shown.setdefault(s, time.monotonic())
         if s == "ready":
             break
-        if s == "failed" or time.monotonic() - t0 > STARTUP_DELAY_S + 10:
+        if s == "failed" or time.monotonic() - t0 > STARTUP_DELAY_S + 30:
             raise SystemExit(f"big did not become ready: states seen {seen}")
         time.sleep(0.02)
     took = time.monotonic() - t0
     assert "loading" in seen, f"never saw loading: {seen}"
-    assert took <= STARTUP_DELAY_S + 1.0, f"loading -> ready took {took:.2f} s (start-up delay {STARTUP_DELAY_S} s + 1 s allowed); states {seen}"
-    print(f"big: {' -> '.join(seen)} in {took:.2f} s")
+    assert took >= STARTUP_DELAY_S, f"ready after {took:.2f} s, before the start-up delay of {STARTUP_DELAY_S} s"
+    assert "ready" in published, f"llmvisor's feed never published big as ready: {published}"
+    lag = shown["ready"] - published["ready"]
+    assert lag <= 1.0, f"the page showed ready {lag:.2f} s after llmvisor published it (1 s allowed); states {seen}"
+    print(f"big: {' -> '.join(seen)} in {took:.2f} s (start-up delay {STARTUP_DELAY_S} s); the page showed ready {lag * 1000:.0f} ms after the feed")
     c.wait(f"document.querySelector('#models tr[data-model=big] .load').textContent.endsWith('/ 4')", 5, "big's max_concurrent")
     c.shot(os.path.join(shots, "models.png"))
 

@@ -22,6 +22,7 @@ mod responses;
 mod state;
 mod stats;
 mod stream;
+mod tools;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -53,6 +54,17 @@ body's length, an FNV-1a 64 hash of its bytes and the model field),
 Output is deterministic: the k-th generated word is picked from a fixed
 64-word list by a hash of the prompt and k, so the same request always
 gets the same text.
+
+Tool calls (/v1/chat/completions with `tools`): tool_choice \"required\"
+calls the first tool, {\"type\":\"function\",\"function\":{\"name\":N}}
+calls N (unknown N: 400), \"auto\" or none given calls the first tool whose
+name the last message mentions when that message is the user's, \"none\"
+never. The answer is finish_reason \"tool_calls\" and one call whose
+arguments fill every listed or required property of the tool's schema
+with a deterministic value of its type; streamed as OpenAI does (a chunk
+with id, type and name, then argument fragments of at most 8 bytes, each
+one completion token). Shapes checked against llama-server --jinja
+(src/bin/llmvisor-mock/tools.rs).
 
 Token accounting (usage, Ollama counts):
   prompt_tokens = whitespace-separated words of the prompt. Chat: the text

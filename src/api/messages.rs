@@ -1,9 +1,23 @@
 //! `POST /v1/messages` and `/v1/messages/count_tokens`: Anthropic's Messages API
-//! (the `anthropic` SDK, Claude-Code-style tools pointed at local models) on any
-//! model, translated to chat completions by [`super::anthropic`] and sent through
-//! the same path as `/v1/chat/completions` — keys (`x-api-key` or Bearer), routing,
-//! limits, queueing, cold starts, usage accounting and the request log all apply
-//! as for chat. Errors come back in Anthropic's shape with the same status.
+//! (the `anthropic` SDK, Claude-Code-style tools pointed at local models).
+//!
+//! A model whose server speaks the Messages API itself (`anthropic = "native"`,
+//! the default of vllm, llama-cpp and ollama: `config::Kind::speaks_messages`)
+//! gets the request **as is** at its own `/v1/messages` (the query too, e.g.
+//! `?beta=true`), with only `model` rewritten to the served name, counted under
+//! the endpoint `messages`; usage is read from the answer's `usage.input_tokens` /
+//! `output_tokens`, in a stream from `message_start` and `message_delta`.
+//! Everything else — `command` models, `anthropic = "translate"`, routes (their
+//! targets may be of any kind) and external providers — gets it **translated** to
+//! chat completions by [`super::anthropic`], counted as `chat/completions`. Both go
+//! through the same path as `/v1/chat/completions`: keys (`x-api-key` or Bearer),
+//! routing, limits, queueing, cold starts, usage accounting and the request log.
+//! Errors come back in Anthropic's shape with the same status (a native server's
+//! own Anthropic-shaped errors unchanged).
+//!
+//! `count_tokens` is forwarded to a native server that has it (vLLM; llama-server,
+//! checked with the fixture) and answered by llmvisor's estimate otherwise
+//! (Ollama has no such route: `server/routes.go`).
 
 use std::sync::Arc;
 
@@ -34,18 +48,18 @@ fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// The Messages request, read and translated: (the request, its chat body).
-async fn read(
+/// The Messages request, read: (the request, its body, the body parsed). Refused
+/// unless it is JSON naming a model.
+async fn read_raw(
     app: &App,
     req: Request,
-    counting: bool,
-) -> Result<(axum::http::request::Parts, Value, Value), Response> {
+) -> Result<(axum::http::request::Parts, Bytes, Value), Response> {
     let (parts, body) = req.into_parts();
     let bytes = match admit::read_body(app, &parts.headers, body).await {
         Ok(b) => b,
         Err(e) => return Err(anthropic_error(e.into_response()).await),
     };
-    let mut msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             &format!("The request body is not valid JSON: {e}."),
@@ -58,6 +72,41 @@ async fn read(
     {
         return Err(error(StatusCode::BAD_REQUEST, "model: Field required."));
     }
+    Ok((parts, bytes, msg))
+}
+
+/// Whether `model` names a model whose server gets Messages requests as they are
+/// (`ModelSpec::anthropic_native`); `count_tokens` also needs the kind to have
+/// that route.
+fn native(app: &App, model: &str, counting: bool) -> bool {
+    let policy = app.policy();
+    policy
+        .router
+        .resolve(model)
+        .and_then(|i| app.fleet.get(i))
+        .is_some_and(|i| {
+            let t = crate::router::Target::Model(i);
+            crate::router::serves(&t, if counting { "messages/count_tokens" } else { "messages" })
+        })
+}
+
+/// The request, `bytes` as its body, to `openai::forward` under its own path:
+/// the native pass-through.
+async fn forward_native(app: Arc<App>, mut parts: axum::http::request::Parts, bytes: Bytes) -> Response {
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let resp = openai::forward(State(app), Request::from_parts(parts, Body::from(bytes))).await;
+    if resp.status().is_success() {
+        return resp;
+    }
+    anthropic_error(resp).await
+}
+
+/// The Messages request, read and translated: (the request, its chat body).
+fn read(
+    parts: axum::http::request::Parts,
+    mut msg: Value,
+    counting: bool,
+) -> Result<(axum::http::request::Parts, Value, Value), Response> {
     // count_tokens takes no max_tokens.
     if counting && let Some(o) = msg.as_object_mut() {
         o.entry("max_tokens").or_insert(json!(1));
@@ -69,7 +118,14 @@ async fn read(
 
 /// `POST /v1/messages`.
 pub async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
-    let (parts, msg, chat) = match read(&app, req, false).await {
+    let (parts, bytes, msg) = match read_raw(&app, req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if native(&app, msg["model"].as_str().unwrap_or_default(), false) {
+        return forward_native(app, parts, bytes).await;
+    }
+    let (parts, msg, chat) = match read(parts, msg, false) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -154,7 +210,14 @@ pub async fn messages(State(app): State<Arc<App>>, req: Request) -> Response {
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as llmvisor estimates them
 /// (the same estimate as its context guard and rate limits use).
 pub async fn count_tokens(State(app): State<Arc<App>>, req: Request) -> Response {
-    let (_, _, chat) = match read(&app, req, true).await {
+    let (parts, bytes, msg) = match read_raw(&app, req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if native(&app, msg["model"].as_str().unwrap_or_default(), true) {
+        return forward_native(app, parts, bytes).await;
+    }
+    let (_, _, chat) = match read(parts, msg, true) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -171,7 +234,12 @@ async fn anthropic_error(resp: Response) -> Response {
         .await
         .unwrap_or_default();
     let openai: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let out = anthropic::error_body(head.status.as_u16(), &openai);
+    // A native server's own error is in Anthropic's shape already.
+    let out = if openai.get("type").and_then(Value::as_str) == Some("error") {
+        openai
+    } else {
+        anthropic::error_body(head.status.as_u16(), &openai)
+    };
     head.headers.remove(header::CONTENT_LENGTH);
     head.headers.insert(
         header::CONTENT_TYPE,

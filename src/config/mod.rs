@@ -398,6 +398,19 @@ impl Kind {
                 .any(|p| &p[1..] == endpoint)
     }
 
+    /// Whether the kind's server answers Anthropic's `POST /v1/messages` itself
+    /// (the default of [`ModelConfig::anthropic`]): vLLM since 0.11.1
+    /// (`vllm/entrypoints/openai/api_server.py` of its sdist; 0.11.0 lacks it),
+    /// Ollama since 0.14.0 (`server/routes.go`, commit 2b2cda7a2), llama-server
+    /// (the fixture of `scripts/llama-fixture.sh`, run by hand and by
+    /// tests/real_clients.rs). A `command` server is not assumed to.
+    pub fn speaks_messages(self) -> bool {
+        match self {
+            Kind::Vllm | Kind::Ollama | Kind::LlamaCpp => true,
+            Kind::Command => false,
+        }
+    }
+
     /// The executable started when `executable` is not set.
     pub fn default_executable(self) -> Option<&'static str> {
         match self {
@@ -481,6 +494,13 @@ pub struct ModelConfig {
     /// `--runner pooling`: embedding; `--task score`: rerank; else chat and
     /// completion).
     pub capabilities: Option<Vec<String>>,
+    /// How `POST /v1/messages` (Anthropic's Messages API) reaches the model:
+    /// `"native"` forwards it as is to the server's own `/v1/messages`,
+    /// `"translate"` turns it into a chat completion (and the answer back).
+    /// Default: native for the kinds whose server has it (vllm 0.11.1 and later,
+    /// llama-cpp, ollama 0.14.0 and later), translate for `command`; set
+    /// `"translate"` for an older server.
+    pub anthropic: Option<String>,
     /// Wait before the restart that the next request after a failure triggers;
     /// doubles per failure within `restart_window` (at most 5 minutes).
     #[serde(default = "defaults::restart_backoff")]
@@ -654,6 +674,9 @@ pub struct ModelSpec {
     pub extra_args: Vec<String>,
     /// See [`ModelConfig::capabilities`]: declared, or derived from the kind.
     pub capabilities: Vec<String>,
+    /// `/v1/messages` is forwarded to the server as is (see
+    /// [`ModelConfig::anthropic`]); else it is translated to chat completions.
+    pub anthropic_native: bool,
     /// See [`ModelConfig::restart_backoff`].
     pub restart_backoff: std::time::Duration,
     /// See [`ModelConfig::max_restarts`].

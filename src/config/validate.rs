@@ -391,6 +391,18 @@ fn check_model(
     check_runtime(name, m, p);
     let (cpu_quota_percent, allowed_cpus) = check_limits(name, m, p);
     let (pinned, gpu) = super::gpu::check_model_gpu(name, m, simulated, p);
+    let anthropic_native = match m.anthropic.as_deref() {
+        None => kind.speaks_messages(),
+        Some("native") => true,
+        Some("translate") => false,
+        Some(other) => {
+            p.add(
+                at("anthropic"),
+                format!("`{other}` is neither \"native\" nor \"translate\""),
+            );
+            false
+        }
+    };
 
     if p.0.len() > before {
         return None;
@@ -422,6 +434,7 @@ fn check_model(
             .unwrap_or_else(|| kind.default_health_path().to_string()),
         extra_args: m.extra_args.clone(),
         capabilities: capabilities(name, m, kind, p),
+        anthropic_native,
         restart_backoff: m.restart_backoff.0,
         max_restarts: m.max_restarts,
         restart_window: m.restart_window.0,

@@ -15,6 +15,7 @@
 
 mod audio;
 mod generate;
+mod messages;
 mod ollama;
 mod openai;
 mod probes;
@@ -44,7 +45,9 @@ Mock LLM server speaking the OpenAI API the way vLLM does, plus Ollama's API.
 Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank,
 /v1/responses (Responses API in llama-server's shapes: named SSE events
 ending with response.completed, which carries usage.input_tokens and
-output_tokens), /v1/audio/transcriptions and /translations (multipart
+output_tokens), /v1/messages (Anthropic's Messages API in llama-server's
+shapes: a text block, or named SSE events message_start ... message_stop
+with usage in message_start and message_delta), /v1/audio/transcriptions and /translations (multipart
 uploads read as they come and counted: the answer's \"mock\" holds the
 body's length, an FNV-1a 64 hash of its bytes and the model field),
 /v1/models, /health, and Ollama's /api/*. It takes vLLM's argv too
@@ -259,6 +262,7 @@ fn router(st: &'static AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/rerank", post(openai::rerank))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/audio/transcriptions", post(audio::transcription))
         .route("/v1/audio/translations", post(audio::transcription))
         .route("/api/version", get(ollama::version))

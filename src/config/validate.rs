@@ -927,6 +927,55 @@ mod tests {
         assert_eq!(ps.len(), expect.len(), "{ps:#?}");
     }
 
+    /// `anthropic`: native by default for the kinds whose server speaks the
+    /// Messages API, translate for `command`; either forced; anything else refused
+    /// with its key path.
+    #[test]
+    fn anthropic_mode_defaults_by_kind_and_can_be_forced() {
+        let cfg = Config::parse_open(
+            r#"
+            [models.c]
+            kind = "command"
+            command = ["mock", "--port", "{port}"]
+            [models.c2]
+            kind = "command"
+            command = ["mock", "--port", "{port}"]
+            anthropic = "native"
+            [models.v]
+            kind = "vllm"
+            model = "Qwen/Qwen2.5-7B-Instruct"
+            [models.v2]
+            kind = "vllm"
+            model = "Qwen/Qwen2.5-7B-Instruct"
+            anthropic = "translate"
+            [models.o]
+            kind = "ollama"
+            model = "llama3.2:1b"
+            [models.l]
+            kind = "llama-cpp"
+            model = "/m.gguf"
+            "#,
+        )
+        .unwrap();
+        let s = cfg.validate().expect("valid");
+        let native = |n: &str| s.models.iter().find(|m| m.name == n).unwrap().anthropic_native;
+        assert!(!native("c") && native("c2"));
+        assert!(native("v") && !native("v2"));
+        assert!(native("o") && native("l"));
+        let ps = problems(
+            r#"
+            [models.v]
+            kind = "vllm"
+            model = "x"
+            anthropic = "yes"
+            "#,
+        );
+        assert_eq!(
+            ps,
+            ["models.v.anthropic: `yes` is neither \"native\" nor \"translate\""]
+        );
+    }
+
     #[test]
     fn unit_limits_are_checked() {
         let ps = problems(

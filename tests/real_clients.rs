@@ -105,15 +105,22 @@ async fn official_anthropic_python_client() {
     assert_eq!(stats["requests"], 5, "{stats}");
     // The last one: the tool, its schema and the choice, translated.
     let last = &stats["last_request"];
-    assert_eq!(last["tool_choice"]["function"]["name"], "get_weather", "{last}");
+    assert_eq!(
+        last["tool_choice"]["function"]["name"], "get_weather",
+        "{last}"
+    );
     assert_eq!(
         last["tools"][0]["function"]["parameters"]["required"],
         serde_json::json!(["city", "days"])
     );
 }
 
-/// The `anthropic` SDK on the real llama-server: shapes strict, the tiny model's
-/// text and lengths as bounds; tool use made by llama-server's grammar.
+/// The `anthropic` SDK on the real llama-server, translated to its chat
+/// completions (llama-cpp's default: its own `/v1/messages` stream lacks
+/// `message_start`, which the SDK's stream cannot read; the native path is
+/// tests/passthrough.rs' `real_llama_server_messages_are_forwarded_natively`).
+/// Shapes strict, the tiny model's text and lengths as bounds; the tool_use turn
+/// written by hand (that llama-server makes no tool calls for the tiny model).
 #[tokio::test]
 async fn official_anthropic_python_client_on_the_real_llama_server() {
     let f = require_llama!();
@@ -139,7 +146,9 @@ async fn openai_tool_calls_on_the_mock() {
     assert_eq!(lv.mock_stats("m").await["requests"], 3);
 }
 
-/// The same on the real llama-server, whose grammar makes the tiny model's calls.
+/// The same on the real llama-server: a tool call and its result in the
+/// conversation, answered (the call written by hand: that llama-server makes no
+/// tool calls for the tiny model, even required ones).
 #[tokio::test]
 async fn openai_tool_calls_on_the_real_llama_server() {
     let f = require_llama!();

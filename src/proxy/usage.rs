@@ -257,7 +257,9 @@ mod tests {
         let mut tap = Tap::new(false, false);
         run(
             &mut tap,
-            &["{\"type\":\"message\",\"usage\":{\"input_tokens\":3,\"cache_read_input_tokens\":0,\"output_tokens\":4}}"],
+            &[
+                "{\"type\":\"message\",\"usage\":{\"input_tokens\":3,\"cache_read_input_tokens\":0,\"output_tokens\":4}}",
+            ],
         );
         assert_eq!(
             tap.found().usage,

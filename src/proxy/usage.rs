@@ -55,9 +55,11 @@ struct WithUsage<'a> {
     /// The Responses API's `response.completed` event: the response, usage inside.
     #[serde(default)]
     response: Option<Nested>,
-    /// Anthropic's `message_start` event: the message, usage inside.
-    #[serde(default)]
-    message: Option<Nested>,
+    /// Anthropic's `message_start` event: the message, usage inside. Read only when
+    /// there is no `usage` at the top (a `message` of another shape, e.g. a string,
+    /// must not spoil the rest).
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -70,7 +72,11 @@ impl WithUsage<'_> {
     fn usage(&self) -> Option<Usage> {
         self.usage
             .or_else(|| self.response.as_ref().and_then(|r| r.usage))
-            .or_else(|| self.message.as_ref().and_then(|m| m.usage))
+            .or_else(|| {
+                self.message
+                    .and_then(|m| serde_json::from_str::<Nested>(m.get()).ok())
+                    .and_then(|m| m.usage)
+            })
     }
 }
 
@@ -234,6 +240,22 @@ mod tests {
         "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n",
         "data: [DONE]\n\n",
     ];
+
+    #[test]
+    fn a_top_level_message_of_another_shape_does_not_hide_the_usage() {
+        let mut tap = Tap::new(false, false);
+        run(
+            &mut tap,
+            &["{\"message\":\"a note\",\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}"],
+        );
+        assert_eq!(
+            tap.found().usage,
+            Some(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 1
+            })
+        );
+    }
 
     #[test]
     fn anthropic_stream_usage_is_read_from_message_start_and_message_delta() {

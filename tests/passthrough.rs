@@ -147,6 +147,98 @@ async fn responses_are_forwarded_and_their_usage_accounted() {
     );
 }
 
+/// `/v1/messages` to a model marked `anthropic = "native"` (the mock's
+/// `/v1/messages`: llama-server's answer, Anthropic's stream): the body reaches the backend's
+/// `/v1/messages` untranslated but for `model`, the answer and the stream come
+/// back as the backend sent them, counted under `messages` with the usage of the
+/// body and of `message_start`/`message_delta`. A `translate` model of the same
+/// mock gets chat completions; `count_tokens` is answered by llmvisor for both.
+#[tokio::test]
+async fn messages_are_forwarded_natively_and_their_usage_accounted() {
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "{}{}",
+            mock_model(
+                "m",
+                &["--max-tokens", "5"],
+                "served_name = \"served-m\"\naliases = [\"claude-local\"]\nanthropic = \"native\"",
+            ),
+            mock_model("t", &[], "anthropic = \"translate\"")
+        ),
+    )
+    .await;
+    let ask = json!({"model": "claude-local", "max_tokens": 3, "system": "be brief",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "one two three"}]}]});
+    let r = lv.post("/v1/messages", &ask).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llmvisor-model"], "m");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "message", "{body}");
+    assert_eq!(body["model"], "served-m", "the backend's answer, as is");
+    assert_eq!(body["stop_reason"], "max_tokens");
+    // system (1) + 2 words, user (1) + 3 words.
+    assert_eq!(
+        body["usage"],
+        json!({"cache_read_input_tokens": 0, "input_tokens": 7, "output_tokens": 3})
+    );
+    let last = lv.mock_stats("m").await["last_request"].clone();
+    let mut sent = ask.clone();
+    sent["model"] = json!("served-m");
+    assert_eq!(last, sent, "untranslated but for the model");
+
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    streamed["max_tokens"] = json!(10);
+    let r = lv.post("/v1/messages", &streamed).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let ev = events(&text);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{text}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "content_block_delta")
+            .count(),
+        5
+    );
+
+    // The same request to a translating model: chat completions at the backend.
+    let mut translated = ask.clone();
+    translated["model"] = json!("t");
+    let r = lv.post("/v1/messages", &translated).await;
+    assert_eq!(r.status(), 200);
+    let last = lv.mock_stats("t").await["last_request"].clone();
+    assert_eq!(
+        last["messages"][0],
+        json!({"role": "system", "content": "be brief"}),
+        "{last}"
+    );
+
+    let count = lv
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "claude-local", "messages": [{"role": "user", "content": "a b c"}]}),
+        )
+        .await;
+    assert_eq!(count.status(), 200);
+    assert!(count.json::<Value>().await.unwrap()["input_tokens"].as_u64() > Some(0));
+
+    let rows = usage_rows(&lv, 3).await;
+    assert_eq!(
+        rows,
+        vec![
+            ("messages".into(), 200, Some(7), Some(3)),
+            ("messages".into(), 200, Some(7), Some(5)),
+            ("chat/completions".into(), 200, Some(7), Some(3)),
+        ]
+    );
+    // Two requests at the native model, none of them a chat completion.
+    assert_eq!(lv.mock_stats("m").await["requests"], 2);
+}
+
 /// Paths a kind's server lacks are refused with a 400 that says so (a `command`
 /// model declares none but `/v1/models` and `/health`); an unknown model under
 /// `/upstream/` is an unknown URL; keys apply before anything else.
@@ -502,5 +594,103 @@ async fn a_model_field_after_the_file_is_found_within_max_body() {
         (status, v["error"]["code"].as_str()),
         (400, Some("missing_model")),
         "{v}"
+    );
+}
+
+/// `/v1/messages` forwarded to the real llama-server (`anthropic = "native"`; the
+/// default for llama-cpp is to translate): its answer as is, counted under
+/// `messages` with the usage of the body and of the stream's `message_delta`;
+/// `count_tokens` answered by llama-server itself (it carries llmvisor's routing
+/// headers). This llama-server's stream has no `message_start` (so no input
+/// tokens: counted as 0) — the reason llama-cpp translates by default; should a
+/// build send it, this test says so and the defaults deserve another look.
+#[tokio::test]
+async fn real_llama_server_messages_are_forwarded_natively() {
+    let f = require_llama!();
+    let lv = Llmvisor::start(
+        "",
+        &format!(
+            "[models.tiny]\nkind = \"llama-cpp\"\nmodel = {:?}\nexecutable = {:?}\nport = {}\nstart_timeout = \"60s\"\nanthropic = \"native\"\n",
+            f.model.display().to_string(),
+            f.server.display().to_string(),
+            free_port()
+        ),
+    )
+    .await;
+    let r = lv
+        .post(
+            "/v1/messages",
+            &json!({"model": "tiny", "max_tokens": 4, "system": "be brief",
+                    "messages": [{"role": "user", "content": "hello there"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", lv.log());
+    assert_eq!(r.headers()["x-llmvisor-model"], "tiny");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "message", "{body}");
+    assert_eq!(body["role"], "assistant", "{body}");
+    assert!(
+        body["stop_reason"] == "max_tokens" || body["stop_reason"] == "end_turn",
+        "{body}"
+    );
+    let (input, output) = (
+        body["usage"]["input_tokens"].as_i64().unwrap(),
+        body["usage"]["output_tokens"].as_i64().unwrap(),
+    );
+    assert!(input > 0 && (1..=4).contains(&output), "{body}");
+
+    let r = lv
+        .post(
+            "/v1/messages",
+            &json!({"model": "tiny", "max_tokens": 5, "stream": true,
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let ev = events(&text);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        !names.contains(&"message_start"),
+        "llama-server sends message_start now: {text}"
+    );
+    assert_eq!(names.last(), Some(&"message_stop"), "{text}");
+    let delta = ev
+        .iter()
+        .find(|(n, _)| n == "message_delta")
+        .expect("message_delta");
+    let s_output = delta.1["usage"]["output_tokens"].as_i64().unwrap();
+    assert!((1..=5).contains(&s_output), "{text}");
+
+    let count = lv
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "tiny", "messages": [{"role": "user", "content": "hello there"}]}),
+        )
+        .await;
+    assert_eq!(count.status(), 200);
+    assert_eq!(count.headers()["x-llmvisor-model"], "tiny", "forwarded");
+    assert!(count.json::<Value>().await.unwrap()["input_tokens"].as_i64() > Some(0));
+
+    // llama-server's own 400 (OpenAI-shaped) in Anthropic's shape.
+    let bad = lv
+        .post(
+            "/v1/messages",
+            &json!({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": 5}]}),
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await.unwrap();
+    assert_eq!(bad["type"], "error", "{bad}");
+    assert_eq!(bad["error"]["type"], "invalid_request_error", "{bad}");
+
+    let rows = usage_rows(&lv, 4).await;
+    assert_eq!(
+        rows[..3],
+        [
+            ("messages".into(), 200, Some(input), Some(output)),
+            ("messages".into(), 200, Some(0), Some(s_output)),
+            ("messages/count_tokens".into(), 200, None, None),
+        ]
     );
 }

@@ -99,8 +99,65 @@ async fn official_anthropic_python_client() {
     )
     .await;
     run_client(python, "anthropic_client.py", &lv, "claude-local").await;
-    // The message and the stream reached the backend as chat completions.
-    assert_eq!(lv.mock_stats("local").await["requests"], 2);
+    // The messages and the streams reached the backend as chat completions: two
+    // plain, the tool call, its result, the streamed tool call.
+    let stats = lv.mock_stats("local").await;
+    assert_eq!(stats["requests"], 5, "{stats}");
+    // The last one: the tool, its schema and the choice, translated.
+    let last = &stats["last_request"];
+    assert_eq!(
+        last["tool_choice"]["function"]["name"], "get_weather",
+        "{last}"
+    );
+    assert_eq!(
+        last["tools"][0]["function"]["parameters"]["required"],
+        serde_json::json!(["city", "days"])
+    );
+}
+
+/// The `anthropic` SDK on the real llama-server, translated to its chat
+/// completions (llama-cpp's default: its own `/v1/messages` stream lacks
+/// `message_start`, which the SDK's stream cannot read; the native path is
+/// tests/passthrough.rs' `real_llama_server_messages_are_forwarded_natively`).
+/// Shapes strict, the tiny model's text and lengths as bounds; the tool_use turn
+/// written by hand (that llama-server makes no tool calls for the tiny model).
+#[tokio::test]
+async fn official_anthropic_python_client_on_the_real_llama_server() {
+    let f = require_llama!();
+    let Some(python) = python_or_skip(
+        "anthropic",
+        "official_anthropic_python_client_on_the_real_llama_server",
+    ) else {
+        return;
+    };
+    let lv = Llmvisor::start("", &llama_model(&f, "tiny")).await;
+    run_client_args(python, "anthropic_client.py", &lv, &["tiny", "--real"]).await;
+}
+
+/// Tool calls through the `openai` client on the mock: required, named and
+/// streamed, the result sent back.
+#[tokio::test]
+async fn openai_tool_calls_on_the_mock() {
+    let Some(python) = python_or_skip("openai", "openai_tool_calls_on_the_mock") else {
+        return;
+    };
+    let lv = Llmvisor::start("", &mock_model("m", &[], "aliases = [\"gpt-4o\"]")).await;
+    run_client(python, "openai_tools.py", &lv, "gpt-4o").await;
+    assert_eq!(lv.mock_stats("m").await["requests"], 3);
+}
+
+/// The same on the real llama-server: a tool call and its result in the
+/// conversation, answered (the call written by hand: that llama-server makes no
+/// tool calls for the tiny model, even required ones).
+#[tokio::test]
+async fn openai_tool_calls_on_the_real_llama_server() {
+    let f = require_llama!();
+    let Some(python) = python_or_skip("openai", "openai_tool_calls_on_the_real_llama_server")
+    else {
+        return;
+    };
+    let lv = Llmvisor::start("", &llama_model(&f, "tiny")).await;
+    run_client_args(python, "openai_tools.py", &lv, &["tiny", "--real"]).await;
 }
 
 /// A `kind = "llama-cpp"` model running the real llama-server fixture.

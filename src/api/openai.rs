@@ -31,6 +31,8 @@ fn endpoint_of(path: &str) -> &'static str {
         "/v1/embeddings" => "embeddings",
         "/v1/rerank" => "rerank",
         "/v1/responses" => "responses",
+        "/v1/messages" => "messages",
+        "/v1/messages/count_tokens" => "messages/count_tokens",
         p => crate::config::post_passthrough(p).unwrap_or("other"),
     }
 }

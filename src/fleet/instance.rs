@@ -243,6 +243,17 @@ impl Instance {
         }
     }
 
+    /// Take over `prev`'s idle TTL override (a reload's successor of the same
+    /// model), unless the configured `idle_ttl` changed: then the file wins.
+    pub(super) fn carry_idle_ttl(&self, prev: &Instance) {
+        if prev.spec.idle_ttl == self.spec.idle_ttl {
+            let v = prev.ttl_override.load(Ordering::SeqCst);
+            if self.ttl_override.swap(v, Ordering::SeqCst) != v {
+                self.ttl_changed.notify_one();
+            }
+        }
+    }
+
     /// The instance name.
     pub fn name(&self) -> &str {
         &self.spec.name

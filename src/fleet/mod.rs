@@ -440,6 +440,8 @@ impl Fleet {
     /// keeps its running unit where the manager can adopt it (systemd); a model
     /// whose process changed is drained, stopped and, if it was running, started
     /// again; removed models are drained and stopped; new ones start on demand.
+    /// A client's idle TTL (Ollama's `keep_alive`) stays with a model whose
+    /// `idle_ttl` the new file leaves as it was.
     pub async fn reload(&self, settings: &Settings, drain: Duration) -> ReloadSummary {
         let old = self.live();
         let mut summary = ReloadSummary::default();
@@ -478,6 +480,7 @@ impl Fleet {
                 && matches!(state, State::Ready | State::Loading)
             {
                 let next = Instance::new(spec.clone(), unit, self.ctx.clone(), State::Stopped);
+                next.carry_idle_ttl(prev);
                 prev.retire();
                 match self.ctx.manager.adopt(&next.unit.unit).await {
                     Ok(invocation) => {
@@ -491,6 +494,7 @@ impl Fleet {
                 // The new instance waits (Stopping) until the old process is gone,
                 // so the two never race for the unit name or the port.
                 let next = Instance::new(spec.clone(), unit, self.ctx.clone(), State::Stopping);
+                next.carry_idle_ttl(prev);
                 next.pending_start.store(running, Ordering::SeqCst);
                 prev.retire();
                 prev.pending_start.store(false, Ordering::SeqCst);

@@ -641,6 +641,59 @@ async fn reload_applies_only_the_difference() {
     assert!(!old_process.begin_start(true));
 }
 
+/// A client's `keep_alive` outlives a reload: on the unchanged model (the same
+/// object), on one whose settings changed (adopted) and on one whose process
+/// changed (restarted); a model whose `idle_ttl` the file changed gets the file's.
+async fn a_keep_alive_override_survives_a_reload_that_keeps_the_idle_ttl() {
+    let ttl = "idle_ttl = \"5m\"";
+    let before = format!(
+        "{}{}{}{}",
+        model("same", 20001, ttl),
+        model("settings", 20002, &format!("{ttl}\nmax_queue = 5")),
+        model("process", 20003, ttl),
+        model("ttl", 20004, ttl),
+    );
+    let after = format!(
+        "{}{}{}{}",
+        model("same", 20001, ttl),
+        model("settings", 20002, &format!("{ttl}\nmax_queue = 9")),
+        model("process", 20003, ttl)
+            .replace("\"fake\", \"{port}\"", "\"fake\", \"--new\", \"{port}\""),
+        model("ttl", 20004, "idle_ttl = \"10m\""),
+    );
+    let t = Setup::new(&before);
+    let keep = Some(Duration::from_secs(30));
+    for m in ["same", "settings", "process", "ttl"] {
+        let i = t.get(m);
+        drop(i.acquire().await.unwrap());
+        i.set_idle_ttl(Some(keep));
+    }
+    t.get("process").set_idle_ttl(Some(None));
+    let summary = t
+        .fleet
+        .reload(&settings(&after), Duration::from_secs(60))
+        .await;
+    assert_eq!(summary.unchanged, ["same"]);
+    assert_eq!(summary.updated, ["settings", "ttl"]);
+    assert_eq!(summary.restarted, ["process"]);
+    assert_eq!(t.get("same").idle_ttl(), keep);
+    assert_eq!(t.get("settings").idle_ttl(), keep);
+    assert_eq!(t.get("process").idle_ttl(), None, "forever, carried over");
+    assert_eq!(t.get("ttl").idle_ttl(), Some(Duration::from_secs(600)));
+    // The carried override is in force: 30 s after its last request the adopted
+    // model stops, the one with the file's 10 minutes does not.
+    let settings_now = t.get("settings");
+    reach(&settings_now, Ready, SEC).await;
+    drop(settings_now.acquire().await.unwrap());
+    let ttl_now = t.get("ttl");
+    reach(&ttl_now, Ready, SEC).await;
+    drop(ttl_now.acquire().await.unwrap());
+    sleep(Duration::from_secs(31)).await;
+    assert_eq!(settings_now.state(), Stopped);
+    assert_eq!(settings_now.status().stop_reason, Some(StopReason::Idle));
+    assert_eq!(ttl_now.state(), Ready);
+}
+
 async fn reload_under_a_manager_that_cannot_adopt_restarts_a_settings_change() {
     let t = Setup::with(&model("m", 20001, "max_queue = 5"), false, Clock::real());
     drop(t.get("m").acquire().await.unwrap());
@@ -855,6 +908,7 @@ mod run {
         a_wake_without_room_leaves_the_model_asleep_with_the_reason,
         adoption_keeps_a_matching_unit_and_restarts_a_changed_one,
         reload_applies_only_the_difference,
+        a_keep_alive_override_survives_a_reload_that_keeps_the_idle_ttl,
         reload_under_a_manager_that_cannot_adopt_restarts_a_settings_change,
         a_profile_switch_drains_and_stops_then_preloads,
         shutdown_stops_everything_and_refuses_new_requests,

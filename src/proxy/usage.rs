@@ -2,7 +2,9 @@
 //! byte came, and the token `usage` — from a JSON body, or from the usage chunk of an
 //! SSE stream. The Responses API's `usage` (`input_tokens`, `output_tokens`) counts
 //! the same, found at the top of a JSON body or inside the `response` of the
-//! stream's `response.completed` event. When llmvisor itself asked for that chunk (`stream_options.
+//! stream's `response.completed` event; Anthropic's (`/v1/messages` forwarded as
+//! is) too, in a JSON body, or from the stream's `message_start` (inside its
+//! `message`) and `message_delta` events. When llmvisor itself asked for that chunk (`stream_options.
 //! include_usage`, for the usage store), the tap also removes it, and the
 //! `"usage":null` fields it caused in every other chunk, so the client sees the
 //! stream it asked for.
@@ -53,6 +55,11 @@ struct WithUsage<'a> {
     /// The Responses API's `response.completed` event: the response, usage inside.
     #[serde(default)]
     response: Option<Nested>,
+    /// Anthropic's `message_start` event: the message, usage inside. Read only when
+    /// there is no `usage` at the top (a `message` of another shape, e.g. a string,
+    /// must not spoil the rest).
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +72,11 @@ impl WithUsage<'_> {
     fn usage(&self) -> Option<Usage> {
         self.usage
             .or_else(|| self.response.as_ref().and_then(|r| r.usage))
+            .or_else(|| {
+                self.message
+                    .and_then(|m| serde_json::from_str::<Nested>(m.get()).ok())
+                    .and_then(|m| m.usage)
+            })
     }
 }
 
@@ -114,7 +126,14 @@ impl Tap {
         while let Some(end) = find(&self.buf, b"\n\n") {
             let event = self.buf.split_to(end + 2);
             let has_usage = find(&event, b"\"usage\"").is_some();
-            if has_usage && let Some(u) = event_usage(&event) {
+            if has_usage && let Some(mut u) = event_usage(&event) {
+                // Anthropic's `message_delta` may carry only `output_tokens`: the
+                // input counted by `message_start` stays.
+                if let Some(before) = self.found.usage
+                    && u.0.prompt_tokens == 0
+                {
+                    u.0.prompt_tokens = before.prompt_tokens;
+                }
                 self.found.usage = Some(u.0);
                 if filter && u.1 {
                     continue; // the injected usage-only chunk
@@ -180,7 +199,9 @@ fn event_usage(event: &[u8]) -> Option<(Usage, bool)> {
     let w: WithUsage<'_> = serde_json::from_str(&data).ok()?;
     let usage = w.usage()?;
     // Only a chat/completions chunk without choices is a usage-only chunk.
-    let empty = w.response.is_none() && w.choices.is_none_or(|c| c.get().trim() == "[]");
+    let empty = w.response.is_none()
+        && w.message.is_none()
+        && w.choices.is_none_or(|c| c.get().trim() == "[]");
     Some((usage, empty))
 }
 
@@ -219,6 +240,57 @@ mod tests {
         "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n",
         "data: [DONE]\n\n",
     ];
+
+    #[test]
+    fn a_top_level_message_of_another_shape_does_not_hide_the_usage() {
+        let mut tap = Tap::new(false, false);
+        run(
+            &mut tap,
+            &["{\"message\":\"a note\",\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}"],
+        );
+        assert_eq!(
+            tap.found().usage,
+            Some(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 1
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_usage_is_read_from_message_start_and_message_delta() {
+        let mut tap = Tap::new(true, false);
+        let events = [
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":12,\"output_tokens\":0}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ];
+        let out = run(&mut tap, &events);
+        assert_eq!(out, events.concat(), "relayed untouched");
+        assert_eq!(
+            tap.found().usage,
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 5
+            })
+        );
+        // A non-streamed message: usage at the top.
+        let mut tap = Tap::new(false, false);
+        run(
+            &mut tap,
+            &[
+                "{\"type\":\"message\",\"usage\":{\"input_tokens\":3,\"cache_read_input_tokens\":0,\"output_tokens\":4}}",
+            ],
+        );
+        assert_eq!(
+            tap.found().usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
+    }
 
     #[test]
     fn injected_usage_is_read_and_removed() {

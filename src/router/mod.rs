@@ -514,10 +514,17 @@ impl Router {
     }
 }
 
-/// Whether a target's server has `endpoint`: a local model's kind says; an
+/// Whether a target's server has `endpoint`: a local model's kind says (for
+/// `messages`, Anthropic's API forwarded as is, its `anthropic` setting); an
 /// external provider serves OpenAI's endpoints only.
 pub fn serves(target: &Target, endpoint: &str) -> bool {
     match target {
+        Target::Model(i) if endpoint == "messages" => i.spec.anthropic_native,
+        // Of the native servers, only llama-server counts tokens (vLLM 0.12.0 has no
+        // such route, Ollama none at all): the rest get llmvisor's estimate.
+        Target::Model(i) if endpoint == "messages/count_tokens" => {
+            i.spec.anthropic_native && i.spec.kind == crate::config::Kind::LlamaCpp
+        }
         Target::Model(i) => i.spec.kind.serves(endpoint),
         Target::Provider { .. } => crate::config::OPENAI_ENDPOINTS.contains(&endpoint),
     }

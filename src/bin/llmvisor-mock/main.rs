@@ -15,6 +15,7 @@
 
 mod audio;
 mod generate;
+mod messages;
 mod ollama;
 mod openai;
 mod probes;
@@ -22,6 +23,7 @@ mod responses;
 mod state;
 mod stats;
 mod stream;
+mod tools;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -43,7 +45,9 @@ Mock LLM server speaking the OpenAI API the way vLLM does, plus Ollama's API.
 Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank,
 /v1/responses (Responses API in llama-server's shapes: named SSE events
 ending with response.completed, which carries usage.input_tokens and
-output_tokens), /v1/audio/transcriptions and /translations (multipart
+output_tokens), /v1/messages (Anthropic's Messages API: a text block as
+llama-server answers, or named SSE events message_start ... message_stop
+with usage in message_start and message_delta), /v1/audio/transcriptions and /translations (multipart
 uploads read as they come and counted: the answer's \"mock\" holds the
 body's length, an FNV-1a 64 hash of its bytes and the model field),
 /v1/models, /health, and Ollama's /api/*. It takes vLLM's argv too
@@ -53,6 +57,17 @@ body's length, an FNV-1a 64 hash of its bytes and the model field),
 Output is deterministic: the k-th generated word is picked from a fixed
 64-word list by a hash of the prompt and k, so the same request always
 gets the same text.
+
+Tool calls (/v1/chat/completions with `tools`): tool_choice \"required\"
+calls the first tool, {\"type\":\"function\",\"function\":{\"name\":N}}
+calls N (unknown N: 400), \"auto\" or none given calls the first tool whose
+name the last message mentions when that message is the user's, \"none\"
+never. The answer is finish_reason \"tool_calls\" and one call whose
+arguments fill every listed or required property of the tool's schema
+with a deterministic value of its type; streamed as OpenAI does (a chunk
+with id, type and name, then argument fragments of at most 8 bytes, each
+one completion token). Shapes from OpenAI's API reference
+(src/bin/llmvisor-mock/tools.rs says why not from llama-server).
 
 Token accounting (usage, Ollama counts):
   prompt_tokens = whitespace-separated words of the prompt. Chat: the text
@@ -247,6 +262,7 @@ fn router(st: &'static AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/rerank", post(openai::rerank))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/audio/transcriptions", post(audio::transcription))
         .route("/v1/audio/translations", post(audio::transcription))
         .route("/api/version", get(ollama::version))

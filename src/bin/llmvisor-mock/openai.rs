@@ -12,9 +12,11 @@ use serde_json::json;
 use crate::generate::{self, FinishReason, Input, Message, Prompt};
 use crate::state::{self, Admitted, AppState, Flavor};
 use crate::stream::{self, Frame};
+use crate::tools::{self, ToolCall};
 
-/// `POST /v1/chat/completions` body; unknown fields (temperature, tools,
-/// vLLM's extra sampling params, ...) are ignored.
+/// `POST /v1/chat/completions` body; unknown fields (temperature, vLLM's extra
+/// sampling params, ...) are ignored. `tools` and `tool_choice` may make it call a
+/// tool (src/bin/llmvisor-mock/tools.rs).
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     /// Requested model; `None` means the served one.
@@ -29,6 +31,11 @@ struct ChatRequest {
     max_tokens: Option<u64>,
     /// Current length limit; wins over `max_tokens` as in vLLM.
     max_completion_tokens: Option<u64>,
+    /// Functions the model may call.
+    #[serde(default)]
+    tools: Vec<tools::Tool>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name"}}`.
+    tool_choice: Option<serde_json::Value>,
 }
 
 /// `POST /v1/completions` body.
@@ -105,6 +112,9 @@ pub struct Plan {
     pub finish: FinishReason,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// A tool call instead of text (chat only): its argument pieces are the
+    /// `n` tokens.
+    pub call: Option<(ToolCall, Vec<String>)>,
 }
 
 impl Plan {
@@ -137,9 +147,17 @@ impl Plan {
                 model: self.model,
                 choices: [FullChatChoice {
                     index: 0,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content: &text,
+                    message: match &self.call {
+                        None => AssistantMessage {
+                            role: "assistant",
+                            content: Some(&text),
+                            tool_calls: None,
+                        },
+                        Some((call, _)) => AssistantMessage {
+                            role: "assistant",
+                            content: None,
+                            tool_calls: Some([call.message_entry()]),
+                        },
                     },
                     logprobs: None,
                     finish_reason: self.finish,
@@ -193,6 +211,7 @@ impl Iterator for Frames {
                     Delta {
                         role: Some("assistant"),
                         content: Some(""),
+                        tool_calls: None,
                     },
                     None,
                     null_usage,
@@ -201,13 +220,42 @@ impl Iterator for Frames {
             Kind::Chat => step - 1,
             Kind::Text => step,
         };
+        // A tool call: the chunk that opens it, then its argument pieces as tokens.
+        let k = match &p.call {
+            Some((call, _)) if k == 0 => {
+                return Some(Frame::plain(self.chat_chunk(
+                    Delta {
+                        role: None,
+                        content: None,
+                        tool_calls: Some(call.open_delta()),
+                    },
+                    None,
+                    null_usage,
+                )));
+            }
+            Some(_) => k - 1,
+            None => k,
+        };
         if k < p.n {
+            if let Some((_, pieces)) = &p.call {
+                let piece = pieces.get(k as usize).map_or("", String::as_str);
+                return Some(Frame::token(self.chat_chunk(
+                    Delta {
+                        role: None,
+                        content: None,
+                        tool_calls: Some(ToolCall::piece_delta(piece)),
+                    },
+                    None,
+                    null_usage,
+                )));
+            }
             let piece = generate::token(p.seed, k, k + 1 == p.n);
             let data = match p.kind {
                 Kind::Chat => self.chat_chunk(
                     Delta {
                         role: None,
                         content: Some(piece),
+                        tool_calls: None,
                     },
                     None,
                     null_usage,
@@ -226,6 +274,7 @@ impl Iterator for Frames {
                     Delta {
                         role: None,
                         content: None,
+                        tool_calls: None,
                     },
                     Some(p.finish),
                     null_usage,
@@ -342,6 +391,9 @@ struct Delta<'a> {
     /// The token text.
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    /// A tool call's opening or one of its argument pieces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<serde_json::Value>,
 }
 
 /// Choice of a completions stream chunk.
@@ -392,8 +444,11 @@ struct FullChatChoice<'a> {
 struct AssistantMessage<'a> {
     /// `assistant`.
     role: &'static str,
-    /// The whole text.
-    content: &'a str,
+    /// The whole text; `null` with a tool call.
+    content: Option<&'a str>,
+    /// The tool call, if the model made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[serde_json::Value; 1]>,
 }
 
 /// Choice of a non-streamed text completion.
@@ -470,6 +525,15 @@ pub async fn chat_completions(
     let mut prompt = Prompt::default();
     prompt.messages(&req.messages);
     let requested = req.max_completion_tokens.or(req.max_tokens);
+    let call = match tools::pick(
+        &req.tools,
+        req.tool_choice.as_ref(),
+        &req.messages,
+        prompt.seed(),
+    ) {
+        Ok(call) => call,
+        Err(e) => return adm.reject(state::bad_request(Flavor::OpenAi, &e.0)),
+    };
     complete(
         st,
         adm,
@@ -479,6 +543,7 @@ pub async fn chat_completions(
         requested,
         req.stream,
         req.stream_options,
+        call,
     )
     .await
 }
@@ -508,6 +573,7 @@ pub async fn completions(
         req.max_tokens,
         req.stream,
         req.stream_options,
+        None,
     )
     .await
 }
@@ -524,6 +590,7 @@ async fn complete(
     requested: Option<u64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    call: Option<ToolCall>,
 ) -> Response {
     if !st.model_matches(model, Flavor::OpenAi) {
         return adm.reject(state::model_not_found(
@@ -538,7 +605,13 @@ async fn complete(
             "max_tokens must be at least 1, got 0.",
         ));
     }
-    let (n, finish) = generate::completion_len(requested, st.cfg.max_tokens);
+    let (mut n, mut finish) = generate::completion_len(requested, st.cfg.max_tokens);
+    // A tool call is never cut: its argument pieces are its tokens.
+    let call = call.map(|c| {
+        let pieces: Vec<String> = c.pieces().into_iter().map(str::to_string).collect();
+        (n, finish) = (pieces.len() as u64, "tool_calls");
+        (c, pieces)
+    });
     let prefix = match kind {
         Kind::Chat => "chatcmpl-mock-",
         Kind::Text => "cmpl-mock-",
@@ -555,6 +628,7 @@ async fn complete(
         include_usage: stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        call,
     };
     if stream.unwrap_or(false) {
         let body = stream::paced_body(
@@ -699,6 +773,7 @@ mod tests {
             n,
             finish: "length",
             include_usage,
+            call: None,
         }
     }
 
@@ -754,6 +829,68 @@ mod tests {
         assert_eq!(
             ev[5]["usage"],
             json!({"prompt_tokens":5,"completion_tokens":3,"total_tokens":8})
+        );
+    }
+
+    /// A plan that calls a tool: what `complete` makes of a picked call.
+    fn tool_plan() -> Plan {
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris","days":3}"#.into(),
+        };
+        let pieces: Vec<String> = call.pieces().into_iter().map(str::to_string).collect();
+        Plan {
+            n: pieces.len() as u64,
+            finish: "tool_calls",
+            call: Some((call, pieces)),
+            ..plan(Kind::Chat, 0, true)
+        }
+    }
+
+    #[test]
+    fn a_streamed_tool_call_opens_with_its_name_then_sends_argument_pieces() {
+        let p = tool_plan();
+        let n = p.n as usize;
+        let (frames, ev) = events(p);
+        // role + opening + n pieces + finish + usage + [DONE]
+        assert_eq!(frames.len(), n + 5);
+        assert_eq!(frames.iter().filter(|f| f.token).count(), n);
+        assert_eq!(ev[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(
+            ev[1]["choices"][0]["delta"],
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}]})
+        );
+        let args: String = ev[2..2 + n]
+            .iter()
+            .map(|e| {
+                let d = &e["choices"][0]["delta"]["tool_calls"][0];
+                assert_eq!(d["index"], 0);
+                assert!(d.get("id").is_none() && d["function"].get("name").is_none());
+                d["function"]["arguments"].as_str().expect("fragment")
+            })
+            .collect();
+        assert_eq!(args, r#"{"city":"Paris","days":3}"#);
+        assert_eq!(ev[2 + n]["choices"][0]["delta"], json!({}));
+        assert_eq!(ev[2 + n]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(ev[3 + n]["usage"]["completion_tokens"], n as u64);
+    }
+
+    #[tokio::test]
+    async fn a_tool_call_answer_has_null_content_and_the_call() {
+        let resp = tool_plan().response();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        assert_eq!(
+            choice["message"]["tool_calls"],
+            json!([{"type": "function", "id": "call_1",
+                "function": {"name": "get_weather", "arguments": r#"{"city":"Paris","days":3}"#}}])
         );
     }
 

@@ -151,6 +151,8 @@ pub struct Lease {
     pub cold_start: Option<Duration>,
     /// How long it waited for a free slot.
     pub queued: Duration,
+    /// Whether it had to wait for one (no slot was free when it asked).
+    pub waited_for_slot: bool,
 }
 
 impl Lease {
@@ -426,14 +428,17 @@ impl Instance {
                 *cold_start.get_or_insert(Duration::ZERO) += t.elapsed();
             }
             let t = Instant::now();
-            let permit = match self.gate.try_acquire(priority) {
-                Some(p) => p,
-                None => tokio::time::timeout(self.spec.queue_timeout, self.gate.acquire(priority))
-                    .await
-                    .map_err(|_| FleetError::QueueTimeout {
-                        model: self.spec.name.clone(),
-                        waited: self.spec.queue_timeout,
-                    })?,
+            let (permit, waited_for_slot) = match self.gate.try_acquire(priority) {
+                Some(p) => (p, false),
+                None => (
+                    tokio::time::timeout(self.spec.queue_timeout, self.gate.acquire(priority))
+                        .await
+                        .map_err(|_| FleetError::QueueTimeout {
+                            model: self.spec.name.clone(),
+                            waited: self.spec.queue_timeout,
+                        })?,
+                    true,
+                ),
             };
             let queued = t.elapsed();
             self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -444,6 +449,7 @@ impl Instance {
                     _admission: admission,
                     cold_start,
                     queued,
+                    waited_for_slot,
                 });
             }
             self.leave_flight();

@@ -315,8 +315,12 @@ impl Dispatcher<'_> {
                     .await
                     .map_err(fleet_failure)?;
                 let inst = lease.instance().clone();
-                job.trace
-                    .waited(began, inst.name(), lease.cold_start, lease.queued);
+                job.trace.waited(
+                    began,
+                    inst.name(),
+                    lease.cold_start,
+                    lease.waited_for_slot.then_some(lease.queued),
+                );
                 // Ours when tracing, else the client's as it came.
                 let parent = job
                     .trace

@@ -718,15 +718,20 @@ impl RequestSpan {
     }
 
     /// The waits of an attempt at a local model that began at `began`: `cold start`
-    /// (if it had to start) then `queue wait` (ending now).
+    /// (if it had to start) then `queue wait` (ending now; if it had to wait for a
+    /// slot: a request that found one free has no queue-wait span, as one that
+    /// found the model up has no cold-start span).
     pub fn waited(
         &self,
         began: Option<SystemTime>,
         model: &str,
         cold_start: Option<Duration>,
-        queued: Duration,
+        queued: Option<Duration>,
     ) {
         let Some(began) = began else { return };
+        if cold_start.is_none() && queued.is_none() {
+            return;
+        }
         self.with(|r| {
             let now = SystemTime::now();
             if let Some(cold) = cold_start {
@@ -738,13 +743,15 @@ impl RequestSpan {
                     model: model.to_owned(),
                 });
             }
-            r.waits.push(Wait {
-                id: span_id(),
-                name: "queue wait",
-                start: unix(now - queued),
-                end: unix(now),
-                model: model.to_owned(),
-            });
+            if let Some(queued) = queued {
+                r.waits.push(Wait {
+                    id: span_id(),
+                    name: "queue wait",
+                    start: unix(now - queued),
+                    end: unix(now),
+                    model: model.to_owned(),
+                });
+            }
         });
     }
 
@@ -967,7 +974,7 @@ mod tests {
             began,
             "m",
             Some(Duration::from_millis(5)),
-            Duration::from_millis(1),
+            Some(Duration::from_millis(1)),
         );
         let up = |label| Upstream {
             label,

@@ -157,9 +157,13 @@ async fn first_events(mut r: reqwest::Response, n: usize) -> String {
     text
 }
 
-/// The feed follows the fleet: a start shows as `model` events (starting,
-/// loading, ready), a request as a `request` event with its tokens, the model's
-/// output as `log` lines; `/admin/requests` and `/admin/usage` read the store.
+/// The feed follows the fleet: a start shows as `model` events (loading, ready),
+/// a request as a `request` event with its tokens, the model's output as `log`
+/// lines; `/admin/requests` and `/admin/usage` read the store. `starting` is not
+/// required: a `model` event carries the model's view when the feed takes the
+/// change, and `starting` (the unit being started, milliseconds) was already
+/// `loading` by then once in a loop of full runs on a loaded machine (the page
+/// shows the state as it is, not each one it passed through).
 #[tokio::test]
 async fn the_feed_carries_state_changes_requests_and_log_lines() {
     let lv = Llmvisor::start("", &mock_model("chat", &["--startup-delay", "300ms"], "")).await;
@@ -169,7 +173,6 @@ async fn the_feed_carries_state_changes_requests_and_log_lines() {
     assert_eq!(status, 200);
     let mut text = String::new();
     let want = [
-        "\"state\":\"starting\"",
         "\"state\":\"loading\"",
         "\"state\":\"ready\"",
         "event: request\n",

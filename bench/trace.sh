@@ -4,6 +4,12 @@
 # collector, each in front of its own mock (same flags), legs alternated.
 #
 #   bench/trace.sh          # about 2 minutes; prints a Markdown table
+#   RATE=4000 bench/trace.sh  # both legs held at 4000 req/s (oha -q): CPU per request
+#                             # compared at the same load
+#
+# Each leg also reports llmvisor's CPU per answered request (utime+stime of its
+# process), and the run the collector stand-in's CPU. For a figure that does not
+# move with the machine's load, bench/trace-instr.sh counts instructions.
 #
 # The collector is nginx answering 200 to every OTLP POST (it reads and discards
 # the body): what is measured is llmvisor's side (making, queueing, encoding and

@@ -13,6 +13,7 @@
 #
 #   bench/trace-instr.sh              # target/release if built; N=2000
 #   N=500 BIN=target/debug bench/trace-instr.sh
+#   SAMPLE=0.1 bench/trace-instr.sh   # traces on with [telemetry] sample_ratio = 0.1
 #
 # The kernel's share (system calls) is not counted; traces add one POST per 512
 # spans and a `traceparent` header to each backend request. Loopback only; bounded
@@ -67,7 +68,8 @@ PY
 leg() {
   local telemetry="" pid total
   [ "$1" = on ] && telemetry="[telemetry]
-otlp_endpoint = \"http://127.0.0.1:$SINK\""
+otlp_endpoint = \"http://127.0.0.1:$SINK\"
+sample_ratio = ${SAMPLE:-1.0}"
   cat > "$work/$1.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PORT"
@@ -108,4 +110,4 @@ echo "| --- | --- |"
 echo "| off | $off |"
 echo "| on | $on |"
 echo
-python3 -c "print(f'on / off: {$on / $off:.3f} ($(( on - off )) instructions per request for traces; N=$N, $BIN)')"
+python3 -c "print(f'on / off: {$on / $off:.3f} ($(( on - off )) instructions per request for traces; sample_ratio ${SAMPLE:-1.0}, N=$N, $BIN)')"

@@ -84,6 +84,10 @@ pub struct TelemetryConfig {
     /// (`llmvisor_trace_spans_dropped_total`), so a slow collector never slows a
     /// request.
     pub queue: u32,
+    /// The share of requests traced when the client sends no `traceparent`
+    /// (0.0 to 1.0; by the trace id, as OpenTelemetry's `TraceIdRatioBased`). A
+    /// client's `traceparent` decides for its own requests (sampled or not).
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -93,6 +97,7 @@ impl Default for TelemetryConfig {
             capture_content: false,
             service_name: "llmvisor".into(),
             queue: 8192,
+            sample_ratio: 1.0,
         }
     }
 }

@@ -291,6 +291,12 @@ fn check_telemetry(cx: &mut Ctx<'_>) {
     if t.queue == 0 {
         cx.problems.add("telemetry.queue", "must be at least 1");
     }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        cx.problems.add(
+            "telemetry.sample_ratio",
+            "must be between 0.0 (no request without a client's traceparent is traced) and 1.0 (every one)",
+        );
+    }
 }
 
 /// `[store]`.
@@ -874,6 +880,26 @@ mod tests {
                 ps.iter().any(|p| p.starts_with(want)),
                 "no {want:?} in {ps:#?}"
             );
+        }
+    }
+
+    #[test]
+    fn telemetry_is_checked() {
+        for (ratio, ok) in [
+            ("1.0", true),
+            ("0", true),
+            ("0.05", true),
+            ("1.5", false),
+            ("-0.1", false),
+            ("nan", false),
+        ] {
+            let ps = problems(&format!(
+                "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = {ratio}\n[models.a]\nkind = \"command\"\ncommand = [\"x\"]\n"
+            ));
+            let bad = ps
+                .iter()
+                .any(|p| p.starts_with("telemetry.sample_ratio: must be between 0.0"));
+            assert_eq!(bad, !ok, "sample_ratio = {ratio}: {ps:#?}");
         }
     }
 

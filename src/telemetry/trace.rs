@@ -57,6 +57,9 @@ pub struct Tracing {
     queue: Arc<Queue>,
     flush: mpsc::Sender<oneshot::Sender<()>>,
     capture_content: bool,
+    /// A root trace is sampled when the low 63 bits of its id's last 8 bytes
+    /// are below this (`sample_ratio` x 2^63; 2^63 and above: every one).
+    sample_below: u64,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -154,6 +157,7 @@ impl Tracing {
             queue,
             flush,
             capture_content: cfg.capture_content,
+            sample_below: sample_below(cfg.sample_ratio),
         }))
     }
 
@@ -629,6 +633,17 @@ impl Rec {
     }
 }
 
+/// [`Tracing::sample_below`] for a ratio: 1.0 (or more) samples every id.
+fn sample_below(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else if ratio > 0.0 {
+        (ratio * (1u64 << 63) as f64) as u64
+    } else {
+        0
+    }
+}
+
 impl RequestSpan {
     /// Start the request span (backdated to `started`) as a child of the client's
     /// `traceparent`, if any.
@@ -647,7 +662,11 @@ impl RequestSpan {
             None => {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&random_id().to_be_bytes());
-                id[8..].copy_from_slice(&random_id().to_be_bytes());
+                let low = random_id();
+                if low & (u64::MAX >> 1) >= t.sample_below {
+                    return Self(None);
+                }
+                id[8..].copy_from_slice(&low.to_be_bytes());
                 (id, [0; 8])
             }
         };
@@ -945,7 +964,37 @@ mod tests {
             }),
             flush,
             capture_content,
+            sample_below: u64::MAX,
         })
+    }
+
+    /// `sample_ratio`: about that share of root traces recorded; none at 0; a
+    /// client's sampled `traceparent` recorded whatever the ratio.
+    #[test]
+    fn roots_are_sampled_by_the_ratio_and_parents_decide_for_their_own() {
+        let id = HeaderValue::from_static("r1");
+        let parent =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let recorded = |ratio: f64, parent: Option<&HeaderValue>| {
+            let t = Arc::new(Tracing {
+                sample_below: sample_below(ratio),
+                ..Arc::into_inner(tracing(10, false)).unwrap()
+            });
+            (0..4000)
+                .filter(|_| {
+                    RequestSpan::start(Some(&t), parent, Instant::now(), &asked(&id, b"{}"))
+                        .now()
+                        .is_some()
+                })
+                .count()
+        };
+        assert_eq!(recorded(1.0, None), 4000);
+        assert_eq!(recorded(0.0, None), 0);
+        let quarter = recorded(0.25, None);
+        assert!((800..=1200).contains(&quarter), "{quarter} of 4000");
+        assert_eq!(recorded(0.0, Some(&parent)), 4000);
+        assert_eq!(sample_below(2.0), u64::MAX);
+        assert_eq!(sample_below(0.5), 1 << 62);
     }
 
     fn asked<'a>(id: &'a HeaderValue, body: &'a [u8]) -> Asked<'a> {

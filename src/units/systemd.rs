@@ -369,7 +369,10 @@ async fn with_oom_report(
     // A failed unit's report always comes (a count, or why there is none): the
     // unit is not stopped before its `ExecStopPost=` has run, so the line is
     // written; journald may take seconds to make it readable when the machine is
-    // busy (2 s was not enough once in a loop of full test runs on 2 loaded cores).
+    // busy. (In loops of full test runs on 2 loaded cores the OOM result was
+    // missing once with 2 s of waiting and once with 10 s, so the report may also
+    // go missing altogether: not understood yet; tests/system_limits.rs prints
+    // the journals when it happens.)
     // A stop, a clean exit or one by a signal systemd counts as clean (SIGHUP,
     // SIGINT, SIGPIPE, SIGTERM) has no report to wait for.
     let failed = !requested && !exit.success() && !matches!(exit.signal, Some(1 | 2 | 13 | 15));

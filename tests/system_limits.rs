@@ -142,6 +142,26 @@ async fn a_backend_past_memory_max_is_killed_by_the_kernel() {
         report.starts_with("llmvisor exit-report: oom_kill=1 "),
         "{report}"
     );
+    // What llmvisor's fallback lookup relies on, checked against systemd 252: the
+    // report names the unit's invocation (`$INVOCATION_ID` is set for
+    // `ExecStopPost=`), and it can be found by the stream's identifier alone,
+    // which journald keeps even when it cannot tell the writer's unit.
+    let invocation = c.show(unit, "InvocationID");
+    assert!(
+        !invocation.is_empty() && report.ends_with(&format!(" invocation={invocation}")),
+        "{report} (InvocationID={invocation})"
+    );
+    let by_identifier = c.sh(&[
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "cat",
+        "SYSLOG_IDENTIFIER=llmvisor",
+    ]);
+    assert!(
+        by_identifier.lines().any(|l| l == report),
+        "the report is not among SYSLOG_IDENTIFIER=llmvisor's lines:\n{by_identifier}"
+    );
     // The backend's own last words stay the reason, not the report.
     assert!(
         m["last_error"]

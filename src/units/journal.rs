@@ -92,6 +92,28 @@ pub fn messages(q: &Query<'_>, lines: usize) -> Vec<String> {
     out
 }
 
+/// The messages of the last `lines` entries whose `SYSLOG_IDENTIFIER` is
+/// `identifier` (a stream's identifier survives when journald could not tell the
+/// writer's unit: [`super::oom_report::run`]).
+pub fn messages_of_identifier(identifier: &str, lines: usize) -> Vec<String> {
+    let opened = OpenOptions::default().system(true).local_only(true).open();
+    let Ok(mut j) = opened else {
+        return Vec::new();
+    };
+    if j.match_add("SYSLOG_IDENTIFIER", identifier).is_err() || j.seek_tail().is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    while out.len() < lines {
+        match j.previous_entry() {
+            Ok(Some(r)) => out.push(r.get("MESSAGE").cloned().unwrap_or_default()),
+            _ => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
 /// Print the last `lines` entries, then every new one as it arrives (`-f`), until
 /// `emit` returns false.
 pub fn follow(q: &Query<'_>, lines: usize, emit: impl FnMut(&str) -> bool) -> Result<(), String> {

@@ -85,14 +85,37 @@ pub fn report(proc_cgroup: &str, root: &Path, service_result: Option<&str>) -> O
     }
 }
 
-/// `llmvisor exit-report`: print the report of this process's own cgroup. Always
-/// succeeds: a unit's end must not depend on it.
+/// `llmvisor exit-report`: print the report of this process's own cgroup, ending
+/// with ` invocation=<$INVOCATION_ID>`. Always succeeds: a unit's end must not
+/// depend on it.
+///
+/// Why the invocation is in the text: journald learns a stdout line's
+/// `_SYSTEMD_UNIT` and `_SYSTEMD_INVOCATION_ID` by reading the writer's cgroup
+/// from `/proc`, and a process as short-lived as this one may be gone by then
+/// (systemd issue #2913, open): the line is kept, with the stream's
+/// `SYSLOG_IDENTIFIER` (`llmvisor`), but a query by unit and invocation misses
+/// it. [`of_invocation`] finds it by the identifier and this suffix instead.
 pub fn run() {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let result = std::env::var("SERVICE_RESULT").ok();
     if let Some(line) = report(&own, Path::new("/sys/fs/cgroup"), result.as_deref()) {
-        println!("{line}");
+        match std::env::var("INVOCATION_ID") {
+            Ok(id) if !id.is_empty() => println!("{line} invocation={id}"),
+            _ => println!("{line}"),
+        }
     }
+}
+
+/// The reports among `lines` (messages of the stream identifier `llmvisor`)
+/// that name `invocation` (see [`run`]), without that suffix.
+pub fn of_invocation(lines: &[String], invocation: &str) -> Vec<String> {
+    let suffix = format!(" invocation={invocation}");
+    lines
+        .iter()
+        .filter(|l| is_report(l))
+        .filter_map(|l| l.strip_suffix(&suffix))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Whether `line` is a report of ours (of any kind).
@@ -192,6 +215,27 @@ mod tests {
         assert_eq!(take(&mut out), None);
         assert!(out.is_empty());
         assert_eq!(take(&mut vec!["oom_kill=3".to_string()]), None);
+    }
+
+    /// A report found by the identifier belongs to its invocation only; the
+    /// count is read the same with the suffix on.
+    #[test]
+    fn reports_are_matched_to_their_invocation() {
+        let lines = vec![
+            "llmvisor exit-report: oom_kill=1 (/x/memory.oom_control) invocation=aa11".to_string(),
+            "llmvisor exit-report: oom_kill=0 (/x/memory.oom_control) invocation=bb22".to_string(),
+            "listening on 127.0.0.1:8080".to_string(),
+        ];
+        let mut mine = of_invocation(&lines, "aa11");
+        assert_eq!(
+            mine,
+            ["llmvisor exit-report: oom_kill=1 (/x/memory.oom_control)"]
+        );
+        assert_eq!(take(&mut mine), Some(1));
+        assert!(of_invocation(&lines, "cc33").is_empty());
+        assert!(of_invocation(&lines, "aa1").is_empty());
+        let mut with_suffix = vec![lines[0].clone()];
+        assert_eq!(take(&mut with_suffix), Some(1));
     }
 
     #[test]

@@ -377,11 +377,17 @@ async fn with_oom_report(
     // SIGINT, SIGPIPE, SIGTERM) has no report to wait for.
     let failed = !requested && !exit.success() && !matches!(exit.signal, Some(1 | 2 | 13 | 15));
     let give_up = tokio::time::Instant::now() + REPORT_WAIT;
-    while failed
-        && exit.result.is_none()
-        && !super::oom_report::reported(&out)
-        && tokio::time::Instant::now() < give_up
-    {
+    while failed && exit.result.is_none() && !super::oom_report::reported(&out) {
+        // The report may have lost its unit and invocation fields (a short-lived
+        // writer: `oom_report::run`): look for it by its identifier too.
+        let mut found = reports_by_identifier(invocation).await;
+        if !found.is_empty() {
+            out.append(&mut found);
+            break;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
         out = journal_tail(unit, invocation).await;
     }
@@ -391,6 +397,19 @@ async fn with_oom_report(
         exit.result_by = super::ResultBy::MemoryCgroup;
     }
     (exit, out)
+}
+
+/// This invocation's exit reports found by their stream identifier (`llmvisor`)
+/// and the invocation named in their text, when journald could not attribute
+/// them to the unit.
+async fn reports_by_identifier(invocation: &Invocation) -> Vec<String> {
+    let id = invocation.0.clone();
+    tokio::task::spawn_blocking(move || {
+        let lines = super::journal::messages_of_identifier("llmvisor", 1000);
+        super::oom_report::of_invocation(&lines, &id)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// The unit's last journal lines of this invocation, for error messages (best

@@ -78,6 +78,11 @@ pub fn messages(q: &Query<'_>, lines: usize) -> Vec<String> {
     let Ok(mut j) = open(q) else {
         return Vec::new();
     };
+    last_messages(&mut j, lines)
+}
+
+/// The messages of the last `lines` entries `j` matches, oldest first.
+fn last_messages(j: &mut Journal, lines: usize) -> Vec<String> {
     if j.seek_tail().is_err() {
         return Vec::new();
     }
@@ -100,18 +105,10 @@ pub fn messages_of_identifier(identifier: &str, lines: usize) -> Vec<String> {
     let Ok(mut j) = opened else {
         return Vec::new();
     };
-    if j.match_add("SYSLOG_IDENTIFIER", identifier).is_err() || j.seek_tail().is_err() {
+    if j.match_add("SYSLOG_IDENTIFIER", identifier).is_err() {
         return Vec::new();
     }
-    let mut out = Vec::new();
-    while out.len() < lines {
-        match j.previous_entry() {
-            Ok(Some(r)) => out.push(r.get("MESSAGE").cloned().unwrap_or_default()),
-            _ => break,
-        }
-    }
-    out.reverse();
-    out
+    last_messages(&mut j, lines)
 }
 
 /// Print the last `lines` entries, then every new one as it arrives (`-f`), until

@@ -29,7 +29,17 @@ pub enum Kind {
     Client = 3,
 }
 
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
+#[inline]
+fn varint(buf: &mut Vec<u8>, v: u64) {
+    // Nearly every length and small number fits in one byte.
+    if v < 0x80 {
+        buf.push(v as u8);
+    } else {
+        varint_long(buf, v);
+    }
+}
+
+fn varint_long(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -68,52 +78,110 @@ pub enum Value<'a> {
     Int(i64),
 }
 
+/// An attribute key, encoded once: `KeyValue.key` (field 1: tag, length, the
+/// name) and the tag of `KeyValue.value` (field 2), so that writing an attribute
+/// copies one slice for its key instead of a tag, a length and the name.
+pub struct Key {
+    enc: [u8; Key::MAX + 3],
+    len: u8,
+}
+
+impl Key {
+    /// The longest name a key may have.
+    const MAX: usize = 61;
+
+    /// `name` (at most 61 bytes: a length of one byte, and every key is ours).
+    pub const fn new(name: &str) -> Self {
+        let b = name.as_bytes();
+        assert!(b.len() <= Self::MAX, "an attribute key of more than 61 bytes");
+        let mut enc = [0u8; Self::MAX + 3];
+        // KeyValue: key = 1 (LEN).
+        enc[0] = (1 << 3) | LEN;
+        enc[1] = b.len() as u8;
+        let mut i = 0;
+        while i < b.len() {
+            enc[2 + i] = b[i];
+            i += 1;
+        }
+        // KeyValue: value = 2 (LEN), its length follows.
+        enc[2 + b.len()] = (2 << 3) | LEN;
+        Self {
+            enc,
+            len: (b.len() + 3) as u8,
+        }
+    }
+
+    fn encoded(&self) -> &[u8] {
+        &self.enc[..usize::from(self.len)]
+    }
+}
+
 /// A `KeyValue` as field `field` of the message in `buf` (span attributes are
-/// field 9, resource and scope attributes field 1 and 3).
-pub fn attribute(buf: &mut Vec<u8>, field: u32, key: &str, value: Value<'_>) {
+/// field 9, resource attributes field 1).
+fn key_value(buf: &mut Vec<u8>, field: u32, key: &Key, value: Value<'_>) {
     // AnyValue: string_value = 1, bool_value = 2, int_value = 3.
     let any_len = match value {
         Value::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
         Value::Bool(_) => 2,
         Value::Int(i) => 1 + varint_len(i as u64),
     };
-    // KeyValue: key = 1, value = 2.
-    let kv_len =
-        1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len;
+    let kv_len = usize::from(key.len) + varint_len(any_len as u64) + any_len;
+    buf.reserve(kv_len + 4);
     tag(buf, field, LEN);
     varint(buf, kv_len as u64);
-    bytes(buf, 1, &[key.as_bytes()]);
-    tag(buf, 2, LEN);
+    buf.extend_from_slice(key.encoded());
     varint(buf, any_len as u64);
     match value {
-        Value::Str(s) => bytes(buf, 1, &[s.as_bytes()]),
+        Value::Str(s) => {
+            buf.push((1 << 3) | LEN);
+            varint(buf, s.len() as u64);
+            buf.extend_from_slice(s.as_bytes());
+        }
         Value::Bool(b) => {
-            tag(buf, 2, VARINT);
+            buf.push((2 << 3) | VARINT);
             buf.push(u8::from(b));
         }
         Value::Int(i) => {
-            tag(buf, 3, VARINT);
+            buf.push((3 << 3) | VARINT);
             varint(buf, i as u64);
         }
     }
 }
 
-/// The fixed part of a span.
+/// A span attribute (`Span.attributes = 9`) appended to `buf`: for the
+/// pre-encoded parts of a span ([`Span::raw`]).
+pub fn attribute(buf: &mut Vec<u8>, key: &Key, value: Value<'_>) {
+    key_value(buf, 9, key, value);
+}
+
+/// A span's name (`name = 5`, made of `parts` one after the other) and kind
+/// (`kind = 6`) appended to `buf`: for the pre-encoded parts of a span
+/// ([`Span::raw`]).
+pub fn name_and_kind(buf: &mut Vec<u8>, name: &[&str], kind: Kind) {
+    tag(buf, 5, LEN);
+    varint(buf, name.iter().map(|p| p.len()).sum::<usize>() as u64);
+    for p in name {
+        buf.extend_from_slice(p.as_bytes());
+    }
+    tag(buf, 6, VARINT);
+    varint(buf, kind as u64);
+}
+
+/// The ids and times of a span.
 pub struct Head<'a> {
     pub trace_id: &'a [u8; 16],
     pub span_id: [u8; 8],
     /// All zeros: a root span.
     pub parent: [u8; 8],
-    /// The name, as parts written one after the other.
-    pub name: &'a [&'a str],
-    pub kind: Kind,
     /// Unix nanoseconds.
     pub start: u64,
     pub end: u64,
 }
 
-/// A span being written: attributes go in with [`Span::attr`], then
-/// [`Span::end`] puts it in its export.
+/// A span being written: its name and kind, attributes and status go in with
+/// [`Span::name`] or [`Span::raw`], [`Span::attr`] and [`Span::error`] (protobuf
+/// readers take a message's fields in any order), then [`Span::end`] puts it in
+/// its export.
 pub struct Span<'b> {
     buf: &'b mut Vec<u8>,
 }
@@ -122,31 +190,39 @@ impl<'b> Span<'b> {
     /// Start a span in `scratch` (cleared).
     pub fn begin(scratch: &'b mut Vec<u8>, h: &Head<'_>) -> Self {
         scratch.clear();
-        // Span: trace_id = 1, span_id = 2, parent_span_id = 4, name = 5, kind = 6,
+        // Span: trace_id = 1, span_id = 2, parent_span_id = 4,
         // start_time_unix_nano = 7, end_time_unix_nano = 8.
-        bytes(scratch, 1, &[h.trace_id]);
-        bytes(scratch, 2, &[&h.span_id]);
+        scratch.push((1 << 3) | LEN);
+        scratch.push(16);
+        scratch.extend_from_slice(h.trace_id);
+        scratch.push((2 << 3) | LEN);
+        scratch.push(8);
+        scratch.extend_from_slice(&h.span_id);
         if h.parent != [0; 8] {
-            bytes(scratch, 4, &[&h.parent]);
+            scratch.push((4 << 3) | LEN);
+            scratch.push(8);
+            scratch.extend_from_slice(&h.parent);
         }
-        tag(scratch, 5, LEN);
-        varint(
-            scratch,
-            h.name.iter().map(|p| p.len()).sum::<usize>() as u64,
-        );
-        for p in h.name {
-            scratch.extend_from_slice(p.as_bytes());
-        }
-        tag(scratch, 6, VARINT);
-        varint(scratch, h.kind as u64);
         fixed64(scratch, 7, h.start);
         fixed64(scratch, 8, h.end.max(h.start));
         Self { buf: scratch }
     }
 
+    /// Its name, made of `parts` one after the other, and its kind.
+    pub fn name(&mut self, name: &[&str], kind: Kind) -> &mut Self {
+        name_and_kind(self.buf, name, kind);
+        self
+    }
+
+    /// Fields encoded beforehand ([`name_and_kind`], [`attribute`]).
+    pub fn raw(&mut self, encoded: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(encoded);
+        self
+    }
+
     /// An attribute (`attributes = 9`).
-    pub fn attr(&mut self, key: &str, value: Value<'_>) -> &mut Self {
-        attribute(self.buf, 9, key, value);
+    pub fn attr(&mut self, key: &Key, value: Value<'_>) -> &mut Self {
+        key_value(self.buf, 9, key, value);
         self
     }
 
@@ -163,7 +239,10 @@ impl<'b> Span<'b> {
 
     /// The span as `spans = 2` of the scope's spans in `out`.
     pub fn end(&mut self, out: &mut Vec<u8>) {
-        bytes(out, 2, &[self.buf]);
+        out.reserve(self.buf.len() + 3);
+        tag(out, 2, LEN);
+        varint(out, self.buf.len() as u64);
+        out.extend_from_slice(self.buf);
     }
 }
 
@@ -195,8 +274,8 @@ pub fn request(resource: &[u8], scope: &[u8], spans: &[u8]) -> Vec<u8> {
 /// An encoded `Resource` (attributes = 1) of `service.name` and `service.version`.
 pub fn resource(service: &str, version: &str) -> Vec<u8> {
     let mut r = Vec::new();
-    attribute(&mut r, 1, "service.name", Value::Str(service));
-    attribute(&mut r, 1, "service.version", Value::Str(version));
+    key_value(&mut r, 1, &Key::new("service.name"), Value::Str(service));
+    key_value(&mut r, 1, &Key::new("service.version"), Value::Str(version));
     r
 }
 
@@ -224,6 +303,12 @@ mod tests {
         }
     }
 
+    #[test]
+    #[should_panic(expected = "more than 61 bytes")]
+    fn a_key_longer_than_one_length_byte_allows_is_refused() {
+        let _ = Key::new(&"k".repeat(62));
+    }
+
     /// What the encoder writes is what the OTLP `.proto` files' own types read.
     #[test]
     fn the_protocols_own_types_read_it_back() {
@@ -231,37 +316,41 @@ mod tests {
         let mut scratch = Vec::new();
         let mut spans = Vec::new();
         let long = "x".repeat(300);
+        let longest = "k".repeat(61);
         let mut s = Span::begin(
             &mut scratch,
             &Head {
                 trace_id: &trace_id,
                 span_id: [1; 8],
                 parent: [0; 8],
-                name: &["chat", " ", "m"],
-                kind: Kind::Server,
                 start: 1_700_000_000_000_000_000,
                 end: 1_700_000_000_500_000_000,
             },
         );
-        s.attr("gen_ai.request.model", Value::Str("m"))
-            .attr("llmvisor.stream", Value::Bool(true))
-            .attr("server.port", Value::Int(8080))
-            .attr("negative", Value::Int(-3))
-            .attr("long", Value::Str(&long))
+        s.name(&["chat", " ", "m"], Kind::Server)
+            .attr(&Key::new("gen_ai.request.model"), Value::Str("m"))
+            .attr(&Key::new("llmvisor.stream"), Value::Bool(true))
+            .attr(&Key::new("server.port"), Value::Int(8080))
+            .attr(&Key::new("negative"), Value::Int(-3))
+            .attr(&Key::new("long"), Value::Str(&long))
+            .attr(&Key::new(&longest), Value::Int(1))
             .error("upstream_error");
         s.end(&mut spans);
+        // The same fields encoded beforehand and copied in.
+        let mut block = Vec::new();
+        name_and_kind(&mut block, &["queue wait"], Kind::Internal);
+        attribute(&mut block, &Key::new("llmvisor.model"), Value::Str("m"));
         Span::begin(
             &mut scratch,
             &Head {
                 trace_id: &trace_id,
                 span_id: [2; 8],
                 parent: [1; 8],
-                name: &["queue wait"],
-                kind: Kind::Internal,
                 start: 5,
                 end: 3,
             },
         )
+        .raw(&block)
         .end(&mut spans);
         let body = request(
             &resource("gpu-box", "1.2.3"),
@@ -304,6 +393,7 @@ mod tests {
                 ("server.port", Some(Any::IntValue(8080))),
                 ("negative", Some(Any::IntValue(-3))),
                 ("long", Some(Any::StringValue(long.clone()))),
+                (longest.as_str(), Some(Any::IntValue(1))),
             ]
         );
         let status = a.status.as_ref().unwrap();
@@ -315,6 +405,12 @@ mod tests {
         assert_eq!(b.name, "queue wait");
         // An end before the start is clamped to it.
         assert_eq!((b.start_time_unix_nano, b.end_time_unix_nano), (5, 5));
-        assert!(b.status.is_none() && b.attributes.is_empty());
+        assert!(b.status.is_none());
+        assert_eq!(b.attributes.len(), 1);
+        assert_eq!(b.attributes[0].key, "llmvisor.model");
+        assert_eq!(
+            b.attributes[0].value.as_ref().unwrap().value,
+            Some(Any::StringValue("m".into()))
+        );
     }
 }

@@ -29,7 +29,8 @@
 //! is full. This replaced the OpenTelemetry SDK, whose span objects cost 28 % of
 //! req/s at c=64 (bench/trace.sh, docs/benchmarks.md).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,7 +43,7 @@ use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::otlp::{self, Head, Kind, Value};
+use super::otlp::{self, Head, Key, Kind, Value};
 use crate::config::TelemetryConfig;
 
 /// Spans per OTLP export at most.
@@ -447,6 +448,8 @@ struct Active {
 }
 
 /// A request's spans as recorded: what the OTLP encoder needs, nothing more.
+/// What is the same for every request of a client to a route, or every attempt
+/// at a target (names, kinds, most attributes), is a [`block`] encoded once.
 struct Rec {
     trace_id: [u8; 16],
     /// The request span's id, and its parent's (the client's span; zeros: none).
@@ -457,10 +460,9 @@ struct Rec {
     /// Unix nanoseconds; `end` is 0 until the request ends.
     start: u64,
     end: u64,
-    route: String,
-    client: String,
+    /// The request span's name, kind and attributes from what was asked.
+    head: Arc<[u8]>,
     request_id: HeaderValue,
-    stream: bool,
     /// The prompt (`capture_content` only).
     content: Option<String>,
     /// How it ended.
@@ -476,10 +478,10 @@ struct Rec {
 
 struct Wait {
     id: [u8; 8],
-    name: &'static str,
     start: u64,
     end: u64,
-    model: String,
+    /// Its name, kind and model.
+    head: Arc<[u8]>,
 }
 
 struct Attempt {
@@ -487,17 +489,125 @@ struct Attempt {
     start: u64,
     /// 0 while the attempt is in progress.
     end: u64,
-    model: String,
-    provider: String,
-    address: String,
-    port: u16,
-    label: String,
+    /// Its name, kind and the target's attributes.
+    head: Arc<[u8]>,
     /// Why it failed (`error.type`).
     error: Option<String>,
     /// The attempt that answered: the status and usage it relayed, and its
     /// `first token` span (id, end).
     answered: Option<(u16, Option<(u64, u64)>)>,
     first_token: Option<([u8; 8], u64)>,
+}
+
+/// The attribute keys.
+mod key {
+    use super::Key;
+    pub const OPERATION: Key = Key::new("gen_ai.operation.name");
+    pub const REQUEST_MODEL: Key = Key::new("gen_ai.request.model");
+    pub const RESPONSE_MODEL: Key = Key::new("gen_ai.response.model");
+    pub const PROVIDER: Key = Key::new("gen_ai.provider.name");
+    pub const INPUT_TOKENS: Key = Key::new("gen_ai.usage.input_tokens");
+    pub const OUTPUT_TOKENS: Key = Key::new("gen_ai.usage.output_tokens");
+    pub const INPUT_MESSAGES: Key = Key::new("gen_ai.input.messages");
+    pub const ADDRESS: Key = Key::new("server.address");
+    pub const PORT: Key = Key::new("server.port");
+    pub const METHOD: Key = Key::new("http.request.method");
+    pub const STATUS: Key = Key::new("http.response.status_code");
+    pub const ERROR: Key = Key::new("error.type");
+    pub const ROUTE: Key = Key::new("llmvisor.route");
+    pub const CLIENT: Key = Key::new("llmvisor.client");
+    pub const STREAM: Key = Key::new("llmvisor.stream");
+    pub const REQUEST_ID: Key = Key::new("llmvisor.request_id");
+    pub const TARGET: Key = Key::new("llmvisor.target");
+    pub const MODEL: Key = Key::new("llmvisor.model");
+}
+
+/// The `first token` span's name and kind (INTERNAL), encoded.
+const FIRST_TOKEN: &[u8] = b"\x2a\x0bfirst token\x30\x01";
+
+/// Distinct blocks a thread keeps at most (a bound for configurations reloaded
+/// many times; past it the cache starts over).
+const BLOCKS: usize = 4096;
+
+thread_local! {
+    /// Encoded blocks by what they were made of, per thread (no lock on the
+    /// request path), and the buffer their keys are written into.
+    static CACHE: RefCell<(HashMap<Box<[u8]>, Arc<[u8]>, foldhash::fast::RandomState>, Vec<u8>)> =
+        RefCell::default();
+}
+
+/// The block made of `parts` (fixed-size parts first: a 0xff ends each part, a
+/// byte no UTF-8 string holds), encoded by `make` the first time this thread
+/// sees them. A lookup is a hash of a few short strings: the attributes it
+/// stands for are encoded once per thread, not once per request.
+fn block(parts: &[&[u8]], make: impl FnOnce(&mut Vec<u8>)) -> Arc<[u8]> {
+    CACHE.with_borrow_mut(|(map, key)| {
+        key.clear();
+        for p in parts {
+            key.extend_from_slice(p);
+            key.push(0xff);
+        }
+        if let Some(b) = map.get(key.as_slice()) {
+            return b.clone();
+        }
+        if map.len() >= BLOCKS {
+            map.clear();
+        }
+        let mut enc = Vec::new();
+        make(&mut enc);
+        let b: Arc<[u8]> = enc.into();
+        map.insert(key.as_slice().into(), b.clone());
+        b
+    })
+}
+
+/// The request span's name (`<operation> <route>`), kind and what was asked.
+fn request_head(op: &'static str, route: &str, client: &str, stream: bool) -> Arc<[u8]> {
+    block(
+        &[b"r", &[u8::from(stream)], op.as_bytes(), route.as_bytes(), client.as_bytes()],
+        |b| {
+            otlp::name_and_kind(b, &[op, " ", route], Kind::Server);
+            otlp::attribute(b, &key::OPERATION, Value::Str(op));
+            otlp::attribute(b, &key::REQUEST_MODEL, Value::Str(route));
+            otlp::attribute(b, &key::ROUTE, Value::Str(route));
+            otlp::attribute(b, &key::CLIENT, Value::Str(client));
+            otlp::attribute(b, &key::STREAM, Value::Bool(stream));
+            otlp::attribute(b, &key::METHOD, Value::Str("POST"));
+        },
+    )
+}
+
+/// An `upstream` span's name (GenAI client spans are named `<operation>
+/// <model>`), kind (CLIENT) and target.
+fn upstream_head(op: &'static str, to: &Upstream<'_>) -> Arc<[u8]> {
+    block(
+        &[
+            b"u",
+            &to.port.to_be_bytes(),
+            op.as_bytes(),
+            to.model.as_bytes(),
+            to.provider.as_bytes(),
+            to.address.as_bytes(),
+            to.label.as_bytes(),
+        ],
+        |b| {
+            otlp::name_and_kind(b, &[op, " ", to.model], Kind::Client);
+            otlp::attribute(b, &key::OPERATION, Value::Str(op));
+            otlp::attribute(b, &key::REQUEST_MODEL, Value::Str(to.model));
+            otlp::attribute(b, &key::PROVIDER, Value::Str(to.provider));
+            otlp::attribute(b, &key::ADDRESS, Value::Str(to.address));
+            otlp::attribute(b, &key::PORT, Value::Int(i64::from(to.port)));
+            otlp::attribute(b, &key::TARGET, Value::Str(to.label));
+        },
+    )
+}
+
+/// A wait's name (`cold start`, `queue wait`), kind (INTERNAL) and model.
+fn wait_head(name: &'static str, model: &str) -> Arc<[u8]> {
+    block(&[b"w", name.as_bytes(), model.as_bytes()], |b| {
+        otlp::name_and_kind(b, &[name], Kind::Internal);
+        otlp::attribute(b, &key::MODEL, Value::Str(model));
+    })
 }
 
 impl Rec {
@@ -520,8 +630,8 @@ impl Rec {
     fn encode(&self, scratch: &mut Vec<u8>, out: &mut Vec<u8>, capture_content: bool) -> usize {
         let usage = |s: &mut otlp::Span<'_>, usage: Option<(u64, u64)>| {
             if let Some((input, output)) = usage {
-                s.attr("gen_ai.usage.input_tokens", Value::Int(input as i64))
-                    .attr("gen_ai.usage.output_tokens", Value::Int(output as i64));
+                s.attr(&key::INPUT_TOKENS, Value::Int(input as i64))
+                    .attr(&key::OUTPUT_TOKENS, Value::Int(output as i64));
             }
         };
         let mut s = otlp::Span::begin(
@@ -530,34 +640,26 @@ impl Rec {
                 trace_id: &self.trace_id,
                 span_id: self.id,
                 parent: self.parent,
-                name: &[self.op, " ", &self.route],
-                kind: Kind::Server,
                 start: self.start,
                 end: self.end,
             },
         );
-        s.attr("gen_ai.operation.name", Value::Str(self.op))
-            .attr("gen_ai.request.model", Value::Str(&self.route))
-            .attr("llmvisor.route", Value::Str(&self.route))
-            .attr("llmvisor.client", Value::Str(&self.client))
-            .attr("llmvisor.stream", Value::Bool(self.stream))
-            .attr("http.request.method", Value::Str("POST"))
-            .attr(
-                "llmvisor.request_id",
-                Value::Str(self.request_id.to_str().unwrap_or("-")),
-            );
+        s.raw(&self.head).attr(
+            &key::REQUEST_ID,
+            Value::Str(self.request_id.to_str().unwrap_or("-")),
+        );
         if capture_content && let Some(c) = &self.content {
-            s.attr("gen_ai.input.messages", Value::Str(c));
+            s.attr(&key::INPUT_MESSAGES, Value::Str(c));
         }
         if let Some(status) = self.status {
-            s.attr("http.response.status_code", Value::Int(i64::from(status)))
-                .attr("llmvisor.target", Value::Str(&self.target));
+            s.attr(&key::STATUS, Value::Int(i64::from(status)))
+                .attr(&key::TARGET, Value::Str(&self.target));
             if self.target != "-" {
-                s.attr("gen_ai.response.model", Value::Str(&self.target));
+                s.attr(&key::RESPONSE_MODEL, Value::Str(&self.target));
             }
             usage(&mut s, self.usage);
             if let Some(e) = &self.error {
-                s.attr("error.type", Value::Str(e));
+                s.attr(&key::ERROR, Value::Str(e));
                 // A server span is in error for 5xx only (HTTP semantic conventions).
                 if status >= 500 {
                     s.error(e);
@@ -573,13 +675,11 @@ impl Rec {
                     trace_id: &self.trace_id,
                     span_id: w.id,
                     parent: self.id,
-                    name: &[w.name],
-                    kind: Kind::Internal,
                     start: w.start,
                     end: w.end,
                 },
             )
-            .attr("llmvisor.model", Value::Str(&w.model))
+            .raw(&w.head)
             .end(out);
             n += 1;
         }
@@ -590,25 +690,17 @@ impl Rec {
                     trace_id: &self.trace_id,
                     span_id: a.id,
                     parent: self.id,
-                    // GenAI client spans are named `<operation> <model>`.
-                    name: &[self.op, " ", &a.model],
-                    kind: Kind::Client,
                     start: a.start,
                     end: a.end.max(a.start),
                 },
             );
-            s.attr("gen_ai.operation.name", Value::Str(self.op))
-                .attr("gen_ai.request.model", Value::Str(&a.model))
-                .attr("gen_ai.provider.name", Value::Str(&a.provider))
-                .attr("server.address", Value::Str(&a.address))
-                .attr("server.port", Value::Int(i64::from(a.port)))
-                .attr("llmvisor.target", Value::Str(&a.label));
+            s.raw(&a.head);
             if let Some((status, u)) = a.answered {
-                s.attr("http.response.status_code", Value::Int(i64::from(status)));
+                s.attr(&key::STATUS, Value::Int(i64::from(status)));
                 usage(&mut s, u);
             }
             if let Some(e) = &a.error {
-                s.attr("error.type", Value::Str(e)).error(e);
+                s.attr(&key::ERROR, Value::Str(e)).error(e);
             }
             s.end(out);
             n += 1;
@@ -619,12 +711,11 @@ impl Rec {
                         trace_id: &self.trace_id,
                         span_id: id,
                         parent: a.id,
-                        name: &["first token"],
-                        kind: Kind::Internal,
                         start: a.start,
                         end,
                     },
                 )
+                .raw(FIRST_TOKEN)
                 .end(out);
                 n += 1;
             }
@@ -675,19 +766,23 @@ impl RequestSpan {
         } else {
             None
         };
+        let op = operation(asked.endpoint);
         Self(Some(Box::new(Active {
             queue: t.queue.clone(),
             rec: Mutex::new(Some(Rec {
                 trace_id,
                 id: span_id(),
                 parent,
-                op: operation(asked.endpoint),
+                op,
                 start: unix(wall(started)),
                 end: 0,
-                route: asked.route.to_owned(),
-                client: asked.client.to_owned(),
+                head: request_head(
+                    op,
+                    asked.route,
+                    asked.client,
+                    asked.stream,
+                ),
                 request_id: asked.request_id.clone(),
-                stream: asked.stream,
                 content,
                 status: None,
                 target: String::new(),
@@ -756,19 +851,17 @@ impl RequestSpan {
             if let Some(cold) = cold_start {
                 r.waits.push(Wait {
                     id: span_id(),
-                    name: "cold start",
                     start: unix(began),
                     end: unix(began + cold),
-                    model: model.to_owned(),
+                    head: wait_head("cold start", model),
                 });
             }
             if let Some(queued) = queued {
                 r.waits.push(Wait {
                     id: span_id(),
-                    name: "queue wait",
                     start: unix(now - queued),
                     end: unix(now),
-                    model: model.to_owned(),
+                    head: wait_head("queue wait", model),
                 });
             }
         });
@@ -788,11 +881,7 @@ impl RequestSpan {
                 id,
                 start: now,
                 end: 0,
-                model: to.model.to_owned(),
-                provider: to.provider.to_owned(),
-                address: to.address.to_owned(),
-                port: to.port,
-                label: to.label.to_owned(),
+                head: upstream_head(r.op, to),
                 error: None,
                 answered: None,
                 first_token: None,
@@ -1115,6 +1204,58 @@ mod tests {
                 .iter()
                 .all(|s| s.end_time_unix_nano >= s.start_time_unix_nano)
         );
+    }
+
+    /// What is the same for many requests is encoded once per thread: the same
+    /// parts give the same block, a change in any part a different one (with what
+    /// changed in it), and the cache stays bounded.
+    #[test]
+    fn blocks_are_encoded_once_and_keyed_by_every_part() {
+        let r = request_head("chat", "m", "c", false);
+        assert!(Arc::ptr_eq(&r, &request_head("chat", "m", "c", false)));
+        for other in [
+            request_head("embeddings", "m", "c", false),
+            request_head("chat", "m2", "c", false),
+            request_head("chat", "m", "c2", false),
+            request_head("chat", "m", "c", true),
+            // The parts end where they end: "m"+"c" is not "mc"+"".
+            request_head("chat", "mc", "", false),
+        ] {
+            assert!(!Arc::ptr_eq(&r, &other));
+            assert_ne!(r, other);
+        }
+        let to = Upstream {
+            label: "a",
+            model: "m",
+            provider: "vllm",
+            address: "127.0.0.1",
+            port: 8000,
+        };
+        let u = upstream_head("chat", &to);
+        assert!(Arc::ptr_eq(&u, &upstream_head("chat", &to)));
+        for other in [
+            Upstream { label: "b", ..to },
+            Upstream { model: "n", ..to },
+            Upstream {
+                provider: "ollama",
+                ..to
+            },
+            Upstream {
+                address: "::1",
+                ..to
+            },
+            Upstream { port: 8001, ..to },
+            Upstream { port: 0xff00, ..to },
+        ] {
+            assert_ne!(u, upstream_head("chat", &other));
+        }
+        assert_ne!(u, upstream_head("completions", &to));
+        assert_ne!(wait_head("cold start", "m"), wait_head("queue wait", "m"));
+        assert_ne!(wait_head("cold start", "m"), wait_head("cold start", "n"));
+        for i in 0..BLOCKS + 10 {
+            wait_head("cold start", &i.to_string());
+        }
+        assert!(CACHE.with_borrow(|(map, _)| map.len()) <= BLOCKS);
     }
 
     /// A full queue drops whole records and counts their spans; an unsampled

@@ -93,7 +93,10 @@ impl Key {
     /// `name` (at most 61 bytes: a length of one byte, and every key is ours).
     pub const fn new(name: &str) -> Self {
         let b = name.as_bytes();
-        assert!(b.len() <= Self::MAX, "an attribute key of more than 61 bytes");
+        assert!(
+            b.len() <= Self::MAX,
+            "an attribute key of more than 61 bytes"
+        );
         let mut enc = [0u8; Self::MAX + 3];
         // KeyValue: key = 1 (LEN).
         enc[0] = (1 << 3) | LEN;
@@ -110,42 +113,57 @@ impl Key {
             len: (b.len() + 3) as u8,
         }
     }
-
-    fn encoded(&self) -> &[u8] {
-        &self.enc[..usize::from(self.len)]
-    }
 }
 
 /// A `KeyValue` as field `field` of the message in `buf` (span attributes are
 /// field 9, resource attributes field 1).
 fn key_value(buf: &mut Vec<u8>, field: u32, key: &Key, value: Value<'_>) {
-    // AnyValue: string_value = 1, bool_value = 2, int_value = 3.
-    let any_len = match value {
-        Value::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
-        Value::Bool(_) => 2,
-        Value::Int(i) => 1 + varint_len(i as u64),
-    };
-    let kv_len = usize::from(key.len) + varint_len(any_len as u64) + any_len;
-    buf.reserve(kv_len + 4);
-    tag(buf, field, LEN);
-    varint(buf, kv_len as u64);
-    buf.extend_from_slice(key.encoded());
-    varint(buf, any_len as u64);
-    match value {
+    // AnyValue: string_value = 1, bool_value = 2, int_value = 3. The value's tag,
+    // and its length or number, go into `head` first, so the attribute is a few
+    // copies into `buf` rather than a push per byte.
+    let mut head = [0u8; 11];
+    let (head_len, tail) = match value {
         Value::Str(s) => {
-            buf.push((1 << 3) | LEN);
-            varint(buf, s.len() as u64);
-            buf.extend_from_slice(s.as_bytes());
+            head[0] = (1 << 3) | LEN;
+            (1 + put_varint(&mut head[1..], s.len() as u64), s.as_bytes())
         }
         Value::Bool(b) => {
-            buf.push((2 << 3) | VARINT);
-            buf.push(u8::from(b));
+            head[0] = (2 << 3) | VARINT;
+            head[1] = u8::from(b);
+            (2, &[][..])
         }
         Value::Int(i) => {
-            buf.push((3 << 3) | VARINT);
-            varint(buf, i as u64);
+            head[0] = (3 << 3) | VARINT;
+            (1 + put_varint(&mut head[1..], i as u64), &[][..])
         }
+    };
+    let any_len = head_len + tail.len();
+    let kv_len = usize::from(key.len) + varint_len(any_len as u64) + any_len;
+    buf.reserve(kv_len + 4 + key.enc.len() + head.len());
+    tag(buf, field, LEN);
+    varint(buf, kv_len as u64);
+    // Whole arrays, then cut back: copies of a size known when compiling are a
+    // few moves, not a call to memcpy.
+    let at = buf.len();
+    buf.extend_from_slice(&key.enc);
+    buf.truncate(at + usize::from(key.len));
+    varint(buf, any_len as u64);
+    let at = buf.len();
+    buf.extend_from_slice(&head);
+    buf.truncate(at + head_len);
+    buf.extend_from_slice(tail);
+}
+
+/// `v` as a varint at the start of `out` (10 bytes hold any); its length.
+fn put_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
     }
+    out[i] = v as u8;
+    i + 1
 }
 
 /// A span attribute (`Span.attributes = 9`) appended to `buf`: for the
@@ -300,6 +318,9 @@ mod tests {
             let mut b = Vec::new();
             varint(&mut b, v);
             assert_eq!(b.len(), varint_len(v), "{v}");
+            let mut a = [0u8; 10];
+            let n = put_varint(&mut a, v);
+            assert_eq!(&a[..n], &b[..], "{v}");
         }
     }
 

@@ -50,6 +50,9 @@ use crate::config::TelemetryConfig;
 const BATCH: usize = 512;
 /// How long a span may wait for its batch to fill.
 const LINGER: Duration = Duration::from_millis(500);
+/// The export buffers' capacity kept between exports at most (a batch of
+/// spans without prompts is about 150 KiB).
+const KEEP: usize = 256 * 1024;
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,6 +111,33 @@ impl Queue {
         }
     }
 
+    /// Wait until there is something to export: records arrived, then a batch
+    /// filled or [`LINGER`] passed (no lingering when a batch is already there: a
+    /// queue that filled during the last export is not left full, dropping, while
+    /// the exporter sleeps); or a flush was asked for (`Some(Some(done))`). `None`
+    /// once the [`Tracing`] is gone.
+    async fn ready(
+        &self,
+        flushes: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let mut flushed = tokio::select! {
+            f = flushes.recv() => Some(f?),
+            () = self.wake.notified() => None,
+        };
+        if flushed.is_none() && self.spans() < BATCH {
+            tokio::select! {
+                f = flushes.recv() => flushed = f,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(LINGER) => {}
+            }
+        }
+        Some(flushed)
+    }
+
+    fn spans(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).spans
+    }
+
     /// Everything queued, leaving `spare` (emptied) in its place.
     fn take(&self, spare: &mut Vec<Rec>) {
         spare.clear();
@@ -151,6 +181,8 @@ impl Tracing {
             exported,
             failed,
             warned: None,
+            spans: Vec::new(),
+            scratch: Vec::new(),
         };
         tokio::spawn(exporter.run(flushes, url.clone()));
         tracing::info!("traces go to {url} (OTLP/HTTP protobuf)");
@@ -184,6 +216,10 @@ struct Exporter {
     exported: Counter,
     failed: Counter,
     warned: Option<Instant>,
+    /// The spans of the export being written, and the span being written: kept
+    /// between exports, so a batch is not written into a growing buffer each time.
+    spans: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 impl Exporter {
@@ -191,21 +227,7 @@ impl Exporter {
     /// [`Tracing`] is gone.
     async fn run(mut self, mut flushes: mpsc::Receiver<oneshot::Sender<()>>, url: String) {
         let mut recs = Vec::new();
-        loop {
-            let mut flushed = tokio::select! {
-                f = flushes.recv() => match f {
-                    None => return,
-                    Some(done) => Some(done),
-                },
-                () = self.queue.wake.notified() => None,
-            };
-            if flushed.is_none() {
-                tokio::select! {
-                    f = flushes.recv() => flushed = f,
-                    () = self.queue.wake.notified() => {}
-                    () = tokio::time::sleep(LINGER) => {}
-                }
-            }
+        while let Some(flushed) = self.queue.ready(&mut flushes).await {
             self.queue.take(&mut recs);
             self.export(&recs, &url).await;
             if let Some(done) = flushed {
@@ -217,18 +239,19 @@ impl Exporter {
     /// Export `recs` in requests of at most [`BATCH`] spans (a record's spans stay
     /// together).
     async fn export(&mut self, recs: &[Rec], url: &str) {
-        let mut scratch = Vec::with_capacity(512);
-        let mut spans = Vec::new();
         let mut n = 0;
         for (i, rec) in recs.iter().enumerate() {
-            n += rec.encode(&mut scratch, &mut spans, self.capture_content);
+            n += rec.encode(&mut self.scratch, &mut self.spans, self.capture_content);
             if n >= BATCH || i + 1 == recs.len() {
-                let body = otlp::request(&self.resource, &self.scope, &spans);
+                let body = otlp::request(&self.resource, &self.scope, &self.spans);
+                self.spans.clear();
                 self.send(body, n, url).await;
-                spans.clear();
                 n = 0;
             }
         }
+        // Prompts (`capture_content`) can make a batch large: what is kept is not.
+        self.spans.shrink_to(KEEP);
+        self.scratch.shrink_to(KEEP);
     }
 
     async fn send(&mut self, body: Vec<u8>, n: usize, url: &str) {
@@ -564,7 +587,13 @@ fn block(parts: &[&[u8]], make: impl FnOnce(&mut Vec<u8>)) -> Arc<[u8]> {
 /// The request span's name (`<operation> <route>`), kind and what was asked.
 fn request_head(op: &'static str, route: &str, client: &str, stream: bool) -> Arc<[u8]> {
     block(
-        &[b"r", &[u8::from(stream)], op.as_bytes(), route.as_bytes(), client.as_bytes()],
+        &[
+            b"r",
+            &[u8::from(stream)],
+            op.as_bytes(),
+            route.as_bytes(),
+            client.as_bytes(),
+        ],
         |b| {
             otlp::name_and_kind(b, &[op, " ", route], Kind::Server);
             otlp::attribute(b, &key::OPERATION, Value::Str(op));
@@ -776,12 +805,7 @@ impl RequestSpan {
                 op,
                 start: unix(wall(started)),
                 end: 0,
-                head: request_head(
-                    op,
-                    asked.route,
-                    asked.client,
-                    asked.stream,
-                ),
+                head: request_head(op, asked.route, asked.client, asked.stream),
                 request_id: asked.request_id.clone(),
                 content,
                 status: None,
@@ -1297,6 +1321,44 @@ mod tests {
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].status, None);
         assert!(recs[0].end >= recs[0].start);
+    }
+
+    /// The export task lingers for a batch to fill only while there is less
+    /// than a batch: a queue that filled during an export (under load, with
+    /// spans being dropped) is taken at once. On tokio's paused clock, so
+    /// "at once" is exact: no time passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_is_exported_without_lingering() {
+        let t = tracing(100_000, false);
+        let (_flush, mut flushes) = mpsc::channel(1);
+        let id = HeaderValue::from_static("r");
+        let done = Finished {
+            target: "-",
+            status: 200,
+            error: None,
+            usage: None,
+            first_byte: None,
+        };
+        let one = || {
+            RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"")).finish(&done);
+        };
+        // A few records: it waits LINGER for more.
+        one();
+        let began = tokio::time::Instant::now();
+        assert!(t.queue.ready(&mut flushes).await.is_some());
+        assert_eq!(began.elapsed(), LINGER);
+        let mut recs = Vec::new();
+        t.queue.take(&mut recs);
+        // More than a batch arrived while it was busy: no wait at all (the first
+        // record woke it; the one that crossed BATCH came before it looked).
+        for _ in 0..2 * BATCH {
+            one();
+        }
+        let began = tokio::time::Instant::now();
+        assert!(t.queue.ready(&mut flushes).await.is_some());
+        assert_eq!(began.elapsed(), Duration::ZERO);
+        t.queue.take(&mut recs);
+        assert_eq!(recs.len(), 2 * BATCH);
     }
 
     #[test]

@@ -552,11 +552,13 @@ const FIRST_TOKEN: &[u8] = b"\x2a\x0bfirst token\x30\x01";
 /// many times; past it the cache starts over).
 const BLOCKS: usize = 4096;
 
+/// Encoded blocks by what they were made of.
+type Blocks = HashMap<Box<[u8]>, Arc<[u8]>, foldhash::fast::RandomState>;
+
 thread_local! {
-    /// Encoded blocks by what they were made of, per thread (no lock on the
-    /// request path), and the buffer their keys are written into.
-    static CACHE: RefCell<(HashMap<Box<[u8]>, Arc<[u8]>, foldhash::fast::RandomState>, Vec<u8>)> =
-        RefCell::default();
+    /// A thread's blocks (no lock on the request path), and the buffer their
+    /// keys are written into.
+    static CACHE: RefCell<(Blocks, Vec<u8>)> = RefCell::default();
 }
 
 /// The block made of `parts` (fixed-size parts first: a 0xff ends each part, a

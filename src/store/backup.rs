@@ -218,7 +218,7 @@ mod tests {
                 path: None,
                 keep: HumanDuration::secs(0),
                 queue: 100_000,
-                // The default: one batch a tick (100 ms) at most.
+                // The default: a transaction per 1024 rows.
                 batch: 1024,
             },
             &path,

@@ -614,7 +614,10 @@ mod tests {
         assert!(!w.drain(&mut buf), "the sender is still there");
         assert_eq!(stats.written.load(Ordering::Relaxed), 64 * 10 + 5);
         assert_eq!(queued.load(Ordering::Relaxed), 0);
-        assert!(acked.try_recv().is_ok(), "the flush on the way was answered");
+        assert!(
+            acked.try_recv().is_ok(),
+            "the flush on the way was answered"
+        );
         let n: i64 = open_ro(&path)
             .unwrap()
             .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))

@@ -198,32 +198,41 @@ pub struct Head<'a> {
 
 /// A span being written: its name and kind, attributes and status go in with
 /// [`Span::name`] or [`Span::raw`], [`Span::attr`] and [`Span::error`] (protobuf
-/// readers take a message's fields in any order), then [`Span::end`] puts it in
-/// its export.
+/// readers take a message's fields in any order), then [`Span::end`] writes its
+/// length in front of it.
+///
+/// It is written straight into the export (as `ScopeSpans.spans = 2`) behind a
+/// two-byte length, the size of nearly every span's (128 to 16,383 bytes); a
+/// shorter or longer one is moved by a byte or more when it ends.
 pub struct Span<'b> {
     buf: &'b mut Vec<u8>,
+    /// Where its length goes.
+    at: usize,
 }
 
 impl<'b> Span<'b> {
-    /// Start a span in `scratch` (cleared).
-    pub fn begin(scratch: &'b mut Vec<u8>, h: &Head<'_>) -> Self {
-        scratch.clear();
+    /// Start a span at the end of `out`.
+    pub fn begin(out: &'b mut Vec<u8>, h: &Head<'_>) -> Self {
+        out.reserve(96);
+        out.push((2 << 3) | LEN);
+        let at = out.len();
+        out.extend_from_slice(&[0, 0]);
         // Span: trace_id = 1, span_id = 2, parent_span_id = 4,
         // start_time_unix_nano = 7, end_time_unix_nano = 8.
-        scratch.push((1 << 3) | LEN);
-        scratch.push(16);
-        scratch.extend_from_slice(h.trace_id);
-        scratch.push((2 << 3) | LEN);
-        scratch.push(8);
-        scratch.extend_from_slice(&h.span_id);
+        out.push((1 << 3) | LEN);
+        out.push(16);
+        out.extend_from_slice(h.trace_id);
+        out.push((2 << 3) | LEN);
+        out.push(8);
+        out.extend_from_slice(&h.span_id);
         if h.parent != [0; 8] {
-            scratch.push((4 << 3) | LEN);
-            scratch.push(8);
-            scratch.extend_from_slice(&h.parent);
+            out.push((4 << 3) | LEN);
+            out.push(8);
+            out.extend_from_slice(&h.parent);
         }
-        fixed64(scratch, 7, h.start);
-        fixed64(scratch, 8, h.end.max(h.start));
-        Self { buf: scratch }
+        fixed64(out, 7, h.start);
+        fixed64(out, 8, h.end.max(h.start));
+        Self { buf: out, at }
     }
 
     /// Its name, made of `parts` one after the other, and its kind.
@@ -255,12 +264,21 @@ impl<'b> Span<'b> {
         self
     }
 
-    /// The span as `spans = 2` of the scope's spans in `out`.
-    pub fn end(&mut self, out: &mut Vec<u8>) {
-        out.reserve(self.buf.len() + 3);
-        tag(out, 2, LEN);
-        varint(out, self.buf.len() as u64);
-        out.extend_from_slice(self.buf);
+    /// The span is complete: its length goes in front of it.
+    pub fn end(&mut self) {
+        let at = self.at;
+        let len = self.buf.len() - at - 2;
+        let mut v = [0u8; 10];
+        let n = put_varint(&mut v, len as u64);
+        if n < 2 {
+            self.buf.copy_within(at + 2.., at + n);
+            self.buf.truncate(self.buf.len() - (2 - n));
+        } else if n > 2 {
+            let old = self.buf.len();
+            self.buf.resize(old + (n - 2), 0);
+            self.buf.copy_within(at + 2..old, at + n);
+        }
+        self.buf[at..at + n].copy_from_slice(&v[..n]);
     }
 }
 
@@ -334,12 +352,12 @@ mod tests {
     #[test]
     fn the_protocols_own_types_read_it_back() {
         let trace_id = [7u8; 16];
-        let mut scratch = Vec::new();
         let mut spans = Vec::new();
         let long = "x".repeat(300);
         let longest = "k".repeat(61);
+        // Its length takes two bytes, as it was given (300-byte attribute).
         let mut s = Span::begin(
-            &mut scratch,
+            &mut spans,
             &Head {
                 trace_id: &trace_id,
                 span_id: [1; 8],
@@ -356,13 +374,14 @@ mod tests {
             .attr(&Key::new("long"), Value::Str(&long))
             .attr(&Key::new(&longest), Value::Int(1))
             .error("upstream_error");
-        s.end(&mut spans);
+        s.end();
         // The same fields encoded beforehand and copied in.
         let mut block = Vec::new();
         name_and_kind(&mut block, &["queue wait"], Kind::Internal);
         attribute(&mut block, &Key::new("llmvisor.model"), Value::Str("m"));
+        // Under 128 bytes: moved back by a byte when it ends.
         Span::begin(
-            &mut scratch,
+            &mut spans,
             &Head {
                 trace_id: &trace_id,
                 span_id: [2; 8],
@@ -372,7 +391,21 @@ mod tests {
             },
         )
         .raw(&block)
-        .end(&mut spans);
+        .end();
+        // Over 16,383 bytes (a captured prompt): moved on by a byte.
+        let prompt = "p".repeat(20_000);
+        Span::begin(
+            &mut spans,
+            &Head {
+                trace_id: &trace_id,
+                span_id: [3; 8],
+                parent: [1; 8],
+                start: 7,
+                end: 8,
+            },
+        )
+        .attr(&Key::new("gen_ai.input.messages"), Value::Str(&prompt))
+        .end();
         let body = request(
             &resource("gpu-box", "1.2.3"),
             &scope("llmvisor", "1.2.3"),
@@ -392,7 +425,7 @@ mod tests {
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "llmvisor");
         assert_eq!(ss.scope.as_ref().unwrap().version, "1.2.3");
-        assert_eq!(ss.spans.len(), 2);
+        assert_eq!(ss.spans.len(), 3);
         let a = &ss.spans[0];
         assert_eq!(a.trace_id, trace_id);
         assert_eq!(a.span_id, [1; 8]);
@@ -432,6 +465,16 @@ mod tests {
         assert_eq!(
             b.attributes[0].value.as_ref().unwrap().value,
             Some(Any::StringValue("m".into()))
+        );
+        let c = &ss.spans[2];
+        assert_eq!(
+            (c.span_id.as_slice(), c.parent_span_id.as_slice()),
+            (&[3; 8][..], &[1; 8][..])
+        );
+        assert_eq!((c.start_time_unix_nano, c.end_time_unix_nano), (7, 8));
+        assert_eq!(
+            c.attributes[0].value.as_ref().unwrap().value,
+            Some(Any::StringValue(prompt))
         );
     }
 }

@@ -182,7 +182,6 @@ impl Tracing {
             failed,
             warned: None,
             spans: Vec::new(),
-            scratch: Vec::new(),
         };
         tokio::spawn(exporter.run(flushes, url.clone()));
         tracing::info!("traces go to {url} (OTLP/HTTP protobuf)");
@@ -216,10 +215,9 @@ struct Exporter {
     exported: Counter,
     failed: Counter,
     warned: Option<Instant>,
-    /// The spans of the export being written, and the span being written: kept
-    /// between exports, so a batch is not written into a growing buffer each time.
+    /// The spans of the export being written: kept between exports, so a batch
+    /// is not written into a growing buffer each time.
     spans: Vec<u8>,
-    scratch: Vec<u8>,
 }
 
 impl Exporter {
@@ -241,7 +239,7 @@ impl Exporter {
     async fn export(&mut self, recs: &[Rec], url: &str) {
         let mut n = 0;
         for (i, rec) in recs.iter().enumerate() {
-            n += rec.encode(&mut self.scratch, &mut self.spans, self.capture_content);
+            n += rec.encode(&mut self.spans, self.capture_content);
             if n >= BATCH || i + 1 == recs.len() {
                 let body = otlp::request(&self.resource, &self.scope, &self.spans);
                 self.spans.clear();
@@ -251,7 +249,6 @@ impl Exporter {
         }
         // Prompts (`capture_content`) can make a batch large: what is kept is not.
         self.spans.shrink_to(KEEP);
-        self.scratch.shrink_to(KEEP);
     }
 
     async fn send(&mut self, body: Vec<u8>, n: usize, url: &str) {
@@ -658,7 +655,7 @@ impl Rec {
     }
 
     /// Write its spans into `out` (each as `ScopeSpans.spans`); how many.
-    fn encode(&self, scratch: &mut Vec<u8>, out: &mut Vec<u8>, capture_content: bool) -> usize {
+    fn encode(&self, out: &mut Vec<u8>, capture_content: bool) -> usize {
         let usage = |s: &mut otlp::Span<'_>, usage: Option<(u64, u64)>| {
             if let Some((input, output)) = usage {
                 s.attr(&key::INPUT_TOKENS, Value::Int(input as i64))
@@ -666,7 +663,7 @@ impl Rec {
             }
         };
         let mut s = otlp::Span::begin(
-            scratch,
+            out,
             &Head {
                 trace_id: &self.trace_id,
                 span_id: self.id,
@@ -677,7 +674,9 @@ impl Rec {
         );
         s.raw(&self.head).attr(
             &key::REQUEST_ID,
-            Value::Str(self.request_id.to_str().unwrap_or("-")),
+            // UTF-8 is what a protobuf string needs (and checks ASCII faster
+            // than `to_str`'s byte-by-byte test for visible ASCII).
+            Value::Str(std::str::from_utf8(self.request_id.as_bytes()).unwrap_or("-")),
         );
         if capture_content && let Some(c) = &self.content {
             s.attr(&key::INPUT_MESSAGES, Value::Str(c));
@@ -697,11 +696,11 @@ impl Rec {
                 }
             }
         }
-        s.end(out);
+        s.end();
         let mut n = 1;
         for w in &self.waits {
             otlp::Span::begin(
-                scratch,
+                out,
                 &Head {
                     trace_id: &self.trace_id,
                     span_id: w.id,
@@ -711,12 +710,12 @@ impl Rec {
                 },
             )
             .raw(&w.head)
-            .end(out);
+            .end();
             n += 1;
         }
         for a in &self.attempts {
             let mut s = otlp::Span::begin(
-                scratch,
+                out,
                 &Head {
                     trace_id: &self.trace_id,
                     span_id: a.id,
@@ -733,11 +732,11 @@ impl Rec {
             if let Some(e) = &a.error {
                 s.attr(&key::ERROR, Value::Str(e)).error(e);
             }
-            s.end(out);
+            s.end();
             n += 1;
             if let Some((id, end)) = a.first_token {
                 otlp::Span::begin(
-                    scratch,
+                    out,
                     &Head {
                         trace_id: &self.trace_id,
                         span_id: id,
@@ -747,7 +746,7 @@ impl Rec {
                     },
                 )
                 .raw(FIRST_TOKEN)
-                .end(out);
+                .end();
                 n += 1;
             }
         }
@@ -1179,8 +1178,8 @@ mod tests {
         // request, cold start, queue wait, two upstreams, one first token.
         assert_eq!(recs[0].spans(), 6);
 
-        let (mut scratch, mut out) = (Vec::new(), Vec::new());
-        assert_eq!(recs[0].encode(&mut scratch, &mut out, true), 6);
+        let mut out = Vec::new();
+        assert_eq!(recs[0].encode(&mut out, true), 6);
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message;
         let body = otlp::request(

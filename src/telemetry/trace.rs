@@ -50,8 +50,8 @@ use crate::config::TelemetryConfig;
 const BATCH: usize = 512;
 /// How long a span may wait for its batch to fill.
 const LINGER: Duration = Duration::from_millis(500);
-/// The export buffers' capacity kept between exports at most (a batch of
-/// spans without prompts is about 150 KiB).
+/// The export buffer's capacity kept between exports at most (a batch of 512
+/// spans without prompts takes a few hundred bytes per span: about 100–150 KiB).
 const KEEP: usize = 256 * 1024;
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);

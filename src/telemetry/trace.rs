@@ -155,6 +155,7 @@ impl Tracing {
         metrics: &crate::telemetry::metrics::Metrics,
     ) -> Option<Arc<Self>> {
         let url = cfg.traces_url()?;
+        epoch();
         let uri: http::Uri = match url.parse() {
             Ok(u) => u,
             Err(e) => {
@@ -238,8 +239,9 @@ impl Exporter {
     /// together).
     async fn export(&mut self, recs: &[Rec], url: &str) {
         let mut n = 0;
+        let clock = Clock::now();
         for (i, rec) in recs.iter().enumerate() {
-            n += rec.encode(&mut self.spans, self.capture_content);
+            n += rec.encode(&mut self.spans, self.capture_content, clock);
             if n >= BATCH || i + 1 == recs.len() {
                 let body = otlp::request(&self.resource, &self.scope, &self.spans);
                 self.spans.clear();
@@ -399,16 +401,44 @@ pub fn client_parent(tracing: Option<&Arc<Tracing>>, headers: &HeaderMap) -> Opt
     tracing.and_then(|_| headers.get("traceparent").cloned())
 }
 
-/// `Instant` → wall-clock time (spans carry wall-clock times).
-fn wall(at: Instant) -> SystemTime {
-    let now = Instant::now();
-    SystemTime::now() - now.saturating_duration_since(at)
+/// The origin of the monotonic times a record holds: an hour before the first
+/// use (so that an `Instant` taken a little before it is still after it; sooner
+/// after boot, boot), set by [`Tracing::start`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
 }
 
-/// Unix nanoseconds of a wall-clock time.
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+/// A record's time: nanoseconds since [`epoch`], at least 1 (0 means "not yet").
+/// The request path reads only the monotonic clock; the exporter turns these
+/// into wall-clock times ([`Clock`]), once per export for all of them.
+fn mono(at: Instant) -> u64 {
+    (at.saturating_duration_since(epoch()).as_nanos() as u64).max(1)
+}
+
+/// Wall-clock and monotonic time read together, at an export.
+#[derive(Clone, Copy)]
+struct Clock {
+    unix_ns: u64,
+    mono_ns: u64,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let mono_ns = mono(Instant::now());
+        let unix_ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self { unix_ns, mono_ns }
+    }
+
+    /// Unix nanoseconds of a record's time (a later one than the clock's too).
+    fn wall(self, mono: u64) -> u64 {
+        (self.unix_ns + mono).saturating_sub(self.mono_ns)
+    }
 }
 
 /// Who asked for what: the request span's first attributes.
@@ -477,7 +507,8 @@ struct Rec {
     parent: [u8; 8],
     /// `gen_ai.operation.name`.
     op: &'static str,
-    /// Unix nanoseconds; `end` is 0 until the request ends.
+    /// Monotonic nanoseconds ([`mono`]; wall-clock at export); `end` is 0 until
+    /// the request ends.
     start: u64,
     end: u64,
     /// The request span's name, kind and attributes from what was asked.
@@ -655,7 +686,7 @@ impl Rec {
     }
 
     /// Write its spans into `out` (each as `ScopeSpans.spans`); how many.
-    fn encode(&self, out: &mut Vec<u8>, capture_content: bool) -> usize {
+    fn encode(&self, out: &mut Vec<u8>, capture_content: bool, clock: Clock) -> usize {
         let usage = |s: &mut otlp::Span<'_>, usage: Option<(u64, u64)>| {
             if let Some((input, output)) = usage {
                 s.attr(&key::INPUT_TOKENS, Value::Int(input as i64))
@@ -668,8 +699,8 @@ impl Rec {
                 trace_id: &self.trace_id,
                 span_id: self.id,
                 parent: self.parent,
-                start: self.start,
-                end: self.end,
+                start: clock.wall(self.start),
+                end: clock.wall(self.end),
             },
         );
         s.raw(&self.head).attr(
@@ -705,8 +736,8 @@ impl Rec {
                     trace_id: &self.trace_id,
                     span_id: w.id,
                     parent: self.id,
-                    start: w.start,
-                    end: w.end,
+                    start: clock.wall(w.start),
+                    end: clock.wall(w.end),
                 },
             )
             .raw(&w.head)
@@ -720,8 +751,8 @@ impl Rec {
                     trace_id: &self.trace_id,
                     span_id: a.id,
                     parent: self.id,
-                    start: a.start,
-                    end: a.end.max(a.start),
+                    start: clock.wall(a.start),
+                    end: clock.wall(a.end.max(a.start)),
                 },
             );
             s.raw(&a.head);
@@ -741,8 +772,8 @@ impl Rec {
                         trace_id: &self.trace_id,
                         span_id: id,
                         parent: a.id,
-                        start: a.start,
-                        end,
+                        start: clock.wall(a.start),
+                        end: clock.wall(end),
                     },
                 )
                 .raw(FIRST_TOKEN)
@@ -804,7 +835,7 @@ impl RequestSpan {
                 id: span_id(),
                 parent,
                 op,
-                start: unix(wall(started)),
+                start: mono(started),
                 end: 0,
                 head: request_head(op, asked.route, asked.client, asked.stream),
                 request_id: asked.request_id.clone(),
@@ -845,8 +876,8 @@ impl RequestSpan {
     }
 
     /// The time now, when spans are recorded (an attempt's start).
-    pub fn now(&self) -> Option<SystemTime> {
-        self.0.as_ref().map(|_| SystemTime::now())
+    pub fn now(&self) -> Option<Instant> {
+        self.0.as_ref().map(|_| Instant::now())
     }
 
     /// The record, while the request is on and not finished.
@@ -862,7 +893,7 @@ impl RequestSpan {
     /// found the model up has no cold-start span).
     pub fn waited(
         &self,
-        began: Option<SystemTime>,
+        began: Option<Instant>,
         model: &str,
         cold_start: Option<Duration>,
         queued: Option<Duration>,
@@ -872,20 +903,20 @@ impl RequestSpan {
             return;
         }
         self.with(|r| {
-            let now = SystemTime::now();
+            let now = Instant::now();
             if let Some(cold) = cold_start {
                 r.waits.push(Wait {
                     id: span_id(),
-                    start: unix(began),
-                    end: unix(began + cold),
+                    start: mono(began),
+                    end: mono(began + cold),
                     head: wait_head("cold start", model),
                 });
             }
             if let Some(queued) = queued {
                 r.waits.push(Wait {
                     id: span_id(),
-                    start: unix(now - queued),
-                    end: unix(now),
+                    start: mono(now.checked_sub(queued).unwrap_or(now)),
+                    end: mono(now),
                     head: wait_head("queue wait", model),
                 });
             }
@@ -897,7 +928,7 @@ impl RequestSpan {
     /// backend.
     pub fn upstream(&self, to: &Upstream<'_>) -> Option<HeaderValue> {
         self.with(|r| {
-            let now = unix(SystemTime::now());
+            let now = mono(Instant::now());
             if let Some(open) = r.open() {
                 open.end = now;
             }
@@ -921,7 +952,7 @@ impl RequestSpan {
     pub fn upstream_failed(&self, error: &str) {
         self.with(|r| {
             if let Some(open) = r.open() {
-                open.end = unix(SystemTime::now());
+                open.end = mono(Instant::now());
                 open.error = Some(error.to_owned());
             }
         });
@@ -934,13 +965,13 @@ impl RequestSpan {
         let Some(mut rec) = a.rec.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let now = unix(SystemTime::now());
+        let now = mono(Instant::now());
         if let Some(open) = rec.open() {
             open.end = now;
             open.answered = Some((f.status, f.usage));
             open.error = f.error.map(str::to_owned);
             if let Some(first) = f.first_byte {
-                open.first_token = Some((span_id(), unix(wall(first))));
+                open.first_token = Some((span_id(), mono(first)));
             }
         }
         rec.end = now;
@@ -958,7 +989,7 @@ impl Drop for Active {
     fn drop(&mut self) {
         let rec = self.rec.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut rec) = rec {
-            let now = unix(SystemTime::now());
+            let now = mono(Instant::now());
             if let Some(open) = rec.open() {
                 open.end = now;
             }
@@ -1179,7 +1210,15 @@ mod tests {
         assert_eq!(recs[0].spans(), 6);
 
         let mut out = Vec::new();
-        assert_eq!(recs[0].encode(&mut out, true), 6);
+        let unix_now = || {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = unix_now();
+        assert_eq!(recs[0].encode(&mut out, true, Clock::now()), 6);
+        let after = unix_now();
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message;
         let body = otlp::request(
@@ -1224,6 +1263,20 @@ mod tests {
         assert!(!attrs(&spans[4]).contains(&"error.type".to_string()));
         assert!(attrs(&spans[4]).contains(&"gen_ai.usage.output_tokens".to_string()));
         assert!(spans[3].end_time_unix_nano <= spans[4].start_time_unix_nano);
+        // Wall-clock times: the monotonic ones turned by the export's clock. The
+        // request began just before `before`; the made-up waits (a 5 ms cold
+        // start from the attempt's start, a 1 ms queue wait ending at once) may
+        // reach a little before the request or after `after`.
+        let start = spans[0].start_time_unix_nano;
+        assert!(
+            start <= before && before - start < 5_000_000_000,
+            "{start} {before}"
+        );
+        let second = 1_000_000_000;
+        assert!(
+            spans.iter().all(|s| s.start_time_unix_nano > start - second
+                && s.end_time_unix_nano < after + second)
+        );
         assert!(
             spans
                 .iter()

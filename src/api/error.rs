@@ -411,7 +411,7 @@ impl IntoResponse for ApiError {
             ..
         } = &self
         {
-            crate::api::openai::quota_headers(quota, resp.headers_mut());
+            crate::api::headers::quota_headers(quota, resp.headers_mut());
             // One truth for when to come back: the exhausted limit's reset says what
             // Retry-After says (the time until this request fits, not until the
             // bucket is full again, which is what it means on an answered request).

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use super::ApiError;
 use super::account::{CLIENT_CLOSED, Ending};
-use super::openai::{Call, finisher, route_headers};
+use super::headers::route_headers;
+use super::openai::{Call, finisher};
 use crate::proxy::{Relay, Tap};
 use crate::router::dispatch::Served;
 

@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod body;
 pub mod error;
 mod events;
+pub mod headers;
 mod keepalive;
 mod messages;
 pub mod ollama;

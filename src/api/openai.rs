@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,8 +16,9 @@ use bytes::Bytes;
 
 use super::account::{Account, CLIENT_CLOSED, Ending, status_error};
 use super::body::{self, Head};
+use super::headers::{Info, route_headers};
 use super::{ApiError, App, Policy, admit};
-use crate::auth::{Client, Quota, reset_text};
+use crate::auth::{Client, Quota};
 use crate::fleet::State as ModelState;
 use crate::proxy::{Outcome, Relay, ReqBody, Tap};
 use crate::router::dispatch::{Dispatcher, Hold, Job, Served};
@@ -351,70 +352,6 @@ impl Drop for Unanswered<'_> {
             self.call.observe("-", CLIENT_CLOSED);
             tracing::debug!(route = %self.call.route, "client went away before the response began");
         }
-    }
-}
-
-/// `x-ratelimit-*` headers as OpenAI sends them.
-pub fn quota_headers(q: &Quota, h: &mut HeaderMap) {
-    for (kind, v) in [("requests", q.requests), ("tokens", q.tokens)] {
-        if let Some((limit, remaining, reset)) = v {
-            let mut put = |name: String, value: String| {
-                if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::from_str(&value))
-                {
-                    h.insert(n, v);
-                }
-            };
-            put(format!("x-ratelimit-limit-{kind}"), limit.to_string());
-            put(
-                format!("x-ratelimit-remaining-{kind}"),
-                remaining.to_string(),
-            );
-            put(format!("x-ratelimit-reset-{kind}"), reset_text(reset));
-        }
-    }
-}
-
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("-"))
-}
-
-/// What the `x-llmvisor-*` headers say about the target that answered.
-pub(super) struct Info<'a> {
-    label: &'a str,
-    instance: Option<&'a str>,
-    queued: Option<Duration>,
-    cold_start: Option<Duration>,
-}
-
-/// `x-llmvisor-*` and rate-limit headers.
-pub(super) fn route_headers(call: &Call, served: Option<&Info<'_>>, h: &mut HeaderMap) {
-    h.insert(
-        HeaderName::from_static("x-llmvisor-route"),
-        header_value(&call.route),
-    );
-    if let Some(s) = served {
-        h.insert(
-            HeaderName::from_static("x-llmvisor-target"),
-            header_value(s.label),
-        );
-        if let Some(i) = s.instance {
-            h.insert(HeaderName::from_static("x-llmvisor-model"), header_value(i));
-        }
-        if let Some(q) = s.queued {
-            h.insert(
-                HeaderName::from_static("x-llmvisor-queue-ms"),
-                HeaderValue::from(q.as_millis() as u64),
-            );
-        }
-        if let Some(c) = s.cold_start {
-            h.insert(
-                HeaderName::from_static("x-llmvisor-cold-start-ms"),
-                HeaderValue::from(c.as_millis() as u64),
-            );
-        }
-    }
-    if let Some(q) = &call.quota {
-        quota_headers(q, h);
     }
 }
 

@@ -39,12 +39,10 @@ fn varint(buf: &mut Vec<u8>, v: u64) {
     }
 }
 
-fn varint_long(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
+fn varint_long(buf: &mut Vec<u8>, v: u64) {
+    let mut a = [0u8; 10];
+    let n = put_varint(&mut a, v);
+    buf.extend_from_slice(&a[..n]);
 }
 
 fn varint_len(v: u64) -> usize {
@@ -87,10 +85,12 @@ pub struct Key {
 }
 
 impl Key {
-    /// The longest name a key may have.
+    /// The longest name a key may have: with its tag, length and the value's tag,
+    /// an encoded key fits 64 bytes (and its length one byte). Every key is ours.
     const MAX: usize = 61;
 
-    /// `name` (at most 61 bytes: a length of one byte, and every key is ours).
+    /// `name`, at most [`Key::MAX`] bytes (a `const` key longer than that does
+    /// not compile).
     pub const fn new(name: &str) -> Self {
         let b = name.as_bytes();
         assert!(
@@ -196,8 +196,9 @@ pub struct Head<'a> {
     pub end: u64,
 }
 
-/// A span being written: its name and kind, attributes and status go in with
-/// [`Span::name`] or [`Span::raw`], [`Span::attr`] and [`Span::error`] (protobuf
+/// A span being written: its name and kind (pre-encoded, [`name_and_kind`]),
+/// attributes and status go in with [`Span::raw`], [`Span::attr`] and
+/// [`Span::error`] (protobuf
 /// readers take a message's fields in any order), then [`Span::end`] writes its
 /// length in front of it.
 ///
@@ -233,12 +234,6 @@ impl<'b> Span<'b> {
         fixed64(out, 7, h.start);
         fixed64(out, 8, h.end.max(h.start));
         Self { buf: out, at }
-    }
-
-    /// Its name, made of `parts` one after the other, and its kind.
-    pub fn name(&mut self, name: &[&str], kind: Kind) -> &mut Self {
-        name_and_kind(self.buf, name, kind);
-        self
     }
 
     /// Fields encoded beforehand ([`name_and_kind`], [`attribute`]).
@@ -344,7 +339,7 @@ mod tests {
 
     #[test]
     #[should_panic(expected = "more than 61 bytes")]
-    fn a_key_longer_than_one_length_byte_allows_is_refused() {
+    fn a_key_longer_than_61_bytes_is_refused() {
         let _ = Key::new(&"k".repeat(62));
     }
 
@@ -366,7 +361,9 @@ mod tests {
                 end: 1_700_000_000_500_000_000,
             },
         );
-        s.name(&["chat", " ", "m"], Kind::Server)
+        let mut named = Vec::new();
+        name_and_kind(&mut named, &["chat", " ", "m"], Kind::Server);
+        s.raw(&named)
             .attr(&Key::new("gen_ai.request.model"), Value::Str("m"))
             .attr(&Key::new("llmvisor.stream"), Value::Bool(true))
             .attr(&Key::new("server.port"), Value::Int(8080))

@@ -419,6 +419,13 @@ fn mono(at: Instant) -> u64 {
     (at.saturating_duration_since(epoch()).as_nanos() as u64).max(1)
 }
 
+/// The wall clock now, in Unix nanoseconds.
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Wall-clock and monotonic time read together, at an export.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -429,10 +436,10 @@ struct Clock {
 impl Clock {
     fn now() -> Self {
         let mono_ns = mono(Instant::now());
-        let unix_ns = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Self { unix_ns, mono_ns }
+        Self {
+            unix_ns: unix_ns(),
+            mono_ns,
+        }
     }
 
     /// Unix nanoseconds of a record's time (a later one than the clock's too).
@@ -1210,15 +1217,9 @@ mod tests {
         assert_eq!(recs[0].spans(), 6);
 
         let mut out = Vec::new();
-        let unix_now = || {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        };
-        let before = unix_now();
+        let before = unix_ns();
         assert_eq!(recs[0].encode(&mut out, true, Clock::now()), 6);
-        let after = unix_now();
+        let after = unix_ns();
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message;
         let body = otlp::request(

@@ -63,15 +63,13 @@ fn bytes(buf: &mut Vec<u8>, field: u32, parts: &[&[u8]]) {
     }
 }
 
-fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
-    tag(buf, field, FIXED64);
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
 /// An attribute's value (`AnyValue`).
 #[derive(Clone, Copy, Debug)]
 pub enum Value<'a> {
     Str(&'a str),
+    /// A string's bytes the caller has checked are UTF-8 (ASCII: a request id
+    /// checked with `is_ascii`), written as a string.
+    Utf8(&'a [u8]),
     Bool(bool),
     Int(i64),
 }
@@ -116,42 +114,62 @@ impl Key {
 }
 
 /// A `KeyValue` as field `field` of the message in `buf` (span attributes are
-/// field 9, resource attributes field 1).
+/// field 9, resource attributes field 1; a field under 16, so its tag is one
+/// byte).
 fn key_value(buf: &mut Vec<u8>, field: u32, key: &Key, value: Value<'_>) {
-    // AnyValue: string_value = 1, bool_value = 2, int_value = 3. The value's tag,
-    // and its length or number, go into `head` first, so the attribute is a few
-    // copies into `buf` rather than a push per byte.
+    debug_assert!(field < 16);
+    // AnyValue: string_value = 1, bool_value = 2, int_value = 3. Everything up to
+    // a string's bytes (the tag, the KeyValue's length, the key, the AnyValue's
+    // length, the value's tag and its length or number) is put together in one
+    // array and copied into `buf` at once: a copy per attribute (two with a
+    // string) rather than a capacity check and a push per field.
+    let (vhead, vhead_len, tail) = value_head(value);
+    let any_len = vhead_len + tail.len();
+    let kv_len = usize::from(key.len) + varint_len(any_len as u64) + any_len;
+    let mut a = [0u8; 1 + 10 + Key::MAX + 3 + 10 + 11];
+    a[0] = ((field << 3) as u8) | LEN;
+    let mut n = 1 + put_varint(&mut a[1..11], kv_len as u64);
+    // The whole key array (a copy of a size known when compiling), then on from
+    // where the key ends.
+    a[n..n + Key::MAX + 3].copy_from_slice(&key.enc);
+    n += usize::from(key.len);
+    n += put_varint(&mut a[n..n + 10], any_len as u64);
+    a[n..n + 11].copy_from_slice(&vhead);
+    n += vhead_len;
+    // The whole array and cut back (moves of a size known when compiling, not
+    // a call to memcpy); a string's bytes after it.
+    let at = buf.len();
+    buf.extend_from_slice(&a);
+    buf.truncate(at + n);
+    if !tail.is_empty() {
+        buf.extend_from_slice(tail);
+    }
+}
+
+fn string_head(mut head: [u8; 11], s: &[u8]) -> ([u8; 11], usize, &[u8]) {
+    head[0] = (1 << 3) | LEN;
+    let n = 1 + put_varint(&mut head[1..], s.len() as u64);
+    (head, n, s)
+}
+
+/// An `AnyValue`'s first bytes (its tag, and a string's length or the number),
+/// how many of them there are, and a string's bytes.
+fn value_head(value: Value<'_>) -> ([u8; 11], usize, &[u8]) {
     let mut head = [0u8; 11];
-    let (head_len, tail) = match value {
-        Value::Str(s) => {
-            head[0] = (1 << 3) | LEN;
-            (1 + put_varint(&mut head[1..], s.len() as u64), s.as_bytes())
-        }
+    match value {
+        Value::Str(s) => string_head(head, s.as_bytes()),
+        Value::Utf8(s) => string_head(head, s),
         Value::Bool(b) => {
             head[0] = (2 << 3) | VARINT;
             head[1] = u8::from(b);
-            (2, &[][..])
+            (head, 2, &[])
         }
         Value::Int(i) => {
             head[0] = (3 << 3) | VARINT;
-            (1 + put_varint(&mut head[1..], i as u64), &[][..])
+            let n = 1 + put_varint(&mut head[1..], i as u64);
+            (head, n, &[])
         }
-    };
-    let any_len = head_len + tail.len();
-    let kv_len = usize::from(key.len) + varint_len(any_len as u64) + any_len;
-    buf.reserve(kv_len + 4 + key.enc.len() + head.len());
-    tag(buf, field, LEN);
-    varint(buf, kv_len as u64);
-    // Whole arrays, then cut back: copies of a size known when compiling are a
-    // few moves, not a call to memcpy.
-    let at = buf.len();
-    buf.extend_from_slice(&key.enc);
-    buf.truncate(at + usize::from(key.len));
-    varint(buf, any_len as u64);
-    let at = buf.len();
-    buf.extend_from_slice(&head);
-    buf.truncate(at + head_len);
-    buf.extend_from_slice(tail);
+    }
 }
 
 /// `v` as a varint at the start of `out` (10 bytes hold any); its length.
@@ -203,37 +221,65 @@ pub struct Head<'a> {
 /// length in front of it.
 ///
 /// It is written straight into the export (as `ScopeSpans.spans = 2`) behind a
-/// two-byte length, the size of nearly every span's (128 to 16,383 bytes); a
-/// shorter or longer one is moved by a byte or more when it ends.
+/// two-byte length, the size of nearly every span's (128 to 16,383 bytes), or a
+/// one-byte length for one begun with [`Span::begin_short`]; a span whose length
+/// needs fewer or more bytes than it was given is moved when it ends.
 pub struct Span<'b> {
     buf: &'b mut Vec<u8>,
     /// Where its length goes.
     at: usize,
+    /// The bytes kept for its length (1 or 2).
+    width: usize,
 }
 
 impl<'b> Span<'b> {
     /// Start a span at the end of `out`.
     pub fn begin(out: &'b mut Vec<u8>, h: &Head<'_>) -> Self {
-        out.reserve(96);
-        out.push((2 << 3) | LEN);
-        let at = out.len();
-        out.extend_from_slice(&[0, 0]);
-        // Span: trace_id = 1, span_id = 2, parent_span_id = 4,
+        Self::begin_sized(out, h, 2)
+    }
+
+    /// Start a span known to stay under 128 bytes (no attributes of its own, a
+    /// short name): its length takes one byte and nothing moves when it ends.
+    pub fn begin_short(out: &'b mut Vec<u8>, h: &Head<'_>) -> Self {
+        Self::begin_sized(out, h, 1)
+    }
+
+    /// A span whose length is first given `width` bytes (1 or 2).
+    fn begin_sized(out: &'b mut Vec<u8>, h: &Head<'_>, width: usize) -> Self {
+        // Its tag, its length's place, the ids and the times in one array,
+        // copied in at once. Span: trace_id = 1, span_id = 2, parent_span_id = 4,
         // start_time_unix_nano = 7, end_time_unix_nano = 8.
-        out.push((1 << 3) | LEN);
-        out.push(16);
-        out.extend_from_slice(h.trace_id);
-        out.push((2 << 3) | LEN);
-        out.push(8);
-        out.extend_from_slice(&h.span_id);
+        let mut a = [0u8; 64];
+        a[0] = (2 << 3) | LEN;
+        let at = out.len() + 1;
+        let mut n = 1 + width;
+        a[n] = (1 << 3) | LEN;
+        a[n + 1] = 16;
+        a[n + 2..n + 18].copy_from_slice(h.trace_id);
+        a[n + 18] = (2 << 3) | LEN;
+        a[n + 19] = 8;
+        a[n + 20..n + 28].copy_from_slice(&h.span_id);
+        n += 28;
         if h.parent != [0; 8] {
-            out.push((4 << 3) | LEN);
-            out.push(8);
-            out.extend_from_slice(&h.parent);
+            a[n] = (4 << 3) | LEN;
+            a[n + 1] = 8;
+            a[n + 2..n + 10].copy_from_slice(&h.parent);
+            n += 10;
         }
-        fixed64(out, 7, h.start);
-        fixed64(out, 8, h.end.max(h.start));
-        Self { buf: out, at }
+        a[n] = (7 << 3) | FIXED64;
+        a[n + 1..n + 9].copy_from_slice(&h.start.to_le_bytes());
+        a[n + 9] = (8 << 3) | FIXED64;
+        a[n + 10..n + 18].copy_from_slice(&h.end.max(h.start).to_le_bytes());
+        n += 18;
+        out.reserve(a.len() + 128);
+        let whole = out.len();
+        out.extend_from_slice(&a);
+        out.truncate(whole + n);
+        Self {
+            buf: out,
+            at,
+            width,
+        }
     }
 
     /// Fields encoded beforehand ([`name_and_kind`], [`attribute`]).
@@ -261,28 +307,41 @@ impl<'b> Span<'b> {
 
     /// The span is complete: its length goes in front of it.
     pub fn end(&mut self) {
-        let at = self.at;
-        let len = self.buf.len() - at - 2;
+        let (at, width) = (self.at, self.width);
+        let len = self.buf.len() - at - width;
         let mut v = [0u8; 10];
         let n = put_varint(&mut v, len as u64);
-        if n < 2 {
-            self.buf.copy_within(at + 2.., at + n);
-            self.buf.truncate(self.buf.len() - (2 - n));
-        } else if n > 2 {
+        if n < width {
+            self.buf.copy_within(at + width.., at + n);
+            self.buf.truncate(self.buf.len() - (width - n));
+        } else if n > width {
             let old = self.buf.len();
-            self.buf.resize(old + (n - 2), 0);
-            self.buf.copy_within(at + 2..old, at + n);
+            self.buf.resize(old + (n - width), 0);
+            self.buf.copy_within(at + width..old, at + n);
         }
         self.buf[at..at + n].copy_from_slice(&v[..n]);
     }
 }
 
-/// The request body around `spans` (the encoded `ScopeSpans.spans` fields):
-/// one `ResourceSpans` with `resource` (its encoded attributes) and one
-/// `ScopeSpans` of `scope` (an encoded `InstrumentationScope`).
-pub fn request(resource: &[u8], scope: &[u8], spans: &[u8]) -> Vec<u8> {
+/// The room [`seal`] needs at the front of an export's buffer for the message
+/// around its spans, with `resource` and `scope` ([`request`]'s).
+pub fn envelope_room(resource: &[u8], scope: &[u8]) -> usize {
+    // Two tags and two lengths of up to 5 bytes (an export under 4 GiB), and the
+    // resource and scope fields whole.
+    2 * (1 + 5)
+        + (1 + varint_len(resource.len() as u64) + resource.len())
+        + (1 + varint_len(scope.len() as u64) + scope.len())
+}
+
+/// Write the message around the spans in `buf[room..]` (the encoded
+/// `ScopeSpans.spans` fields) into the `room` bytes before them, ending where
+/// they begin: one `ResourceSpans` with `resource` (its encoded attributes) and
+/// one `ScopeSpans` of `scope` (an encoded `InstrumentationScope`). Returns
+/// where the request body starts in `buf`: the spans are never copied.
+pub fn seal(buf: &mut [u8], room: usize, resource: &[u8], scope: &[u8]) -> usize {
+    let spans = buf.len() - room;
     // ScopeSpans: scope = 1, spans = 2 (already tagged in `spans`).
-    let scope_spans = 1 + varint_len(scope.len() as u64) + scope.len() + spans.len();
+    let scope_spans = 1 + varint_len(scope.len() as u64) + scope.len() + spans;
     // ResourceSpans: resource = 1, scope_spans = 2.
     let resource_spans = 1
         + varint_len(resource.len() as u64)
@@ -290,16 +349,28 @@ pub fn request(resource: &[u8], scope: &[u8], spans: &[u8]) -> Vec<u8> {
         + 1
         + varint_len(scope_spans as u64)
         + scope_spans;
-    let mut out = Vec::with_capacity(resource_spans + 8);
+    let mut head = Vec::with_capacity(room);
     // ExportTraceServiceRequest: resource_spans = 1.
-    tag(&mut out, 1, LEN);
-    varint(&mut out, resource_spans as u64);
-    bytes(&mut out, 1, &[resource]);
-    tag(&mut out, 2, LEN);
-    varint(&mut out, scope_spans as u64);
-    bytes(&mut out, 1, &[scope]);
-    out.extend_from_slice(spans);
-    out
+    tag(&mut head, 1, LEN);
+    varint(&mut head, resource_spans as u64);
+    bytes(&mut head, 1, &[resource]);
+    tag(&mut head, 2, LEN);
+    varint(&mut head, scope_spans as u64);
+    bytes(&mut head, 1, &[scope]);
+    let start = room - head.len();
+    buf[start..room].copy_from_slice(&head);
+    start
+}
+
+/// The request body around `spans` (the encoded `ScopeSpans.spans` fields),
+/// copied: [`seal`] without the room before them (tests and small exports).
+pub fn request(resource: &[u8], scope: &[u8], spans: &[u8]) -> Vec<u8> {
+    let room = envelope_room(resource, scope);
+    let mut buf = vec![0; room];
+    buf.extend_from_slice(spans);
+    let start = seal(&mut buf, room, resource, scope);
+    buf.drain(..start);
+    buf
 }
 
 /// An encoded `Resource` (attributes = 1) of `service.name` and `service.version`.
@@ -365,6 +436,7 @@ mod tests {
         name_and_kind(&mut named, &["chat", " ", "m"], Kind::Server);
         s.raw(&named)
             .attr(&Key::new("gen_ai.request.model"), Value::Str("m"))
+            .attr(&Key::new("llmvisor.request_id"), Value::Utf8(b"req-1"))
             .attr(&Key::new("llmvisor.stream"), Value::Bool(true))
             .attr(&Key::new("server.port"), Value::Int(8080))
             .attr(&Key::new("negative"), Value::Int(-3))
@@ -388,6 +460,32 @@ mod tests {
             },
         )
         .raw(&block)
+        .end();
+        // Begun short and short: nothing moves; begun short and over 127 bytes:
+        // moved on by a byte.
+        Span::begin_short(
+            &mut spans,
+            &Head {
+                trace_id: &trace_id,
+                span_id: [4; 8],
+                parent: [1; 8],
+                start: 9,
+                end: 10,
+            },
+        )
+        .raw(&block)
+        .end();
+        Span::begin_short(
+            &mut spans,
+            &Head {
+                trace_id: &trace_id,
+                span_id: [5; 8],
+                parent: [0; 8],
+                start: 11,
+                end: 12,
+            },
+        )
+        .attr(&Key::new("long"), Value::Str(&long))
         .end();
         // Over 16,383 bytes (a captured prompt): moved on by a byte.
         let prompt = "p".repeat(20_000);
@@ -422,7 +520,7 @@ mod tests {
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "llmvisor");
         assert_eq!(ss.scope.as_ref().unwrap().version, "1.2.3");
-        assert_eq!(ss.spans.len(), 3);
+        assert_eq!(ss.spans.len(), 5);
         let a = &ss.spans[0];
         assert_eq!(a.trace_id, trace_id);
         assert_eq!(a.span_id, [1; 8]);
@@ -440,6 +538,10 @@ mod tests {
             vals,
             [
                 ("gen_ai.request.model", Some(Any::StringValue("m".into()))),
+                (
+                    "llmvisor.request_id",
+                    Some(Any::StringValue("req-1".into()))
+                ),
                 ("llmvisor.stream", Some(Any::BoolValue(true))),
                 ("server.port", Some(Any::IntValue(8080))),
                 ("negative", Some(Any::IntValue(-3))),
@@ -463,7 +565,23 @@ mod tests {
             b.attributes[0].value.as_ref().unwrap().value,
             Some(Any::StringValue("m".into()))
         );
-        let c = &ss.spans[2];
+        let short = &ss.spans[2];
+        assert_eq!(
+            (short.span_id.as_slice(), short.name.as_str()),
+            (&[4; 8][..], "queue wait")
+        );
+        assert_eq!(
+            (short.start_time_unix_nano, short.end_time_unix_nano),
+            (9, 10)
+        );
+        let not_short = &ss.spans[3];
+        assert_eq!(not_short.span_id, [5; 8]);
+        assert!(not_short.parent_span_id.is_empty());
+        assert_eq!(
+            not_short.attributes[0].value.as_ref().unwrap().value,
+            Some(Any::StringValue(long.clone()))
+        );
+        let c = &ss.spans[4];
         assert_eq!(
             (c.span_id.as_slice(), c.parent_span_id.as_slice()),
             (&[3; 8][..], &[1; 8][..])

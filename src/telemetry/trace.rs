@@ -43,6 +43,8 @@ use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use smallvec::SmallVec;
+
 use super::otlp::{self, Head, Key, Kind, Value};
 use crate::config::TelemetryConfig;
 
@@ -50,8 +52,8 @@ use crate::config::TelemetryConfig;
 const BATCH: usize = 512;
 /// How long a span may wait for its batch to fill.
 const LINGER: Duration = Duration::from_millis(500);
-/// The export buffer's capacity kept between exports at most (a batch of 512
-/// spans without prompts takes a few hundred bytes per span: about 100–150 KiB).
+/// The capacity an export's buffer is made with at most (a batch of 512 spans
+/// without prompts takes a few hundred bytes per span: about 100–150 KiB).
 const KEEP: usize = 256 * 1024;
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,18 +174,24 @@ impl Tracing {
         });
         let (flush, flushes) = mpsc::channel(4);
         let version = env!("CARGO_PKG_VERSION");
-        let exporter = Exporter {
+        let resource = otlp::resource(&cfg.service_name, version);
+        let scope = otlp::scope("llmvisor", version);
+        let mut exporter = Exporter {
             queue: queue.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             uri,
-            resource: otlp::resource(&cfg.service_name, version),
-            scope: otlp::scope("llmvisor", version),
+            resource,
+            scope,
             capture_content: cfg.capture_content,
             exported,
             failed,
             warned: None,
             spans: Vec::new(),
+            room: 0,
+            expect: 64 * 1024,
+            endings: Endings::default(),
         };
+        exporter.room = otlp::envelope_room(&exporter.resource, &exporter.scope);
         tokio::spawn(exporter.run(flushes, url.clone()));
         tracing::info!("traces go to {url} (OTLP/HTTP protobuf)");
         Some(Arc::new(Self {
@@ -216,9 +224,13 @@ struct Exporter {
     exported: Counter,
     failed: Counter,
     warned: Option<Instant>,
-    /// The spans of the export being written: kept between exports, so a batch
-    /// is not written into a growing buffer each time.
+    /// The export being written: `room` bytes for the message around the spans
+    /// ([`otlp::seal`]), then the spans; made with `expect` bytes, the size of
+    /// the last export, so that a batch is not written into a growing buffer.
     spans: Vec<u8>,
+    room: usize,
+    expect: usize,
+    endings: Endings,
 }
 
 impl Exporter {
@@ -241,22 +253,34 @@ impl Exporter {
         let mut n = 0;
         let clock = Clock::now();
         for (i, rec) in recs.iter().enumerate() {
-            n += rec.encode(&mut self.spans, self.capture_content, clock);
+            if self.spans.is_empty() {
+                self.spans.reserve(self.expect);
+                self.spans.resize(self.room, 0);
+            }
+            n += rec.encode(
+                &mut self.spans,
+                self.capture_content,
+                clock,
+                &mut self.endings,
+            );
             if n >= BATCH || i + 1 == recs.len() {
-                let body = otlp::request(&self.resource, &self.scope, &self.spans);
-                self.spans.clear();
-                self.send(body, n, url).await;
+                // The message around the spans goes into the room left before
+                // them, and the buffer becomes the body: spans are not copied.
+                let mut buf = std::mem::take(&mut self.spans);
+                // The next export's buffer is made for as much (prompts from
+                // `capture_content` can make one large: not more than KEEP).
+                self.expect = (buf.len() + buf.len() / 8).min(KEEP);
+                let start = otlp::seal(&mut buf, self.room, &self.resource, &self.scope);
+                self.send(Bytes::from(buf).slice(start..), n, url).await;
                 n = 0;
             }
         }
-        // Prompts (`capture_content`) can make a batch large: what is kept is not.
-        self.spans.shrink_to(KEEP);
     }
 
-    async fn send(&mut self, body: Vec<u8>, n: usize, url: &str) {
+    async fn send(&mut self, body: Bytes, n: usize, url: &str) {
         let req = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .expect("a POST to a parsed URI");
         let sent = tokio::time::timeout(EXPORT_TIMEOUT, async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
@@ -332,18 +356,27 @@ fn span_id() -> [u8; 8] {
     random_id().to_be_bytes()
 }
 
+/// Every byte's two lowercase hex digits.
+const HEX2: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
 /// A W3C `traceparent` (version 00, sampled) naming a span.
 fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> Option<HeaderValue> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut v = [0u8; 55];
-    v[..3].copy_from_slice(b"00-");
-    for (i, b) in trace_id.iter().chain(span_id).enumerate() {
-        let at = 3 + 2 * i + usize::from(i >= 16);
-        v[at] = HEX[usize::from(b >> 4)];
-        v[at + 1] = HEX[usize::from(b & 15)];
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    for (i, b) in trace_id.iter().enumerate() {
+        v[3 + 2 * i..5 + 2 * i].copy_from_slice(&HEX2[usize::from(*b)]);
     }
-    v[35] = b'-';
-    v[52..].copy_from_slice(b"-01");
+    for (i, b) in span_id.iter().enumerate() {
+        v[36 + 2 * i..38 + 2 * i].copy_from_slice(&HEX2[usize::from(*b)]);
+    }
     HeaderValue::from_bytes(&v).ok()
 }
 
@@ -525,13 +558,25 @@ struct Rec {
     content: Option<String>,
     /// How it ended.
     status: Option<u16>,
-    target: String,
+    target: Answered,
     error: Option<String>,
     usage: Option<(u64, u64)>,
     /// `cold start` and `queue wait` spans.
     waits: Vec<Wait>,
-    /// `upstream` spans, one per attempt; the last may still be open.
-    attempts: Vec<Attempt>,
+    /// `upstream` spans, one per attempt; the last may still be open. Nearly
+    /// every request makes one attempt: it is kept in the record, not allocated.
+    attempts: SmallVec<[Attempt; 1]>,
+}
+
+/// The target a request's span names (`llmvisor.target`).
+enum Answered {
+    /// None (`-`).
+    None,
+    /// The last attempt's: its label, the end of that attempt's block (no copy
+    /// of it per request).
+    LastAttempt,
+    /// Another.
+    Other(String),
 }
 
 struct Wait {
@@ -542,13 +587,22 @@ struct Wait {
     head: Arc<[u8]>,
 }
 
+impl Attempt {
+    /// The target's label (the end of its block, [`upstream_head`]).
+    fn label(&self) -> &[u8] {
+        &self.head[self.head.len() - self.label_len..]
+    }
+}
+
 struct Attempt {
     id: [u8; 8],
     start: u64,
     /// 0 while the attempt is in progress.
     end: u64,
-    /// Its name, kind and the target's attributes.
+    /// Its name, kind and the target's attributes, `llmvisor.target` last.
     head: Arc<[u8]>,
+    /// The length of the target's label: the last bytes of `head`.
+    label_len: usize,
     /// Why it failed (`error.type`).
     error: Option<String>,
     /// The attempt that answered: the status and usage it relayed, and its
@@ -590,33 +644,74 @@ const BLOCKS: usize = 4096;
 /// Encoded blocks by what they were made of.
 type Blocks = HashMap<Box<[u8]>, Arc<[u8]>, foldhash::fast::RandomState>;
 
-thread_local! {
-    /// A thread's blocks (no lock on the request path), and the buffer their
-    /// keys are written into.
-    static CACHE: RefCell<(Blocks, Vec<u8>)> = RefCell::default();
+/// A thread's blocks: every one it made, by key, and the last one of each kind
+/// (request, upstream, wait) with its key, compared first: a thread serving the
+/// same route, client and target in a row finds its blocks without building a
+/// key or hashing one.
+#[derive(Default)]
+struct Cache {
+    map: Blocks,
+    /// The buffer keys are written into.
+    key: Vec<u8>,
+    last: [(Vec<u8>, Option<Arc<[u8]>>); 3],
 }
 
-/// The block made of `parts` (fixed-size parts first: a 0xff ends each part, a
-/// byte no UTF-8 string holds), encoded by `make` the first time this thread
-/// sees them. A lookup is a hash of a few short strings: the attributes it
-/// stands for are encoded once per thread, not once per request.
+thread_local! {
+    /// A thread's blocks (no lock on the request path).
+    static CACHE: RefCell<Cache> = RefCell::default();
+}
+
+/// Whether `key` is `parts`, each followed by 0xff.
+fn is_key(key: &[u8], parts: &[&[u8]]) -> bool {
+    let mut rest = key;
+    for p in parts {
+        match rest.split_at_checked(p.len()) {
+            Some((k, [0xff, more @ ..])) if k == *p => rest = more,
+            _ => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// The block made of `parts` (the first names its kind: `r`, `u` or `w`;
+/// fixed-size parts next; a 0xff ends each part, a byte no UTF-8 string holds),
+/// encoded by `make` the first time this thread sees them. A lookup compares the
+/// parts with the last block of the kind, else hashes a few short strings: the
+/// attributes it stands for are encoded once per thread, not once per request.
 fn block(parts: &[&[u8]], make: impl FnOnce(&mut Vec<u8>)) -> Arc<[u8]> {
-    CACHE.with_borrow_mut(|(map, key)| {
+    let slot = match parts[0] {
+        b"r" => 0,
+        b"u" => 1,
+        _ => 2,
+    };
+    CACHE.with_borrow_mut(|Cache { map, key, last }| {
+        let (last_key, last) = &mut last[slot];
+        if let Some(b) = last
+            && is_key(last_key, parts)
+        {
+            return b.clone();
+        }
         key.clear();
         for p in parts {
             key.extend_from_slice(p);
             key.push(0xff);
         }
-        if let Some(b) = map.get(key.as_slice()) {
-            return b.clone();
-        }
-        if map.len() >= BLOCKS {
-            map.clear();
-        }
-        let mut enc = Vec::new();
-        make(&mut enc);
-        let b: Arc<[u8]> = enc.into();
-        map.insert(key.as_slice().into(), b.clone());
+        let b = match map.get(key.as_slice()) {
+            Some(b) => b.clone(),
+            None => {
+                if map.len() >= BLOCKS {
+                    map.clear();
+                }
+                let mut enc = Vec::new();
+                make(&mut enc);
+                let b: Arc<[u8]> = enc.into();
+                map.insert(key.as_slice().into(), b.clone());
+                b
+            }
+        };
+        last_key.clear();
+        last_key.extend_from_slice(key);
+        *last = Some(b.clone());
         b
     })
 }
@@ -663,6 +758,7 @@ fn upstream_head(op: &'static str, to: &Upstream<'_>) -> Arc<[u8]> {
             otlp::attribute(b, &key::PROVIDER, Value::Str(to.provider));
             otlp::attribute(b, &key::ADDRESS, Value::Str(to.address));
             otlp::attribute(b, &key::PORT, Value::Int(i64::from(to.port)));
+            // Last: the label is then the block's last bytes (`Attempt::label`).
             otlp::attribute(b, &key::TARGET, Value::Str(to.label));
         },
     )
@@ -674,6 +770,81 @@ fn wait_head(name: &'static str, model: &str) -> Arc<[u8]> {
         otlp::name_and_kind(b, &[name], Kind::Internal);
         otlp::attribute(b, &key::MODEL, Value::Str(model));
     })
+}
+
+/// The exporter's last-encoded endings: a request span's status, target and
+/// response model (`http.response.status_code`, `llmvisor.target`,
+/// `gen_ai.response.model`), and an `upstream` span's status. Requests in a row
+/// nearly always end the same way (200 from the same target): those attributes
+/// are then a copy, not encoded again.
+#[derive(Default)]
+struct Endings {
+    status: u16,
+    target: Vec<u8>,
+    ending: Vec<u8>,
+    upstream_status: u16,
+    upstream: Vec<u8>,
+    /// `gen_ai.usage.input_tokens` and `output_tokens` of the record being
+    /// encoded.
+    usage_of: Option<(u64, u64)>,
+    usage: Vec<u8>,
+}
+
+impl Endings {
+    /// The request span's ending attributes for `status` and `target` (a
+    /// string's bytes; `-` for none: no response model then).
+    fn ending(&mut self, status: u16, target: &[u8]) -> &[u8] {
+        if self.ending.is_empty() || self.status != status || self.target != target {
+            let name = std::str::from_utf8(target).unwrap_or("-");
+            self.ending.clear();
+            otlp::attribute(
+                &mut self.ending,
+                &key::STATUS,
+                Value::Int(i64::from(status)),
+            );
+            otlp::attribute(&mut self.ending, &key::TARGET, Value::Str(name));
+            if name != "-" {
+                otlp::attribute(&mut self.ending, &key::RESPONSE_MODEL, Value::Str(name));
+            }
+            self.status = status;
+            self.target.clear();
+            self.target.extend_from_slice(target);
+        }
+        &self.ending
+    }
+
+    /// The usage attributes of `(input, output)` tokens.
+    fn usage(&mut self, (input, output): (u64, u64)) -> &[u8] {
+        if self.usage_of != Some((input, output)) {
+            self.usage.clear();
+            otlp::attribute(
+                &mut self.usage,
+                &key::INPUT_TOKENS,
+                Value::Int(input as i64),
+            );
+            otlp::attribute(
+                &mut self.usage,
+                &key::OUTPUT_TOKENS,
+                Value::Int(output as i64),
+            );
+            self.usage_of = Some((input, output));
+        }
+        &self.usage
+    }
+
+    /// An `upstream` span's status attribute.
+    fn status(&mut self, status: u16) -> &[u8] {
+        if self.upstream.is_empty() || self.upstream_status != status {
+            self.upstream.clear();
+            otlp::attribute(
+                &mut self.upstream,
+                &key::STATUS,
+                Value::Int(i64::from(status)),
+            );
+            self.upstream_status = status;
+        }
+        &self.upstream
+    }
 }
 
 impl Rec {
@@ -692,12 +863,29 @@ impl Rec {
         self.attempts.last_mut().filter(|a| a.end == 0)
     }
 
+    /// The target the request span names: `-` for none (a string's bytes).
+    fn target(&self) -> &[u8] {
+        match &self.target {
+            Answered::None => b"-",
+            Answered::LastAttempt => self.attempts.last().map_or(b"-", Attempt::label),
+            Answered::Other(t) => t.as_bytes(),
+        }
+    }
+
     /// Write its spans into `out` (each as `ScopeSpans.spans`); how many.
-    fn encode(&self, out: &mut Vec<u8>, capture_content: bool, clock: Clock) -> usize {
-        let usage = |s: &mut otlp::Span<'_>, usage: Option<(u64, u64)>| {
-            if let Some((input, output)) = usage {
-                s.attr(&key::INPUT_TOKENS, Value::Int(input as i64))
-                    .attr(&key::OUTPUT_TOKENS, Value::Int(output as i64));
+    fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        capture_content: bool,
+        clock: Clock,
+        e: &mut Endings,
+    ) -> usize {
+        // A request's usage is its answering attempt's: encoded once for both
+        // spans (and never kept from one record to the next).
+        e.usage_of = None;
+        let usage = |s: &mut otlp::Span<'_>, e: &mut Endings, usage: Option<(u64, u64)>| {
+            if let Some(u) = usage {
+                s.raw(e.usage(u));
             }
         };
         let mut s = otlp::Span::begin(
@@ -710,22 +898,23 @@ impl Rec {
                 end: clock.wall(self.end),
             },
         );
+        let id = self.request_id.as_bytes();
         s.raw(&self.head).attr(
             &key::REQUEST_ID,
-            // UTF-8 is what a protobuf string needs (and checks ASCII faster
-            // than `to_str`'s byte-by-byte test for visible ASCII).
-            Value::Str(std::str::from_utf8(self.request_id.as_bytes()).unwrap_or("-")),
+            // UTF-8 is what a protobuf string needs: an id is checked for ASCII
+            // (a word at a time), else as UTF-8.
+            if id.is_ascii() {
+                Value::Utf8(id)
+            } else {
+                Value::Str(std::str::from_utf8(id).unwrap_or("-"))
+            },
         );
         if capture_content && let Some(c) = &self.content {
             s.attr(&key::INPUT_MESSAGES, Value::Str(c));
         }
         if let Some(status) = self.status {
-            s.attr(&key::STATUS, Value::Int(i64::from(status)))
-                .attr(&key::TARGET, Value::Str(&self.target));
-            if self.target != "-" {
-                s.attr(&key::RESPONSE_MODEL, Value::Str(&self.target));
-            }
-            usage(&mut s, self.usage);
+            s.raw(e.ending(status, self.target()));
+            usage(&mut s, e, self.usage);
             if let Some(e) = &self.error {
                 s.attr(&key::ERROR, Value::Str(e));
                 // A server span is in error for 5xx only (HTTP semantic conventions).
@@ -764,8 +953,8 @@ impl Rec {
             );
             s.raw(&a.head);
             if let Some((status, u)) = a.answered {
-                s.attr(&key::STATUS, Value::Int(i64::from(status)));
-                usage(&mut s, u);
+                s.raw(e.status(status));
+                usage(&mut s, e, u);
             }
             if let Some(e) = &a.error {
                 s.attr(&key::ERROR, Value::Str(e)).error(e);
@@ -773,7 +962,7 @@ impl Rec {
             s.end();
             n += 1;
             if let Some((id, end)) = a.first_token {
-                otlp::Span::begin(
+                otlp::Span::begin_short(
                     out,
                     &Head {
                         trace_id: &self.trace_id,
@@ -848,11 +1037,11 @@ impl RequestSpan {
                 request_id: asked.request_id.clone(),
                 content,
                 status: None,
-                target: String::new(),
+                target: Answered::None,
                 error: None,
                 usage: None,
                 waits: Vec::new(),
-                attempts: Vec::new(),
+                attempts: SmallVec::new(),
             })),
         })))
     }
@@ -945,6 +1134,7 @@ impl RequestSpan {
                 start: now,
                 end: 0,
                 head: upstream_head(r.op, to),
+                label_len: to.label.len(),
                 error: None,
                 answered: None,
                 first_token: None,
@@ -983,7 +1173,11 @@ impl RequestSpan {
         }
         rec.end = now;
         rec.status = Some(f.status);
-        rec.target = f.target.to_owned();
+        rec.target = match rec.attempts.last() {
+            Some(a) if a.label() == f.target.as_bytes() => Answered::LastAttempt,
+            _ if f.target == "-" => Answered::None,
+            _ => Answered::Other(f.target.to_owned()),
+        };
         rec.error = f.error.map(str::to_owned);
         rec.usage = f.usage;
         a.queue.push(rec);
@@ -1218,7 +1412,10 @@ mod tests {
 
         let mut out = Vec::new();
         let before = unix_ns();
-        assert_eq!(recs[0].encode(&mut out, true, Clock::now()), 6);
+        assert_eq!(
+            recs[0].encode(&mut out, true, Clock::now(), &mut Endings::default()),
+            6
+        );
         let after = unix_ns();
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
         use prost::Message;
@@ -1259,6 +1456,36 @@ mod tests {
             s.attributes.iter().map(|kv| kv.key.clone()).collect()
         };
         assert!(attrs(root).contains(&"gen_ai.input.messages".to_string()));
+        // The target named by the last attempt's label, the usage encoded once
+        // for both spans: the values are the right ones on each.
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        let value = |s: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
+            s.attributes
+                .iter()
+                .find(|kv| kv.key == k)
+                .and_then(|kv| kv.value.clone()?.value)
+        };
+        for k in ["llmvisor.target", "gen_ai.response.model"] {
+            assert_eq!(value(root, k), Some(Any::StringValue("b".into())), "{k}");
+        }
+        assert_eq!(
+            value(&spans[3], "llmvisor.target"),
+            Some(Any::StringValue("a".into()))
+        );
+        for s in [root, &spans[4]] {
+            assert_eq!(
+                value(s, "http.response.status_code"),
+                Some(Any::IntValue(200))
+            );
+            assert_eq!(
+                value(s, "gen_ai.usage.input_tokens"),
+                Some(Any::IntValue(7))
+            );
+            assert_eq!(
+                value(s, "gen_ai.usage.output_tokens"),
+                Some(Any::IntValue(3))
+            );
+        }
         assert!(attrs(&spans[3]).contains(&"error.type".to_string()));
         assert_eq!(spans[3].status.as_ref().unwrap().code, 2);
         assert!(!attrs(&spans[4]).contains(&"error.type".to_string()));
@@ -1291,6 +1518,9 @@ mod tests {
     #[test]
     fn blocks_are_encoded_once_and_keyed_by_every_part() {
         let r = request_head("chat", "m", "c", false);
+        // The last one of its kind, then (after another) from the map.
+        assert!(Arc::ptr_eq(&r, &request_head("chat", "m", "c", false)));
+        let _ = request_head("chat", "n", "c", false);
         assert!(Arc::ptr_eq(&r, &request_head("chat", "m", "c", false)));
         for other in [
             request_head("embeddings", "m", "c", false),
@@ -1334,7 +1564,7 @@ mod tests {
         for i in 0..BLOCKS + 10 {
             wait_head("cold start", &i.to_string());
         }
-        assert!(CACHE.with_borrow(|(map, _)| map.len()) <= BLOCKS);
+        assert!(CACHE.with_borrow(|c| c.map.len()) <= BLOCKS);
     }
 
     /// A full queue drops whole records and counts their spans; an unsampled
@@ -1363,8 +1593,23 @@ mod tests {
         assert_eq!(recs.len(), 3);
         assert!(
             recs.iter()
-                .all(|r| r.status == Some(404) && r.content.is_none())
+                .all(|r| r.status == Some(404) && r.content.is_none() && r.target() == b"-")
         );
+        // A target other than the last attempt's is the record's own.
+        let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b""));
+        s.upstream(&Upstream {
+            label: "a",
+            model: "m",
+            provider: "vllm",
+            address: "127.0.0.1",
+            port: 1,
+        });
+        s.finish(&Finished {
+            target: "elsewhere",
+            ..done
+        });
+        t.queue.take(&mut recs);
+        assert_eq!(recs[0].target(), b"elsewhere");
 
         drop(RequestSpan::start(
             Some(&t),

@@ -138,7 +138,7 @@ impl Body for UpBody {
 /// external providers through hyper-util's pooled client with rustls.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
+    client: Client<HttpsConnector<HttpConnector>, Taken>,
     pool: Arc<Pool>,
     connect_timeout: Duration,
     header_timeout: Duration,
@@ -303,16 +303,16 @@ impl Upstream {
         // response: send once more, on another connection. A backend that died fails
         // the second time too (connection refused). The request is built again only
         // then.
-        let first = tokio::time::timeout(timeout, self.client.request(build(body)?)).await;
+        let first = self.send_pooled(build(body)?, timeout).await;
         let result = match (first, again) {
             (Ok(Err(e)), Some(b)) if stale_connection(&e) => {
                 tracing::debug!("reused connection was closed by the backend ({e}); sending again");
-                tokio::time::timeout(timeout, self.client.request(build(b.into())?)).await
+                self.send_pooled(build(b.into())?, timeout).await
             }
             (r, _) => r,
         };
         match result {
-            Err(_) => Err(ProxyError::Timeout(timeout)),
+            Err(e) => Err(e),
             Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(ProxyError::Failed(error_chain(&e))),
             Ok(Ok(resp)) => Ok(resp.map(UpBody::Legacy)),
@@ -356,12 +356,96 @@ impl Upstream {
         let req = Request::get(url)
             .body(ReqBody::full(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+        match self.send_pooled(req, timeout).await {
+            Err(ProxyError::Timeout(_)) => Err(format!("no answer within {timeout:?}")),
+            Err(e) => Err(e.to_string()),
             Ok(Err(e)) => Err(error_chain(&e)),
             Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
             Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
         }
+    }
+}
+
+impl Upstream {
+    /// Send `req` through the providers' pooled client. A connection must take
+    /// the request within `connect_timeout` (pool checkout, DNS, TCP connect,
+    /// TLS handshake: a provider that accepts and never answers its handshake
+    /// would otherwise hold the request for its whole `timeout`), and the
+    /// response head must come within `timeout` of the start.
+    ///
+    /// The first limit also ends a request stranded in hyper's request channel:
+    /// a pooled connection whose task sees the provider's end while the request
+    /// is being handed to it drops the channel's receiver, and the request put
+    /// into it just after waits for a sender it holds itself (hyper 1.12 with
+    /// tokio 1.54; hyperium/hyper#4122). Seen once in
+    /// `routing::homelab_hosts_fail_over_without_losing_requests` (a request
+    /// held 5 minutes with no socket open), reproduced outside llmvisor with
+    /// these client settings and a provider killed mid-burst.
+    ///
+    /// `Err` when no connection took it in time (nothing was sent:
+    /// [`ProxyError::Connect`]) or no response head came ([`ProxyError::Timeout`]).
+    async fn send_pooled(
+        &self,
+        req: Request<ReqBody>,
+        timeout: Duration,
+    ) -> Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ProxyError> {
+        let taken = Arc::new(tokio::sync::Notify::new());
+        let req = req.map(|body| Taken {
+            body,
+            taken: taken.clone(),
+        });
+        let deadline = Instant::now() + timeout;
+        let first = self.connect_timeout.min(timeout);
+        let sent = self.client.request(req);
+        tokio::pin!(sent);
+        tokio::select! {
+            biased;
+            r = &mut sent => return Ok(r),
+            () = taken.notified() => {}
+            () = tokio::time::sleep(first) => {
+                return Err(if first < timeout {
+                    ProxyError::Connect(format!("no connection took the request within {first:?}"))
+                } else {
+                    ProxyError::Timeout(timeout)
+                });
+            }
+        }
+        tokio::time::timeout_at(deadline, sent)
+            .await
+            .map_err(|_| ProxyError::Timeout(timeout))
+    }
+}
+
+/// A request body for the providers' pooled client that says when a connection
+/// has taken its request: hyper's connection task asks the body whether it is
+/// empty (`is_end_stream`) as soon as it takes the request, before writing
+/// anything (hyper 1.12 `proto/h1/dispatch.rs`, `poll_write`), and polls it for
+/// data only after that.
+pub struct Taken {
+    body: ReqBody,
+    taken: Arc<tokio::sync::Notify>,
+}
+
+impl Body for Taken {
+    type Data = Bytes;
+    type Error = <ReqBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        this.taken.notify_one();
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken.notify_one();
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -582,5 +666,90 @@ impl Drop for Relay {
         if self.on_end.is_some() {
             self.end(Outcome::ClientGone);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(connect: Duration) -> Upstream {
+        let long = Duration::from_secs(60);
+        Upstream::new(connect, long, long, long)
+    }
+
+    /// A provider whose port takes the TCP connection (the kernel's backlog:
+    /// nothing accepts it) and never answers the TLS handshake: no connection
+    /// ever takes the request, which fails after `connect_timeout`, not after the
+    /// provider's whole `timeout`; a health check too. Checked against the
+    /// client as it was (hyper-util 0.1.21's legacy client over hyper-rustls):
+    /// it waited the whole `timeout`.
+    #[tokio::test]
+    async fn a_request_no_connection_takes_fails_within_the_connect_timeout() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let up = upstream(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let r = up
+            .post_url(
+                &format!("https://127.0.0.1:{port}/v1/chat/completions"),
+                &HeaderMap::new(),
+                None,
+                None,
+                ReqBody::full(Bytes::from_static(b"{}")),
+                Duration::from_secs(20),
+            )
+            .await;
+        match r {
+            Err(ProxyError::Connect(m)) => assert!(m.contains("no connection took"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(resp) => panic!("answered {}", resp.status()),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let e = up
+            .check(
+                &format!("https://127.0.0.1:{port}/health"),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("no connection took"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+
+    /// A provider that takes the request and never answers: the request was
+    /// taken (the first limit is passed), so it ends at the provider's
+    /// `timeout`, as a timeout (something was sent), not as a connect error.
+    #[tokio::test]
+    async fn a_taken_request_waits_for_the_providers_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = std::thread::spawn(move || {
+            use std::io::Read;
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            // Hold it open, silent, past the request's timeout.
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        let up = upstream(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let r = up
+            .post_url(
+                &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                &HeaderMap::new(),
+                None,
+                None,
+                ReqBody::full(Bytes::from_static(b"{}")),
+                Duration::from_millis(1500),
+            )
+            .await;
+        match r {
+            Err(ProxyError::Timeout(t)) => assert_eq!(t, Duration::from_millis(1500)),
+            Err(e) => panic!("{e}"),
+            Ok(resp) => panic!("answered {}", resp.status()),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1400));
+        held.join().unwrap();
     }
 }

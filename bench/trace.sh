@@ -6,6 +6,15 @@
 #   bench/trace.sh          # about 2 minutes; prints a Markdown table
 #   RATE=4000 bench/trace.sh  # both legs held at 4000 req/s (oha -q): CPU per request
 #                             # compared at the same load
+#   PIN=1 bench/trace.sh      # each llmvisor alone on CPU 1; the load generator, the
+#                             # mocks and the collector stand-in on CPU 0
+#
+# Unpinned, the four processes share 2 cores as the scheduler likes, and req/s move
+# by ±10 % between rounds. Pinned, llmvisor's req/s is what its own core does: the
+# table's "busy" column (llmvisor's CPU time over the leg's time) says whether that
+# core was the bottleneck (near 100 %) or the others' core was (then the ratio
+# understates the cost). The collector stand-in's work is then off llmvisor's core,
+# as a collector on another host would be.
 #
 # Each leg also reports llmvisor's CPU per answered request (utime+stime of its
 # process), and the run the collector stand-in's CPU. For a figure that does not
@@ -25,6 +34,12 @@ ROUNDS=${BENCH_ROUNDS:-3}
 BASE=${BENCH_PORT:-18400}
 OFF_PORT=$BASE ON_PORT=$((BASE + 1)) OFF_MOCK=$((BASE + 2)) ON_MOCK=$((BASE + 3)) SINK=$((BASE + 4))
 cargo build --release --locked --bins >&2
+if [ -n "${PIN:-}" ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "bench: PIN=1 needs 2 CPUs" >&2; exit 1; }
+  LV=(taskset -c 1) OT=(taskset -c 0)
+else
+  LV=() OT=()
+fi
 BIN=$PWD/target/release
 work=$(mktemp -d)
 pids=()
@@ -47,7 +62,7 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+"${OT[@]}" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
 
 config() { # listen port, mock port, telemetry table
   cat <<EOF
@@ -72,9 +87,9 @@ config "$OFF_PORT" "$OFF_MOCK" "" > "$work/off.toml"
 config "$ON_PORT" "$ON_MOCK" "[telemetry]
 otlp_endpoint = \"${BENCH_OTLP:-http://127.0.0.1:$SINK}\"" > "$work/on.toml"
 mkdir -p "$work/off" "$work/on"
-STATE_DIRECTORY=$work/off RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/off.toml" 2>"$work/off.log" & pids+=($!)
+STATE_DIRECTORY=$work/off RUST_LOG=warn "${LV[@]}" "$BIN/llmvisor" serve --config "$work/off.toml" 2>"$work/off.log" & pids+=($!)
 OFF_PID=$!
-STATE_DIRECTORY=$work/on RUST_LOG=warn "$BIN/llmvisor" serve --config "$work/on.toml" 2>"$work/on.log" & pids+=($!)
+STATE_DIRECTORY=$work/on RUST_LOG=warn "${LV[@]}" "$BIN/llmvisor" serve --config "$work/on.toml" 2>"$work/on.log" & pids+=($!)
 ON_PID=$!
 echo "off llmvisor pid $OFF_PID, on llmvisor pid $ON_PID" >&2
 body='{"model":"fast","max_tokens":16,"messages":[{"role":"user","content":"benchmark prompt of a few words"}]}'
@@ -82,26 +97,31 @@ for p in "$OFF_PORT" "$ON_PORT"; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$p/v1/chat/completions" -H 'content-type: application/json' -d "$body" >/dev/null
 done
+# The mocks are llmvisor's children (on its CPU when pinned): moved to the others'.
+if [ -n "${PIN:-}" ]; then
+  for m in $(pgrep -f "$BIN/llmvisor-mock"); do taskset -a -p -c 0 "$m" >/dev/null; done
+fi
 # The CPU time (utime + stime, in clock ticks) of a process and its threads.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# One leg: prints "req/s answered µs-of-llmvisor-CPU-per-request"; $1 the port, $2
-# the llmvisor's pid. CPU per request is the steadier figure on a shared machine:
+# One leg: prints "req/s answered µs-of-llmvisor-CPU-per-request busy-%"; $1 the
+# port, $2 the llmvisor's pid. CPU per request is the steadier figure on a shared machine:
 # it does not depend on how the 2 cores were shared during the leg.
 rps() {
-  local t0 t1 out
-  t0=$(ticks "$2")
-  out=$(oha --no-tui --output-format json -z "$DURATION" -c 64 ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
+  local t0 t1 out s0 s1
+  t0=$(ticks "$2") s0=$(date +%s.%N)
+  out=$("${OT[@]}" oha --no-tui --output-format json -z "$DURATION" -c 64 ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
     -d "$body" "http://127.0.0.1:$1/v1/chat/completions" 2>/dev/null)
-  t1=$(ticks "$2")
+  t1=$(ticks "$2") s1=$(date +%s.%N)
   python3 -c 'import json,sys
 s = json.loads(sys.argv[1]); n = s["statusCodeDistribution"].get("200", 0)
-print(s["summary"]["requestsPerSec"], n, (int(sys.argv[2]) / int(sys.argv[3])) * 1e6 / max(n, 1))' \
-    "$out" "$((t1 - t0))" "$(getconf CLK_TCK)"
+cpu = int(sys.argv[2]) / int(sys.argv[3])
+print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (float(sys.argv[5]) - float(sys.argv[4])))' \
+    "$out" "$((t1 - t0))" "$(getconf CLK_TCK)" "$s0" "$s1"
 }
 metric() { curl -sf "http://127.0.0.1:$ON_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
-echo "| round | off req/s | on req/s | on / off | off CPU µs/req | on CPU µs/req | on / off |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| round | off req/s | on req/s | on / off | off CPU µs/req | on CPU µs/req | on / off | busy off / on |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 ratios=() cpu_ratios=()
 # The collector stand-in's CPU: nginx's master and its worker.
 sink_ticks() {
@@ -114,15 +134,15 @@ sink_t0=$(sink_ticks)
 for r in $(seq "$ROUNDS"); do
   # Alternate which goes first, so a drift of the machine's load hits both.
   if [ $((r % 2)) -eq 1 ]; then
-    read -r off off_n off_cpu < <(rps "$OFF_PORT" "$OFF_PID"); read -r on on_n on_cpu < <(rps "$ON_PORT" "$ON_PID")
+    read -r off off_n off_cpu off_busy < <(rps "$OFF_PORT" "$OFF_PID"); read -r on on_n on_cpu on_busy < <(rps "$ON_PORT" "$ON_PID")
   else
-    read -r on on_n on_cpu < <(rps "$ON_PORT" "$ON_PID"); read -r off off_n off_cpu < <(rps "$OFF_PORT" "$OFF_PID")
+    read -r on on_n on_cpu on_busy < <(rps "$ON_PORT" "$ON_PID"); read -r off off_n off_cpu off_busy < <(rps "$OFF_PORT" "$OFF_PID")
   fi
   ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
   cpu_ratio=$(python3 -c "print(f'{$on_cpu / $off_cpu:.3f}')")
   ratios+=("$ratio") cpu_ratios+=("$cpu_ratio")
   on_total=$(( ${on_total:-0} + on_n ))
-  printf '| %s | %.0f | %.0f | %s | %.1f | %.1f | %s |\n' "$r" "$off" "$on" "$ratio" "$off_cpu" "$on_cpu" "$cpu_ratio"
+  printf '| %s | %.0f | %.0f | %s | %.1f | %.1f | %s | %.0f %% / %.0f %% |\n' "$r" "$off" "$on" "$ratio" "$off_cpu" "$on_cpu" "$cpu_ratio" "$off_busy" "$on_busy"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
@@ -130,4 +150,4 @@ echo "median on/off: req/s $(median "${ratios[@]}"), llmvisor CPU per request $(
 echo "spans exported $(metric llmvisor_trace_spans_exported_total), dropped $(metric llmvisor_trace_spans_dropped_total), failed $(metric llmvisor_trace_spans_failed_total)"
 sink_t1=$(sink_ticks)
 echo "the collector stand-in (nginx) used $(( (sink_t1 - sink_t0) * 1000 / $(getconf CLK_TCK) )) ms of CPU for $on_total traced requests"
-echo "load average before $load_before, after $(cut -d' ' -f1 /proc/loadavg) ($(nproc) CPUs)"
+echo "${PIN:+pinned: llmvisor on CPU 1, the rest on CPU 0; }load average before $load_before, after $(cut -d' ' -f1 /proc/loadavg) ($(nproc) CPUs)"

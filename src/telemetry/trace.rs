@@ -653,8 +653,11 @@ struct Cache {
     map: Blocks,
     /// The buffer keys are written into.
     key: Vec<u8>,
-    last: [(Vec<u8>, Option<Arc<[u8]>>); 3],
+    last: [Last; 3],
 }
+
+/// A kind's last block and its key.
+type Last = (Vec<u8>, Option<Arc<[u8]>>);
 
 thread_local! {
     /// A thread's blocks (no lock on the request path).

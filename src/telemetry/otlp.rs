@@ -421,16 +421,18 @@ mod tests {
         let mut spans = Vec::new();
         let long = "x".repeat(300);
         let longest = "k".repeat(61);
+        // A span's head: its id, its parent's (0: none), its times.
+        let at = |id: u8, parent: u8, start: u64, end: u64| Head {
+            trace_id: &trace_id,
+            span_id: [id; 8],
+            parent: [parent; 8],
+            start,
+            end,
+        };
         // Its length takes two bytes, as it was given (300-byte attribute).
         let mut s = Span::begin(
             &mut spans,
-            &Head {
-                trace_id: &trace_id,
-                span_id: [1; 8],
-                parent: [0; 8],
-                start: 1_700_000_000_000_000_000,
-                end: 1_700_000_000_500_000_000,
-            },
+            &at(1, 0, 1_700_000_000_000_000_000, 1_700_000_000_500_000_000),
         );
         let mut named = Vec::new();
         name_and_kind(&mut named, &["chat", " ", "m"], Kind::Server);
@@ -449,58 +451,20 @@ mod tests {
         name_and_kind(&mut block, &["queue wait"], Kind::Internal);
         attribute(&mut block, &Key::new("llmvisor.model"), Value::Str("m"));
         // Under 128 bytes: moved back by a byte when it ends.
-        Span::begin(
-            &mut spans,
-            &Head {
-                trace_id: &trace_id,
-                span_id: [2; 8],
-                parent: [1; 8],
-                start: 5,
-                end: 3,
-            },
-        )
-        .raw(&block)
-        .end();
+        Span::begin(&mut spans, &at(2, 1, 5, 3)).raw(&block).end();
         // Begun short and short: nothing moves; begun short and over 127 bytes:
         // moved on by a byte.
-        Span::begin_short(
-            &mut spans,
-            &Head {
-                trace_id: &trace_id,
-                span_id: [4; 8],
-                parent: [1; 8],
-                start: 9,
-                end: 10,
-            },
-        )
-        .raw(&block)
-        .end();
-        Span::begin_short(
-            &mut spans,
-            &Head {
-                trace_id: &trace_id,
-                span_id: [5; 8],
-                parent: [0; 8],
-                start: 11,
-                end: 12,
-            },
-        )
-        .attr(&Key::new("long"), Value::Str(&long))
-        .end();
+        Span::begin_short(&mut spans, &at(4, 1, 9, 10))
+            .raw(&block)
+            .end();
+        Span::begin_short(&mut spans, &at(5, 0, 11, 12))
+            .attr(&Key::new("long"), Value::Str(&long))
+            .end();
         // Over 16,383 bytes (a captured prompt): moved on by a byte.
         let prompt = "p".repeat(20_000);
-        Span::begin(
-            &mut spans,
-            &Head {
-                trace_id: &trace_id,
-                span_id: [3; 8],
-                parent: [1; 8],
-                start: 7,
-                end: 8,
-            },
-        )
-        .attr(&Key::new("gen_ai.input.messages"), Value::Str(&prompt))
-        .end();
+        Span::begin(&mut spans, &at(3, 1, 7, 8))
+            .attr(&Key::new("gen_ai.input.messages"), Value::Str(&prompt))
+            .end();
         let body = request(
             &resource("gpu-box", "1.2.3"),
             &scope("llmvisor", "1.2.3"),

@@ -146,6 +146,7 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &Key, value: Value<'_>) {
     }
 }
 
+/// [`value_head`] of a string's bytes.
 fn string_head(mut head: [u8; 11], s: &[u8]) -> ([u8; 11], usize, &[u8]) {
     head[0] = (1 << 3) | LEN;
     let n = 1 + put_varint(&mut head[1..], s.len() as u64);

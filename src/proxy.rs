@@ -273,7 +273,9 @@ impl Upstream {
     }
 
     /// POST `body` to any URL (an external provider), with the provider's key as
-    /// `Authorization: Bearer` if given, and `timeout` for the response headers.
+    /// `Authorization: Bearer` if given, and `timeout` for the response headers
+    /// (a connection must take the request within the connect timeout first:
+    /// [`Upstream::send_pooled`]).
     pub async fn post_url(
         &self,
         uri: &str,

@@ -366,9 +366,7 @@ impl Upstream {
             Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
         }
     }
-}
 
-impl Upstream {
     /// Send `req` through the providers' pooled client. A connection must take
     /// the request within `connect_timeout` (pool checkout, DNS, TCP connect,
     /// TLS handshake: a provider that accepts and never answers its handshake
@@ -680,6 +678,24 @@ mod tests {
         Upstream::new(connect, long, long, long)
     }
 
+    /// A chat request to `url` with the provider's `timeout`: its error.
+    async fn post_err(up: &Upstream, url: &str, timeout: Duration) -> ProxyError {
+        let r = up
+            .post_url(
+                url,
+                &HeaderMap::new(),
+                None,
+                None,
+                ReqBody::full(Bytes::from_static(b"{}")),
+                timeout,
+            )
+            .await;
+        match r {
+            Err(e) => e,
+            Ok(resp) => panic!("answered {}", resp.status()),
+        }
+    }
+
     /// A provider whose port takes the TCP connection (the kernel's backlog:
     /// nothing accepts it) and never answers the TLS handshake: no connection
     /// ever takes the request, which fails after `connect_timeout`, not after the
@@ -692,20 +708,10 @@ mod tests {
         let port = silent.local_addr().unwrap().port();
         let up = upstream(Duration::from_millis(300));
         let started = std::time::Instant::now();
-        let r = up
-            .post_url(
-                &format!("https://127.0.0.1:{port}/v1/chat/completions"),
-                &HeaderMap::new(),
-                None,
-                None,
-                ReqBody::full(Bytes::from_static(b"{}")),
-                Duration::from_secs(20),
-            )
-            .await;
-        match r {
-            Err(ProxyError::Connect(m)) => assert!(m.contains("no connection took"), "{m}"),
-            Err(e) => panic!("{e}"),
-            Ok(resp) => panic!("answered {}", resp.status()),
+        let url = format!("https://127.0.0.1:{port}/v1/chat/completions");
+        match post_err(&up, &url, Duration::from_secs(20)).await {
+            ProxyError::Connect(m) => assert!(m.contains("no connection took"), "{m}"),
+            e => panic!("{e}"),
         }
         assert!(started.elapsed() < Duration::from_secs(10));
         let e = up
@@ -736,20 +742,10 @@ mod tests {
         });
         let up = upstream(Duration::from_millis(200));
         let started = std::time::Instant::now();
-        let r = up
-            .post_url(
-                &format!("http://127.0.0.1:{port}/v1/chat/completions"),
-                &HeaderMap::new(),
-                None,
-                None,
-                ReqBody::full(Bytes::from_static(b"{}")),
-                Duration::from_millis(1500),
-            )
-            .await;
-        match r {
-            Err(ProxyError::Timeout(t)) => assert_eq!(t, Duration::from_millis(1500)),
-            Err(e) => panic!("{e}"),
-            Ok(resp) => panic!("answered {}", resp.status()),
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        match post_err(&up, &url, Duration::from_millis(1500)).await {
+            ProxyError::Timeout(t) => assert_eq!(t, Duration::from_millis(1500)),
+            e => panic!("{e}"),
         }
         assert!(started.elapsed() >= Duration::from_millis(1400));
         held.join().unwrap();

@@ -364,7 +364,8 @@ pub fn seal(buf: &mut [u8], room: usize, resource: &[u8], scope: &[u8]) -> usize
 }
 
 /// The request body around `spans` (the encoded `ScopeSpans.spans` fields),
-/// copied: [`seal`] without the room before them (tests and small exports).
+/// copied: [`seal`] without the room before them, for tests.
+#[cfg(test)]
 pub fn request(resource: &[u8], scope: &[u8], spans: &[u8]) -> Vec<u8> {
     let room = envelope_room(resource, scope);
     let mut buf = vec![0; room];

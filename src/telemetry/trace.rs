@@ -176,7 +176,8 @@ impl Tracing {
         let version = env!("CARGO_PKG_VERSION");
         let resource = otlp::resource(&cfg.service_name, version);
         let scope = otlp::scope("llmvisor", version);
-        let mut exporter = Exporter {
+        let room = otlp::envelope_room(&resource, &scope);
+        let exporter = Exporter {
             queue: queue.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             uri,
@@ -187,11 +188,10 @@ impl Tracing {
             failed,
             warned: None,
             spans: Vec::new(),
-            room: 0,
+            room,
             expect: 64 * 1024,
             endings: Endings::default(),
         };
-        exporter.room = otlp::envelope_room(&exporter.resource, &exporter.scope);
         tokio::spawn(exporter.run(flushes, url.clone()));
         tracing::info!("traces go to {url} (OTLP/HTTP protobuf)");
         Some(Arc::new(Self {
@@ -587,13 +587,6 @@ struct Wait {
     head: Arc<[u8]>,
 }
 
-impl Attempt {
-    /// The target's label (the end of its block, [`upstream_head`]).
-    fn label(&self) -> &[u8] {
-        &self.head[self.head.len() - self.label_len..]
-    }
-}
-
 struct Attempt {
     id: [u8; 8],
     start: u64,
@@ -609,6 +602,13 @@ struct Attempt {
     /// `first token` span (id, end).
     answered: Option<(u16, Option<(u64, u64)>)>,
     first_token: Option<([u8; 8], u64)>,
+}
+
+impl Attempt {
+    /// The target's label (the end of its block, [`upstream_head`]).
+    fn label(&self) -> &[u8] {
+        &self.head[self.head.len() - self.label_len..]
+    }
 }
 
 /// The attribute keys.

@@ -23,6 +23,7 @@ let
   clientCredential = name: "client-${name}";
   providerCredential = name: "provider-${name}";
   adminCredential = "admin";
+  otlpHeadersCredential = "otlp-headers";
 
   # Executables of the model kinds that run a packaged server.
   kindExecutables = {
@@ -262,7 +263,8 @@ let
     ++ lib.mapAttrsToList (name: p: "${providerCredential name}:${p.keyFile}") (
       lib.filterAttrs (_: p: p.keyFile != null) cfg.providers
     )
-    ++ lib.optional (cfg.adminKeyFile != null) "${adminCredential}:${cfg.adminKeyFile}";
+    ++ lib.optional (cfg.adminKeyFile != null) "${adminCredential}:${cfg.adminKeyFile}"
+    ++ lib.optional (cfg.otlpHeadersFile != null) "${otlpHeadersCredential}:${cfg.otlpHeadersFile}";
 
   keyFiles =
     lib.mapAttrsToList (name: c: {
@@ -276,6 +278,10 @@ let
     ++ lib.optional (cfg.adminKeyFile != null) {
       option = "services.llmvisor.adminKeyFile";
       path = cfg.adminKeyFile;
+    }
+    ++ lib.optional (cfg.otlpHeadersFile != null) {
+      option = "services.llmvisor.otlpHeadersFile";
+      path = cfg.otlpHeadersFile;
     };
 in
 {
@@ -455,6 +461,22 @@ in
         call to the backend and the first token, and GenAI attributes (model,
         tokens, client, route). Prompt text is sent only with
         `settings.telemetry.capture_content = true`. `null`: no traces.
+        An `https://` collector is checked against Mozilla's roots, or against
+        `settings.telemetry.ca_file` (a PEM file of your own CA; not a secret).
+      '';
+    };
+
+    otlpHeadersFile = mkOption {
+      type = types.nullOr keyFileType;
+      default = null;
+      example = "/run/secrets/otlp-headers";
+      description = ''
+        A file of `Name: value` lines sent as headers with every trace export
+        (`[telemetry] headers_file`), for a collector that wants a secret, such as
+        Grafana Cloud's `Authorization: Basic …`. An absolute path outside the Nix
+        store (sops-nix, agenix), passed to the service with `LoadCredential=`; its
+        values are never logged. Headers that are not secret go in
+        `settings.telemetry.headers`.
       '';
     };
 
@@ -580,7 +602,11 @@ in
       ) cfg.providers;
     }
     // lib.optionalAttrs (cfg.adminKeyFile != null) { admin.key_file = adminCredential; }
-    // lib.optionalAttrs (cfg.otlpEndpoint != null) { telemetry.otlp_endpoint = cfg.otlpEndpoint; };
+    // lib.optionalAttrs (cfg.otlpEndpoint != null || cfg.otlpHeadersFile != null) {
+      telemetry =
+        lib.optionalAttrs (cfg.otlpEndpoint != null) { otlp_endpoint = cfg.otlpEndpoint; }
+        // lib.optionalAttrs (cfg.otlpHeadersFile != null) { headers_file = otlpHeadersCredential; };
+    };
 
     environment.etc."llmvisor/llmvisor.toml".source = cfg.configFile;
     environment.systemPackages = [ cfg.package ];

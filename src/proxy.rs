@@ -466,7 +466,7 @@ fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 /// An error and its sources in one line, for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

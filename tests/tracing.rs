@@ -8,6 +8,8 @@
 //! a collector that never answers costs requests nothing (spans dropped, counted).
 
 mod common;
+#[macro_use]
+mod llama_fixture;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,11 +50,19 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A recording OTLP/HTTP receiver on a free port: `POST /v1/traces` with a
-/// protobuf `ExportTraceServiceRequest`, answered as a collector does.
-async fn receiver() -> (String, Got) {
-    async fn traces(State(got): State<Got>, body: Bytes) -> impl axum::response::IntoResponse {
+/// The headers of every export the receiver got.
+type Heads = Arc<Mutex<Vec<axum::http::HeaderMap>>>;
+
+/// A recording OTLP/HTTP receiver's app: `POST /v1/traces` with a protobuf
+/// `ExportTraceServiceRequest`, answered as a collector does.
+fn receiver_app() -> (axum::Router, Got, Heads) {
+    async fn traces(
+        State((got, heads)): State<(Got, Heads)>,
+        headers: axum::http::HeaderMap,
+        body: Bytes,
+    ) -> impl axum::response::IntoResponse {
         let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
+        heads.lock().unwrap().push(headers);
         let mut g = got.lock().unwrap();
         for rs in req.resource_spans {
             let res: Vec<(String, String)> = rs
@@ -76,13 +86,92 @@ async fn receiver() -> (String, Got) {
         )
     }
     let got = Got::default();
+    let heads = Heads::default();
     let app = axum::Router::new()
         .route("/v1/traces", axum::routing::post(traces))
-        .with_state(got.clone());
+        .with_state((got.clone(), heads.clone()));
+    (app, got, heads)
+}
+
+/// A recording OTLP/HTTP receiver on a free port.
+async fn receiver() -> (String, Got) {
+    let (app, got, _) = receiver_app();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, got)
+}
+
+/// Run `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let out = std::process::Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command");
+    assert!(out.status.success(), "openssl {args}: {out:?}");
+}
+
+/// The same receiver behind TLS with a certificate for 127.0.0.1 from a CA of its
+/// own, made with the `openssl` command line as a user's private CA would be:
+/// its URL, and `ca.pem` (the CA) in `dir`.
+async fn tls_receiver(dir: &std::path::Path) -> (String, Got, Heads) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    openssl(
+        dir,
+        &format!("req -x509 {ec} -days 2 -subj /CN=llmvisor-test-CA -keyout ca.key -out ca.pem"),
+    );
+    openssl(
+        dir,
+        &format!("req {ec} -subj /CN=127.0.0.1 -keyout srv.key -out srv.csr"),
+    );
+    std::fs::write(
+        dir.join("srv.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile srv.ext -out srv.pem",
+    );
+    let certs = CertificateDer::pem_file_iter(dir.join("srv.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("srv.key")).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let (app, got, heads) = receiver_app();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the CA ends here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(app),
+                )
+                .await;
+            });
+        }
+    });
+    (url, got, heads)
 }
 
 /// The spans of one trace, once `n` of them have arrived.
@@ -445,4 +534,250 @@ async fn a_collector_that_never_answers_costs_requests_nothing() {
     assert_eq!(lv.metric("llmvisor_trace_spans_exported_total").await, 0.0);
     eprintln!("{sent} requests answered while the collector hung; {dropped} spans dropped");
     drop(silent);
+}
+
+/// An `https://` collector with a certificate from a private CA: with
+/// `[telemetry] ca_file` naming that CA the spans arrive, with the configured
+/// `headers` and `headers_file`'s on every export, and the secret header's value
+/// never in llmvisor's log; without it (Mozilla's roots) the certificate is
+/// refused, the spans are counted as failed and the log says why. Checked against
+/// rustls's own server (tokio-rustls) and certificates made by `openssl`.
+#[tokio::test]
+async fn an_https_collector_gets_spans_and_headers_only_when_its_ca_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, got, heads) = tls_receiver(dir.path()).await;
+    let secret = "Basic bGx tdmlzb3I6c2VjcmV0";
+    std::fs::write(
+        dir.path().join("otlp-headers"),
+        format!("# the collector's key\nAuthorization: {secret}\n"),
+    )
+    .unwrap();
+    let telemetry = |ca: bool| {
+        format!(
+            "[telemetry]\notlp_endpoint = \"{url}\"\nheaders = {{ \"X-Scope-OrgID\" = \"homelab\" }}\nheaders_file = {:?}\n{}\n{}",
+            dir.path().join("otlp-headers").display().to_string(),
+            if ca {
+                format!(
+                    "ca_file = {:?}\n",
+                    dir.path().join("ca.pem").display().to_string()
+                )
+            } else {
+                String::new()
+            },
+            mock_model("m", &[], "")
+        )
+    };
+    let lv = Llmvisor::start("", &telemetry(true)).await;
+    let resp = chat(&lv, "m", Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let spans = trace_of(&got, TRACE, 3).await;
+    named(&spans, "chat m");
+    let h = heads.lock().unwrap()[0].clone();
+    assert_eq!(h["x-scope-orgid"], "homelab");
+    assert_eq!(h["authorization"], secret);
+    assert_eq!(h["content-type"], "application/x-protobuf");
+    assert!(
+        !lv.log().contains("bGx"),
+        "the secret in the log:\n{}",
+        lv.log()
+    );
+    drop(lv);
+
+    let exports = heads.lock().unwrap().len();
+    let lv = Llmvisor::start("", &telemetry(false)).await;
+    let resp = chat(&lv, "m", None).await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let failed = eventually(Duration::from_secs(15), async || {
+        match lv.metric("llmvisor_trace_spans_failed_total").await {
+            n if n > 0.0 => Ok(n),
+            _ => Err(lv.log()),
+        }
+    })
+    .await;
+    assert!(failed >= 2.0, "{failed}");
+    assert_eq!(lv.metric("llmvisor_trace_spans_exported_total").await, 0.0);
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        exports,
+        "an export got through"
+    );
+    let log = lv.log();
+    assert!(
+        log.contains("cannot export") && log.contains("UnknownIssuer"),
+        "{log}"
+    );
+    assert!(!log.contains("bGx"), "the secret in the log:\n{log}");
+}
+
+/// Phoenix (`arize-phoenix`, scripts/phoenix-fixture.sh), the trace UI seed 001
+/// sends its spans to, run for real: it reads llmvisor's export with its own OTLP
+/// decoder, and its REST API gives back each trace as llmvisor sent it: the client's
+/// parent, the request span over its `upstream` span over `first token`, the
+/// children inside their parents' times, the GenAI attributes, and the upstream's
+/// 4xx an error on the CLIENT span only (OpenTelemetry's HTTP rule). This is the
+/// check of the hand-written encoder (src/telemetry/otlp.rs) against a real backend.
+#[tokio::test]
+async fn phoenix_shows_each_trace_as_llmvisor_sent_it() {
+    let phoenix = require_phoenix!();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, grpc) = (common::free_port(), common::free_port());
+    let log = std::fs::File::create(dir.path().join("phoenix.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _phoenix = Kill(
+        std::process::Command::new(&phoenix)
+            .arg("serve")
+            .env("PHOENIX_WORKING_DIR", dir.path())
+            .env("PHOENIX_HOST", "127.0.0.1")
+            .env("PHOENIX_PORT", port.to_string())
+            .env("PHOENIX_GRPC_PORT", grpc.to_string())
+            .env("PHOENIX_TELEMETRY_ENABLED", "false")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("phoenix"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let phoenix_log =
+        || std::fs::read_to_string(dir.path().join("phoenix.log")).unwrap_or_default();
+    // Python, a database migration and the UI's assets: 30-60 s on 2 busy cores.
+    eventually(Duration::from_secs(240), async || {
+        match http.get(format!("{base}/v1/projects")).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            _ => Err(phoenix_log()),
+        }
+    })
+    .await;
+
+    // `bad` is a mock that serves another name: the backend answers 404.
+    let models = format!(
+        "{}\n[models.bad]\nkind = \"command\"\ncommand = [\"{}\", \"--port\", \"{{port}}\", \"--served-name\", \"other\"]\n",
+        mock_model("m", &[], ""),
+        common::MOCK
+    );
+    let lv = Llmvisor::start(
+        "",
+        &format!("[telemetry]\notlp_endpoint = \"{base}\"\n\n{models}"),
+    )
+    .await;
+    let resp = chat(&lv, "m", Some(&format!("00-{TRACE}-{CLIENT_SPAN}-01"))).await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let bad_trace = "0af7651916cd43dd8448eb211c80319c";
+    let resp = chat(
+        &lv,
+        "bad",
+        Some(&format!("00-{bad_trace}-{CLIENT_SPAN}-01")),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    resp.text().await.unwrap();
+
+    let spans = |trace: &'static str, n: usize| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            eventually(Duration::from_secs(30), async || {
+                let all: serde_json::Value = http
+                    .get(format!("{base}/v1/projects/default/spans?limit=1000"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let of: Vec<serde_json::Value> = all["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s["context"]["trace_id"] == trace)
+                    .cloned()
+                    .collect();
+                if of.len() >= n {
+                    Ok(of)
+                } else {
+                    Err(format!("{} span(s) of {trace}: {all}", of.len()))
+                }
+            })
+            .await
+        }
+    };
+    let by = |spans: &[serde_json::Value], parent: &str, name: &str| -> serde_json::Value {
+        let of: Vec<_> = spans
+            .iter()
+            .filter(|s| s["parent_id"] == parent && s["name"] == name)
+            .collect();
+        assert_eq!(of.len(), 1, "{name:?} under {parent}: {spans:#?}");
+        of[0].clone()
+    };
+    let time = |s: &serde_json::Value, at: &str| {
+        chrono::DateTime::parse_from_rfc3339(s[at].as_str().unwrap()).unwrap()
+    };
+    let inside = |child: &serde_json::Value, parent: &serde_json::Value| {
+        assert!(
+            time(child, "start_time") >= time(parent, "start_time")
+                && time(child, "end_time") <= time(parent, "end_time")
+                && time(child, "start_time") <= time(child, "end_time"),
+            "{child:#?} not inside {parent:#?}"
+        );
+    };
+
+    // The request span, `cold start` (the model's first request), the upstream
+    // span and `first token`.
+    let ok = spans(TRACE, 4).await;
+    let request = by(&ok, CLIENT_SPAN, "chat m");
+    assert_eq!(request["name"], "chat m");
+    let a = &request["attributes"];
+    assert_eq!(a["gen_ai.operation.name"], "chat");
+    assert_eq!(a["gen_ai.request.model"], "m");
+    assert_eq!(a["llmvisor.client"], "anonymous");
+    assert_eq!(a["llmvisor.route"], "m");
+    assert_eq!(a["llmvisor.stream"], true);
+    assert_eq!(a["http.response.status_code"], 200);
+    assert!(a["gen_ai.usage.input_tokens"].as_i64() > Some(0), "{a:#?}");
+    assert_eq!(a["gen_ai.usage.output_tokens"], 3, "{a:#?}");
+    assert!(
+        a.get("gen_ai.input.messages").is_none(),
+        "prompt text sent: {a:#?}"
+    );
+    assert_eq!(request["status_code"], "UNSET");
+    let id = request["context"]["span_id"].as_str().unwrap();
+    inside(&by(&ok, id, "cold start"), &request);
+    let upstream = by(&ok, id, "chat m");
+    inside(&upstream, &request);
+    let u = &upstream["attributes"];
+    assert_eq!(u["server.address"], "127.0.0.1");
+    assert!(u["server.port"].as_i64() > Some(0), "{u:#?}");
+    assert_eq!(u["gen_ai.provider.name"], "command");
+    let first = by(
+        &ok,
+        upstream["context"]["span_id"].as_str().unwrap(),
+        "first token",
+    );
+    assert_eq!(first["name"], "first token");
+    inside(&first, &upstream);
+
+    let bad = spans(bad_trace, 3).await;
+    let request = by(&bad, CLIENT_SPAN, "chat bad");
+    assert_eq!(request["attributes"]["http.response.status_code"], 404);
+    assert_eq!(request["attributes"]["error.type"], "upstream_404");
+    assert_eq!(
+        request["status_code"], "UNSET",
+        "a 4xx is not a server span's error"
+    );
+    let upstream = by(
+        &bad,
+        request["context"]["span_id"].as_str().unwrap(),
+        "chat bad",
+    );
+    assert_eq!(upstream["status_code"], "ERROR");
+    assert_eq!(upstream["attributes"]["http.response.status_code"], 404);
+    assert_eq!(lv.metric("llmvisor_trace_spans_failed_total").await, 0.0);
 }

@@ -87,7 +87,11 @@ impl App {
             auth: Auth::new(&settings, None),
         };
         let edge = server::Edge::new(server::Limits::from_config(&settings.server));
-        let tracing = crate::telemetry::trace::Tracing::start(&settings.telemetry, &metrics);
+        let tracing = crate::telemetry::trace::Tracing::start(
+            &settings.telemetry,
+            &settings.trace_export,
+            &metrics,
+        );
         Arc::new(Self {
             tracing,
             edge,

@@ -73,8 +73,24 @@ pub struct Config {
 pub struct TelemetryConfig {
     /// The collector's OTLP/HTTP address, e.g. `http://127.0.0.1:4318` (spans go to
     /// `/v1/traces` under it, unless the address already ends with that path).
-    /// Plain `http://`: point it at a collector on the host or the tailnet.
+    /// `http://` (a collector on the host or the tailnet) or `https://` (verified
+    /// against Mozilla's roots, or `ca_file`'s).
     pub otlp_endpoint: Option<String>,
+    /// Headers sent with every export, e.g. `X-Scope-OrgID` for a multi-tenant
+    /// Tempo or Loki. Written into the configuration: nothing secret (see
+    /// `headers_file`).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// A file of `Name: value` lines sent as headers with every export, for
+    /// secrets such as `Authorization: Basic …` (Grafana Cloud) or an API-key
+    /// header. Relative: in `$CREDENTIALS_DIRECTORY` when set (systemd
+    /// `LoadCredential=`), else next to the configuration file. Its values are
+    /// never logged.
+    pub headers_file: Option<String>,
+    /// A PEM file of the certificate authorities an `https://` collector's
+    /// certificate is checked against, instead of Mozilla's roots (a collector
+    /// with a certificate from your own CA). Relative: next to the configuration
+    /// file.
+    pub ca_file: Option<String>,
     /// Put the request's messages (or prompt, or input) on its span as
     /// `gen_ai.input.messages`. Off: no prompt text ever leaves llmvisor in a span.
     pub capture_content: bool,
@@ -94,6 +110,9 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            headers: Default::default(),
+            headers_file: None,
+            ca_file: None,
             capture_content: false,
             service_name: "llmvisor".into(),
             queue: 8192,
@@ -752,6 +771,19 @@ pub struct Settings {
     pub store: StoreConfig,
     /// `[telemetry]` as written.
     pub telemetry: TelemetryConfig,
+    /// What the trace exporter sends with and trusts: `headers` checked, and once
+    /// `load_secrets` ran, `headers_file`'s and `ca_file`'s.
+    pub trace_export: TraceExport,
+}
+
+/// The trace exporter's headers and trusted roots, read and checked.
+#[derive(Clone, Debug, Default)]
+pub struct TraceExport {
+    /// `[telemetry] headers`, then `headers_file`'s (marked sensitive: their
+    /// `Debug` says `Sensitive`, never the value).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `ca_file`'s certificates (DER), if set: the only roots trusted.
+    pub roots: Option<Vec<Vec<u8>>>,
 }
 
 /// Why a configuration could not be loaded.

@@ -833,6 +833,78 @@ fn read_key(path: &Path) -> Result<String, String> {
     Ok(key)
 }
 
+/// Read a whole file (`[telemetry] headers_file`).
+fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// `headers_file`'s `Name: value` lines (blank lines and `#` comments skipped),
+/// checked as `[telemetry] headers` are and marked sensitive; or every problem,
+/// by line, none quoting a value.
+fn header_lines(
+    text: &str,
+    already: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, Vec<String>> {
+    let mut out: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let n = i + 1;
+        let Some((name, value)) = line.split_once(':') else {
+            problems.push(format!("line {n}: not a `Name: value` header"));
+            continue;
+        };
+        match super::validate::export_header(name.trim(), value) {
+            Ok((name, mut value)) => {
+                if already.iter().chain(&out).any(|(k, _)| *k == name) {
+                    problems.push(format!(
+                        "line {n}: `{name}` is given twice (here or in telemetry.headers)"
+                    ));
+                    continue;
+                }
+                value.set_sensitive(true);
+                out.push((name, value));
+            }
+            Err(e) => problems.push(format!("line {n}: {e}")),
+        }
+    }
+    if out.is_empty() && problems.is_empty() {
+        problems.push("holds no header (`Name: value` lines)".into());
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// `[telemetry] ca_file`: the certificates of a PEM file, each one a root rustls
+/// accepts.
+fn read_roots(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = Vec::new();
+    let mut store = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| format!("{}: certificate {}: {e}", path.display(), i + 1))?;
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("{}: certificate {}: {e}", path.display(), i + 1))?;
+        roots.push(cert.to_vec());
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (PEM, -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
 /// How `load_secrets` treats a relative key file that is missing while
 /// `$CREDENTIALS_DIRECTORY` is unset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -862,9 +934,12 @@ impl super::Settings {
         if mode == SecretsMode::Skip {
             return (problems, notes);
         }
-        let mut read = |at: String, name: &str| -> Option<String> {
+        let mut read = |at: String,
+                        name: &str,
+                        parse: fn(&Path) -> Result<String, String>|
+         -> Option<String> {
             let path = resolve_key_path(name, config_dir, credentials);
-            match read_key(&path) {
+            match parse(&path) {
                 Ok(k) => {
                     use std::os::unix::fs::PermissionsExt;
                     if let Ok(meta) = std::fs::metadata(&path)
@@ -899,17 +974,42 @@ impl super::Settings {
         };
         for c in &mut self.clients {
             if let KeySource::File(f) = &c.key {
-                c.key_hash = read(format!("clients.{}.key_file", c.name), f).map(|k| hash_key(&k));
+                c.key_hash =
+                    read(format!("clients.{}.key_file", c.name), f, read_key).map(|k| hash_key(&k));
             }
         }
         if let Some(a) = &mut self.admin
             && let KeySource::File(f) = &a.key
         {
-            a.key_hash = read("admin.key_file".into(), f).map(|k| hash_key(&k));
+            a.key_hash = read("admin.key_file".into(), f, read_key).map(|k| hash_key(&k));
         }
         for pr in &mut self.providers {
             if let Some(f) = &pr.key_file {
-                pr.api_key = read(format!("providers.{}.key_file", pr.name), f).map(Secret);
+                pr.api_key =
+                    read(format!("providers.{}.key_file", pr.name), f, read_key).map(Secret);
+            }
+        }
+        if self.telemetry.otlp_endpoint.is_some() {
+            if let Some(f) = &self.telemetry.headers_file
+                && let Some(text) = read("telemetry.headers_file".into(), f, read_text)
+            {
+                let export = &mut self.trace_export;
+                match header_lines(&text, &export.headers) {
+                    Ok(lines) => export.headers.extend(lines),
+                    Err(e) => problems.extend(e.into_iter().map(|message| Problem {
+                        path: "telemetry.headers_file".into(),
+                        message,
+                    })),
+                }
+            }
+            if let Some(f) = &self.telemetry.ca_file {
+                match read_roots(&config_dir.join(f)) {
+                    Ok(roots) => self.trace_export.roots = Some(roots),
+                    Err(message) => problems.push(Problem {
+                        path: "telemetry.ca_file".into(),
+                        message,
+                    }),
+                }
             }
         }
         let mut seen: HashMap<[u8; 32], String> = HashMap::new();

@@ -50,7 +50,7 @@ impl Config {
         let gpu = super::gpu::check_gpu(&self.gpu, &mut cx.problems);
         let profiles = super::gpu::check_profiles(&self.profiles, &self.models, &mut cx.problems);
         check_models(&mut cx, taken, gpu.simulate.len());
-        check_telemetry(&mut cx);
+        let trace_headers = check_telemetry(&mut cx);
         check_store(&mut cx);
         check_resilience(&mut cx);
         check_auth(&mut cx);
@@ -70,6 +70,10 @@ impl Config {
                 profiles,
                 store: self.store.clone(),
                 telemetry: self.telemetry.clone(),
+                trace_export: super::TraceExport {
+                    headers: trace_headers,
+                    roots: None,
+                },
             })
         } else {
             Err(cx.problems.0)
@@ -272,19 +276,15 @@ fn check_models(cx: &mut Ctx<'_>, mut taken: BTreeMap<u16, String>, simulated: u
     cx.models = models;
 }
 
-/// `[telemetry]`: where traces go.
-fn check_telemetry(cx: &mut Ctx<'_>) {
+/// `[telemetry]`: where traces go, and the checked `headers`.
+fn check_telemetry(cx: &mut Ctx<'_>) -> Vec<(http::HeaderName, http::HeaderValue)> {
     let t = &cx.config.telemetry;
     if let Some(url) = t.traces_url() {
         match url.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
-            Ok(u) if u.scheme_str() == Some("https") => cx.problems.add(
-                "telemetry.otlp_endpoint",
-                "https is not supported; use the collector's plain http:// OTLP port (4318) on the host or the tailnet",
-            ),
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
             _ => cx.problems.add(
                 "telemetry.otlp_endpoint",
-                "must be an http:// URL such as \"http://127.0.0.1:4318\"",
+                "must be an http:// or https:// URL such as \"http://127.0.0.1:4318\"",
             ),
         }
     }
@@ -297,6 +297,55 @@ fn check_telemetry(cx: &mut Ctx<'_>) {
             "must be between 0.0 (no request without a client's traceparent is traced) and 1.0 (every one)",
         );
     }
+    for (key, at) in [(&t.headers_file, "headers_file"), (&t.ca_file, "ca_file")] {
+        if key.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            cx.problems
+                .add(format!("telemetry.{at}"), "cannot be empty; leave it out");
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &t.headers {
+        match export_header(name, value) {
+            Ok(h) => headers.push(h),
+            Err(e) => cx.problems.add(format!("telemetry.headers.{name}"), e),
+        }
+    }
+    headers
+}
+
+/// One header of the trace exporter's (`[telemetry] headers` or a line of
+/// `headers_file`): a valid name and value, and not one llmvisor sets itself or
+/// one that belongs to a single connection. The error never quotes the value.
+pub(super) fn export_header(
+    name: &str,
+    value: &str,
+) -> Result<(http::HeaderName, http::HeaderValue), String> {
+    let n = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))?;
+    const OURS: [&str; 3] = ["content-type", "content-length", "host"];
+    const HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    if OURS.contains(&n.as_str()) {
+        return Err(format!("`{name}` is set by llmvisor"));
+    }
+    if HOP.contains(&n.as_str()) {
+        return Err(format!(
+            "`{name}` is a per-connection header; it cannot be set"
+        ));
+    }
+    let v = http::HeaderValue::from_str(value.trim()).map_err(|_| {
+        format!("the value of `{name}` is not a valid header value (visible ASCII and spaces only)")
+    })?;
+    if v.is_empty() {
+        return Err(format!("the value of `{name}` is empty"));
+    }
+    Ok((n, v))
 }
 
 /// `[store]`.
@@ -901,6 +950,135 @@ mod tests {
                 .any(|p| p.starts_with("telemetry.sample_ratio: must be between 0.0"));
             assert_eq!(bad, !ok, "sample_ratio = {ratio}: {ps:#?}");
         }
+    }
+
+    /// `[telemetry] headers`, `headers_file` and `ca_file`: every problem with its
+    /// key path (and line), none quoting a header's value; the headers in order,
+    /// the file's marked sensitive; the CA's certificates kept. The CA is made by
+    /// the `openssl` command line, as a user would make one.
+    #[test]
+    fn trace_export_headers_and_roots_are_checked() {
+        use super::super::SecretsMode;
+        let dir = tempfile::tempdir().unwrap();
+        let model =
+            "[server]\nauth = \"none\"\n[models.a]\nkind = \"command\"\ncommand = [\"x\"]\n";
+        let load = |telemetry: &str| {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, format!("{model}[telemetry]\n{telemetry}")).unwrap();
+            Config::load_with(&path, SecretsMode::Serve).map(|(s, _)| s)
+        };
+        let errors = |telemetry: &str| match load(telemetry) {
+            Ok(_) => panic!("accepted: {telemetry}"),
+            Err(super::super::ConfigError::Invalid { problems, .. }) => problems
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+            Err(e) => panic!("{e}"),
+        };
+        let endpoint = "otlp_endpoint = \"https://tempo.example:4318\"\n";
+
+        let ps = errors(&format!(
+            "{endpoint}headers = {{ \"X-Scope-OrgID\" = \"homelab\", \"bad name\" = \"v\", \"Content-Type\" = \"x\", \"Connection\" = \"close\", \"X-Empty\" = \" \", \"X-Bad\" = \"sec\\nret\" }}\n"
+        ));
+        for want in [
+            "telemetry.headers.bad name: `bad name` is not a valid header name",
+            "telemetry.headers.Content-Type: `Content-Type` is set by llmvisor",
+            "telemetry.headers.Connection: `Connection` is a per-connection header",
+            "telemetry.headers.X-Empty: the value of `X-Empty` is empty",
+            "telemetry.headers.X-Bad: the value of `X-Bad` is not a valid header value",
+        ] {
+            assert!(
+                ps.iter().any(|p| p.starts_with(want)),
+                "no {want:?} in {ps:#?}"
+            );
+        }
+        assert_eq!(ps.len(), 5, "{ps:#?}");
+        assert!(
+            !ps.iter().any(|p| p.contains("sec")),
+            "a value quoted: {ps:#?}"
+        );
+
+        std::fs::write(
+            dir.path().join("h"),
+            "# Grafana Cloud\nAuthorization: Basic c2VjcmV0\n\nno colon secret\nx-scope-orgid: again\nHost: secret.example\n",
+        )
+        .unwrap();
+        let ps = errors(&format!(
+            "{endpoint}headers = {{ \"X-Scope-OrgID\" = \"homelab\" }}\nheaders_file = \"h\"\n"
+        ));
+        assert_eq!(
+            ps,
+            [
+                "telemetry.headers_file: line 4: not a `Name: value` header",
+                "telemetry.headers_file: line 5: `x-scope-orgid` is given twice (here or in telemetry.headers)",
+                "telemetry.headers_file: line 6: `Host` is set by llmvisor",
+            ]
+        );
+        std::fs::write(dir.path().join("empty"), "# nothing yet\n").unwrap();
+        let ps = errors(&format!("{endpoint}headers_file = \"empty\"\n"));
+        assert_eq!(
+            ps,
+            ["telemetry.headers_file: holds no header (`Name: value` lines)"]
+        );
+        let ps = errors(&format!(
+            "{endpoint}headers_file = \"missing\"\nca_file = \"h\"\n"
+        ));
+        assert!(
+            ps[0].starts_with("telemetry.headers_file: cannot read "),
+            "{ps:#?}"
+        );
+        assert!(
+            ps[1].starts_with("telemetry.ca_file: ") && ps[1].contains("holds no certificate"),
+            "{ps:#?}"
+        );
+        let ps = errors(&format!("{endpoint}ca_file = \"\"\nheaders_file = \" \"\n"));
+        assert_eq!(
+            ps,
+            [
+                "telemetry.headers_file: cannot be empty; leave it out",
+                "telemetry.ca_file: cannot be empty; leave it out",
+            ]
+        );
+        let ps = errors("otlp_endpoint = \"grpc://127.0.0.1:4317\"\n");
+        assert!(ps[0].starts_with("telemetry.otlp_endpoint: must be an http:// or https:// URL"));
+
+        std::fs::write(dir.path().join("h"), "Authorization: Basic c2VjcmV0\n").unwrap();
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=test CA", "-keyout"])
+            .arg(dir.path().join("ca.key"))
+            .arg("-out")
+            .arg(dir.path().join("ca.pem"))
+            .output()
+            .expect("openssl");
+        assert!(made.status.success(), "{made:?}");
+        let s = load(&format!(
+            "{endpoint}headers = {{ \"X-Scope-OrgID\" = \"homelab\" }}\nheaders_file = \"h\"\nca_file = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        let h = &s.trace_export.headers;
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].0.as_str(), h[0].1.to_str().unwrap()),
+            ("x-scope-orgid", "homelab")
+        );
+        assert_eq!(
+            (h[1].0.as_str(), h[1].1.to_str().unwrap()),
+            ("authorization", "Basic c2VjcmV0")
+        );
+        assert!(h[1].1.is_sensitive() && !h[0].1.is_sensitive());
+        assert!(
+            !format!("{s:?}").contains("c2VjcmV0"),
+            "the secret in Debug"
+        );
+        assert_eq!(s.trace_export.roots.as_ref().map(Vec::len), Some(1));
     }
 
     #[test]

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -46,7 +47,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use smallvec::SmallVec;
 
 use super::otlp::{self, Head, Key, Kind, Value};
-use crate::config::TelemetryConfig;
+use crate::config::{TelemetryConfig, TraceExport};
 
 /// Spans per OTLP export at most.
 const BATCH: usize = 512;
@@ -154,6 +155,7 @@ impl Tracing {
     /// set; `None` when it is not, or when its URL cannot be used (logged).
     pub fn start(
         cfg: &TelemetryConfig,
+        export: &TraceExport,
         metrics: &crate::telemetry::metrics::Metrics,
     ) -> Option<Arc<Self>> {
         let url = cfg.traces_url()?;
@@ -179,7 +181,8 @@ impl Tracing {
         let room = otlp::envelope_room(&resource, &scope);
         let exporter = Exporter {
             queue: queue.clone(),
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client: Client::builder(TokioExecutor::new()).build(connector(export)),
+            headers: export.headers.iter().cloned().collect(),
             uri,
             resource,
             scope,
@@ -212,10 +215,37 @@ impl Tracing {
     }
 }
 
+/// `http://` and `https://` collectors; https verified against `ca_file`'s roots
+/// when set, else Mozilla's (compiled in, as for providers).
+fn connector(export: &TraceExport) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let tls = hyper_rustls::HttpsConnectorBuilder::new();
+    let tls = match &export.roots {
+        Some(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for der in roots {
+                // Each was added to a store once already, by the configuration check.
+                let _ = store.add(rustls::pki_types::CertificateDer::from(der.clone()));
+            }
+            tls.with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(store)
+                    .with_no_client_auth(),
+            )
+        }
+        None => tls.with_webpki_roots(),
+    };
+    tls.https_or_http().enable_http1().wrap_connector(http)
+}
+
 /// The export task's state.
 struct Exporter {
     queue: Arc<Queue>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `[telemetry] headers` and `headers_file`'s, sent with every export.
+    headers: HeaderMap,
     uri: http::Uri,
     /// The encoded `Resource` and `InstrumentationScope` of every export.
     resource: Vec<u8>,
@@ -278,12 +308,17 @@ impl Exporter {
     }
 
     async fn send(&mut self, body: Bytes, n: usize, url: &str) {
-        let req = http::Request::post(self.uri.clone())
+        let mut req = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(body))
             .expect("a POST to a parsed URI");
+        req.headers_mut().extend(self.headers.clone());
         let sent = tokio::time::timeout(EXPORT_TIMEOUT, async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| crate::proxy::error_chain(&e))?;
             let status = resp.status();
             // Read the answer through, so the connection is kept for the next.
             let _ = resp.into_body().collect().await;

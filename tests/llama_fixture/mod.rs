@@ -1,6 +1,8 @@
-//! The real-backend fixture that `scripts/llama-fixture.sh` builds: llama.cpp's
-//! `llama-server` and a tiny GGUF, found by the same rules as the script.
-#![allow(dead_code)]
+//! The real-backend fixtures: llama.cpp's `llama-server` and a tiny GGUF, which
+//! `scripts/llama-fixture.sh` builds, and Arize Phoenix (an OTLP trace backend),
+//! which `scripts/phoenix-fixture.sh` installs; found by the same rules as the
+//! scripts.
+#![allow(dead_code, unused_macros)]
 
 use std::path::PathBuf;
 
@@ -12,13 +14,11 @@ pub struct Fixture {
     pub model: PathBuf,
 }
 
-/// Where `scripts/llama-fixture.sh` puts things (same rules as the script):
-/// `LLMVISOR_LLAMA_SERVER` and `LLMVISOR_TINY_GGUF` when set, else under
-/// `$LLMVISOR_TEST_CACHE`, `/var/cache/llmvisor-test` as root, or
-/// `${XDG_CACHE_HOME:-~/.cache}/llmvisor-test`.
-pub fn fixture_paths() -> Fixture {
+/// The fixtures' cache (same rules as the scripts): `$LLMVISOR_TEST_CACHE`,
+/// `/var/cache/llmvisor-test` as root, or `${XDG_CACHE_HOME:-~/.cache}/llmvisor-test`.
+pub fn cache_dir() -> PathBuf {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    let cache = var("LLMVISOR_TEST_CACHE")
+    var("LLMVISOR_TEST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             if nix::unistd::geteuid().is_root() {
@@ -31,7 +31,14 @@ pub fn fixture_paths() -> Fixture {
                     })
                     .join("llmvisor-test")
             }
-        });
+        })
+}
+
+/// Where `scripts/llama-fixture.sh` puts things: `LLMVISOR_LLAMA_SERVER` and
+/// `LLMVISOR_TINY_GGUF` when set, else under [`cache_dir`].
+pub fn fixture_paths() -> Fixture {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let cache = cache_dir();
     Fixture {
         server: var("LLMVISOR_LLAMA_SERVER")
             .map(PathBuf::from)
@@ -40,6 +47,42 @@ pub fn fixture_paths() -> Fixture {
             .map(PathBuf::from)
             .unwrap_or_else(|| cache.join("llama/tiny.gguf")),
     }
+}
+
+/// The `phoenix` command `scripts/phoenix-fixture.sh` installs (Arize Phoenix, a
+/// real OTLP backend), or why it is missing. The version is the script's.
+pub fn phoenix() -> Result<PathBuf, String> {
+    let script = include_str!("../../scripts/phoenix-fixture.sh");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION=${PHOENIX_VERSION:-"))
+        .and_then(|v| v.strip_suffix('}'))
+        .expect("scripts/phoenix-fixture.sh names its version");
+    let dir = cache_dir().join(format!("phoenix-{version}"));
+    let bin = dir.join("venv/bin/phoenix");
+    match std::fs::read_to_string(dir.join(".built")) {
+        Ok(v) if v.trim() == version && bin.exists() => Ok(bin),
+        _ => Err(format!(
+            "{} is missing (run scripts/phoenix-fixture.sh, 3-5 minutes once)",
+            bin.display()
+        )),
+    }
+}
+
+/// Phoenix, or skip loudly (fail under CI).
+macro_rules! require_phoenix {
+    () => {
+        match crate::llama_fixture::phoenix() {
+            Ok(p) => p,
+            Err(why) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("the Phoenix test cannot run: {why}");
+                }
+                eprintln!("\n**** SKIPPED (Phoenix): {why} ****\n");
+                return;
+            }
+        }
+    };
 }
 
 /// The fixture, or why it is missing.

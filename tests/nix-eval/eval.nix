@@ -406,6 +406,7 @@ let
           models.chat = mockModel;
           clients.x.keyFile = "/nix/store/00000000000000000000000000000000-key";
           adminKeyFile = "relative/admin.key";
+          otlpHeadersFile = "/nix/store/00000000000000000000000000000000-otlp-headers";
           openFirewall = true;
         };
       }
@@ -413,6 +414,7 @@ let
     expectFailures = [
       "services.llmvisor.clients.x.keyFile:"
       "services.llmvisor.adminKeyFile:"
+      "services.llmvisor.otlpHeadersFile:"
       "services.llmvisor.openFirewall:"
     ];
   };
@@ -882,6 +884,36 @@ let
     checks = cfg: [
       (eq "the operator's collector" cfg.services.llmvisor.renderedSettings.telemetry.otlp_endpoint "http://10.0.0.5:4318")
     ];
+  };
+
+  # A collector elsewhere over https that wants a secret header (Grafana Cloud's
+  # OTLP gateway): the header file a credential, the plain headers in the TOML.
+  traces-to-a-cloud-collector = case {
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          clients.t.keyFile = "/run/secrets/t";
+          otlpEndpoint = "https://otlp-gateway-prod-eu-west-2.grafana.net/otlp";
+          otlpHeadersFile = "/run/secrets/otlp-headers";
+          settings.telemetry.headers.X-Scope-OrgID = "homelab";
+        };
+      }
+    ];
+    checks =
+      cfg:
+      let
+        t = cfg.services.llmvisor.renderedSettings.telemetry;
+      in
+      [
+        (eq "telemetry" t {
+          otlp_endpoint = "https://otlp-gateway-prod-eu-west-2.grafana.net/otlp";
+          headers_file = "otlp-headers";
+          headers.X-Scope-OrgID = "homelab";
+        })
+        (has "the header file a credential" (sc cfg).LoadCredential "otlp-headers:/run/secrets/otlp-headers")
+      ];
   };
 
   # llmvisor.backup on services.restic.backups: the copies, the dump, the

@@ -4,6 +4,7 @@
 # cached outside the clone by version (about 850 MB; 3-5 minutes to install once):
 #
 #   $CACHE/phoenix-$VERSION/venv/bin/phoenix
+#   $CACHE/phoenix -> phoenix-$VERSION/venv   (what tests/tracing.rs runs)
 #
 # CACHE as scripts/llama-fixture.sh: $LLMVISOR_TEST_CACHE, else
 # /var/cache/llmvisor-test as root, else ${XDG_CACHE_HOME:-~/.cache}/llmvisor-test.
@@ -20,15 +21,15 @@ else
   cache=${XDG_CACHE_HOME:-$HOME/.cache}/llmvisor-test
 fi
 dir=$cache/phoenix-$VERSION
-complete() {
+installed() {
   [ -x "$dir/venv/bin/phoenix" ] && [ "$(cat "$dir/.built" 2>/dev/null)" = "$VERSION" ]
 }
 case "${1:-}" in
-  --check) complete; exit ;;
+  --check) installed && [ "$(readlink "$cache/phoenix")" = "phoenix-$VERSION/venv" ]; exit ;;
   "") ;;
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
-if ! complete; then
+if ! installed; then
   echo "== phoenix: installing arize-phoenix==$VERSION into $dir (3-5 minutes; log: $dir/install.log)"
   t0=$(date +%s)
   rm -rf "$dir"
@@ -42,4 +43,5 @@ if ! complete; then
   echo "$VERSION" >"$dir/.built"
   echo "== phoenix: installed in $(($(date +%s) - t0)) s"
 fi
-echo "PHOENIX=$dir/venv/bin/phoenix"
+ln -sfn "phoenix-$VERSION/venv" "$cache/phoenix"
+echo "PHOENIX=$cache/phoenix/bin/phoenix"

@@ -50,22 +50,17 @@ pub fn fixture_paths() -> Fixture {
 }
 
 /// The `phoenix` command `scripts/phoenix-fixture.sh` installs (Arize Phoenix, a
-/// real OTLP backend), or why it is missing. The version is the script's.
+/// real OTLP backend; its venv linked as `phoenix` in [`cache_dir`]), or why it is
+/// missing.
 pub fn phoenix() -> Result<PathBuf, String> {
-    let script = include_str!("../../scripts/phoenix-fixture.sh");
-    let version = script
-        .lines()
-        .find_map(|l| l.strip_prefix("VERSION=${PHOENIX_VERSION:-"))
-        .and_then(|v| v.strip_suffix('}'))
-        .expect("scripts/phoenix-fixture.sh names its version");
-    let dir = cache_dir().join(format!("phoenix-{version}"));
-    let bin = dir.join("venv/bin/phoenix");
-    match std::fs::read_to_string(dir.join(".built")) {
-        Ok(v) if v.trim() == version && bin.exists() => Ok(bin),
-        _ => Err(format!(
+    let bin = cache_dir().join("phoenix/bin/phoenix");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
             "{} is missing (run scripts/phoenix-fixture.sh, 3-5 minutes once)",
             bin.display()
-        )),
+        ))
     }
 }
 

@@ -96,6 +96,9 @@ def check_src_files(name, src_files):
             wanted.add(m[1])
         for m in re.finditer(r'"\{\}/([^"{]*)[^"]*",\s*env!\("CARGO_MANIFEST_DIR"\)', text):
             wanted.add(m[1])
+        # Files compiled in, relative to the source file.
+        for m in re.finditer(r'include_(?:str|bytes)!\(\s*"([^"]+)"\s*\)', text):
+            wanted.add(str((rs.parent / m[1]).resolve().relative_to(REPO.resolve())))
     cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
     for section in ("bin", "example", "test", "bench"):
         for target in cargo.get(section, []):

@@ -53,8 +53,11 @@ use crate::config::{TelemetryConfig, TraceExport};
 const BATCH: usize = 512;
 /// How long a span may wait for its batch to fill.
 const LINGER: Duration = Duration::from_millis(500);
-/// The capacity an export's buffer is made with at most (a batch of 512 spans
-/// without prompts takes a few hundred bytes per span: about 100–150 KiB).
+/// The capacity an export's buffer is made with: room for a whole batch (512
+/// spans without prompts take a few hundred bytes each: about 100–150 KiB), so
+/// that a batch is never copied into a bigger buffer as it grows (only one with
+/// prompts from `capture_content` can outgrow it). Untouched, the rest costs no
+/// memory.
 const KEEP: usize = 256 * 1024;
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,12 +90,12 @@ struct Queue {
 
 #[derive(Default)]
 struct Pending {
-    recs: Vec<Rec>,
+    recs: Vec<Box<Rec>>,
     spans: usize,
 }
 
 impl Queue {
-    fn push(&self, rec: Rec) {
+    fn push(&self, rec: Box<Rec>) {
         let n = rec.spans();
         let wake = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,7 +145,7 @@ impl Queue {
     }
 
     /// Everything queued, leaving `spare` (emptied) in its place.
-    fn take(&self, spare: &mut Vec<Rec>) {
+    fn take(&self, spare: &mut Vec<Box<Rec>>) {
         spare.clear();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut p.recs, spare);
@@ -192,7 +195,6 @@ impl Tracing {
             warned: None,
             spans: Vec::new(),
             room,
-            expect: 64 * 1024,
             endings: Endings::default(),
         };
         tokio::spawn(exporter.run(flushes, url.clone()));
@@ -255,11 +257,9 @@ struct Exporter {
     failed: Counter,
     warned: Option<Instant>,
     /// The export being written: `room` bytes for the message around the spans
-    /// ([`otlp::seal`]), then the spans; made with `expect` bytes, the size of
-    /// the last export, so that a batch is not written into a growing buffer.
+    /// ([`otlp::seal`]), then the spans; made with [`KEEP`] bytes.
     spans: Vec<u8>,
     room: usize,
-    expect: usize,
     endings: Endings,
 }
 
@@ -279,12 +279,12 @@ impl Exporter {
 
     /// Export `recs` in requests of at most [`BATCH`] spans (a record's spans stay
     /// together).
-    async fn export(&mut self, recs: &[Rec], url: &str) {
+    async fn export(&mut self, recs: &[Box<Rec>], url: &str) {
         let mut n = 0;
         let clock = Clock::now();
         for (i, rec) in recs.iter().enumerate() {
             if self.spans.is_empty() {
-                self.spans.reserve(self.expect);
+                self.spans.reserve(KEEP);
                 self.spans.resize(self.room, 0);
             }
             n += rec.encode(
@@ -297,9 +297,6 @@ impl Exporter {
                 // The message around the spans goes into the room left before
                 // them, and the buffer becomes the body: spans are not copied.
                 let mut buf = std::mem::take(&mut self.spans);
-                // The next export's buffer is made for as much (prompts from
-                // `capture_content` can make one large: not more than KEEP).
-                self.expect = (buf.len() + buf.len() / 8).min(KEEP);
                 let start = otlp::seal(&mut buf, self.room, &self.resource, &self.scope);
                 self.send(Bytes::from(buf).slice(start..), n, url).await;
                 n = 0;
@@ -563,13 +560,15 @@ pub struct Finished<'a> {
 
 /// One request's spans; `None` inside when tracing is off (or the client's parent
 /// is not sampled).
+/// The record is boxed once, and goes to the queue and the exporter as that box:
+/// a pointer moves, not the record's few hundred bytes.
 #[derive(Default)]
-pub struct RequestSpan(Option<Box<Active>>);
+pub struct RequestSpan(Option<Active>);
 
 struct Active {
     queue: Arc<Queue>,
     /// `None` once finished (moved into the queue).
-    rec: Mutex<Option<Rec>>,
+    rec: Mutex<Option<Box<Rec>>>,
 }
 
 /// A request's spans as recorded: what the OTLP encoder needs, nothing more.
@@ -588,7 +587,10 @@ struct Rec {
     end: u64,
     /// The request span's name, kind and attributes from what was asked.
     head: Arc<[u8]>,
-    request_id: HeaderValue,
+    /// `x-request-id`'s bytes: llmvisor's own ids (28 bytes) are kept in the
+    /// record, not shared with the request's header (a reference count, and an
+    /// allocation the first time a header's bytes are shared).
+    request_id: SmallVec<[u8; 32]>,
     /// The prompt (`capture_content` only).
     content: Option<String>,
     /// How it ended.
@@ -936,7 +938,7 @@ impl Rec {
                 end: clock.wall(self.end),
             },
         );
-        let id = self.request_id.as_bytes();
+        let id = &self.request_id[..];
         s.raw(&self.head).attr(
             &key::REQUEST_ID,
             // UTF-8 is what a protobuf string needs: an id is checked for ASCII
@@ -1062,9 +1064,9 @@ impl RequestSpan {
             None
         };
         let op = operation(asked.endpoint);
-        Self(Some(Box::new(Active {
+        Self(Some(Active {
             queue: t.queue.clone(),
-            rec: Mutex::new(Some(Rec {
+            rec: Mutex::new(Some(Box::new(Rec {
                 trace_id,
                 id: span_id(),
                 parent,
@@ -1072,7 +1074,7 @@ impl RequestSpan {
                 start: mono(started),
                 end: 0,
                 head: request_head(op, asked.route, asked.client, asked.stream),
-                request_id: asked.request_id.clone(),
+                request_id: SmallVec::from_slice(asked.request_id.as_bytes()),
                 content,
                 status: None,
                 target: Answered::None,
@@ -1080,8 +1082,8 @@ impl RequestSpan {
                 usage: None,
                 waits: Vec::new(),
                 attempts: SmallVec::new(),
-            })),
-        })))
+            }))),
+        }))
     }
 
     /// A span for a request refused before it was planned (bad key, bad body, a
@@ -1118,7 +1120,7 @@ impl RequestSpan {
     fn with<R>(&self, f: impl FnOnce(&mut Rec) -> R) -> Option<R> {
         let a = self.0.as_ref()?;
         let mut rec = a.rec.lock().unwrap_or_else(|e| e.into_inner());
-        rec.as_mut().map(f)
+        rec.as_deref_mut().map(f)
     }
 
     /// The waits of an attempt at a local model that began at `began`: `cold start`
@@ -1301,9 +1303,10 @@ mod tests {
             }),
             None
         );
+        // Off, it is a `None` of three words inside the request (no allocation).
         assert_eq!(
             std::mem::size_of::<RequestSpan>(),
-            std::mem::size_of::<usize>()
+            3 * std::mem::size_of::<usize>()
         );
     }
 
@@ -1722,7 +1725,8 @@ mod tests {
             }
         };
         assert!(problems("http://127.0.0.1:4318").is_empty());
-        assert!(problems("https://tempo:4318")[0].contains("https is not supported"));
+        assert!(problems("https://tempo:4318").is_empty());
+        assert!(problems("grpc://tempo:4317")[0].contains("must be an http:// or https:// URL"));
         assert!(!problems("tempo:4318").is_empty());
         let cfg = |ep: &str| crate::config::TelemetryConfig {
             otlp_endpoint: Some(ep.into()),

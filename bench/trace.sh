@@ -8,6 +8,10 @@
 #                             # compared at the same load
 #   PIN=1 bench/trace.sh      # each llmvisor alone on CPU 1; the load generator, the
 #                             # mocks and the collector stand-in on CPU 0
+#   BASELINE=/tmp/old/llmvisor bench/trace.sh
+#                             # two builds, both tracing: the "off" leg is BASELINE
+#                             # exporting every span too (an A/B of a change to the
+#                             # traced path; the table's "off" reads "baseline")
 #
 # Unpinned, the four processes share 2 cores as the scheduler likes, and req/s move
 # by ±10 % between rounds. Pinned, llmvisor's req/s is what its own core does: the
@@ -81,13 +85,15 @@ max_queue = 1024
 idle_ttl = "0"
 EOF
 }
-config "$OFF_PORT" "$OFF_MOCK" "" > "$work/off.toml"
 # BENCH_OTLP: another collector address (a closed port measures the spans' making
 # alone: the exporter then backs off and drops nearly all of them).
-config "$ON_PORT" "$ON_MOCK" "[telemetry]
-otlp_endpoint = \"${BENCH_OTLP:-http://127.0.0.1:$SINK}\"" > "$work/on.toml"
+traced="[telemetry]
+otlp_endpoint = \"${BENCH_OTLP:-http://127.0.0.1:$SINK}\""
+config "$OFF_PORT" "$OFF_MOCK" "${BASELINE:+$traced}" > "$work/off.toml"
+config "$ON_PORT" "$ON_MOCK" "$traced" > "$work/on.toml"
 mkdir -p "$work/off" "$work/on"
-STATE_DIRECTORY=$work/off RUST_LOG=warn "${LV[@]}" "$BIN/llmvisor" serve --config "$work/off.toml" 2>"$work/off.log" & pids+=($!)
+[ -z "${BASELINE:-}" ] || echo "baseline: the \"off\" leg is $BASELINE, tracing too" >&2
+STATE_DIRECTORY=$work/off RUST_LOG=warn "${LV[@]}" "${BASELINE:-$BIN/llmvisor}" serve --config "$work/off.toml" 2>"$work/off.log" & pids+=($!)
 OFF_PID=$!
 STATE_DIRECTORY=$work/on RUST_LOG=warn "${LV[@]}" "$BIN/llmvisor" serve --config "$work/on.toml" 2>"$work/on.log" & pids+=($!)
 ON_PID=$!
@@ -120,7 +126,9 @@ print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (flo
 }
 metric() { curl -sf "http://127.0.0.1:$ON_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
-echo "| round | off req/s | on req/s | on / off | off CPU µs/req | on CPU µs/req | on / off | busy off / on |"
+leg=${BASELINE:+baseline}
+leg=${leg:-off}
+echo "| round | $leg req/s | on req/s | on / $leg | $leg CPU µs/req | on CPU µs/req | on / $leg | busy $leg / on |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 ratios=() cpu_ratios=()
 # The collector stand-in's CPU: nginx's master and its worker.
@@ -141,13 +149,15 @@ for r in $(seq "$ROUNDS"); do
   ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
   cpu_ratio=$(python3 -c "print(f'{$on_cpu / $off_cpu:.3f}')")
   ratios+=("$ratio") cpu_ratios+=("$cpu_ratio")
-  on_total=$(( ${on_total:-0} + on_n ))
+  on_total=$(( ${on_total:-0} + on_n )) off_total=$(( ${off_total:-0} + off_n ))
   printf '| %s | %.0f | %.0f | %s | %.1f | %.1f | %s | %.0f %% / %.0f %% |\n' "$r" "$off" "$on" "$ratio" "$off_cpu" "$on_cpu" "$cpu_ratio" "$off_busy" "$on_busy"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "median on/off: req/s $(median "${ratios[@]}"), llmvisor CPU per request $(median "${cpu_ratios[@]}")"
+echo "median on/$leg: req/s $(median "${ratios[@]}"), llmvisor CPU per request $(median "${cpu_ratios[@]}")"
 echo "spans exported $(metric llmvisor_trace_spans_exported_total), dropped $(metric llmvisor_trace_spans_dropped_total), failed $(metric llmvisor_trace_spans_failed_total)"
 sink_t1=$(sink_ticks)
-echo "the collector stand-in (nginx) used $(( (sink_t1 - sink_t0) * 1000 / $(getconf CLK_TCK) )) ms of CPU for $on_total traced requests"
+traced_total=$on_total
+[ -z "${BASELINE:-}" ] || traced_total=$((on_total + off_total))
+echo "the collector stand-in (nginx) used $(( (sink_t1 - sink_t0) * 1000 / $(getconf CLK_TCK) )) ms of CPU for $traced_total traced requests"
 echo "${PIN:+pinned: llmvisor on CPU 1, the rest on CPU 0; }load average before $load_before, after $(cut -d' ' -f1 /proc/loadavg) ($(nproc) CPUs)"

@@ -48,10 +48,22 @@ pub fn missing() -> Option<String> {
         }
     }
     let root = test_root();
-    if !root.join(".llmvisor-root-ok").exists() {
+    let Ok(made) = std::fs::read_to_string(root.join(".llmvisor-root-ok")) else {
         return Some(format!(
             "no container root at {} (run tests/system/prepare-root.sh)",
             root.display()
+        ));
+    };
+    // The version of the root the script makes now (what it installs).
+    let want = include_str!("../system/prepare-root.sh")
+        .lines()
+        .find_map(|l| l.strip_prefix("version="))
+        .expect("prepare-root.sh names its version");
+    if made.trim() != want {
+        return Some(format!(
+            "the container root at {} is version {:?}, and tests/system/prepare-root.sh now makes {want}: run it again",
+            root.display(),
+            made.trim()
         ));
     }
     None

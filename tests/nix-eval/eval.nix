@@ -1391,6 +1391,12 @@ let
         (check "the wrapper restic-llmvisor is installed" (lib.any (p: p.name == "restic-llmvisor") cfg.environment.systemPackages) null)
       ];
       toml = cfg.services.llmvisor.renderedSettings;
+      # The two scripts the module writes, as text (their store paths are the
+      # stubs'), for running them elsewhere: `-A vm-backup.scripts`.
+      scripts = {
+        prepare = b.backupPrepareCommand;
+        restore = (lib.findFirst (p: p.name == "llmvisor-backup-restore") null cfg.environment.systemPackages).text;
+      };
     };
   vm-firewall-server =
     let

@@ -167,6 +167,18 @@ def main():
                 failures += 1
         if "srcFiles" in case:
             failures += check_src_files(name, case["srcFiles"])
+        # Scripts a module writes, kept as golden files in tests/system/ that the
+        # system tests run for real (tests/system_backup.rs runs vm-backup's).
+        for script, text in sorted((case.get("scripts") or {}).items()):
+            spath = HERE.parent / "system" / f"{name}.{script}.sh"
+            if not spath.exists():
+                print(f"FAIL {name}: no golden script {spath}")
+                failures += 1
+            elif spath.read_text() == text:
+                print(f"ok   {name}: {script} script equals {spath.relative_to(HERE.parent.parent)}")
+            else:
+                print(f"FAIL {name}: the {script} script differs from {spath}")
+                failures += 1
         settings = case.get("toml")
         if settings is None:
             continue

@@ -5,16 +5,20 @@
 #                                         /var/cache/llmvisor-test/root)
 set -euo pipefail
 root=${1:-${LLMVISOR_TEST_ROOT:-/var/cache/llmvisor-test/root}}
-if [ -x "$root/usr/lib/systemd/systemd" ] && [ -e "$root/.llmvisor-root-ok" ]; then
+# The version of what the root holds: a root made by an older version of this
+# script is made again.
+version=2
+if [ -x "$root/usr/lib/systemd/systemd" ] && [ "$(cat "$root/.llmvisor-root-ok" 2>/dev/null)" = "$version" ]; then
   echo "system test root: $root (cached)"
   exit 0
 fi
 rm -rf "$root"
 mkdir -p "$(dirname "$root")"
-debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$root" \
+# restic and sqlite3: tests/system_backup.rs runs llmvisor.backup's scripts with them.
+debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,restic,sqlite3 bookworm "$root" \
   "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # Nothing in the container needs a getty or the network configured.
 chroot "$root" systemctl mask console-getty.service getty@tty1.service systemd-networkd.service \
   systemd-resolved.service >/dev/null 2>&1 || true
-touch "$root/.llmvisor-root-ok"
+echo "$version" >"$root/.llmvisor-root-ok"
 echo "system test root: $root (built)"

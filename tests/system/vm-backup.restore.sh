@@ -1,0 +1,28 @@
+set -euo pipefail
+snapshot=${1:-latest}
+export RESTIC_REPOSITORY_FILE=/etc/llmvisor-test/restic-repository
+export RESTIC_PASSWORD_FILE=/etc/llmvisor-test/restic-password
+
+restic=/nix/store/00000000000000000000000000000000-restic/bin/restic
+echo "restoring snapshot $snapshot"
+running=()
+for u in llmvisor.service open-webui.service; do
+  if systemctl is-active --quiet "$u"; then running+=("$u"); fi
+done
+systemctl stop llmvisor.service open-webui.service
+rm -rf /var/lib/llmvisor-backup
+"$restic" restore "$snapshot" --target / --include /var/lib/llmvisor-backup --include /var/lib/private/open-webui 
+swap() { # swap COPY DB: the database copy in place of DB, owned like its directory
+  [ -e "$1" ] || return 0
+  install -d -m 700 "$(dirname "$2")"
+  rm -f "$2" "$2-wal" "$2-shm" "$2-journal"
+  cp "$1" "$2"
+  chown --reference="$(dirname "$2")" "$2"
+  chmod 600 "$2"
+  echo "restored $2"
+}
+swap /var/lib/llmvisor-backup/usage.sqlite /var/lib/llmvisor/usage.sqlite
+swap /var/lib/llmvisor-backup/open-webui-webui.db /var/lib/private/open-webui/webui.db
+
+if [ ${#running[@]} -gt 0 ]; then systemctl start "${running[@]}"; fi
+

@@ -124,7 +124,7 @@ cpu = int(sys.argv[2]) / int(sys.argv[3])
 print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (float(sys.argv[5]) - float(sys.argv[4])))' \
     "$out" "$((t1 - t0))" "$(getconf CLK_TCK)" "$s0" "$s1"
 }
-metric() { curl -sf "http://127.0.0.1:$ON_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+metric() { curl -sf "http://127.0.0.1:${2:-$ON_PORT}/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 leg=${BASELINE:+baseline}
 leg=${leg:-off}
@@ -156,6 +156,7 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1
 echo
 echo "median on/$leg: req/s $(median "${ratios[@]}"), llmvisor CPU per request $(median "${cpu_ratios[@]}")"
 echo "spans exported $(metric llmvisor_trace_spans_exported_total), dropped $(metric llmvisor_trace_spans_dropped_total), failed $(metric llmvisor_trace_spans_failed_total)"
+[ -z "${BASELINE:-}" ] || echo "baseline's spans exported $(metric llmvisor_trace_spans_exported_total "$OFF_PORT"), dropped $(metric llmvisor_trace_spans_dropped_total "$OFF_PORT"), failed $(metric llmvisor_trace_spans_failed_total "$OFF_PORT")"
 sink_t1=$(sink_ticks)
 traced_total=$on_total
 [ -z "${BASELINE:-}" ] || traced_total=$((on_total + off_total))

@@ -5,6 +5,7 @@
   rustPlatform,
   pkg-config,
   systemd,
+  openssl,
 }:
 let
   cargoToml = lib.importTOML ../Cargo.toml;
@@ -49,6 +50,9 @@ rustPlatform.buildRustPackage {
   # sandbox has. The tests that need real systemd (system_systemd) or the Python
   # `openai` client (real_clients) say SKIPPED there, as they do without CI=true.
   doCheck = true;
+  # The `openssl` command: the tests make their own certificate authority and a
+  # collector's certificate with it (src/config/validate.rs, tests/tracing.rs).
+  nativeCheckInputs = [ (lib.getBin openssl) ];
 
   meta = {
     description = cargoToml.package.description;

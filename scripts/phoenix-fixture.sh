@@ -34,8 +34,13 @@ if ! installed; then
   t0=$(date +%s)
   rm -rf "$dir"
   mkdir -p "$dir"
-  python3 -m venv "$dir/venv"
-  "$dir/venv/bin/pip" install -q --disable-pip-version-check "arize-phoenix==$VERSION" >"$dir/install.log" 2>&1 || {
+  python3 -m venv "$dir/venv" || {
+    echo "phoenix: python3 -m venv failed (apt-get install python3-venv)" >&2
+    exit 1
+  }
+  # --no-cache-dir: no second copy of the wheels in pip's cache. Only Phoenix is
+  # pinned; its dependencies are what PyPI resolves to on the day.
+  "$dir/venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "arize-phoenix==$VERSION" >"$dir/install.log" 2>&1 || {
     tail -n 40 "$dir/install.log" >&2
     echo "phoenix install failed; full log: $dir/install.log" >&2
     exit 1

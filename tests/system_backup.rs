@@ -6,7 +6,8 @@
 //! here (no KVM): requests in llmvisor's usage store; Open WebUI's state directory
 //! (a `DynamicUser=` unit's, under /var/lib/private) with a database in WAL mode
 //! and an upload; the module's prepare script, then `restic backup` of the
-//! module's paths and excludes (what NixOS's restic unit runs); everything wiped;
+//! module's paths and excludes (as NixOS's restic unit runs it; the command is a
+//! golden file too, made from the module's `paths` and `exclude`); everything wiped;
 //! `llmvisor-backup-restore` with llmvisor running; the requests, the database row
 //! and the upload are back, and new requests are recorded in the restored store.
 //!
@@ -28,6 +29,10 @@ fn script(name: &str) -> String {
         "prepare" => concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/system/vm-backup.prepare.sh"
+        ),
+        "backup" => concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/system/vm-backup.backup.sh"
         ),
         _ => concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -130,8 +135,8 @@ async fn backup_wipe_and_restore_bring_the_usage_store_and_open_webui_back() {
         assert!(prepared.contains(copy), "{copy:?} not in:\n{prepared}");
     }
     sh(&format!(
-        "export {restic}; (restic cat config >/dev/null 2>&1 || restic init) && \
-         restic backup /var/lib/llmvisor-backup {ow} --exclude {ow}/webui.db --exclude '{ow}/webui.db-*' --exclude {ow}/cache"
+        "export {restic}; (restic cat config >/dev/null 2>&1 || restic init) && {}",
+        script("backup").trim()
     ));
     let files = sh(&format!("export {restic}; restic ls latest"));
     for f in [

@@ -11,6 +11,7 @@ mod common;
 #[macro_use]
 mod llama_fixture;
 
+use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -624,14 +625,17 @@ async fn phoenix_shows_each_trace_as_llmvisor_sent_it() {
     let dir = tempfile::tempdir().unwrap();
     let (port, grpc) = (common::free_port(), common::free_port());
     let log = std::fs::File::create(dir.path().join("phoenix.log")).unwrap();
+    /// Phoenix in a process group of its own, killed whole when the test ends
+    /// (its server may start workers of its own).
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
-            let _ = self.0.kill();
+            let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
             let _ = self.0.wait();
         }
     }
-    let _phoenix = Kill(
+    let mut phoenix = Kill(
         std::process::Command::new(&phoenix)
             .arg("serve")
             .env("PHOENIX_WORKING_DIR", dir.path())
@@ -639,6 +643,7 @@ async fn phoenix_shows_each_trace_as_llmvisor_sent_it() {
             .env("PHOENIX_PORT", port.to_string())
             .env("PHOENIX_GRPC_PORT", grpc.to_string())
             .env("PHOENIX_TELEMETRY_ENABLED", "false")
+            .process_group(0)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -650,6 +655,9 @@ async fn phoenix_shows_each_trace_as_llmvisor_sent_it() {
         || std::fs::read_to_string(dir.path().join("phoenix.log")).unwrap_or_default();
     // Python, a database migration and the UI's assets: 30-60 s on 2 busy cores.
     eventually(Duration::from_secs(240), async || {
+        if let Ok(Some(status)) = phoenix.0.try_wait() {
+            panic!("phoenix exited ({status}):\n{}", phoenix_log());
+        }
         match http.get(format!("{base}/v1/projects")).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             _ => Err(phoenix_log()),

@@ -466,8 +466,12 @@ async fn reload(app: &App, config: &std::path::Path) {
             for n in notes {
                 tracing::warn!("{n}");
             }
-            if new.telemetry != app.settings.telemetry {
-                tracing::warn!("[telemetry] changed: it takes effect at the next restart");
+            if new.telemetry != app.settings.telemetry
+                || new.trace_export != app.settings.trace_export
+            {
+                tracing::warn!(
+                    "[telemetry] changed (or its headers_file or ca_file): it takes effect at the next restart"
+                );
             }
             let s = app.reload(&new, &tokenizers).await;
             tracing::info!(

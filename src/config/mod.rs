@@ -777,7 +777,7 @@ pub struct Settings {
 }
 
 /// The trace exporter's headers and trusted roots, read and checked.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TraceExport {
     /// `[telemetry] headers`, then `headers_file`'s (marked sensitive: their
     /// `Debug` says `Sensitive`, never the value).

@@ -857,6 +857,14 @@ fn header_lines(
             problems.push(format!("line {n}: not a `Name: value` header"));
             continue;
         };
+        // Not quoted: a line such as `Authorization=Bearer sk-…:…` puts a secret
+        // before the first colon.
+        if http::HeaderName::from_bytes(name.trim().as_bytes()).is_err() {
+            problems.push(format!(
+                "line {n}: what comes before the first `:` is not a header name"
+            ));
+            continue;
+        }
         match super::validate::export_header(name.trim(), value) {
             Ok((name, mut value)) => {
                 if already.iter().chain(&out).any(|(k, _)| *k == name) {
@@ -989,7 +997,30 @@ impl super::Settings {
                     read(format!("providers.{}.key_file", pr.name), f, read_key).map(Secret);
             }
         }
-        if self.telemetry.otlp_endpoint.is_some() {
+        // Said after the files are read (`read` holds `notes` until then).
+        let mut plain_notes = Vec::new();
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            let plain = endpoint
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("http"))
+                .and_then(|u| u.host().map(str::to_owned));
+            if let Some(host) = &plain {
+                let local = host == "localhost"
+                    || host
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if self.telemetry.headers_file.is_some() && !local {
+                    plain_notes.push(format!(
+                        "telemetry.headers_file: its headers go to {host} over plain http://, readable on the way unless the path is encrypted (a tailnet); use https://"
+                    ));
+                }
+                if self.telemetry.ca_file.is_some() {
+                    plain_notes
+                        .push("telemetry.ca_file: not used: otlp_endpoint is http://".into());
+                }
+            }
             if let Some(f) = &self.telemetry.headers_file
                 && let Some(text) = read("telemetry.headers_file".into(), f, read_text)
             {
@@ -1012,6 +1043,7 @@ impl super::Settings {
                 }
             }
         }
+        notes.extend(plain_notes);
         let mut seen: HashMap<[u8; 32], String> = HashMap::new();
         for c in &self.clients {
             if let Some(h) = c.key_hash

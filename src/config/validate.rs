@@ -281,6 +281,11 @@ fn check_telemetry(cx: &mut Ctx<'_>) -> Vec<(http::HeaderName, http::HeaderValue
     let t = &cx.config.telemetry;
     if let Some(url) = t.traces_url() {
         match url.parse::<http::Uri>() {
+            // Not echoed: the part before `@` is a secret.
+            Ok(u) if u.authority().is_some_and(|a| a.as_str().contains('@')) => cx.problems.add(
+                "telemetry.otlp_endpoint",
+                "holds credentials (user:password@); they would be logged and never sent: put them in headers_file (Authorization: Basic …)",
+            ),
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
             _ => cx.problems.add(
                 "telemetry.otlp_endpoint",
@@ -303,9 +308,14 @@ fn check_telemetry(cx: &mut Ctx<'_>) -> Vec<(http::HeaderName, http::HeaderValue
                 .add(format!("telemetry.{at}"), "cannot be empty; leave it out");
         }
     }
-    let mut headers = Vec::new();
+    let mut headers: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
     for (name, value) in &t.headers {
         match export_header(name, value) {
+            // TOML keys differ by case where header names do not.
+            Ok((n, _)) if headers.iter().any(|(k, _)| *k == n) => cx.problems.add(
+                format!("telemetry.headers.{name}"),
+                format!("`{name}` is given twice (header names ignore case)"),
+            ),
             Ok(h) => headers.push(h),
             Err(e) => cx.problems.add(format!("telemetry.headers.{name}"), e),
         }
@@ -322,7 +332,7 @@ pub(super) fn export_header(
 ) -> Result<(http::HeaderName, http::HeaderValue), String> {
     let n = http::HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("`{name}` is not a valid header name"))?;
-    const OURS: [&str; 3] = ["content-type", "content-length", "host"];
+    const OURS: [&str; 4] = ["content-type", "content-length", "content-encoding", "host"];
     const HOP: [&str; 6] = [
         "connection",
         "keep-alive",
@@ -997,10 +1007,27 @@ mod tests {
             !ps.iter().any(|p| p.contains("sec")),
             "a value quoted: {ps:#?}"
         );
+        let ps = errors(&format!(
+            "{endpoint}headers = {{ \"X-A\" = \"1\", \"x-a\" = \"2\", \"Content-Encoding\" = \"gzip\" }}\n"
+        ));
+        assert_eq!(
+            ps,
+            [
+                "telemetry.headers.Content-Encoding: `Content-Encoding` is set by llmvisor",
+                "telemetry.headers.x-a: `x-a` is given twice (header names ignore case)",
+            ]
+        );
+        let ps = errors("otlp_endpoint = \"https://user:s3cret@tempo.example:4318\"\n");
+        assert_eq!(ps.len(), 1, "{ps:#?}");
+        assert!(
+            ps[0].starts_with("telemetry.otlp_endpoint: holds credentials"),
+            "{ps:#?}"
+        );
+        assert!(!ps[0].contains("s3cret"), "{ps:#?}");
 
         std::fs::write(
             dir.path().join("h"),
-            "# Grafana Cloud\nAuthorization: Basic c2VjcmV0\n\nno colon secret\nx-scope-orgid: again\nHost: secret.example\n",
+            "# Grafana Cloud\nAuthorization: Basic c2VjcmV0\n\nno colon secret\nx-scope-orgid: again\nHost: secret.example\nAuthorization=Bearer sk-secret:x\n",
         )
         .unwrap();
         let ps = errors(&format!(
@@ -1012,6 +1039,7 @@ mod tests {
                 "telemetry.headers_file: line 4: not a `Name: value` header",
                 "telemetry.headers_file: line 5: `x-scope-orgid` is given twice (here or in telemetry.headers)",
                 "telemetry.headers_file: line 6: `Host` is set by llmvisor",
+                "telemetry.headers_file: line 7: what comes before the first `:` is not a header name",
             ]
         );
         std::fs::write(dir.path().join("empty"), "# nothing yet\n").unwrap();
@@ -1079,6 +1107,30 @@ mod tests {
             "the secret in Debug"
         );
         assert_eq!(s.trace_export.roots.as_ref().map(Vec::len), Some(1));
+
+        // Plain http: the key crosses the network readable (a note); ca_file unused.
+        let path = dir.path().join("c.toml");
+        for (host, noted) in [("10.0.0.5", true), ("127.0.0.1", false), ("[::1]", false)] {
+            std::fs::write(
+                &path,
+                format!("{model}[telemetry]\notlp_endpoint = \"http://{host}:4318\"\nheaders_file = \"h\"\nca_file = \"ca.pem\"\n"),
+            )
+            .unwrap();
+            let (_, notes) = Config::load_with(&path, SecretsMode::Serve).unwrap();
+            assert_eq!(
+                notes
+                    .iter()
+                    .any(|n| n.starts_with("telemetry.headers_file: its headers go to")),
+                noted,
+                "{host}: {notes:#?}"
+            );
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n == "telemetry.ca_file: not used: otlp_endpoint is http://"),
+                "{notes:#?}"
+            );
+        }
     }
 
     #[test]

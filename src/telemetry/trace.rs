@@ -175,6 +175,13 @@ impl Tracing {
                 return None;
             }
         };
+        let connector = match connector(export) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("traces are off: {e}");
+                return None;
+            }
+        };
         let (exported, dropped, failed) = metrics.trace_spans.clone();
         let queue = Arc::new(Queue {
             pending: Mutex::default(),
@@ -189,7 +196,7 @@ impl Tracing {
         let room = otlp::envelope_room(&resource, &scope);
         let exporter = Exporter {
             queue: queue.clone(),
-            client: Client::builder(TokioExecutor::new()).build(connector(export)),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             headers: export.headers.iter().cloned().collect(),
             uri,
             resource,
@@ -224,7 +231,7 @@ impl Tracing {
 
 /// `http://` and `https://` collectors; https verified against `ca_file`'s roots
 /// when set, else Mozilla's (compiled in, as for providers).
-fn connector(export: &TraceExport) -> HttpsConnector<HttpConnector> {
+fn connector(export: &TraceExport) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -236,15 +243,19 @@ fn connector(export: &TraceExport) -> HttpsConnector<HttpConnector> {
                 // Each was added to a store once already, by the configuration check.
                 let _ = store.add(rustls::pki_types::CertificateDer::from(der.clone()));
             }
-            tls.with_tls_config(
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(store)
-                    .with_no_client_auth(),
-            )
+            // ring, as hyper-rustls's own configuration (not whichever provider
+            // the crate features would pick).
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("no TLS configuration for ca_file's roots: {e}"))?
+                .with_root_certificates(store)
+                .with_no_client_auth();
+            tls.with_tls_config(config)
         }
         None => tls.with_webpki_roots(),
     };
-    tls.https_or_http().enable_http1().wrap_connector(http)
+    Ok(tls.https_or_http().enable_http1().wrap_connector(http))
 }
 
 /// The export task's state.

@@ -310,6 +310,7 @@ let
         rustPlatform.buildRustPackage = args: args;
         pkg-config = stubs.fakePackage "pkg-config";
         systemd = stubs.fakePackage "systemd";
+        openssl = stubs.fakePackage "openssl";
       };
       cargoToml = lib.importTOML (repo + "/Cargo.toml");
       lock = lib.importTOML drv.cargoLock.lockFile;
@@ -337,6 +338,7 @@ let
         (has "the mock's source is in src" srcFiles "src/bin/llmvisor-mock/main.rs")
         (has "the example target's source is in src" srcFiles "bench/streamload.rs")
         (eq "no NixOS test in src" (lib.filter (f: lib.hasPrefix "tests/nixos/" f || lib.hasPrefix "tests/nix-eval/" f) srcFiles) [ ])
+        (eq "the tests' openssl command" (map (p: p.name) drv.nativeCheckInputs) [ "openssl" ])
         (eq "mainProgram" drv.meta.mainProgram "llmvisor")
         (eq "license" drv.meta.license.spdxId "Apache-2.0")
       ];
@@ -1395,6 +1397,11 @@ let
       # stubs'), for running them elsewhere: `-A vm-backup.scripts`.
       scripts = {
         prepare = b.backupPrepareCommand;
+        # What NixOS's restic unit runs after it, from the module's paths and
+        # excludes (restic.nix passes them as --files-from and --exclude-file).
+        backup = "restic backup ${lib.concatStringsSep " " b.paths}${
+          lib.concatMapStrings (e: " --exclude '${e}'") b.exclude
+        }\n";
         restore = (lib.findFirst (p: p.name == "llmvisor-backup-restore") null cfg.environment.systemPackages).text;
       };
     };

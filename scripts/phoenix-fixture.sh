@@ -13,13 +13,7 @@
 #   scripts/phoenix-fixture.sh --check   exit 0 when installed, 1 if not
 set -euo pipefail
 VERSION=${PHOENIX_VERSION:-20.26.1}
-if [ -n "${LLMVISOR_TEST_CACHE:-}" ]; then
-  cache=$LLMVISOR_TEST_CACHE
-elif [ "$(id -u)" = 0 ]; then
-  cache=/var/cache/llmvisor-test
-else
-  cache=${XDG_CACHE_HOME:-$HOME/.cache}/llmvisor-test
-fi
+. "$(dirname "$0")/test-cache.sh"
 dir=$cache/phoenix-$VERSION
 installed() {
   [ -x "$dir/venv/bin/phoenix" ] && [ "$(cat "$dir/.built" 2>/dev/null)" = "$VERSION" ]

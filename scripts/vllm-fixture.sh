@@ -30,13 +30,7 @@ reqs=$repo/scripts/vllm-parser-requirements.txt
 VERSION=$(sed -n 's/^vllm==//p' "$reqs")
 ID=$(sha256sum <"$reqs" | cut -d' ' -f1)
 
-if [ -n "${LLMVISOR_TEST_CACHE:-}" ]; then
-  cache=$LLMVISOR_TEST_CACHE
-elif [ "$(id -u)" = 0 ]; then
-  cache=/var/cache/llmvisor-test
-else
-  cache=${XDG_CACHE_HOME:-$HOME/.cache}/llmvisor-test
-fi
+. "$(dirname "$0")/test-cache.sh"
 dir=$cache/vllm-$VERSION
 py=$dir/venv/bin/python
 

@@ -159,12 +159,7 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let connector = https_connector(connector, None);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(pool_idle)
@@ -463,6 +458,22 @@ fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
         cur = c.source();
     }
     false
+}
+
+/// `http://` and `https://` over `http` (HTTP/1), https verified against
+/// Mozilla's roots (compiled in), or by `tls` when given (the trace exporter's
+/// `ca_file`). For providers and the trace exporter alike.
+pub(crate) fn https_connector(
+    mut http: HttpConnector,
+    tls: Option<rustls::ClientConfig>,
+) -> HttpsConnector<HttpConnector> {
+    http.enforce_http(false);
+    let b = hyper_rustls::HttpsConnectorBuilder::new();
+    let b = match tls {
+        Some(config) => b.with_tls_config(config),
+        None => b.with_webpki_roots(),
+    };
+    b.https_or_http().enable_http1().wrap_connector(http)
 }
 
 /// An error and its sources in one line, for logs.

@@ -824,8 +824,7 @@ pub fn resolve_key_path(name: &str, config_dir: &Path, credentials: Option<&Path
 
 /// Read one key file: the first line, trimmed.
 fn read_key(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = read_text(path)?;
     let key = text.lines().next().unwrap_or("").trim().to_string();
     if key.is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -894,10 +893,10 @@ fn header_lines(
 fn read_roots(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = read_text(path)?;
     let mut roots = Vec::new();
     let mut store = rustls::RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+    for (i, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
         let cert = cert.map_err(|e| format!("{}: certificate {}: {e}", path.display(), i + 1))?;
         store
             .add(cert.clone())

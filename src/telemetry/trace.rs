@@ -233,9 +233,7 @@ impl Tracing {
 /// when set, else Mozilla's (compiled in, as for providers).
 fn connector(export: &TraceExport) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut http = HttpConnector::new();
-    http.enforce_http(false);
     http.set_nodelay(true);
-    let tls = hyper_rustls::HttpsConnectorBuilder::new();
     let tls = match &export.roots {
         Some(roots) => {
             let mut store = rustls::RootCertStore::empty();
@@ -251,11 +249,11 @@ fn connector(export: &TraceExport) -> Result<HttpsConnector<HttpConnector>, Stri
                 .map_err(|e| format!("no TLS configuration for ca_file's roots: {e}"))?
                 .with_root_certificates(store)
                 .with_no_client_auth();
-            tls.with_tls_config(config)
+            Some(config)
         }
-        None => tls.with_webpki_roots(),
+        None => None,
     };
-    Ok(tls.https_or_http().enable_http1().wrap_connector(http))
+    Ok(crate::proxy::https_connector(http, tls))
 }
 
 /// The export task's state.

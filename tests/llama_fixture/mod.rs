@@ -64,19 +64,26 @@ pub fn phoenix() -> Result<PathBuf, String> {
     }
 }
 
-/// Phoenix, or skip loudly (fail under CI).
-macro_rules! require_phoenix {
-    () => {
-        match crate::llama_fixture::phoenix() {
-            Ok(p) => p,
+/// A fixture (`Ok`), or skip loudly naming `what` is missing (fail under CI).
+macro_rules! require_fixture {
+    ($what:literal, $found:expr) => {
+        match $found {
+            Ok(f) => f,
             Err(why) => {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("the Phoenix test cannot run: {why}");
+                    panic!("{} tests cannot run: {why}", $what);
                 }
-                eprintln!("\n**** SKIPPED (Phoenix): {why} ****\n");
+                eprintln!("\n**** SKIPPED ({}): {why} ****\n", $what);
                 return;
             }
         }
+    };
+}
+
+/// Phoenix, or skip loudly (fail under CI).
+macro_rules! require_phoenix {
+    () => {
+        require_fixture!("Phoenix", crate::llama_fixture::phoenix())
     };
 }
 
@@ -97,16 +104,7 @@ pub fn fixture() -> Result<Fixture, String> {
 /// The fixture, or skip loudly (fail under CI).
 macro_rules! require_llama {
     () => {
-        match crate::llama_fixture::fixture() {
-            Ok(f) => f,
-            Err(why) => {
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("real llama-server tests cannot run: {why}");
-                }
-                eprintln!("\n**** SKIPPED (real llama-server): {why} ****\n");
-                return;
-            }
-        }
+        require_fixture!("real llama-server", crate::llama_fixture::fixture())
     };
 }
 

@@ -101,12 +101,9 @@ async fn backup_wipe_and_restore_bring_the_usage_store_and_open_webui_back() {
         ("bk-prepare", script("prepare")),
         ("llmvisor-backup-restore", script("restore")),
     ] {
-        let (ok, out) = c.run(&[
-            "/bin/sh",
-            "-c",
-            &format!("cat > /usr/local/sbin/{name} <<'EOF'\n#!/bin/bash\n{text}\nEOF\nchmod +x /usr/local/sbin/{name}"),
-        ]);
-        assert!(ok, "{out}");
+        sh(&format!(
+            "cat > /usr/local/sbin/{name} <<'EOF'\n#!/bin/bash\n{text}\nEOF\nchmod +x /usr/local/sbin/{name}"
+        ));
     }
 
     for _ in 0..3 {

@@ -88,11 +88,14 @@ async fn backup_wipe_and_restore_bring_the_usage_store_and_open_webui_back() {
         out
     };
     let ow = "/var/lib/private/open-webui";
+    // `Type=exec`: `systemctl start` returns once the service's process has
+    // exec'd, so after its state directory was made. (With the default
+    // `Type=simple` it returns at the fork, and CI's `test -d` once ran first.)
     sh(&format!(
         "mkdir -p /etc/llmvisor-test /usr/local/sbin && \
          echo /var/lib/restic-repository > /etc/llmvisor-test/restic-repository && \
          echo backup-test-password > /etc/llmvisor-test/restic-password && \
-         printf '[Service]\\nDynamicUser=yes\\nStateDirectory=open-webui\\nExecStart=/bin/sleep infinity\\n' \
+         printf '[Service]\\nType=exec\\nDynamicUser=yes\\nStateDirectory=open-webui\\nExecStart=/bin/sleep infinity\\n' \
            > /etc/systemd/system/open-webui.service && \
          systemctl daemon-reload && systemctl start open-webui.service && \
          test -d {ow}"

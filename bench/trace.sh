@@ -12,6 +12,22 @@
 #                             # two builds, both tracing: the "off" leg is BASELINE
 #                             # exporting every span too (an A/B of a change to the
 #                             # traced path; the table's "off" reads "baseline")
+#   TOGETHER=1 bench/trace.sh # both legs at once, each with its own load generator
+#                             # at half the concurrency (c=32 + c=32: 64 requests in
+#                             # flight on the machine, as in turns): whatever the
+#                             # machine does during a round hits both. (At c=64
+#                             # each, 128 in flight on 2 cores, a leg's CPU per
+#                             # request flips between two regimes, 65 and 120 µs,
+#                             # from round to round: ratios 0.75–1.9.)
+#   AA=1 bench/trace.sh       # the control: the "on" leg untraced too, so the
+#                             # ratios show what the method reads for no difference
+#
+# Rounds in turn read the two legs seconds apart, and on this 2-core VM the CPU a
+# request costs moves by ±15 % from one 10-second leg to the next (an AA=1 run
+# reads 0.65–1.26 for two identical legs). With TOGETHER=1 two identical legs read
+# within ±5 % (sd 0.05) in every round: that is the mode that resolves a few per
+# cent. The summary gives the median, and the mean with its 95 % interval
+# (mean ± 2 sd/sqrt(rounds)); run AA=1 with the same settings to see the floor.
 #
 # Unpinned, the four processes share 2 cores as the scheduler likes, and req/s move
 # by ±10 % between rounds. Pinned, llmvisor's req/s is what its own core does: the
@@ -34,6 +50,7 @@ cd "$(dirname "$0")/.."
 command -v oha >/dev/null || { echo "bench: oha not found; cargo install oha --locked" >&2; exit 1; }
 command -v nginx >/dev/null || apt-get install -y -qq nginx-light >&2
 DURATION=${BENCH_DURATION:-10s}
+CONCURRENCY=${BENCH_CONCURRENCY:-64}
 ROUNDS=${BENCH_ROUNDS:-3}
 BASE=${BENCH_PORT:-18400}
 OFF_PORT=$BASE ON_PORT=$((BASE + 1)) OFF_MOCK=$((BASE + 2)) ON_MOCK=$((BASE + 3)) SINK=$((BASE + 4))
@@ -44,7 +61,7 @@ if [ -n "${PIN:-}" ]; then
 else
   LV=() OT=()
 fi
-BIN=$PWD/target/release
+BIN=${BENCH_BIN:-$PWD/target/release}
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -90,7 +107,9 @@ EOF
 traced="[telemetry]
 otlp_endpoint = \"${BENCH_OTLP:-http://127.0.0.1:$SINK}\""
 config "$OFF_PORT" "$OFF_MOCK" "${BASELINE:+$traced}" > "$work/off.toml"
-config "$ON_PORT" "$ON_MOCK" "$traced" > "$work/on.toml"
+on_telemetry=$traced
+[ -z "${AA:-}" ] || on_telemetry=""
+config "$ON_PORT" "$ON_MOCK" "$on_telemetry" > "$work/on.toml"
 mkdir -p "$work/off" "$work/on"
 [ -z "${BASELINE:-}" ] || echo "baseline: the \"off\" leg is $BASELINE, tracing too" >&2
 STATE_DIRECTORY=$work/off RUST_LOG=warn "${LV[@]}" "${BASELINE:-$BIN/llmvisor}" serve --config "$work/off.toml" 2>"$work/off.log" & pids+=($!)
@@ -115,7 +134,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rps() {
   local t0 t1 out s0 s1
   t0=$(ticks "$2") s0=$(date +%s.%N)
-  out=$("${OT[@]}" oha --no-tui --output-format json -z "$DURATION" -c 64 ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
+  out=$("${OT[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$CONCURRENCY" ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
     -d "$body" "http://127.0.0.1:$1/v1/chat/completions" 2>/dev/null)
   t1=$(ticks "$2") s1=$(date +%s.%N)
   python3 -c 'import json,sys
@@ -123,6 +142,27 @@ s = json.loads(sys.argv[1]); n = s["statusCodeDistribution"].get("200", 0)
 cpu = int(sys.argv[2]) / int(sys.argv[3])
 print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (float(sys.argv[5]) - float(sys.argv[4])))' \
     "$out" "$((t1 - t0))" "$(getconf CLK_TCK)" "$s0" "$s1"
+}
+# Both legs at once (TOGETHER=1): prints the off leg's four figures, then the on leg's.
+together() {
+  local a0 a1 b0 b1 s0 s1 loads=()
+  a0=$(ticks "$OFF_PID") b0=$(ticks "$ON_PID") s0=$(date +%s.%N)
+  for leg in off on; do
+    local port=$OFF_PORT
+    [ "$leg" = on ] && port=$ON_PORT
+    "${OT[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$((CONCURRENCY / 2))" ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
+      -d "$body" "http://127.0.0.1:$port/v1/chat/completions" > "$work/$leg.json" 2>/dev/null &
+    loads+=($!)
+  done
+  wait "${loads[@]}"
+  a1=$(ticks "$OFF_PID") b1=$(ticks "$ON_PID") s1=$(date +%s.%N)
+  python3 -c 'import json,sys
+w, hz, s0, s1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+for leg, t in (("off", int(sys.argv[5])), ("on", int(sys.argv[6]))):
+    s = json.load(open(f"{w}/{leg}.json")); n = s["statusCodeDistribution"].get("200", 0)
+    cpu = t / hz
+    print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (s1 - s0), end=" ")
+print()' "$work" "$(getconf CLK_TCK)" "$s0" "$s1" "$((a1 - a0))" "$((b1 - b0))"
 }
 metric() { curl -sf "http://127.0.0.1:${2:-$ON_PORT}/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
@@ -141,7 +181,9 @@ sink_ticks() {
 sink_t0=$(sink_ticks)
 for r in $(seq "$ROUNDS"); do
   # Alternate which goes first, so a drift of the machine's load hits both.
-  if [ $((r % 2)) -eq 1 ]; then
+  if [ -n "${TOGETHER:-}" ]; then
+    read -r off off_n off_cpu off_busy on on_n on_cpu on_busy < <(together)
+  elif [ $((r % 2)) -eq 1 ]; then
     read -r off off_n off_cpu off_busy < <(rps "$OFF_PORT" "$OFF_PID"); read -r on on_n on_cpu on_busy < <(rps "$ON_PORT" "$ON_PID")
   else
     read -r on on_n on_cpu on_busy < <(rps "$ON_PORT" "$ON_PID"); read -r off off_n off_cpu off_busy < <(rps "$OFF_PORT" "$OFF_PID")
@@ -155,6 +197,14 @@ done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "median on/$leg: req/s $(median "${ratios[@]}"), llmvisor CPU per request $(median "${cpu_ratios[@]}")"
+stats() { python3 -c 'import statistics as st, sys
+x = [float(v) for v in sys.argv[2:]]
+if len(x) > 1:
+    m, h = st.mean(x), 2 * st.stdev(x) / len(x) ** 0.5
+    print(f"mean on/{sys.argv[1]}: {m:.3f}, 95 % interval {m - h:.3f}–{m + h:.3f} (sd {st.stdev(x):.3f}, {len(x)} rounds)", end="")' "$leg" "$@"; }
+echo "req/s: $(stats "${ratios[@]}")"
+echo "llmvisor CPU per request: $(stats "${cpu_ratios[@]}")"
+echo "${TOGETHER:+both legs at once in each round; }${AA:+control (AA=1): the on leg untraced too}"
 echo "spans exported $(metric llmvisor_trace_spans_exported_total), dropped $(metric llmvisor_trace_spans_dropped_total), failed $(metric llmvisor_trace_spans_failed_total)"
 [ -z "${BASELINE:-}" ] || echo "baseline's spans exported $(metric llmvisor_trace_spans_exported_total "$OFF_PORT"), dropped $(metric llmvisor_trace_spans_dropped_total "$OFF_PORT"), failed $(metric llmvisor_trace_spans_failed_total "$OFF_PORT")"
 sink_t1=$(sink_ticks)

@@ -20,14 +20,20 @@
 //! Cost: with tracing off a request carries a [`RequestSpan`] that is `None` — no
 //! allocation, no clock read, one branch per hook. With it on, a request's spans
 //! are one record (a [`Rec`]: ids, times, the few strings the attributes need),
-//! filled in place as the request goes and moved whole into a bounded queue when
-//! it ends; a task drains the queue and encodes the records straight into OTLP/HTTP
-//! protobuf exports (src/telemetry/otlp.rs). A full queue (`[telemetry] queue`
+//! filled in place as the request goes. When it ends, the thread that ends it
+//! encodes the record straight into OTLP/HTTP protobuf (src/telemetry/otlp.rs)
+//! in a buffer of that thread's own ([`Slot`]), while the record is still in
+//! that core's cache, and frees it there; a task takes the threads' buffers and
+//! sends them as exports. A full buffer (its share of `[telemetry] queue`
 //! spans) drops the record and counts its spans
 //! (`llmvisor_trace_spans_dropped_total`): the request path never waits for the
-//! collector, and wakes the export task only when the queue was empty or a batch
-//! is full. This replaced the OpenTelemetry SDK, whose span objects cost 28 % of
-//! req/s at c=64 (bench/trace.sh, docs/benchmarks.md).
+//! collector, takes no lock another thread's requests take, and wakes the
+//! export task only when its buffer was empty or a batch is full. (Before, the
+//! records crossed to the export task's core through one queue under one lock;
+//! the per-thread buffers read 1–2 % less CPU per traced request in an A/B of
+//! the two builds with the legs' places swapped; docs/benchmarks.md.)
+//! This replaced the OpenTelemetry SDK, whose span objects cost 28 % of req/s at
+//! c=64 (bench/trace.sh, docs/benchmarks.md).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -64,7 +70,7 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The tracer of a running llmvisor with tracing on.
 pub struct Tracing {
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
     flush: mpsc::Sender<oneshot::Sender<()>>,
     capture_content: bool,
     /// A root trace is sampled when the low 63 bits of its id's last 8 bytes
@@ -78,83 +84,199 @@ impl std::fmt::Debug for Tracing {
     }
 }
 
-/// Finished requests' records waiting for the export task.
-struct Queue {
-    pending: Mutex<Pending>,
-    /// Spans the queue holds at most.
-    capacity: usize,
-    /// The export task: records arrived in an empty queue, or a batch is full.
-    wake: Notify,
+/// Encoded spans waiting for the export task: a [`Slot`] per thread that ends
+/// requests, each holding what that thread encoded.
+struct Shared {
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Spans one slot holds at most: `[telemetry] queue` divided among the
+    /// runtime's worker threads.
+    limit: usize,
+    capture_content: bool,
+    /// The room an export needs before its spans ([`otlp::envelope_room`]).
+    room: usize,
+    /// The export task: spans arrived in an empty slot (it then waits up to
+    /// [`LINGER`] for more)…
+    arrived: Notify,
+    /// …or a chunk is full (it exports at once).
+    filled: Notify,
     dropped: Counter,
 }
 
-// Boxed records: a record is a few hundred bytes, boxed once when its request
-// starts; the queue and the exporter move the box (clippy's `vec_box` would have
-// each push copy the record into the vector).
-#[allow(clippy::vec_box)]
+/// One thread's encoded spans. Only that thread writes to it; the export task
+/// takes what is there. The lock is the thread's own but for that moment.
 #[derive(Default)]
-struct Pending {
-    recs: Vec<Box<Rec>>,
+struct Slot(Mutex<Chunks>);
+
+#[derive(Default)]
+struct Chunks {
+    /// Chunks of a full batch, waiting.
+    full: Vec<Chunk>,
+    /// The chunk being filled (an empty `buf` until the first span).
+    open: Chunk,
+    /// Spans in `full` and `open`.
     spans: usize,
 }
 
-impl Queue {
-    fn push(&self, rec: Box<Rec>) {
+/// Spans encoded into an export's buffer, after the room for the message
+/// around them ([`otlp::seal`]): sent as it is, not copied.
+#[derive(Default)]
+struct Chunk {
+    buf: Vec<u8>,
+    spans: usize,
+    /// The clock that turned its monotonic times into wall-clock ones, read
+    /// when the chunk was begun.
+    clock: Option<Clock>,
+}
+
+/// A thread's slots (one per [`Shared`] it ended requests for: one in a running
+/// llmvisor) and its encoding caches.
+#[derive(Default)]
+struct Local {
+    /// The `Weak` keeps the `Shared`'s allocation, so its address names it.
+    slots: Vec<(std::sync::Weak<Shared>, Arc<Slot>)>,
+    endings: Endings,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::default();
+}
+
+/// This thread's slot of `shared` (among the thread's `slots`), made and
+/// registered the first time.
+fn slot_of<'a>(
+    slots: &'a mut Vec<(std::sync::Weak<Shared>, Arc<Slot>)>,
+    shared: &Arc<Shared>,
+) -> &'a Slot {
+    let at = match slots
+        .iter()
+        .position(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)))
+    {
+        Some(i) => i,
+        None => {
+            // Slots of tracers that are gone (tests make many) go first.
+            slots.retain(|(w, _)| w.strong_count() > 0);
+            let slot = Arc::new(Slot::default());
+            shared
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(slot.clone());
+            slots.push((Arc::downgrade(shared), slot));
+            slots.len() - 1
+        }
+    };
+    &slots[at].1
+}
+
+impl Shared {
+    fn new(capacity: usize, workers: usize, capture_content: bool, room: usize) -> Self {
+        Self {
+            slots: Mutex::default(),
+            limit: capacity.max(1).div_ceil(workers.max(1)),
+            capture_content,
+            room,
+            arrived: Notify::new(),
+            filled: Notify::new(),
+            dropped: Counter::default(),
+        }
+    }
+
+    /// Encode a finished record's spans into this thread's slot (while the
+    /// record is in this core's cache; it is freed by the thread that made it),
+    /// or drop them when the slot is full.
+    fn push(self: &Arc<Self>, rec: &Rec) {
         let n = rec.spans();
-        let wake = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if p.spans + n > self.capacity {
-                None
-            } else {
-                let was = p.spans;
-                p.recs.push(rec);
-                p.spans += n;
-                Some(was == 0 || (was < BATCH && p.spans >= BATCH))
+        let wake = LOCAL.with_borrow_mut(|Local { slots, endings }| {
+            let mut c = slot_of(slots, self)
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if c.spans + n > self.limit {
+                return None;
             }
-        };
+            // A chunk is full when the record does not fit (records are not
+            // split): it waits, and the export task is told.
+            let rotated = c.open.spans > 0 && c.open.spans + n > BATCH;
+            if rotated {
+                let full = std::mem::take(&mut c.open);
+                c.full.push(full);
+            }
+            let was = (c.spans, c.open.spans);
+            let open = &mut c.open;
+            if open.buf.is_empty() {
+                open.buf.reserve(KEEP);
+                open.buf.resize(self.room, 0);
+            }
+            let clock = *open.clock.get_or_insert_with(Clock::now);
+            rec.encode(&mut open.buf, self.capture_content, clock, endings);
+            open.spans += n;
+            let filled = rotated || (was.1 < BATCH && open.spans >= BATCH);
+            c.spans += n;
+            Some((was.0 == 0, filled))
+        });
         match wake {
             None => {
                 self.dropped.inc_by(n as u64);
             }
-            Some(true) => self.wake.notify_one(),
-            Some(false) => {}
+            Some((arrived, filled)) => {
+                if arrived {
+                    self.arrived.notify_one();
+                }
+                if filled {
+                    self.filled.notify_one();
+                }
+            }
         }
     }
 
-    /// Wait until there is something to export: records arrived, then a batch
-    /// filled or [`LINGER`] passed (no lingering when a batch is already there: a
-    /// queue that filled during the last export is not left full, dropping, while
-    /// the exporter sleeps); or a flush was asked for (`Some(Some(done))`). `None`
-    /// once the [`Tracing`] is gone.
+    /// Wait until there is something to export: spans arrived, then a chunk
+    /// filled or [`LINGER`] passed (no lingering when a batch is already there:
+    /// slots that filled during the last export are not left full, dropping,
+    /// while the exporter sleeps; and other threads' first spans do not end
+    /// it); or a flush was asked for (`Some(Some(done))`). `None` once the
+    /// [`Tracing`] is gone.
     async fn ready(
         &self,
         flushes: &mut mpsc::Receiver<oneshot::Sender<()>>,
     ) -> Option<Option<oneshot::Sender<()>>> {
         let mut flushed = tokio::select! {
             f = flushes.recv() => Some(f?),
-            () = self.wake.notified() => None,
+            () = self.arrived.notified() => None,
+            () = self.filled.notified() => None,
         };
         if flushed.is_none() && self.spans() < BATCH {
             tokio::select! {
                 f = flushes.recv() => flushed = f,
-                () = self.wake.notified() => {}
+                () = self.filled.notified() => {}
                 () = tokio::time::sleep(LINGER) => {}
             }
         }
         Some(flushed)
     }
 
+    /// Spans waiting, in all slots.
     fn spans(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).spans
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).spans)
+            .sum()
     }
 
-    /// Everything queued, leaving `spare` (emptied) in its place.
-    #[allow(clippy::vec_box)] // the records stay boxed (`Pending`)
-    fn take(&self, spare: &mut Vec<Box<Rec>>) {
-        spare.clear();
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut p.recs, spare);
-        p.spans = 0;
+    /// Every slot's chunks into `out`; the slots of threads that are gone are
+    /// forgotten once emptied.
+    fn take(&self, out: &mut Vec<Chunk>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|s| {
+            let mut c = s.0.lock().unwrap_or_else(|e| e.into_inner());
+            out.append(&mut c.full);
+            if c.open.spans > 0 {
+                out.push(std::mem::take(&mut c.open));
+            }
+            c.spans = 0;
+            drop(c);
+            Arc::strong_count(s) > 1
+        });
     }
 }
 
@@ -183,36 +305,36 @@ impl Tracing {
             }
         };
         let (exported, dropped, failed) = metrics.trace_spans.clone();
-        let queue = Arc::new(Queue {
-            pending: Mutex::default(),
-            capacity: cfg.queue.max(1) as usize,
-            wake: Notify::new(),
-            dropped,
-        });
-        let (flush, flushes) = mpsc::channel(4);
         let version = env!("CARGO_PKG_VERSION");
         let resource = otlp::resource(&cfg.service_name, version);
         let scope = otlp::scope("llmvisor", version);
-        let room = otlp::envelope_room(&resource, &scope);
+        let workers =
+            tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+        let shared = Arc::new(Shared {
+            dropped,
+            ..Shared::new(
+                cfg.queue as usize,
+                workers,
+                cfg.capture_content,
+                otlp::envelope_room(&resource, &scope),
+            )
+        });
+        let (flush, flushes) = mpsc::channel(4);
         let exporter = Exporter {
-            queue: queue.clone(),
+            shared: shared.clone(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             headers: export.headers.iter().cloned().collect(),
             uri,
             resource,
             scope,
-            capture_content: cfg.capture_content,
             exported,
             failed,
             warned: None,
-            spans: Vec::new(),
-            room,
-            endings: Endings::default(),
         };
         tokio::spawn(exporter.run(flushes, url.clone()));
         tracing::info!("traces go to {url} (OTLP/HTTP protobuf)");
         Some(Arc::new(Self {
-            queue,
+            shared,
             flush,
             capture_content: cfg.capture_content,
             sample_below: sample_below(cfg.sample_ratio),
@@ -258,7 +380,7 @@ fn connector(export: &TraceExport) -> Result<HttpsConnector<HttpConnector>, Stri
 
 /// The export task's state.
 struct Exporter {
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// `[telemetry] headers` and `headers_file`'s, sent with every export.
     headers: HeaderMap,
@@ -266,56 +388,39 @@ struct Exporter {
     /// The encoded `Resource` and `InstrumentationScope` of every export.
     resource: Vec<u8>,
     scope: Vec<u8>,
-    capture_content: bool,
     exported: Counter,
     failed: Counter,
     warned: Option<Instant>,
-    /// The export being written: `room` bytes for the message around the spans
-    /// ([`otlp::seal`]), then the spans; made with [`KEEP`] bytes.
-    spans: Vec<u8>,
-    room: usize,
-    endings: Endings,
 }
 
 impl Exporter {
-    /// Wait for records, let a batch fill for up to [`LINGER`], export; until the
+    /// Wait for spans, let a batch fill for up to [`LINGER`], export; until the
     /// [`Tracing`] is gone.
     async fn run(mut self, mut flushes: mpsc::Receiver<oneshot::Sender<()>>, url: String) {
-        let mut recs = Vec::new();
-        while let Some(flushed) = self.queue.ready(&mut flushes).await {
-            self.queue.take(&mut recs);
-            self.export(&recs, &url).await;
+        let mut chunks = Vec::new();
+        while let Some(flushed) = self.shared.ready(&mut flushes).await {
+            self.shared.take(&mut chunks);
+            self.export(&mut chunks, &url).await;
             if let Some(done) = flushed {
                 let _ = done.send(());
             }
         }
     }
 
-    /// Export `recs` in requests of at most [`BATCH`] spans (a record's spans stay
-    /// together).
-    async fn export(&mut self, recs: &[Box<Rec>], url: &str) {
-        let mut n = 0;
-        let clock = Clock::now();
-        for (i, rec) in recs.iter().enumerate() {
-            if self.spans.is_empty() {
-                self.spans.reserve(KEEP);
-                self.spans.resize(self.room, 0);
-            }
-            n += rec.encode(
-                &mut self.spans,
-                self.capture_content,
-                clock,
-                &mut self.endings,
-            );
-            if n >= BATCH || i + 1 == recs.len() {
-                // The message around the spans goes into the room left before
-                // them, and the buffer becomes the body: spans are not copied.
-                let mut buf = std::mem::take(&mut self.spans);
-                let start = otlp::seal(&mut buf, self.room, &self.resource, &self.scope);
-                self.send(Bytes::from(buf).slice(start..), n, url).await;
-                n = 0;
-            }
+    /// Export `chunks` (emptied) in requests of at most [`BATCH`] spans
+    /// ([`batches`]).
+    async fn export(&mut self, chunks: &mut Vec<Chunk>, url: &str) {
+        for c in batches(chunks, self.shared.room) {
+            self.send_chunk(c, url).await;
         }
+    }
+
+    /// The message around a chunk's spans goes into the room left before them,
+    /// and its buffer becomes the body: spans are not copied.
+    async fn send_chunk(&mut self, mut c: Chunk, url: &str) {
+        let start = otlp::seal(&mut c.buf, self.shared.room, &self.resource, &self.scope);
+        self.send(Bytes::from(c.buf).slice(start..), c.spans, url)
+            .await;
     }
 
     async fn send(&mut self, body: Bytes, n: usize, url: &str) {
@@ -359,6 +464,29 @@ impl Exporter {
             }
         }
     }
+}
+
+/// The exports of `chunks` (emptied): a chunk of at least half a batch as it
+/// is, smaller ones (from threads that ended few requests) copied together up
+/// to a batch. `room`: where a chunk's spans begin.
+fn batches(chunks: &mut Vec<Chunk>, room: usize) -> Vec<Chunk> {
+    let mut out = Vec::with_capacity(chunks.len());
+    let mut small: Option<Chunk> = None;
+    for c in chunks.drain(..) {
+        if c.spans >= BATCH / 2 {
+            out.push(c);
+            continue;
+        }
+        match &mut small {
+            Some(s) if s.spans + c.spans <= BATCH => {
+                s.buf.extend_from_slice(&c.buf[room..]);
+                s.spans += c.spans;
+            }
+            _ => out.extend(small.replace(c)),
+        }
+    }
+    out.extend(small);
+    out
 }
 
 /// `gen_ai.operation.name` of an endpoint.
@@ -580,8 +708,8 @@ pub struct Finished<'a> {
 pub struct RequestSpan(Option<Active>);
 
 struct Active {
-    queue: Arc<Queue>,
-    /// `None` once finished (moved into the queue).
+    shared: Arc<Shared>,
+    /// `None` once finished (encoded into this thread's slot).
     rec: Mutex<Option<Box<Rec>>>,
 }
 
@@ -1079,7 +1207,7 @@ impl RequestSpan {
         };
         let op = operation(asked.endpoint);
         Self(Some(Active {
-            queue: t.queue.clone(),
+            shared: t.shared.clone(),
             rec: Mutex::new(Some(Box::new(Rec {
                 trace_id,
                 id: span_id(),
@@ -1234,7 +1362,7 @@ impl RequestSpan {
         };
         rec.error = f.error.map(str::to_owned);
         rec.usage = f.usage;
-        a.queue.push(rec);
+        a.shared.push(&rec);
     }
 }
 
@@ -1249,7 +1377,7 @@ impl Drop for Active {
                 open.end = now;
             }
             rec.end = now;
-            self.queue.push(rec);
+            self.shared.push(&rec);
         }
     }
 }
@@ -1356,17 +1484,52 @@ mod tests {
 
     fn tracing(capacity: u32, capture_content: bool) -> Arc<Tracing> {
         let (flush, _) = mpsc::channel(1);
+        let (resource, scope) = envelope();
         Arc::new(Tracing {
-            queue: Arc::new(Queue {
-                pending: Mutex::default(),
-                capacity: capacity as usize,
-                wake: Notify::new(),
-                dropped: Counter::default(),
-            }),
+            shared: Arc::new(Shared::new(
+                capacity as usize,
+                1,
+                capture_content,
+                otlp::envelope_room(&resource, &scope),
+            )),
             flush,
             capture_content,
             sample_below: u64::MAX,
         })
+    }
+
+    fn envelope() -> (Vec<u8>, Vec<u8>) {
+        (otlp::resource("x", "1"), otlp::scope("llmvisor", "1"))
+    }
+
+    type OtlpSpan = opentelemetry_proto::tonic::trace::v1::Span;
+
+    /// What this thread's and other threads' slots hold, taken, sealed as the
+    /// exporter seals them and read back with the protocol's own types.
+    fn taken(t: &Tracing) -> Vec<OtlpSpan> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let (resource, scope) = envelope();
+        let mut chunks = Vec::new();
+        t.shared.take(&mut chunks);
+        let mut spans = Vec::new();
+        for mut c in chunks {
+            let start = otlp::seal(&mut c.buf, t.shared.room, &resource, &scope);
+            let req = ExportTraceServiceRequest::decode(&c.buf[start..]).unwrap();
+            let got = req.resource_spans[0].scope_spans[0].spans.clone();
+            assert_eq!(got.len(), c.spans);
+            spans.extend(got);
+        }
+        spans
+    }
+
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+
+    fn value(s: &OtlpSpan, k: &str) -> Option<Any> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == k)
+            .and_then(|kv| kv.value.clone()?.value)
     }
 
     /// `sample_ratio`: about that share of root traces recorded; none at 0; a
@@ -1419,6 +1582,7 @@ mod tests {
         let parent =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let s = RequestSpan::start(Some(&t), Some(&parent), Instant::now(), &asked(&id, body));
+        let before = unix_ns();
         let began = s.now();
         s.waited(
             began,
@@ -1458,29 +1622,12 @@ mod tests {
             usage: None,
             first_byte: None,
         });
-        drop(s);
-        let mut recs = Vec::new();
-        t.queue.take(&mut recs);
-        assert_eq!(recs.len(), 1);
-        // request, cold start, queue wait, two upstreams, one first token.
-        assert_eq!(recs[0].spans(), 6);
-
-        let mut out = Vec::new();
-        let before = unix_ns();
-        assert_eq!(
-            recs[0].encode(&mut out, true, Clock::now(), &mut Endings::default()),
-            6
-        );
         let after = unix_ns();
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use prost::Message;
-        let body = otlp::request(
-            &otlp::resource("x", "1"),
-            &otlp::scope("llmvisor", "1"),
-            &out,
-        );
-        let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
-        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        drop(s);
+        // One record, encoded when it ended: request, cold start, queue wait,
+        // two upstreams, one first token.
+        let spans = &taken(&t);
+        assert_eq!(spans.len(), 6);
         let names: Vec<_> = spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -1507,19 +1654,12 @@ mod tests {
             assert_eq!(s.trace_id, root.trace_id);
         }
         assert_eq!(spans[5].parent_span_id, spans[4].span_id);
-        let attrs = |s: &opentelemetry_proto::tonic::trace::v1::Span| -> Vec<String> {
+        let attrs = |s: &OtlpSpan| -> Vec<String> {
             s.attributes.iter().map(|kv| kv.key.clone()).collect()
         };
         assert!(attrs(root).contains(&"gen_ai.input.messages".to_string()));
         // The target named by the last attempt's label, the usage encoded once
         // for both spans: the values are the right ones on each.
-        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
-        let value = |s: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
-            s.attributes
-                .iter()
-                .find(|kv| kv.key == k)
-                .and_then(|kv| kv.value.clone()?.value)
-        };
         for k in ["llmvisor.target", "gen_ai.response.model"] {
             assert_eq!(value(root, k), Some(Any::StringValue("b".into())), "{k}");
         }
@@ -1622,7 +1762,7 @@ mod tests {
         assert!(CACHE.with_borrow(|c| c.map.len()) <= BLOCKS);
     }
 
-    /// A full queue drops whole records and counts their spans; an unsampled
+    /// A full slot drops whole records and counts their spans; an unsampled
     /// parent records nothing; a request dropped unfinished still shows.
     #[test]
     fn the_queue_is_bounded_and_counts_what_it_drops() {
@@ -1638,18 +1778,30 @@ mod tests {
         for _ in 0..4 {
             RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"")).finish(&done);
         }
-        assert_eq!(t.queue.dropped.get(), 1);
+        assert_eq!(t.shared.dropped.get(), 1);
         let unsampled =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         let s = RequestSpan::start(Some(&t), Some(&unsampled), Instant::now(), &asked(&id, b""));
         assert!(!s.is_on());
-        let mut recs = Vec::new();
-        t.queue.take(&mut recs);
-        assert_eq!(recs.len(), 3);
-        assert!(
-            recs.iter()
-                .all(|r| r.status == Some(404) && r.content.is_none() && r.target() == b"-")
-        );
+        let spans = taken(&t);
+        assert_eq!(spans.len(), 3);
+        for s in &spans {
+            assert_eq!(
+                value(s, "http.response.status_code"),
+                Some(Any::IntValue(404))
+            );
+            assert_eq!(
+                value(s, "llmvisor.target"),
+                Some(Any::StringValue("-".into()))
+            );
+            assert_eq!(value(s, "gen_ai.input.messages"), None);
+            assert_eq!(value(s, "gen_ai.response.model"), None);
+        }
+        // Taken, the slot has room again.
+        RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"")).finish(&done);
+        assert_eq!(taken(&t).len(), 1);
+        assert_eq!(t.shared.dropped.get(), 1);
+
         // A target other than the last attempt's is the record's own.
         let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b""));
         s.upstream(&Upstream {
@@ -1663,8 +1815,16 @@ mod tests {
             target: "elsewhere",
             ..done
         });
-        t.queue.take(&mut recs);
-        assert_eq!(recs[0].target(), b"elsewhere");
+        let spans = taken(&t);
+        assert_eq!(spans.len(), 2);
+        assert_eq!(
+            value(&spans[0], "llmvisor.target"),
+            Some(Any::StringValue("elsewhere".into()))
+        );
+        assert_eq!(
+            value(&spans[1], "llmvisor.target"),
+            Some(Any::StringValue("a".into()))
+        );
 
         drop(RequestSpan::start(
             Some(&t),
@@ -1672,16 +1832,113 @@ mod tests {
             Instant::now(),
             &asked(&id, b"{}"),
         ));
-        t.queue.take(&mut recs);
-        assert_eq!(recs.len(), 1);
-        assert_eq!(recs[0].status, None);
-        assert!(recs[0].end >= recs[0].start);
+        let spans = taken(&t);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(value(&spans[0], "http.response.status_code"), None);
+        assert!(spans[0].end_time_unix_nano >= spans[0].start_time_unix_nano);
+    }
+
+    /// Each thread encodes into a slot of its own, split into chunks of at
+    /// most a batch; the slot of a thread that ended is taken, then forgotten.
+    #[test]
+    fn threads_fill_slots_of_their_own() {
+        let t = tracing(10 * BATCH as u32, false);
+        let id = HeaderValue::from_static("r");
+        let done = Finished {
+            target: "-",
+            status: 200,
+            error: None,
+            usage: None,
+            first_byte: None,
+        };
+        let one = |t: &Arc<Tracing>| {
+            RequestSpan::start(Some(t), None, Instant::now(), &asked(&id, b"")).finish(&done);
+        };
+        for _ in 0..BATCH + 3 {
+            one(&t);
+        }
+        std::thread::scope(|s| {
+            // Joined: its thread-locals are gone when this returns.
+            s.spawn(|| {
+                for _ in 0..5 {
+                    one(&t);
+                }
+            })
+            .join()
+            .unwrap();
+        });
+        assert_eq!(t.shared.slots.lock().unwrap().len(), 2);
+        assert_eq!(t.shared.spans(), BATCH + 8);
+        let mut chunks = Vec::new();
+        t.shared.take(&mut chunks);
+        let mut sizes: Vec<_> = chunks.iter().map(|c| c.spans).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, [3, 5, BATCH]);
+        // The other thread is gone: its slot went with the take.
+        assert_eq!(t.shared.slots.lock().unwrap().len(), 1);
+        assert_eq!(t.shared.spans(), 0);
+        // A tracer made later on this thread gets a slot of its own.
+        let u = tracing(10, false);
+        one(&u);
+        assert_eq!((t.shared.spans(), u.shared.spans()), (0, 1));
+    }
+
+    /// Chunks of half a batch or more go as they are; smaller ones are put
+    /// together, never past a batch, their spans intact.
+    #[test]
+    fn small_chunks_are_sent_together() {
+        let t = tracing(100 * BATCH as u32, false);
+        let id = HeaderValue::from_static("r");
+        let done = Finished {
+            target: "-",
+            status: 200,
+            error: None,
+            usage: None,
+            first_byte: None,
+        };
+        // Chunks of these sizes, each from a thread of its own.
+        let half = BATCH / 2;
+        let sizes = [3, half, half - 1, 5, half - 1, 1];
+        for n in sizes {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for _ in 0..n {
+                        RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b""))
+                            .finish(&done);
+                    }
+                })
+                .join()
+                .unwrap();
+            });
+        }
+        let mut chunks = Vec::new();
+        t.shared.take(&mut chunks);
+        assert_eq!(chunks.len(), sizes.len());
+        let out = batches(&mut chunks, t.shared.room);
+        assert!(chunks.is_empty());
+        let mut got: Vec<_> = out.iter().map(|c| c.spans).collect();
+        got.sort_unstable();
+        // Half a batch alone; 3 + (half - 1) + 5 together; the next (half - 1)
+        // would take them past a batch: it begins another, with the 1.
+        assert_eq!(got, [half, half, half + 7]);
+        let (resource, scope) = envelope();
+        let mut ids = std::collections::HashSet::new();
+        for mut c in out {
+            let start = otlp::seal(&mut c.buf, t.shared.room, &resource, &scope);
+            use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+            use prost::Message;
+            let req = ExportTraceServiceRequest::decode(&c.buf[start..]).unwrap();
+            let spans = &req.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(spans.len(), c.spans);
+            ids.extend(spans.iter().map(|s| s.span_id.clone()));
+        }
+        assert_eq!(ids.len(), sizes.iter().sum::<usize>());
     }
 
     /// The export task lingers for a batch to fill only while there is less
-    /// than a batch: a queue that filled during an export (under load, with
-    /// spans being dropped) is taken at once. On tokio's paused clock, so
-    /// "at once" is exact: no time passes.
+    /// than a batch: slots that filled during an export (under load, with spans
+    /// being dropped) are taken at once. On tokio's paused clock, so "at once"
+    /// is exact: no time passes.
     #[tokio::test(start_paused = true)]
     async fn a_full_batch_is_exported_without_lingering() {
         let t = tracing(100_000, false);
@@ -1694,26 +1951,57 @@ mod tests {
             usage: None,
             first_byte: None,
         };
+        // Records of three spans (request, upstream, first token): a chunk is
+        // full at 510 spans, the next record not fitting.
         let one = || {
-            RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"")).finish(&done);
+            let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b""));
+            s.upstream(&Upstream {
+                label: "a",
+                model: "m",
+                provider: "vllm",
+                address: "127.0.0.1",
+                port: 1,
+            });
+            s.finish(&Finished {
+                first_byte: Some(Instant::now()),
+                ..done
+            });
         };
-        // A few records: it waits LINGER for more.
+        // A few records: it waits LINGER for more, and another thread's first
+        // record while it waits does not end the wait.
         one();
         let began = tokio::time::Instant::now();
-        assert!(t.queue.ready(&mut flushes).await.is_some());
+        let (ready, ()) = tokio::join!(t.shared.ready(&mut flushes), async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            std::thread::scope(|s| s.spawn(one).join().unwrap());
+        });
+        assert!(ready.is_some());
         assert_eq!(began.elapsed(), LINGER);
-        let mut recs = Vec::new();
-        t.queue.take(&mut recs);
+        let mut chunks = Vec::new();
+        t.shared.take(&mut chunks);
         // More than a batch arrived while it was busy: no wait at all (the first
-        // record woke it; the one that crossed BATCH came before it looked).
-        for _ in 0..2 * BATCH {
+        // record woke it; the one that filled a chunk came before it looked).
+        for _ in 0..BATCH {
             one();
         }
         let began = tokio::time::Instant::now();
-        assert!(t.queue.ready(&mut flushes).await.is_some());
+        assert!(t.shared.ready(&mut flushes).await.is_some());
         assert_eq!(began.elapsed(), Duration::ZERO);
-        t.queue.take(&mut recs);
-        assert_eq!(recs.len(), 2 * BATCH);
+        chunks.clear();
+        t.shared.take(&mut chunks);
+        let sizes: Vec<_> = chunks.iter().map(|c| c.spans).collect();
+        assert_eq!(sizes, [510, 510, 510, 6]);
+        // A chunk filled while it lingers ends the wait at once.
+        one();
+        let began = tokio::time::Instant::now();
+        let (ready, ()) = tokio::join!(t.shared.ready(&mut flushes), async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            for _ in 0..BATCH / 3 + 1 {
+                one();
+            }
+        });
+        assert!(ready.is_some());
+        assert_eq!(began.elapsed(), Duration::from_millis(1));
     }
 
     #[test]

@@ -686,8 +686,11 @@ async fn phoenix_shows_each_trace_as_llmvisor_sent_it() {
         Some(&format!("00-{bad_trace}-{CLIENT_SPAN}-01")),
     )
     .await;
-    assert_eq!(resp.status(), 404);
-    resp.text().await.unwrap();
+    // (The body in the message: once, in a full run on 2 loaded cores, this was
+    // a 503, not understood yet.)
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 404, "{text}");
 
     let spans = |trace: &'static str, n: usize| {
         let (http, base) = (http.clone(), base.clone());

@@ -667,9 +667,12 @@ async fn phoenix_shows_each_trace_as_llmvisor_sent_it() {
 
     // `bad` is a mock that serves another name: the backend answers 404.
     let models = format!(
-        "{}\n[models.bad]\nkind = \"command\"\ncommand = [\"{}\", \"--port\", \"{{port}}\", \"--served-name\", \"other\"]\n",
+        "{}\n[models.bad]\nkind = \"command\"\ncommand = [\"{}\", \"--port\", \"{{port}}\", \"--served-name\", \"other\"]\nport = {}\n",
         mock_model("m", &[], ""),
-        common::MOCK
+        common::MOCK,
+        // A port of its own (held for this process), as mock_model's: without
+        // one it got llmvisor's default, which other tests' backends use too.
+        common::free_port()
     );
     let lv = Llmvisor::start(
         "",

@@ -24,10 +24,12 @@
 #
 # Rounds in turn read the two legs seconds apart, and on this 2-core VM the CPU a
 # request costs moves by ±15 % from one 10-second leg to the next (an AA=1 run
-# reads 0.65–1.26 for two identical legs). With TOGETHER=1 two identical legs read
-# within ±5 % (sd 0.05) in every round: that is the mode that resolves a few per
-# cent. The summary gives the median, and the mean with its 95 % interval
-# (mean ± 2 sd/sqrt(rounds)); run AA=1 with the same settings to see the floor.
+# reads 0.65–1.26 for two identical legs). TOGETHER=1 is steadier per round, but
+# on the same VM its control (AA=1 TOGETHER=1, 16 rounds) read 0.930 median, sd
+# 0.13: the leg started second lost several per cent. So compare a run with its
+# control, or run twice with the places swapped (BENCH_BIN / BASELINE) and take the
+# geometric mean. The summary gives the median, and the mean with its 95 %
+# interval (mean ± 2 sd/sqrt(rounds)).
 #
 # Unpinned, the four processes share 2 cores as the scheduler likes, and req/s move
 # by ±10 % between rounds. Pinned, llmvisor's req/s is what its own core does: the

@@ -113,8 +113,14 @@ struct Chunks {
     full: Vec<Chunk>,
     /// The chunk being filled (an empty `buf` until the first span).
     open: Chunk,
-    /// Spans in `full` and `open`.
-    spans: usize,
+}
+
+impl Chunks {
+    /// Spans in `full` and `open` (a full chunk or two at most, but when the
+    /// collector is slow).
+    fn spans(&self) -> usize {
+        self.open.spans + self.full.iter().map(|c| c.spans).sum::<usize>()
+    }
 }
 
 /// Spans encoded into an export's buffer, after the room for the message
@@ -191,7 +197,8 @@ impl Shared {
                 .0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if c.spans + n > self.limit {
+            let was = c.spans();
+            if was + n > self.limit {
                 return None;
             }
             // A chunk is full when the record does not fit (records are not
@@ -201,8 +208,8 @@ impl Shared {
                 let full = std::mem::take(&mut c.open);
                 c.full.push(full);
             }
-            let was = (c.spans, c.open.spans);
             let open = &mut c.open;
+            let open_was = open.spans;
             if open.buf.is_empty() {
                 open.buf.reserve(KEEP);
                 open.buf.resize(self.room, 0);
@@ -210,9 +217,8 @@ impl Shared {
             let clock = *open.clock.get_or_insert_with(Clock::now);
             rec.encode(&mut open.buf, self.capture_content, clock, endings);
             open.spans += n;
-            let filled = rotated || (was.1 < BATCH && open.spans >= BATCH);
-            c.spans += n;
-            Some((was.0 == 0, filled))
+            let filled = rotated || (open_was < BATCH && open.spans >= BATCH);
+            Some((was == 0, filled))
         });
         match wake {
             None => {
@@ -259,7 +265,7 @@ impl Shared {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
             .iter()
-            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).spans)
+            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).spans())
             .sum()
     }
 
@@ -273,7 +279,6 @@ impl Shared {
             if c.open.spans > 0 {
                 out.push(std::mem::take(&mut c.open));
             }
-            c.spans = 0;
             drop(c);
             Arc::strong_count(s) > 1
         });
@@ -1054,14 +1059,8 @@ impl Rec {
         }
     }
 
-    /// Write its spans into `out` (each as `ScopeSpans.spans`); how many.
-    fn encode(
-        &self,
-        out: &mut Vec<u8>,
-        capture_content: bool,
-        clock: Clock,
-        e: &mut Endings,
-    ) -> usize {
+    /// Write its spans into `out` (each as `ScopeSpans.spans`).
+    fn encode(&self, out: &mut Vec<u8>, capture_content: bool, clock: Clock, e: &mut Endings) {
         // A request's usage is its answering attempt's: encoded once for both
         // spans (and never kept from one record to the next).
         e.usage_of = None;
@@ -1106,7 +1105,6 @@ impl Rec {
             }
         }
         s.end();
-        let mut n = 1;
         for w in &self.waits {
             otlp::Span::begin(
                 out,
@@ -1120,7 +1118,6 @@ impl Rec {
             )
             .raw(&w.head)
             .end();
-            n += 1;
         }
         for a in &self.attempts {
             let mut s = otlp::Span::begin(
@@ -1142,7 +1139,6 @@ impl Rec {
                 s.attr(&key::ERROR, Value::Str(e)).error(e);
             }
             s.end();
-            n += 1;
             if let Some((id, end)) = a.first_token {
                 otlp::Span::begin_short(
                     out,
@@ -1156,10 +1152,8 @@ impl Rec {
                 )
                 .raw(FIRST_TOKEN)
                 .end();
-                n += 1;
             }
         }
-        n
     }
 }
 
@@ -1532,6 +1526,24 @@ mod tests {
             .and_then(|kv| kv.value.clone()?.value)
     }
 
+    /// A request of one span (no attempt) that ended with 200.
+    fn one_span(t: &Arc<Tracing>) {
+        let id = HeaderValue::from_static("r");
+        RequestSpan::start(Some(t), None, Instant::now(), &asked(&id, b"")).finish(&Finished {
+            target: "-",
+            status: 200,
+            error: None,
+            usage: None,
+            first_byte: None,
+        });
+    }
+
+    /// `f` on a thread of its own, joined: its thread-locals are gone when this
+    /// returns.
+    fn on_a_thread(f: impl FnOnce() + Send) {
+        std::thread::scope(|s| s.spawn(f).join().unwrap());
+    }
+
     /// `sample_ratio`: about that share of root traces recorded; none at 0; a
     /// client's sampled `traceparent` recorded whatever the ratio.
     #[test]
@@ -1843,29 +1855,13 @@ mod tests {
     #[test]
     fn threads_fill_slots_of_their_own() {
         let t = tracing(10 * BATCH as u32, false);
-        let id = HeaderValue::from_static("r");
-        let done = Finished {
-            target: "-",
-            status: 200,
-            error: None,
-            usage: None,
-            first_byte: None,
-        };
-        let one = |t: &Arc<Tracing>| {
-            RequestSpan::start(Some(t), None, Instant::now(), &asked(&id, b"")).finish(&done);
-        };
         for _ in 0..BATCH + 3 {
-            one(&t);
+            one_span(&t);
         }
-        std::thread::scope(|s| {
-            // Joined: its thread-locals are gone when this returns.
-            s.spawn(|| {
-                for _ in 0..5 {
-                    one(&t);
-                }
-            })
-            .join()
-            .unwrap();
+        on_a_thread(|| {
+            for _ in 0..5 {
+                one_span(&t);
+            }
         });
         assert_eq!(t.shared.slots.lock().unwrap().len(), 2);
         assert_eq!(t.shared.spans(), BATCH + 8);
@@ -1879,7 +1875,7 @@ mod tests {
         assert_eq!(t.shared.spans(), 0);
         // A tracer made later on this thread gets a slot of its own.
         let u = tracing(10, false);
-        one(&u);
+        one_span(&u);
         assert_eq!((t.shared.spans(), u.shared.spans()), (0, 1));
     }
 
@@ -1888,27 +1884,14 @@ mod tests {
     #[test]
     fn small_chunks_are_sent_together() {
         let t = tracing(100 * BATCH as u32, false);
-        let id = HeaderValue::from_static("r");
-        let done = Finished {
-            target: "-",
-            status: 200,
-            error: None,
-            usage: None,
-            first_byte: None,
-        };
         // Chunks of these sizes, each from a thread of its own.
         let half = BATCH / 2;
         let sizes = [3, half, half - 1, 5, half - 1, 1];
         for n in sizes {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    for _ in 0..n {
-                        RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b""))
-                            .finish(&done);
-                    }
-                })
-                .join()
-                .unwrap();
+            on_a_thread(|| {
+                for _ in 0..n {
+                    one_span(&t);
+                }
             });
         }
         let mut chunks = Vec::new();
@@ -1973,7 +1956,7 @@ mod tests {
         let began = tokio::time::Instant::now();
         let (ready, ()) = tokio::join!(t.shared.ready(&mut flushes), async {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            std::thread::scope(|s| s.spawn(one).join().unwrap());
+            on_a_thread(one);
         });
         assert!(ready.is_some());
         assert_eq!(began.elapsed(), LINGER);

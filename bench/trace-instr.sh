@@ -30,7 +30,7 @@ command -v valgrind >/dev/null || apt-get install -y -qq valgrind >&2
 command -v nginx >/dev/null || apt-get install -y -qq nginx-light >&2
 work=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"' EXIT
 
 mkdir -p "$work/nginx"
 cat > "$work/nginx/nginx.conf" <<NGINX

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cost of OpenTelemetry traces ([telemetry] otlp_endpoint): req/s at c=64 through
 # two llmvisors in one run, one with traces off and one exporting every span to a
-# collector, each in front of its own mock (same flags), legs alternated.
+# collector, each in front of its own mock (same flags). Each round starts both
+# afresh, and everything of one leg (its process, its warm-up, its load) goes
+# first in odd rounds and second in even ones.
 #
 #   bench/trace.sh          # about 2 minutes; prints a Markdown table
 #   RATE=4000 bench/trace.sh  # both legs held at 4000 req/s (oha -q): CPU per request
@@ -14,22 +16,27 @@
 #                             # traced path; the table's "off" reads "baseline")
 #   TOGETHER=1 bench/trace.sh # both legs at once, each with its own load generator
 #                             # at half the concurrency (c=32 + c=32: 64 requests in
-#                             # flight on the machine, as in turns): whatever the
-#                             # machine does during a round hits both. (At c=64
-#                             # each, 128 in flight on 2 cores, a leg's CPU per
-#                             # request flips between two regimes, 65 and 120 µs,
-#                             # from round to round: ratios 0.75–1.9.)
+#                             # flight on the machine, as in turns)
 #   AA=1 bench/trace.sh       # the control: the "on" leg untraced too, so the
 #                             # ratios show what the method reads for no difference
 #
-# Rounds in turn read the two legs seconds apart, and on this 2-core VM the CPU a
-# request costs moves by ±15 % from one 10-second leg to the next (an AA=1 run
-# reads 0.65–1.26 for two identical legs). TOGETHER=1 is steadier per round, but
-# on the same VM its control (AA=1 TOGETHER=1, 16 rounds) read 0.930 median, sd
-# 0.13: the leg started second lost several per cent. So compare a run with its
-# control, or run twice with the places swapped (BENCH_BIN / BASELINE) and take the
-# geometric mean. The summary gives the median, and the mean with its 95 %
-# interval (mean ± 2 sd/sqrt(rounds)).
+# What the two ways measure, and what they read on a 2-core VM (docs/benchmarks.md,
+# session 31):
+#
+# - In turns (the default), a leg has the machine to itself: its req/s is the whole
+#   system's (llmvisor, its mock, oha), so llmvisor's extra CPU shows diluted by
+#   the others' share. On that VM a leg's CPU per request flips between two regimes
+#   (about 58 and 100 µs) from one 4-second leg to the next: the control read
+#   0.714–1.317 per round (sd 0.14, 16 rounds).
+# - TOGETHER=1: the scheduler gives the two llmvisors about the same CPU (each was
+#   47 % busy), so the traced one serves fewer requests by what its requests cost
+#   more: the req/s ratio is llmvisor's own CPU cost, undiluted, a stricter reading
+#   than in turns. Its control read 0.999 (95 % interval 0.970–1.028, sd 0.057, 16
+#   rounds). Before each round started both legs afresh in alternating order, the
+#   same control read 0.930: the leg started second lost several per cent.
+#
+# The summary gives the median, and the mean with its 95 % interval (mean ± 2
+# sd/sqrt(rounds)).
 #
 # Unpinned, the four processes share 2 cores as the scheduler likes, and req/s move
 # by ±10 % between rounds. Pinned, llmvisor's req/s is what its own core does: the
@@ -86,6 +93,7 @@ http {
 }
 NGINX
 "${OT[@]}" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+for _ in $(seq 100); do [ -s "$work/nginx/nginx.pid" ] && break; sleep 0.05; done
 
 config() { # listen port, mock port, telemetry table
   cat <<EOF
@@ -114,20 +122,36 @@ on_telemetry=$traced
 config "$ON_PORT" "$ON_MOCK" "$on_telemetry" > "$work/on.toml"
 mkdir -p "$work/off" "$work/on"
 [ -z "${BASELINE:-}" ] || echo "baseline: the \"off\" leg is $BASELINE, tracing too" >&2
-STATE_DIRECTORY=$work/off RUST_LOG=warn "${LV[@]}" "${BASELINE:-$BIN/llmvisor}" serve --config "$work/off.toml" 2>"$work/off.log" & pids+=($!)
-OFF_PID=$!
-STATE_DIRECTORY=$work/on RUST_LOG=warn "${LV[@]}" "$BIN/llmvisor" serve --config "$work/on.toml" 2>"$work/on.log" & pids+=($!)
-ON_PID=$!
-echo "off llmvisor pid $OFF_PID, on llmvisor pid $ON_PID" >&2
 body='{"model":"fast","max_tokens":16,"messages":[{"role":"user","content":"benchmark prompt of a few words"}]}'
-for p in "$OFF_PORT" "$ON_PORT"; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
-  curl -sf "http://127.0.0.1:$p/v1/chat/completions" -H 'content-type: application/json' -d "$body" >/dev/null
-done
-# The mocks are llmvisor's children (on its CPU when pinned): moved to the others'.
-if [ -n "${PIN:-}" ]; then
-  for m in $(pgrep -f "$BIN/llmvisor-mock"); do taskset -a -p -c 0 "$m" >/dev/null; done
-fi
+OFF_PID="" ON_PID=""
+# Starts both llmvisors, $1 (off|on) first, and waits until each answers a chat
+# request (its mock started).
+start_legs() {
+  local leg p
+  for leg in "$1" "$([ "$1" = off ] && echo on || echo off)"; do
+    if [ "$leg" = off ]; then
+      STATE_DIRECTORY=$work/off RUST_LOG=warn "${LV[@]}" "${BASELINE:-$BIN/llmvisor}" serve --config "$work/off.toml" 2>>"$work/off.log" & pids+=($!)
+      OFF_PID=$!
+    else
+      STATE_DIRECTORY=$work/on RUST_LOG=warn "${LV[@]}" "$BIN/llmvisor" serve --config "$work/on.toml" 2>>"$work/on.log" & pids+=($!)
+      ON_PID=$!
+    fi
+  done
+  for p in "$OFF_PORT" "$ON_PORT"; do
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
+    curl -sf "http://127.0.0.1:$p/v1/chat/completions" -H 'content-type: application/json' -d "$body" >/dev/null
+  done
+  # The mocks are llmvisor's children (on its CPU when pinned): moved to the others'.
+  if [ -n "${PIN:-}" ]; then
+    for m in $(pgrep -f "$BIN/llmvisor-mock"); do taskset -a -p -c 0 "$m" >/dev/null; done
+  fi
+}
+# Stops both (each stops its mock) and waits for them.
+stop_legs() {
+  kill -TERM "$OFF_PID" "$ON_PID" 2>/dev/null || true
+  wait "$OFF_PID" "$ON_PID" 2>/dev/null || true
+  while pgrep -f "$BIN/llmvisor-mock" >/dev/null; do sleep 0.1; done
+}
 # The CPU time (utime + stime, in clock ticks) of a process and its threads.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # One leg: prints "req/s answered µs-of-llmvisor-CPU-per-request busy-%"; $1 the
@@ -145,11 +169,12 @@ cpu = int(sys.argv[2]) / int(sys.argv[3])
 print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (float(sys.argv[5]) - float(sys.argv[4])))' \
     "$out" "$((t1 - t0))" "$(getconf CLK_TCK)" "$s0" "$s1"
 }
-# Both legs at once (TOGETHER=1): prints the off leg's four figures, then the on leg's.
+# Both legs at once (TOGETHER=1), $1's load generator started first: prints the off
+# leg's four figures, then the on leg's.
 together() {
   local a0 a1 b0 b1 s0 s1 loads=()
   a0=$(ticks "$OFF_PID") b0=$(ticks "$ON_PID") s0=$(date +%s.%N)
-  for leg in off on; do
+  for leg in "$1" "$([ "$1" = off ] && echo on || echo off)"; do
     local port=$OFF_PORT
     [ "$leg" = on ] && port=$ON_PORT
     "${OT[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$((CONCURRENCY / 2))" ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
@@ -180,16 +205,40 @@ sink_ticks() {
   for p in $m $(pgrep -P "$m"); do t=$((t + $(ticks "$p"))); done
   echo "$t"
 }
+# The spans counters of both llmvisors, summed over rounds (TOGETHER=1 restarts
+# them each round): exported dropped failed, on then off.
+counters() {
+  local p m v
+  for p in "$ON_PORT" "$OFF_PORT"; do
+    for m in exported dropped failed; do
+      v=$(metric "llmvisor_trace_spans_${m}_total" "$p" || true)
+      printf '%s ' "${v:-0}"
+    done
+  done
+}
+spans=(0 0 0 0 0 0)
+add_counters() {
+  local i=0 v
+  for v in $(counters); do spans[i]=$((spans[i] + v)); i=$((i + 1)); done
+}
 sink_t0=$(sink_ticks)
 for r in $(seq "$ROUNDS"); do
-  # Alternate which goes first, so a drift of the machine's load hits both.
+  # Both llmvisors started afresh each round, and everything of one leg (its
+  # process, warm-up, load) first in odd rounds, second in even ones: neither
+  # the machine's drift nor a place in the order favours one leg.
+  first=off
+  [ $((r % 2)) -eq 1 ] || first=on
+  start_legs "$first"
   if [ -n "${TOGETHER:-}" ]; then
-    read -r off off_n off_cpu off_busy on on_n on_cpu on_busy < <(together)
-  elif [ $((r % 2)) -eq 1 ]; then
+    read -r off off_n off_cpu off_busy on on_n on_cpu on_busy < <(together "$first")
+  elif [ "$first" = off ]; then
     read -r off off_n off_cpu off_busy < <(rps "$OFF_PORT" "$OFF_PID"); read -r on on_n on_cpu on_busy < <(rps "$ON_PORT" "$ON_PID")
   else
     read -r on on_n on_cpu on_busy < <(rps "$ON_PORT" "$ON_PID"); read -r off off_n off_cpu off_busy < <(rps "$OFF_PORT" "$OFF_PID")
   fi
+  sleep 0.6 # the exporter lingers up to 500 ms: what the round queued is sent
+  add_counters
+  stop_legs
   ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
   cpu_ratio=$(python3 -c "print(f'{$on_cpu / $off_cpu:.3f}')")
   ratios+=("$ratio") cpu_ratios+=("$cpu_ratio")
@@ -207,8 +256,8 @@ if len(x) > 1:
 echo "req/s: $(stats "${ratios[@]}")"
 echo "llmvisor CPU per request: $(stats "${cpu_ratios[@]}")"
 echo "${TOGETHER:+both legs at once in each round; }${AA:+control (AA=1): the on leg untraced too}"
-echo "spans exported $(metric llmvisor_trace_spans_exported_total), dropped $(metric llmvisor_trace_spans_dropped_total), failed $(metric llmvisor_trace_spans_failed_total)"
-[ -z "${BASELINE:-}" ] || echo "baseline's spans exported $(metric llmvisor_trace_spans_exported_total "$OFF_PORT"), dropped $(metric llmvisor_trace_spans_dropped_total "$OFF_PORT"), failed $(metric llmvisor_trace_spans_failed_total "$OFF_PORT")"
+echo "spans exported ${spans[0]}, dropped ${spans[1]}, failed ${spans[2]}"
+[ -z "${BASELINE:-}" ] || echo "baseline's spans exported ${spans[3]}, dropped ${spans[4]}, failed ${spans[5]}"
 sink_t1=$(sink_ticks)
 traced_total=$on_total
 [ -z "${BASELINE:-}" ] || traced_total=$((on_total + off_total))

@@ -230,23 +230,19 @@ impl Upstream {
         use pool::SendError;
         let body = body.into();
         let again = body.bytes();
-        let host = HeaderValue::from_str(&format!("127.0.0.1:{port}"))
-            .map_err(|e| ProxyError::Failed(e.to_string()))?;
+        let host = local_host(port);
         let build = |body: ReqBody| {
-            let mut req = build_request(
+            build_request(
                 method.clone(),
                 path_and_query,
                 headers,
                 request_id,
-                None,
+                [
+                    Some((header::HOST, &host)),
+                    traceparent.map(|tp| (header::HeaderName::from_static("traceparent"), tp)),
+                ],
                 body,
-            )?;
-            req.headers_mut().insert(header::HOST, host.clone());
-            if let Some(tp) = traceparent {
-                req.headers_mut()
-                    .insert(header::HeaderName::from_static("traceparent"), tp.clone());
-            }
-            Ok::<_, ProxyError>(req)
+            )
         };
         let pool = self.pool();
         let (ct, ht) = (self.connect_timeout, self.header_timeout);
@@ -293,7 +289,14 @@ impl Upstream {
         let body = body.into();
         let again = body.bytes();
         let build = |body: ReqBody| {
-            build_request(Method::POST, uri, headers, request_id, auth.as_ref(), body)
+            build_request(
+                Method::POST,
+                uri,
+                headers,
+                request_id,
+                [auth.as_ref().map(|a| (header::AUTHORIZATION, a)), None],
+                body,
+            )
         };
         // A pooled keep-alive connection the backend had closed (llama-server closes
         // after every stream while advertising keep-alive) fails at once, before any
@@ -319,32 +322,59 @@ impl Upstream {
 
 /// A request (POST, or GET without a body) of `body` to `uri` with the forwarded
 /// headers of the client's request.
+/// `Host: 127.0.0.1:<port>` for a local backend, made once per thread and port
+/// in a row (a clone shares its bytes) rather than formatted for every request.
+fn local_host(port: u16) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u16, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((p, v)) if *p == port => v.clone(),
+        _ => {
+            let v = HeaderValue::from_maybe_shared(Bytes::from(format!("127.0.0.1:{port}")))
+                .expect("an address and a port are a valid header value");
+            *last = Some((port, v.clone()));
+            v
+        }
+    })
+}
+
 fn build_request(
     method: Method,
     uri: &str,
     headers: &HeaderMap,
     request_id: Option<&HeaderValue>,
-    auth: Option<&HeaderValue>,
+    extra: [Option<(header::HeaderName, &HeaderValue)>; 2],
     body: ReqBody,
 ) -> Result<Request<ReqBody>, ProxyError> {
+    let uri: http::Uri = uri
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ProxyError::Failed(e.to_string()))?;
+    // Sized once for every header it may get (the forwarded ones, the request
+    // id, two more, and the `content-length` hyper adds): one allocation, never
+    // grown and rehashed on the way.
+    let mut map = HeaderMap::with_capacity(FORWARDED.len() + 4);
     let named = connection_named(headers);
-    let mut req = Request::builder().method(method).uri(uri);
     for name in FORWARDED {
         if named.iter().any(|c| c == name.as_str()) {
             continue;
         }
         if let Some(v) = headers.get(&name) {
-            req = req.header(name, v.clone());
+            map.append(name, v.clone());
         }
     }
     if let Some(id) = request_id {
-        req = req.header("x-request-id", id.clone());
+        map.insert(header::HeaderName::from_static("x-request-id"), id.clone());
     }
-    if let Some(v) = auth {
-        req = req.header(header::AUTHORIZATION, v.clone());
+    for (name, v) in extra.into_iter().flatten() {
+        map.insert(name, v.clone());
     }
-    req.body(body)
-        .map_err(|e| ProxyError::Failed(e.to_string()))
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = map;
+    Ok(req)
 }
 
 impl Upstream {

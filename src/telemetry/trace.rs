@@ -141,6 +141,37 @@ struct Local {
     /// The `Weak` keeps the `Shared`'s allocation, so its address names it.
     slots: Vec<(std::sync::Weak<Shared>, Arc<Slot>)>,
     endings: Endings,
+    /// Records this thread ended, kept for the next requests it starts: a
+    /// record is then not allocated by one thread and freed by another (a
+    /// request often ends on another worker than the one that began it). The
+    /// boxes are what is kept: a request's `Active` holds its record as one.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Rec>>,
+}
+
+/// Records a thread keeps for reuse at most.
+const SPARE: usize = 64;
+
+/// A record for a request this thread starts: a spare one if it has one.
+fn new_rec(rec: Rec) -> Box<Rec> {
+    match LOCAL.with_borrow_mut(|l| l.spare.pop()) {
+        Some(mut b) => {
+            *b = rec;
+            b
+        }
+        None => Box::new(rec),
+    }
+}
+
+/// Keep an ended record for this thread's next request (without its prompt,
+/// which may be large).
+fn spare(mut rec: Box<Rec>) {
+    rec.content = None;
+    LOCAL.with_borrow_mut(|l| {
+        if l.spare.len() < SPARE {
+            l.spare.push(rec);
+        }
+    });
 }
 
 thread_local! {
@@ -192,7 +223,7 @@ impl Shared {
     /// or drop them when the slot is full.
     fn push(self: &Arc<Self>, rec: &Rec) {
         let n = rec.spans();
-        let wake = LOCAL.with_borrow_mut(|Local { slots, endings }| {
+        let wake = LOCAL.with_borrow_mut(|Local { slots, endings, .. }| {
             let mut c = slot_of(slots, self)
                 .0
                 .lock()
@@ -1202,7 +1233,7 @@ impl RequestSpan {
         let op = operation(asked.endpoint);
         Self(Some(Active {
             shared: t.shared.clone(),
-            rec: Mutex::new(Some(Box::new(Rec {
+            rec: Mutex::new(Some(new_rec(Rec {
                 trace_id,
                 id: span_id(),
                 parent,
@@ -1357,6 +1388,7 @@ impl RequestSpan {
         rec.error = f.error.map(str::to_owned);
         rec.usage = f.usage;
         a.shared.push(&rec);
+        spare(rec);
     }
 }
 
@@ -1372,6 +1404,7 @@ impl Drop for Active {
             }
             rec.end = now;
             self.shared.push(&rec);
+            spare(rec);
         }
     }
 }
@@ -1722,6 +1755,84 @@ mod tests {
     /// What is the same for many requests is encoded once per thread: the same
     /// parts give the same block, a change in any part a different one (with what
     /// changed in it), and the cache stays bounded.
+    /// A thread reuses the records of requests it ended (`new_rec`/`spare`):
+    /// the next request's spans carry nothing of the last one's, and a kept
+    /// record holds no prompt.
+    #[test]
+    fn a_reused_record_carries_nothing_of_the_last_request() {
+        on_a_thread(|| {
+            let t = tracing(100, true);
+            let id = HeaderValue::from_static("r1");
+            let body = br#"{"messages":[{"role":"user","content":"secret"}]}"#;
+            let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, body));
+            let addr = |s: &RequestSpan| {
+                let a = s.0.as_ref().unwrap();
+                let r = a.rec.lock().unwrap();
+                std::ptr::from_ref::<Rec>(r.as_deref().unwrap()) as usize
+            };
+            let first = addr(&s);
+            s.waited(s.now(), "m", Some(Duration::from_millis(5)), None);
+            s.upstream(&Upstream {
+                label: "a",
+                model: "m",
+                provider: "vllm",
+                address: "127.0.0.1",
+                port: 8000,
+            });
+            s.finish(&Finished {
+                target: "a",
+                status: 502,
+                error: Some("bad_gateway"),
+                usage: Some((7, 3)),
+                first_byte: Some(Instant::now()),
+            });
+            LOCAL.with_borrow(|l| {
+                assert_eq!(l.spare.len(), 1);
+                assert!(
+                    l.spare[0].content.is_none(),
+                    "a kept record holds no prompt"
+                );
+            });
+            let id2 = HeaderValue::from_static("r2");
+            let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id2, b"{}"));
+            assert_eq!(addr(&s), first, "the record was reused");
+            s.finish(&Finished {
+                target: "-",
+                status: 200,
+                error: None,
+                usage: None,
+                first_byte: None,
+            });
+            let spans = taken(&t);
+            // The first request: request, cold start, upstream, first token.
+            assert_eq!(spans.len(), 5);
+            let second = &spans[4];
+            assert_eq!(second.name, "chat m");
+            assert!(second.parent_span_id.is_empty());
+            assert_ne!(second.trace_id, spans[0].trace_id);
+            let keys: Vec<_> = second.attributes.iter().map(|kv| kv.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "gen_ai.operation.name",
+                    "gen_ai.request.model",
+                    "llmvisor.route",
+                    "llmvisor.client",
+                    "llmvisor.stream",
+                    "http.request.method",
+                    "llmvisor.request_id",
+                    "http.response.status_code",
+                    "llmvisor.target",
+                ]
+            );
+            assert_eq!(
+                value(second, "llmvisor.request_id"),
+                Some(Any::StringValue("r2".into()))
+            );
+            assert!(second.status.as_ref().is_none_or(|st| st.code == 0));
+        });
+    }
+
     #[test]
     fn blocks_are_encoded_once_and_keyed_by_every_part() {
         let r = request_head("chat", "m", "c", false);

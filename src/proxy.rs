@@ -320,8 +320,6 @@ impl Upstream {
     }
 }
 
-/// A request (POST, or GET without a body) of `body` to `uri` with the forwarded
-/// headers of the client's request.
 /// `Host: 127.0.0.1:<port>` for a local backend, made once per thread and port
 /// in a row (a clone shares its bytes) rather than formatted for every request.
 fn local_host(port: u16) -> HeaderValue {
@@ -340,6 +338,8 @@ fn local_host(port: u16) -> HeaderValue {
     })
 }
 
+/// A request (POST, or GET without a body) of `body` to `uri` with the forwarded
+/// headers of the client's request.
 fn build_request(
     method: Method,
     uri: &str,

@@ -154,7 +154,11 @@ const SPARE: usize = 64;
 
 /// A record for a request this thread starts: a spare one if it has one.
 fn new_rec(rec: Rec) -> Box<Rec> {
-    match LOCAL.with_borrow_mut(|l| l.spare.pop()) {
+    match LOCAL
+        .try_with(|l| l.borrow_mut().spare.pop())
+        .ok()
+        .flatten()
+    {
         Some(mut b) => {
             *b = rec;
             b
@@ -167,7 +171,9 @@ fn new_rec(rec: Rec) -> Box<Rec> {
 /// which may be large).
 fn spare(mut rec: Box<Rec>) {
     rec.content = None;
-    LOCAL.with_borrow_mut(|l| {
+    // A thread's last requests may be dropped while its locals are going.
+    let _ = LOCAL.try_with(|l| {
+        let mut l = l.borrow_mut();
         if l.spare.len() < SPARE {
             l.spare.push(rec);
         }
@@ -1752,9 +1758,6 @@ mod tests {
         );
     }
 
-    /// What is the same for many requests is encoded once per thread: the same
-    /// parts give the same block, a change in any part a different one (with what
-    /// changed in it), and the cache stays bounded.
     /// A thread reuses the records of requests it ended (`new_rec`/`spare`):
     /// the next request's spans carry nothing of the last one's, and a kept
     /// record holds no prompt.
@@ -1833,6 +1836,9 @@ mod tests {
         });
     }
 
+    /// What is the same for many requests is encoded once per thread: the same
+    /// parts give the same block, a change in any part a different one (with what
+    /// changed in it), and the cache stays bounded.
     #[test]
     fn blocks_are_encoded_once_and_keyed_by_every_part() {
         let r = request_head("chat", "m", "c", false);

@@ -124,11 +124,13 @@ mkdir -p "$work/off" "$work/on"
 [ -z "${BASELINE:-}" ] || echo "baseline: the \"off\" leg is $BASELINE, tracing too" >&2
 body='{"model":"fast","max_tokens":16,"messages":[{"role":"user","content":"benchmark prompt of a few words"}]}'
 OFF_PID="" ON_PID=""
+# The leg that is not $1.
+other() { [ "$1" = off ] && echo on || echo off; }
 # Starts both llmvisors, $1 (off|on) first, and waits until each answers a chat
 # request (its mock started).
 start_legs() {
   local leg p
-  for leg in "$1" "$([ "$1" = off ] && echo on || echo off)"; do
+  for leg in "$1" "$(other "$1")"; do
     if [ "$leg" = off ]; then
       STATE_DIRECTORY=$work/off RUST_LOG=warn "${LV[@]}" "${BASELINE:-$BIN/llmvisor}" serve --config "$work/off.toml" 2>>"$work/off.log" & pids+=($!)
       OFF_PID=$!
@@ -146,11 +148,12 @@ start_legs() {
     for m in $(pgrep -f "$BIN/llmvisor-mock"); do taskset -a -p -c 0 "$m" >/dev/null; done
   fi
 }
-# Stops both (each stops its mock) and waits for them.
+# Stops both (each stops its mock) and waits for them, and up to 10 s for the
+# mocks.
 stop_legs() {
   kill -TERM "$OFF_PID" "$ON_PID" 2>/dev/null || true
   wait "$OFF_PID" "$ON_PID" 2>/dev/null || true
-  while pgrep -f "$BIN/llmvisor-mock" >/dev/null; do sleep 0.1; done
+  for _ in $(seq 100); do pgrep -f -- "--port $OFF_MOCK |--port $ON_MOCK " >/dev/null || break; sleep 0.1; done
 }
 # The CPU time (utime + stime, in clock ticks) of a process and its threads.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -174,7 +177,7 @@ print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (flo
 together() {
   local a0 a1 b0 b1 s0 s1 loads=()
   a0=$(ticks "$OFF_PID") b0=$(ticks "$ON_PID") s0=$(date +%s.%N)
-  for leg in "$1" "$([ "$1" = off ] && echo on || echo off)"; do
+  for leg in "$1" "$(other "$1")"; do
     local port=$OFF_PORT
     [ "$leg" = on ] && port=$ON_PORT
     "${OT[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$((CONCURRENCY / 2))" ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \

@@ -744,8 +744,9 @@ pub struct Finished<'a> {
 
 /// One request's spans; `None` inside when tracing is off (or the client's parent
 /// is not sampled).
-/// The record is boxed once, and goes to the queue and the exporter as that box:
-/// a pointer moves, not the record's few hundred bytes.
+/// The record is boxed, so that a span that is off stays three words in the
+/// request; the thread that ends a request keeps the box for the next request it
+/// starts ([`new_rec`]).
 #[derive(Default)]
 pub struct RequestSpan(Option<Active>);
 

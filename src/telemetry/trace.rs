@@ -37,6 +37,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -78,6 +80,12 @@ pub struct Tracing {
     sample_below: u64,
 }
 
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for Tracing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tracing")
@@ -87,6 +95,12 @@ impl std::fmt::Debug for Tracing {
 /// Encoded spans waiting for the export task: a [`Slot`] per thread that ends
 /// requests, each holding what that thread encoded.
 struct Shared {
+    /// Its number among the tracers ([`TRACERS`]): what a request's spans name
+    /// it by.
+    id: NonZeroU64,
+    /// Its [`Tracing`] is gone: the threads' references to it go at their next
+    /// new slot.
+    closed: AtomicBool,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Spans one slot holds at most: `[telemetry] queue` divided among the
     /// runtime's worker threads.
@@ -138,8 +152,10 @@ struct Chunk {
 /// llmvisor) and its encoding caches.
 #[derive(Default)]
 struct Local {
-    /// The `Weak` keeps the `Shared`'s allocation, so its address names it.
-    slots: Vec<(std::sync::Weak<Shared>, Arc<Slot>)>,
+    /// Each with its tracer, held here: a request names its tracer by number, so
+    /// that no count of references shared by every thread is written per
+    /// request.
+    slots: Vec<(Arc<Shared>, Arc<Slot>)>,
     endings: Endings,
     /// Records this thread ended, kept for the next requests it starts: a
     /// record is then not allocated by one thread and freed by another (a
@@ -152,7 +168,8 @@ struct Local {
 /// Records a thread keeps for reuse at most.
 const SPARE: usize = 64;
 
-/// A record for a request this thread starts: a spare one if it has one.
+/// A record for a request this thread starts: a spare one if it has one, with
+/// the room its blocks and waits had (emptied).
 fn new_rec(rec: Rec) -> Box<Rec> {
     match LOCAL
         .try_with(|l| l.borrow_mut().spare.pop())
@@ -160,10 +177,21 @@ fn new_rec(rec: Rec) -> Box<Rec> {
         .flatten()
     {
         Some(mut b) => {
-            *b = rec;
+            let (mut blocks, mut waits) =
+                (std::mem::take(&mut b.blocks), std::mem::take(&mut b.waits));
+            blocks.clear();
+            waits.clear();
+            *b = Rec {
+                blocks,
+                waits,
+                ..rec
+            };
             b
         }
-        None => Box::new(rec),
+        None => Box::new(Rec {
+            blocks: Vec::with_capacity(BLOCK_ROOM),
+            ..rec
+        }),
     }
 }
 
@@ -184,59 +212,85 @@ thread_local! {
     static LOCAL: RefCell<Local> = RefCell::default();
 }
 
-/// This thread's slot of `shared` (among the thread's `slots`), made and
-/// registered the first time.
-fn slot_of<'a>(
-    slots: &'a mut Vec<(std::sync::Weak<Shared>, Arc<Slot>)>,
-    shared: &Arc<Shared>,
-) -> &'a Slot {
-    let at = match slots
-        .iter()
-        .position(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)))
-    {
+/// The tracers, by number ([`Shared::id`]): where a thread finds one the first
+/// time it ends a request for it.
+static TRACERS: Mutex<Vec<(NonZeroU64, std::sync::Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// This thread's slot of tracer `tracer` (among the thread's `slots`) and the
+/// tracer, made and registered the first time; `None` if the tracer is gone.
+fn slot_of(
+    slots: &mut Vec<(Arc<Shared>, Arc<Slot>)>,
+    tracer: NonZeroU64,
+) -> Option<&(Arc<Shared>, Arc<Slot>)> {
+    let at = match slots.iter().position(|(s, _)| s.id == tracer) {
         Some(i) => i,
         None => {
-            // Slots of tracers that are gone (tests make many) go first.
-            slots.retain(|(w, _)| w.strong_count() > 0);
+            let shared = TRACERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(id, _)| *id == tracer)
+                .and_then(|(_, w)| w.upgrade())?;
+            // Tracers that are gone (tests make many) go first.
+            slots.retain(|(s, _)| !s.closed.load(Ordering::Relaxed));
             let slot = Arc::new(Slot::default());
             shared
                 .slots
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(slot.clone());
-            slots.push((Arc::downgrade(shared), slot));
+            slots.push((shared, slot));
             slots.len() - 1
         }
     };
-    &slots[at].1
+    Some(&slots[at])
 }
 
 impl Shared {
-    fn new(capacity: usize, workers: usize, capture_content: bool, room: usize) -> Self {
-        Self {
+    /// A tracer's queue, registered among [`TRACERS`].
+    fn new(
+        capacity: usize,
+        workers: usize,
+        capture_content: bool,
+        room: usize,
+        dropped: Counter,
+    ) -> Arc<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let shared = Arc::new(Self {
+            id: NonZeroU64::new(NEXT.fetch_add(1, Ordering::Relaxed)).expect("2^64 tracers"),
+            closed: AtomicBool::new(false),
             slots: Mutex::default(),
             limit: capacity.max(1).div_ceil(workers.max(1)),
             capture_content,
             room,
             arrived: Notify::new(),
             filled: Notify::new(),
-            dropped: Counter::default(),
-        }
+            dropped,
+        });
+        let mut tracers = TRACERS.lock().unwrap_or_else(|e| e.into_inner());
+        tracers.retain(|(_, w)| {
+            w.upgrade()
+                .is_some_and(|s| !s.closed.load(Ordering::Relaxed))
+        });
+        tracers.push((shared.id, Arc::downgrade(&shared)));
+        shared
     }
 
     /// Encode a finished record's spans into this thread's slot (while the
     /// record is in this core's cache; it is freed by the thread that made it),
     /// or drop them when the slot is full.
-    fn push(self: &Arc<Self>, rec: &Rec) {
+    fn push(tracer: NonZeroU64, rec: &Rec) {
         let n = rec.spans();
-        let wake = LOCAL.with_borrow_mut(|Local { slots, endings, .. }| {
-            let mut c = slot_of(slots, self)
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+        LOCAL.with_borrow_mut(|Local { slots, endings, .. }| {
+            let Some((this, slot)) = slot_of(slots, tracer) else {
+                return;
+            };
+            let mut c = slot.0.lock().unwrap_or_else(|e| e.into_inner());
             let was = c.spans();
-            if was + n > self.limit {
-                return None;
+            if was + n > this.limit {
+                drop(c);
+                this.dropped.inc_by(n as u64);
+                return;
             }
             // A chunk is full when the record does not fit (records are not
             // split): it waits, and the export task is told.
@@ -249,27 +303,20 @@ impl Shared {
             let open_was = open.spans;
             if open.buf.is_empty() {
                 open.buf.reserve(KEEP);
-                open.buf.resize(self.room, 0);
+                open.buf.resize(this.room, 0);
             }
             let clock = *open.clock.get_or_insert_with(Clock::now);
-            rec.encode(&mut open.buf, self.capture_content, clock, endings);
+            rec.encode(&mut open.buf, this.capture_content, clock, endings);
             open.spans += n;
             let filled = rotated || (open_was < BATCH && open.spans >= BATCH);
-            Some((was == 0, filled))
+            drop(c);
+            if was == 0 {
+                this.arrived.notify_one();
+            }
+            if filled {
+                this.filled.notify_one();
+            }
         });
-        match wake {
-            None => {
-                self.dropped.inc_by(n as u64);
-            }
-            Some((arrived, filled)) => {
-                if arrived {
-                    self.arrived.notify_one();
-                }
-                if filled {
-                    self.filled.notify_one();
-                }
-            }
-        }
     }
 
     /// Wait until there is something to export: spans arrived, then a chunk
@@ -352,15 +399,13 @@ impl Tracing {
         let scope = otlp::scope("llmvisor", version);
         let workers =
             tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
-        let shared = Arc::new(Shared {
+        let shared = Shared::new(
+            cfg.queue as usize,
+            workers,
+            cfg.capture_content,
+            otlp::envelope_room(&resource, &scope),
             dropped,
-            ..Shared::new(
-                cfg.queue as usize,
-                workers,
-                cfg.capture_content,
-                otlp::envelope_room(&resource, &scope),
-            )
-        });
+        );
         let (flush, flushes) = mpsc::channel(4);
         let exporter = Exporter {
             shared: shared.clone(),
@@ -751,7 +796,9 @@ pub struct Finished<'a> {
 pub struct RequestSpan(Option<Active>);
 
 struct Active {
-    shared: Arc<Shared>,
+    /// Its tracer's number ([`Shared::id`]; never 0, so that a span that is off
+    /// stays three words).
+    tracer: NonZeroU64,
     /// `None` once finished (encoded into this thread's slot).
     rec: Mutex<Option<Box<Rec>>>,
 }
@@ -770,8 +817,14 @@ struct Rec {
     /// the request ends.
     start: u64,
     end: u64,
-    /// The request span's name, kind and attributes from what was asked.
-    head: Arc<[u8]>,
+    /// The request span's name, kind and attributes from what was asked (in
+    /// `blocks`).
+    head: Piece,
+    /// The blocks of its spans ([`block`]), one after the other: copies, so
+    /// that the thread that ends the request touches nothing of the thread
+    /// that began it but the record (a shared block's reference count was
+    /// written by both), and a reused record keeps this room.
+    blocks: Vec<u8>,
     /// `x-request-id`'s bytes: llmvisor's own ids (28 bytes) are kept in the
     /// record, not shared with the request's header (a reference count, and an
     /// allocation the first time a header's bytes are shared).
@@ -805,8 +858,8 @@ struct Wait {
     id: [u8; 8],
     start: u64,
     end: u64,
-    /// Its name, kind and model.
-    head: Arc<[u8]>,
+    /// Its name, kind and model (in the record's `blocks`).
+    head: Piece,
 }
 
 struct Attempt {
@@ -814,8 +867,9 @@ struct Attempt {
     start: u64,
     /// 0 while the attempt is in progress.
     end: u64,
-    /// Its name, kind and the target's attributes, `llmvisor.target` last.
-    head: Arc<[u8]>,
+    /// Its name, kind and the target's attributes, `llmvisor.target` last (in
+    /// the record's `blocks`).
+    head: Piece,
     /// The length of the target's label: the last bytes of `head`.
     label_len: usize,
     /// Why it failed (`error.type`).
@@ -826,12 +880,22 @@ struct Attempt {
     first_token: Option<([u8; 8], u64)>,
 }
 
-impl Attempt {
-    /// The target's label (the end of its block, [`upstream_head`]).
-    fn label(&self) -> &[u8] {
-        &self.head[self.head.len() - self.label_len..]
+/// A block's place in a record's `blocks`.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Piece {
+    at: u32,
+    len: u32,
+}
+
+impl Piece {
+    fn of(self, blocks: &[u8]) -> &[u8] {
+        &blocks[self.at as usize..(self.at + self.len) as usize]
     }
 }
+
+/// The room a new record's `blocks` is made with: a request's and an attempt's
+/// blocks (a few hundred bytes with the names of a usual configuration).
+const BLOCK_ROOM: usize = 512;
 
 /// The attribute keys.
 mod key {
@@ -864,7 +928,7 @@ const FIRST_TOKEN: &[u8] = b"\x2a\x0bfirst token\x30\x01";
 const BLOCKS: usize = 4096;
 
 /// Encoded blocks by what they were made of.
-type Blocks = HashMap<Box<[u8]>, Arc<[u8]>, foldhash::fast::RandomState>;
+type Blocks = HashMap<Box<[u8]>, Box<[u8]>, foldhash::fast::RandomState>;
 
 /// A thread's blocks: every one it made, by key, and the last one of each kind
 /// (request, upstream, wait) with its key, compared first: a thread serving the
@@ -876,10 +940,12 @@ struct Cache {
     /// The buffer keys are written into.
     key: Vec<u8>,
     last: [Last; 3],
+    /// Blocks encoded (misses), for tests.
+    made: usize,
 }
 
-/// A kind's last block and its key.
-type Last = (Vec<u8>, Option<Arc<[u8]>>);
+/// A kind's last block (empty: none yet) and its key.
+type Last = (Vec<u8>, Vec<u8>);
 
 thread_local! {
     /// A thread's blocks (no lock on the request path).
@@ -900,49 +966,65 @@ fn is_key(key: &[u8], parts: &[&[u8]]) -> bool {
 
 /// The block made of `parts` (the first names its kind: `r`, `u` or `w`;
 /// fixed-size parts next; a 0xff ends each part, a byte no UTF-8 string holds),
-/// encoded by `make` the first time this thread sees them. A lookup compares the
-/// parts with the last block of the kind, else hashes a few short strings: the
-/// attributes it stands for are encoded once per thread, not once per request.
-fn block(parts: &[&[u8]], make: impl FnOnce(&mut Vec<u8>)) -> Arc<[u8]> {
+/// encoded by `make` the first time this thread sees them, copied to the end of
+/// `out`. A lookup compares the parts with the last block of the kind, else
+/// hashes a few short strings: the attributes it stands for are encoded once per
+/// thread, not once per request.
+fn block(parts: &[&[u8]], make: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) -> Piece {
     let slot = match parts[0] {
         b"r" => 0,
         b"u" => 1,
         _ => 2,
     };
-    CACHE.with_borrow_mut(|Cache { map, key, last }| {
-        let (last_key, last) = &mut last[slot];
-        if let Some(b) = last
-            && is_key(last_key, parts)
-        {
-            return b.clone();
-        }
-        key.clear();
-        for p in parts {
-            key.extend_from_slice(p);
-            key.push(0xff);
-        }
-        let b = match map.get(key.as_slice()) {
-            Some(b) => b.clone(),
-            None => {
-                if map.len() >= BLOCKS {
-                    map.clear();
-                }
-                let mut enc = Vec::new();
-                make(&mut enc);
-                let b: Arc<[u8]> = enc.into();
-                map.insert(key.as_slice().into(), b.clone());
-                b
+    let at = out.len();
+    CACHE.with_borrow_mut(
+        |Cache {
+             map,
+             key,
+             last,
+             made,
+         }| {
+            let (last_key, last) = &mut last[slot];
+            if !last.is_empty() && is_key(last_key, parts) {
+                out.extend_from_slice(last);
+                return;
             }
-        };
-        last_key.clear();
-        last_key.extend_from_slice(key);
-        *last = Some(b.clone());
-        b
-    })
+            key.clear();
+            for p in parts {
+                key.extend_from_slice(p);
+                key.push(0xff);
+            }
+            last.clear();
+            match map.get(key.as_slice()) {
+                Some(b) => last.extend_from_slice(b),
+                None => {
+                    if map.len() >= BLOCKS {
+                        map.clear();
+                    }
+                    make(last);
+                    *made += 1;
+                    map.insert(key.as_slice().into(), last.as_slice().into());
+                }
+            }
+            last_key.clear();
+            last_key.extend_from_slice(key);
+            out.extend_from_slice(last);
+        },
+    );
+    Piece {
+        at: at as u32,
+        len: (out.len() - at) as u32,
+    }
 }
 
 /// The request span's name (`<operation> <route>`), kind and what was asked.
-fn request_head(op: &'static str, route: &str, client: &str, stream: bool) -> Arc<[u8]> {
+fn request_head(
+    op: &'static str,
+    route: &str,
+    client: &str,
+    stream: bool,
+    out: &mut Vec<u8>,
+) -> Piece {
     block(
         &[
             b"r",
@@ -960,12 +1042,13 @@ fn request_head(op: &'static str, route: &str, client: &str, stream: bool) -> Ar
             otlp::attribute(b, &key::STREAM, Value::Bool(stream));
             otlp::attribute(b, &key::METHOD, Value::Str("POST"));
         },
+        out,
     )
 }
 
 /// An `upstream` span's name (GenAI client spans are named `<operation>
 /// <model>`), kind (CLIENT) and target.
-fn upstream_head(op: &'static str, to: &Upstream<'_>) -> Arc<[u8]> {
+fn upstream_head(op: &'static str, to: &Upstream<'_>, out: &mut Vec<u8>) -> Piece {
     block(
         &[
             b"u",
@@ -986,15 +1069,20 @@ fn upstream_head(op: &'static str, to: &Upstream<'_>) -> Arc<[u8]> {
             // Last: the label is then the block's last bytes (`Attempt::label`).
             otlp::attribute(b, &key::TARGET, Value::Str(to.label));
         },
+        out,
     )
 }
 
 /// A wait's name (`cold start`, `queue wait`), kind (INTERNAL) and model.
-fn wait_head(name: &'static str, model: &str) -> Arc<[u8]> {
-    block(&[b"w", name.as_bytes(), model.as_bytes()], |b| {
-        otlp::name_and_kind(b, &[name], Kind::Internal);
-        otlp::attribute(b, &key::MODEL, Value::Str(model));
-    })
+fn wait_head(name: &'static str, model: &str, out: &mut Vec<u8>) -> Piece {
+    block(
+        &[b"w", name.as_bytes(), model.as_bytes()],
+        |b| {
+            otlp::name_and_kind(b, &[name], Kind::Internal);
+            otlp::attribute(b, &key::MODEL, Value::Str(model));
+        },
+        out,
+    )
 }
 
 /// The exporter's last-encoded endings: a request span's status, target and
@@ -1088,11 +1176,17 @@ impl Rec {
         self.attempts.last_mut().filter(|a| a.end == 0)
     }
 
+    /// An attempt's target's label (the end of its block, [`upstream_head`]).
+    fn label(&self, a: &Attempt) -> &[u8] {
+        let head = a.head.of(&self.blocks);
+        &head[head.len() - a.label_len..]
+    }
+
     /// The target the request span names: `-` for none (a string's bytes).
     fn target(&self) -> &[u8] {
         match &self.target {
             Answered::None => b"-",
-            Answered::LastAttempt => self.attempts.last().map_or(b"-", Attempt::label),
+            Answered::LastAttempt => self.attempts.last().map_or(b"-", |a| self.label(a)),
             Answered::Other(t) => t.as_bytes(),
         }
     }
@@ -1118,7 +1212,7 @@ impl Rec {
             },
         );
         let id = &self.request_id[..];
-        s.raw(&self.head).attr(
+        s.raw(self.head.of(&self.blocks)).attr(
             &key::REQUEST_ID,
             // UTF-8 is what a protobuf string needs: an id is checked for ASCII
             // (a word at a time), else as UTF-8.
@@ -1154,7 +1248,7 @@ impl Rec {
                     end: clock.wall(w.end),
                 },
             )
-            .raw(&w.head)
+            .raw(w.head.of(&self.blocks))
             .end();
         }
         for a in &self.attempts {
@@ -1168,7 +1262,7 @@ impl Rec {
                     end: clock.wall(a.end.max(a.start)),
                 },
             );
-            s.raw(&a.head);
+            s.raw(a.head.of(&self.blocks));
             if let Some((status, u)) = a.answered {
                 s.raw(e.status(status));
                 usage(&mut s, e, u);
@@ -1238,25 +1332,28 @@ impl RequestSpan {
             None
         };
         let op = operation(asked.endpoint);
+        let mut rec = new_rec(Rec {
+            trace_id,
+            id: span_id(),
+            parent,
+            op,
+            start: mono(started),
+            end: 0,
+            head: Piece::default(),
+            blocks: Vec::new(),
+            request_id: SmallVec::from_slice(asked.request_id.as_bytes()),
+            content,
+            status: None,
+            target: Answered::None,
+            error: None,
+            usage: None,
+            waits: Vec::new(),
+            attempts: SmallVec::new(),
+        });
+        rec.head = request_head(op, asked.route, asked.client, asked.stream, &mut rec.blocks);
         Self(Some(Active {
-            shared: t.shared.clone(),
-            rec: Mutex::new(Some(new_rec(Rec {
-                trace_id,
-                id: span_id(),
-                parent,
-                op,
-                start: mono(started),
-                end: 0,
-                head: request_head(op, asked.route, asked.client, asked.stream),
-                request_id: SmallVec::from_slice(asked.request_id.as_bytes()),
-                content,
-                status: None,
-                target: Answered::None,
-                error: None,
-                usage: None,
-                waits: Vec::new(),
-                attempts: SmallVec::new(),
-            }))),
+            tracer: t.shared.id,
+            rec: Mutex::new(Some(rec)),
         }))
     }
 
@@ -1319,7 +1416,7 @@ impl RequestSpan {
                     id: span_id(),
                     start: mono(began),
                     end: mono(began + cold),
-                    head: wait_head("cold start", model),
+                    head: wait_head("cold start", model, &mut r.blocks),
                 });
             }
             if let Some(queued) = queued {
@@ -1327,7 +1424,7 @@ impl RequestSpan {
                     id: span_id(),
                     start: mono(now.checked_sub(queued).unwrap_or(now)),
                     end: mono(now),
-                    head: wait_head("queue wait", model),
+                    head: wait_head("queue wait", model, &mut r.blocks),
                 });
             }
         });
@@ -1343,11 +1440,12 @@ impl RequestSpan {
                 open.end = now;
             }
             let id = span_id();
+            let head = upstream_head(r.op, to, &mut r.blocks);
             r.attempts.push(Attempt {
                 id,
                 start: now,
                 end: 0,
-                head: upstream_head(r.op, to),
+                head,
                 label_len: to.label.len(),
                 error: None,
                 answered: None,
@@ -1388,13 +1486,13 @@ impl RequestSpan {
         rec.end = now;
         rec.status = Some(f.status);
         rec.target = match rec.attempts.last() {
-            Some(a) if a.label() == f.target.as_bytes() => Answered::LastAttempt,
+            Some(a) if rec.label(a) == f.target.as_bytes() => Answered::LastAttempt,
             _ if f.target == "-" => Answered::None,
             _ => Answered::Other(f.target.to_owned()),
         };
         rec.error = f.error.map(str::to_owned);
         rec.usage = f.usage;
-        a.shared.push(&rec);
+        Shared::push(a.tracer, &rec);
         spare(rec);
     }
 }
@@ -1410,7 +1508,7 @@ impl Drop for Active {
                 open.end = now;
             }
             rec.end = now;
-            self.shared.push(&rec);
+            Shared::push(self.tracer, &rec);
             spare(rec);
         }
     }
@@ -1517,18 +1615,23 @@ mod tests {
     }
 
     fn tracing(capacity: u32, capture_content: bool) -> Arc<Tracing> {
+        sampled_tracing(capacity, capture_content, u64::MAX)
+    }
+
+    fn sampled_tracing(capacity: u32, capture_content: bool, sample_below: u64) -> Arc<Tracing> {
         let (flush, _) = mpsc::channel(1);
         let (resource, scope) = envelope();
         Arc::new(Tracing {
-            shared: Arc::new(Shared::new(
+            shared: Shared::new(
                 capacity as usize,
                 1,
                 capture_content,
                 otlp::envelope_room(&resource, &scope),
-            )),
+                Counter::default(),
+            ),
             flush,
             capture_content,
-            sample_below: u64::MAX,
+            sample_below,
         })
     }
 
@@ -1584,6 +1687,36 @@ mod tests {
         std::thread::scope(|s| s.spawn(f).join().unwrap());
     }
 
+    /// A request names its tracer by number: a thread that never ended one of
+    /// its requests finds it, and a request that outlives its tracer ends without
+    /// a panic (its spans go nowhere); a tracer that is gone leaves the list when
+    /// the next one comes.
+    #[test]
+    fn requests_find_their_tracer_by_its_number() {
+        let id = HeaderValue::from_static("r");
+        let t = tracing(10, false);
+        let u = tracing(10, false);
+        assert_ne!(t.shared.id, u.shared.id);
+        let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}"));
+        let ended = Finished {
+            target: "-",
+            status: 200,
+            error: None,
+            usage: None,
+            first_byte: None,
+        };
+        on_a_thread(|| s.finish(&ended));
+        assert_eq!((t.shared.spans(), u.shared.spans()), (1, 0));
+        let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}"));
+        let gone = t.shared.id;
+        drop(t);
+        on_a_thread(|| s.finish(&ended));
+        drop(s);
+        let _v = tracing(10, false);
+        assert!(TRACERS.lock().unwrap().iter().all(|(n, _)| *n != gone));
+        assert_eq!(u.shared.spans(), 0);
+    }
+
     /// `sample_ratio`: about that share of root traces recorded; none at 0; a
     /// client's sampled `traceparent` recorded whatever the ratio.
     #[test]
@@ -1592,10 +1725,7 @@ mod tests {
         let parent =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let recorded = |ratio: f64, parent: Option<&HeaderValue>| {
-            let t = Arc::new(Tracing {
-                sample_below: sample_below(ratio),
-                ..Arc::into_inner(tracing(10, false)).unwrap()
-            });
+            let t = sampled_tracing(10, false, sample_below(ratio));
             (0..4000)
                 .filter(|_| {
                     RequestSpan::start(Some(&t), parent, Instant::now(), &asked(&id, b"{}"))
@@ -1800,6 +1930,14 @@ mod tests {
             let id2 = HeaderValue::from_static("r2");
             let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id2, b"{}"));
             assert_eq!(addr(&s), first, "the record was reused");
+            {
+                let a = s.0.as_ref().unwrap();
+                let r = a.rec.lock().unwrap();
+                let r = r.as_deref().unwrap();
+                assert_eq!(r.head.at, 0);
+                assert_eq!(r.blocks.len(), r.head.len as usize, "only its own blocks");
+                assert!(r.waits.is_empty() && r.attempts.is_empty());
+            }
             s.finish(&Finished {
                 target: "-",
                 status: 200,
@@ -1842,20 +1980,34 @@ mod tests {
     /// changed in it), and the cache stays bounded.
     #[test]
     fn blocks_are_encoded_once_and_keyed_by_every_part() {
-        let r = request_head("chat", "m", "c", false);
+        // A block's bytes, and how many blocks this thread has encoded so far.
+        fn made() -> usize {
+            CACHE.with_borrow(|c| c.made)
+        }
+        fn bytes(f: impl FnOnce(&mut Vec<u8>) -> Piece) -> Vec<u8> {
+            // After something else in the buffer: a piece is where it was put.
+            let mut out = b"before".to_vec();
+            let p = f(&mut out);
+            assert_eq!(p.at, 6);
+            p.of(&out).to_vec()
+        }
+        let r = bytes(|o| request_head("chat", "m", "c", false, o));
+        let n = made();
         // The last one of its kind, then (after another) from the map.
-        assert!(Arc::ptr_eq(&r, &request_head("chat", "m", "c", false)));
-        let _ = request_head("chat", "n", "c", false);
-        assert!(Arc::ptr_eq(&r, &request_head("chat", "m", "c", false)));
+        assert_eq!(r, bytes(|o| request_head("chat", "m", "c", false, o)));
+        assert_eq!(made(), n);
+        let _ = bytes(|o| request_head("chat", "n", "c", false, o));
+        assert_eq!(made(), n + 1);
+        assert_eq!(r, bytes(|o| request_head("chat", "m", "c", false, o)));
+        assert_eq!(made(), n + 1);
         for other in [
-            request_head("embeddings", "m", "c", false),
-            request_head("chat", "m2", "c", false),
-            request_head("chat", "m", "c2", false),
-            request_head("chat", "m", "c", true),
+            bytes(|o| request_head("embeddings", "m", "c", false, o)),
+            bytes(|o| request_head("chat", "m2", "c", false, o)),
+            bytes(|o| request_head("chat", "m", "c2", false, o)),
+            bytes(|o| request_head("chat", "m", "c", true, o)),
             // The parts end where they end: "m"+"c" is not "mc"+"".
-            request_head("chat", "mc", "", false),
+            bytes(|o| request_head("chat", "mc", "", false, o)),
         ] {
-            assert!(!Arc::ptr_eq(&r, &other));
             assert_ne!(r, other);
         }
         let to = Upstream {
@@ -1865,8 +2017,10 @@ mod tests {
             address: "127.0.0.1",
             port: 8000,
         };
-        let u = upstream_head("chat", &to);
-        assert!(Arc::ptr_eq(&u, &upstream_head("chat", &to)));
+        let u = bytes(|o| upstream_head("chat", &to, o));
+        let n = made();
+        assert_eq!(u, bytes(|o| upstream_head("chat", &to, o)));
+        assert_eq!(made(), n);
         for other in [
             Upstream { label: "b", ..to },
             Upstream { model: "n", ..to },
@@ -1881,13 +2035,19 @@ mod tests {
             Upstream { port: 8001, ..to },
             Upstream { port: 0xff00, ..to },
         ] {
-            assert_ne!(u, upstream_head("chat", &other));
+            assert_ne!(u, bytes(|o| upstream_head("chat", &other, o)));
         }
-        assert_ne!(u, upstream_head("completions", &to));
-        assert_ne!(wait_head("cold start", "m"), wait_head("queue wait", "m"));
-        assert_ne!(wait_head("cold start", "m"), wait_head("cold start", "n"));
+        assert_ne!(u, bytes(|o| upstream_head("completions", &to, o)));
+        assert_ne!(
+            bytes(|o| wait_head("cold start", "m", o)),
+            bytes(|o| wait_head("queue wait", "m", o))
+        );
+        assert_ne!(
+            bytes(|o| wait_head("cold start", "m", o)),
+            bytes(|o| wait_head("cold start", "n", o))
+        );
         for i in 0..BLOCKS + 10 {
-            wait_head("cold start", &i.to_string());
+            wait_head("cold start", &i.to_string(), &mut Vec::new());
         }
         assert!(CACHE.with_borrow(|c| c.map.len()) <= BLOCKS);
     }

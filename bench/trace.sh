@@ -25,15 +25,18 @@
 #
 # - In turns (the default), a leg has the machine to itself: its req/s is the whole
 #   system's (llmvisor, its mock, oha), so llmvisor's extra CPU shows diluted by
-#   the others' share. On that VM a leg's CPU per request flips between two regimes
-#   (about 58 and 100 µs) from one 4-second leg to the next: the control read
-#   0.714–1.317 per round (sd 0.14, 16 rounds).
+#   the others' share. On that VM the machine's speed moves from one 4-second leg
+#   to the next (the VM host's: steal 0-12 %; llmvisor's and the mock's CPU per
+#   request rise and fall together), so the control read 0.714–1.317 per round
+#   (sd 0.14, 16 rounds).
 # - TOGETHER=1: the scheduler gives the two llmvisors about the same CPU (each was
 #   47 % busy), so the traced one serves fewer requests by what its requests cost
 #   more: the req/s ratio is llmvisor's own CPU cost, undiluted, a stricter reading
 #   than in turns. Its control read 0.999 (95 % interval 0.970–1.028, sd 0.057, 16
 #   rounds). Before each round started both legs afresh in alternating order, the
-#   same control read 0.930: the leg started second lost several per cent.
+#   same control read 0.930: the leg started second lost several per cent. The
+#   leg's CPU per request (below) is its tightest figure: 1.003 (0.985–1.021, sd
+#   0.031, 12 rounds; session 32).
 #
 # The summary gives the median, and the mean with its 95 % interval (mean ± 2
 # sd/sqrt(rounds)).

@@ -172,11 +172,31 @@ struct Local {
 /// Records a thread keeps for reuse at most.
 const SPARE: usize = 64;
 
-/// A record for a request this thread starts: a spare one if it has one, with
-/// the room its blocks and waits had (emptied).
+/// Batches of records that threads had more of than [`SPARE`], for threads
+/// that have none: requests that begin on one worker and end on another leave
+/// their records with the other, and the one that begins more of them would
+/// otherwise allocate a record (and its blocks' room) for each, which the other
+/// frees. One lock per batch of [`SPARE`]` / 2` records.
+#[allow(clippy::vec_box)]
+static POOL: Mutex<Vec<Vec<Box<Rec>>>> = Mutex::new(Vec::new());
+
+/// Batches the pool keeps at most (a bound on the records kept: 16 × 32).
+const POOL_BATCHES: usize = 16;
+
+/// A record for a request this thread starts: a spare one if it has one (or
+/// a batch of them from the pool), with the room its blocks and waits had
+/// (emptied).
 fn new_rec(rec: Rec) -> Box<Rec> {
     match LOCAL
-        .try_with(|l| l.borrow_mut().spare.pop())
+        .try_with(|l| {
+            let spare = &mut l.borrow_mut().spare;
+            if spare.is_empty()
+                && let Some(batch) = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop()
+            {
+                *spare = batch;
+            }
+            spare.pop()
+        })
         .ok()
         .flatten()
     {
@@ -205,10 +225,15 @@ fn spare(mut rec: Box<Rec>) {
     rec.content = None;
     // A thread's last requests may be dropped while its locals are going.
     let _ = LOCAL.try_with(|l| {
-        let mut l = l.borrow_mut();
-        if l.spare.len() < SPARE {
-            l.spare.push(rec);
+        let spare = &mut l.borrow_mut().spare;
+        if spare.len() >= SPARE {
+            let batch = spare.split_off(SPARE / 2);
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_BATCHES {
+                pool.push(batch);
+            }
         }
+        spare.push(rec);
     });
 }
 
@@ -1691,6 +1716,45 @@ mod tests {
         std::thread::scope(|s| s.spawn(f).join().unwrap());
     }
 
+    /// Where a request's record is (to tell a reused one).
+    fn addr(s: &RequestSpan) -> usize {
+        let a = s.0.as_ref().unwrap();
+        let r = a.rec.lock().unwrap();
+        std::ptr::from_ref::<Rec>(r.as_deref().unwrap()) as usize
+    }
+
+    /// A thread that ends more requests than it begins hands its spare records,
+    /// a batch at a time, to a thread that begins more than it ends (the pool is
+    /// the process's: nextest runs each test in a process of its own).
+    #[test]
+    fn spare_records_go_to_threads_that_have_none() {
+        let t = tracing(100_000, false);
+        let id = HeaderValue::from_static("r");
+        let begun: Vec<_> = (0..=SPARE)
+            .map(|_| RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}")))
+            .collect();
+        let made: std::collections::HashSet<usize> = begun.iter().map(addr).collect();
+        assert_eq!(made.len(), SPARE + 1);
+        on_a_thread(|| {
+            for s in begun {
+                s.finish(&Finished {
+                    target: "-",
+                    status: 200,
+                    error: None,
+                    usage: None,
+                    first_byte: None,
+                });
+            }
+            LOCAL.with_borrow(|l| assert_eq!(l.spare.len(), SPARE / 2 + 1));
+        });
+        // That thread is gone with the records it kept, but not with the batch
+        // it gave the pool: this thread, which has none, takes it.
+        LOCAL.with_borrow(|l| assert!(l.spare.is_empty()));
+        let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}"));
+        assert!(made.contains(&addr(&s)), "a record from the pool");
+        LOCAL.with_borrow(|l| assert_eq!(l.spare.len(), SPARE / 2 - 1));
+    }
+
     /// A request names its tracer by number: a thread that never ended one of
     /// its requests finds it, and a request that outlives its tracer ends without
     /// a panic (its spans go nowhere); a tracer that is gone leaves the list when
@@ -1903,11 +1967,6 @@ mod tests {
             let id = HeaderValue::from_static("r1");
             let body = br#"{"messages":[{"role":"user","content":"secret"}]}"#;
             let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, body));
-            let addr = |s: &RequestSpan| {
-                let a = s.0.as_ref().unwrap();
-                let r = a.rec.lock().unwrap();
-                std::ptr::from_ref::<Rec>(r.as_deref().unwrap()) as usize
-            };
             let first = addr(&s);
             s.waited(s.now(), "m", Some(Duration::from_millis(5)), None);
             s.upstream(&Upstream {

@@ -23,8 +23,9 @@
 //! filled in place as the request goes. When it ends, the thread that ends it
 //! encodes the record straight into OTLP/HTTP protobuf (src/telemetry/otlp.rs)
 //! in a buffer of that thread's own ([`Slot`]), while the record is still in
-//! that core's cache, and keeps it for the next request it starts; a task takes
-//! the threads' buffers and sends them as exports. A record holds copies of its
+//! that core's cache, and keeps it for the next request it starts (a thread
+//! with more than it keeps gives a batch to a pool, for threads that have none);
+//! a task takes the threads' buffers and sends them as exports. A record holds copies of its
 //! pre-encoded attribute blocks and names its tracer by number: a request writes
 //! no reference count that every thread writes too (the tracer's was, twice per
 //! request; on this project's 2-core VM that measured neutral, the design is
@@ -1716,6 +1717,17 @@ mod tests {
         std::thread::scope(|s| s.spawn(f).join().unwrap());
     }
 
+    /// A request answered 200 by no target, without usage.
+    fn answered() -> Finished<'static> {
+        Finished {
+            target: "-",
+            status: 200,
+            error: None,
+            usage: None,
+            first_byte: None,
+        }
+    }
+
     /// Where a request's record is (to tell a reused one).
     fn addr(s: &RequestSpan) -> usize {
         let a = s.0.as_ref().unwrap();
@@ -1737,13 +1749,7 @@ mod tests {
         assert_eq!(made.len(), SPARE + 1);
         on_a_thread(|| {
             for s in begun {
-                s.finish(&Finished {
-                    target: "-",
-                    status: 200,
-                    error: None,
-                    usage: None,
-                    first_byte: None,
-                });
+                s.finish(&answered());
             }
             LOCAL.with_borrow(|l| assert_eq!(l.spare.len(), SPARE / 2 + 1));
         });
@@ -1766,13 +1772,7 @@ mod tests {
         let u = tracing(10, false);
         assert_ne!(t.shared.id, u.shared.id);
         let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}"));
-        let ended = Finished {
-            target: "-",
-            status: 200,
-            error: None,
-            usage: None,
-            first_byte: None,
-        };
+        let ended = answered();
         on_a_thread(|| s.finish(&ended));
         assert_eq!((t.shared.spans(), u.shared.spans()), (1, 0));
         let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, b"{}"));
@@ -2001,13 +2001,7 @@ mod tests {
                 assert_eq!(r.blocks.len(), r.head.len as usize, "only its own blocks");
                 assert!(r.waits.is_empty() && r.attempts.is_empty());
             }
-            s.finish(&Finished {
-                target: "-",
-                status: 200,
-                error: None,
-                usage: None,
-                first_byte: None,
-            });
+            s.finish(&answered());
             let spans = taken(&t);
             // The first request: request, cold start, upstream, first token.
             assert_eq!(spans.len(), 5);

@@ -24,15 +24,16 @@
 //! encodes the record straight into OTLP/HTTP protobuf (src/telemetry/otlp.rs)
 //! in a buffer of that thread's own ([`Slot`]), while the record is still in
 //! that core's cache, and keeps it for the next request it starts (a thread
-//! with more than it keeps gives a batch to a pool, for threads that have none);
-//! a task takes the threads' buffers and sends them as exports. A record holds copies of its
-//! pre-encoded attribute blocks and names its tracer by number: a request writes
-//! no reference count that every thread writes too (the tracer's was, twice per
-//! request; on this project's 2-core VM that measured neutral, the design is
-//! for hosts with many cores). A full buffer (its share of `[telemetry] queue`
-//! spans) drops the record and counts its spans
-//! (`llmvisor_trace_spans_dropped_total`): the request path never waits for the
-//! collector, takes no lock another thread's requests take, and wakes the
+//! with more than it keeps gives a batch to a pool, for threads that have
+//! none); a task takes the threads' buffers and sends them as exports. A record
+//! holds copies of its pre-encoded attribute blocks and names its tracer by
+//! number: a request writes no reference count that every thread writes too
+//! (the tracer's was, twice per request; on this project's 2-core VM that
+//! measured neutral, the design is for hosts with many cores). A full buffer
+//! (its share of `[telemetry] queue` spans) drops the record and counts its
+//! spans (`llmvisor_trace_spans_dropped_total`): the request path never waits
+//! for the collector, takes no lock another thread's requests take (but the
+//! pool's, once per 32 records a thread gives or takes), and wakes the
 //! export task only when its buffer was empty or a batch is full. (Before, the
 //! records crossed to the export task's core through one queue under one lock;
 //! the per-thread buffers read 1–2 % less CPU per traced request in an A/B of

@@ -307,9 +307,10 @@ impl Shared {
         shared
     }
 
-    /// Encode a finished record's spans into this thread's slot (while the
-    /// record is in this core's cache; it is freed by the thread that made it),
-    /// or drop them when the slot is full.
+    /// Encode a finished record's spans into this thread's slot of tracer
+    /// `tracer` (while the record is in this core's cache; the caller then keeps
+    /// it for reuse, [`spare`]), or drop them when the slot is full; nothing when
+    /// the tracer is gone.
     fn push(tracer: NonZeroU64, rec: &Rec) {
         let n = rec.spans();
         LOCAL.with_borrow_mut(|Local { slots, endings, .. }| {
@@ -1097,7 +1098,7 @@ fn upstream_head(op: &'static str, to: &Upstream<'_>, out: &mut Vec<u8>) -> Piec
             otlp::attribute(b, &key::PROVIDER, Value::Str(to.provider));
             otlp::attribute(b, &key::ADDRESS, Value::Str(to.address));
             otlp::attribute(b, &key::PORT, Value::Int(i64::from(to.port)));
-            // Last: the label is then the block's last bytes (`Attempt::label`).
+            // Last: the label is then the block's last bytes (`Rec::label`).
             otlp::attribute(b, &key::TARGET, Value::Str(to.label));
         },
         out,

@@ -239,7 +239,7 @@ impl Upstream {
                 request_id,
                 [
                     Some((header::HOST, &host)),
-                    traceparent.map(|tp| (header::HeaderName::from_static("traceparent"), tp)),
+                    traceparent.map(|tp| (crate::telemetry::trace::TRACEPARENT, tp)),
                 ],
                 body,
             )
@@ -365,7 +365,9 @@ fn build_request(
         }
     }
     if let Some(id) = request_id {
-        map.insert(header::HeaderName::from_static("x-request-id"), id.clone());
+        // A constant: its name checked when compiling, not per request.
+        const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+        map.insert(REQUEST_ID, id.clone());
     }
     for (name, v) in extra.into_iter().flatten() {
         map.insert(name, v.clone());

@@ -45,7 +45,7 @@ fn varint_long(buf: &mut Vec<u8>, v: u64) {
     buf.extend_from_slice(&a[..n]);
 }
 
-fn varint_len(v: u64) -> usize {
+pub fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
@@ -126,6 +126,23 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &Key, value: Value<'_>) {
     let (vhead, vhead_len, tail) = value_head(value);
     let any_len = vhead_len + tail.len();
     let kv_len = usize::from(key.len) + varint_len(any_len as u64) + any_len;
+    if kv_len < 0x80 {
+        // Nearly every attribute: both lengths are one byte, put in place
+        // without a varint's loop.
+        let mut a = [0u8; 2 + Key::MAX + 3 + 1 + 11];
+        a[0] = ((field << 3) as u8) | LEN;
+        a[1] = kv_len as u8;
+        a[2..2 + Key::MAX + 3].copy_from_slice(&key.enc);
+        let n = 2 + usize::from(key.len);
+        a[n] = any_len as u8;
+        a[n + 1..n + 12].copy_from_slice(&vhead);
+        let at = buf.len();
+        buf.reserve(a.len() + tail.len());
+        buf.extend_from_slice(&a);
+        buf.truncate(at + n + 1 + vhead_len);
+        buf.extend_from_slice(tail);
+        return;
+    }
     let mut a = [0u8; 1 + 10 + Key::MAX + 3 + 10 + 11];
     a[0] = ((field << 3) as u8) | LEN;
     let mut n = 1 + put_varint(&mut a[1..11], kv_len as u64);
@@ -174,7 +191,7 @@ fn value_head(value: Value<'_>) -> ([u8; 11], usize, &[u8]) {
 }
 
 /// `v` as a varint at the start of `out` (10 bytes hold any); its length.
-fn put_varint(out: &mut [u8], mut v: u64) -> usize {
+pub fn put_varint(out: &mut [u8], mut v: u64) -> usize {
     let mut i = 0;
     while v >= 0x80 {
         out[i] = (v as u8) | 0x80;
@@ -283,6 +300,11 @@ impl<'b> Span<'b> {
         }
     }
 
+    /// The length of the buffer it is written into, so far.
+    pub fn written(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Fields encoded beforehand ([`name_and_kind`], [`attribute`]).
     pub fn raw(&mut self, encoded: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(encoded);
@@ -306,10 +328,30 @@ impl<'b> Span<'b> {
         self
     }
 
-    /// The span is complete: its length goes in front of it.
-    pub fn end(&mut self) {
+    /// Where the span's fields begin in the buffer (until [`Span::end`]).
+    pub fn fields_at(&self) -> usize {
+        self.at + self.width
+    }
+
+    /// The span is complete: its length goes in front of it. Returns where its
+    /// fields begin now (they move when the length takes more or fewer bytes
+    /// than it was given).
+    pub fn end(&mut self) -> usize {
         let (at, width) = (self.at, self.width);
         let len = self.buf.len() - at - width;
+        // Nearly always: the length takes the bytes it was given.
+        match (width, len) {
+            (1, ..0x80) => {
+                self.buf[at] = len as u8;
+                return at + 1;
+            }
+            (2, 0x80..0x4000) => {
+                self.buf[at] = (len as u8) | 0x80;
+                self.buf[at + 1] = (len >> 7) as u8;
+                return at + 2;
+            }
+            _ => {}
+        }
         let mut v = [0u8; 10];
         let n = put_varint(&mut v, len as u64);
         if n < width {
@@ -321,7 +363,24 @@ impl<'b> Span<'b> {
             self.buf.copy_within(at + width..old, at + n);
         }
         self.buf[at..at + n].copy_from_slice(&v[..n]);
+        at + n
     }
+}
+
+/// Where a span's ids and times are among its fields (from where they begin,
+/// [`Span::end`]): as [`Span::begin`] writes them, with or without a parent.
+pub mod at {
+    /// `trace_id` (16 bytes).
+    pub const TRACE: usize = 2;
+    /// `span_id` (8 bytes).
+    pub const SPAN: usize = 20;
+    /// `parent_span_id` (8 bytes), when there is one.
+    pub const PARENT: usize = 30;
+    /// `start_time_unix_nano` and `end_time_unix_nano` (8 bytes each, little
+    /// endian) with no parent; [`PARENTED`] more with one.
+    pub const START: usize = 29;
+    pub const END: usize = 38;
+    pub const PARENTED: usize = 10;
 }
 
 /// The room [`seal`] needs at the front of an export's buffer for the message
@@ -414,6 +473,50 @@ mod tests {
     #[should_panic(expected = "more than 61 bytes")]
     fn a_key_longer_than_61_bytes_is_refused() {
         let _ = Key::new(&"k".repeat(62));
+    }
+
+    /// Attributes and spans whose lengths are at and around where a length
+    /// takes one more byte (an attribute's 128 bytes; a span's 128 and 16,384,
+    /// begun short or not) read back whole with the `.proto` files' own types.
+    #[test]
+    fn lengths_at_each_boundary_are_read_back() {
+        let trace_id = [9u8; 16];
+        let head = Head {
+            trace_id: &trace_id,
+            span_id: [1; 8],
+            parent: [0; 8],
+            start: 1,
+            end: 2,
+        };
+        let key = Key::new("k");
+        let mut lens: Vec<usize> = (90..140).collect();
+        lens.extend(16_300..16_400);
+        let mut spans = Vec::new();
+        let mut want = Vec::new();
+        for (i, n) in lens.iter().enumerate() {
+            let v = "v".repeat(*n);
+            let mut s = if i % 2 == 0 {
+                Span::begin(&mut spans, &head)
+            } else {
+                Span::begin_short(&mut spans, &head)
+            };
+            s.attr(&key, Value::Str(&v)).end();
+            want.push(v);
+        }
+        let body = request(&resource("s", "1"), &scope("l", "1"), &spans);
+        let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        let got: Vec<_> = req.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| {
+                assert_eq!(s.attributes.len(), 1);
+                match s.attributes[0].value.as_ref().unwrap().value.clone() {
+                    Some(Any::StringValue(v)) => v,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 
     /// What the encoder writes is what the OTLP `.proto` files' own types read.

@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -163,6 +163,7 @@ struct Local {
     /// request.
     slots: Vec<(Arc<Shared>, Arc<Slot>)>,
     endings: Endings,
+    templates: Templates,
     /// Records this thread ended, kept for the next requests it starts: a
     /// record is then not allocated by one thread and freed by another (a
     /// request often ends on another worker than the one that began it). The
@@ -185,11 +186,11 @@ static POOL: Mutex<Vec<Vec<Box<Rec>>>> = Mutex::new(Vec::new());
 /// Batches the pool keeps at most (a bound on the records kept: 16 × 32).
 const POOL_BATCHES: usize = 16;
 
-/// A record for a request this thread starts: a spare one if it has one (or
-/// a batch of them from the pool), with the room its blocks and waits had
-/// (emptied).
-fn new_rec(rec: Rec) -> Box<Rec> {
-    match LOCAL
+/// An empty record for a request this thread starts: a spare one if it has
+/// one (or a batch of them from the pool), with the room its blocks and waits
+/// had, else a new one.
+fn new_rec() -> Box<Rec> {
+    LOCAL
         .try_with(|l| {
             let spare = &mut l.borrow_mut().spare;
             if spare.is_empty()
@@ -201,30 +202,13 @@ fn new_rec(rec: Rec) -> Box<Rec> {
         })
         .ok()
         .flatten()
-    {
-        Some(mut b) => {
-            let (mut blocks, mut waits) =
-                (std::mem::take(&mut b.blocks), std::mem::take(&mut b.waits));
-            blocks.clear();
-            waits.clear();
-            *b = Rec {
-                blocks,
-                waits,
-                ..rec
-            };
-            b
-        }
-        None => Box::new(Rec {
-            blocks: Vec::with_capacity(BLOCK_ROOM),
-            ..rec
-        }),
-    }
+        .unwrap_or_else(|| Box::new(Rec::empty()))
 }
 
-/// Keep an ended record for this thread's next request (without its prompt,
-/// which may be large).
+/// Keep an ended record for this thread's next request, emptied here, where it
+/// was just encoded (its prompt, which may be large, is dropped).
 fn spare(mut rec: Box<Rec>) {
-    rec.content = None;
+    rec.clear();
     // A thread's last requests may be dropped while its locals are going.
     let _ = LOCAL.try_with(|l| {
         let spare = &mut l.borrow_mut().spare;
@@ -313,42 +297,55 @@ impl Shared {
     /// the tracer is gone.
     fn push(tracer: NonZeroU64, rec: &Rec) {
         let n = rec.spans();
-        LOCAL.with_borrow_mut(|Local { slots, endings, .. }| {
-            let Some((this, slot)) = slot_of(slots, tracer) else {
-                return;
-            };
-            let mut c = slot.0.lock().unwrap_or_else(|e| e.into_inner());
-            let was = c.spans();
-            if was + n > this.limit {
+        LOCAL.with_borrow_mut(
+            |Local {
+                 slots,
+                 endings,
+                 templates,
+                 ..
+             }| {
+                let Some((this, slot)) = slot_of(slots, tracer) else {
+                    return;
+                };
+                let mut c = slot.0.lock().unwrap_or_else(|e| e.into_inner());
+                let was = c.spans();
+                if was + n > this.limit {
+                    drop(c);
+                    this.dropped.inc_by(n as u64);
+                    return;
+                }
+                // A chunk is full when the record does not fit (records are not
+                // split): it waits, and the export task is told.
+                let rotated = c.open.spans > 0 && c.open.spans + n > BATCH;
+                if rotated {
+                    let full = std::mem::take(&mut c.open);
+                    c.full.push(full);
+                }
+                let open = &mut c.open;
+                let open_was = open.spans;
+                if open.buf.is_empty() {
+                    open.buf.reserve(KEEP);
+                    open.buf.resize(this.room, 0);
+                }
+                let clock = *open.clock.get_or_insert_with(Clock::now);
+                rec.encode(
+                    &mut open.buf,
+                    this.capture_content,
+                    clock,
+                    endings,
+                    templates,
+                );
+                open.spans += n;
+                let filled = rotated || (open_was < BATCH && open.spans >= BATCH);
                 drop(c);
-                this.dropped.inc_by(n as u64);
-                return;
-            }
-            // A chunk is full when the record does not fit (records are not
-            // split): it waits, and the export task is told.
-            let rotated = c.open.spans > 0 && c.open.spans + n > BATCH;
-            if rotated {
-                let full = std::mem::take(&mut c.open);
-                c.full.push(full);
-            }
-            let open = &mut c.open;
-            let open_was = open.spans;
-            if open.buf.is_empty() {
-                open.buf.reserve(KEEP);
-                open.buf.resize(this.room, 0);
-            }
-            let clock = *open.clock.get_or_insert_with(Clock::now);
-            rec.encode(&mut open.buf, this.capture_content, clock, endings);
-            open.spans += n;
-            let filled = rotated || (open_was < BATCH && open.spans >= BATCH);
-            drop(c);
-            if was == 0 {
-                this.arrived.notify_one();
-            }
-            if filled {
-                this.filled.notify_one();
-            }
-        });
+                if was == 0 {
+                    this.arrived.notify_one();
+                }
+                if filled {
+                    this.filled.notify_one();
+                }
+            },
+        );
     }
 
     /// Wait until there is something to export: spans arrived, then a chunk
@@ -661,8 +658,19 @@ const HEX2: [[u8; 2]; 256] = {
     t
 };
 
+/// `traceparent`: a constant, so that its name is checked when compiling, not
+/// parsed and checked per request.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// A W3C `traceparent` (version 00, sampled) naming a span.
-fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> Option<HeaderValue> {
+///
+/// Its 55 bytes are not checked byte by byte as `HeaderValue::from_bytes`
+/// would (hex digits and `-` are all a header value may hold), and they are
+/// the value's own shared bytes ([`Bytes::from_owner`]): the copy the request
+/// to the backend takes ([`crate::proxy`]) counts a reference instead of
+/// moving the bytes into a second allocation, as a `Vec`'s bytes would be on
+/// their first clone.
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> HeaderValue {
     let mut v = *b"00-00000000000000000000000000000000-0000000000000000-01";
     for (i, b) in trace_id.iter().enumerate() {
         v[3 + 2 * i..5 + 2 * i].copy_from_slice(&HEX2[usize::from(*b)]);
@@ -670,7 +678,14 @@ fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8]) -> Option<HeaderValue> {
     for (i, b) in span_id.iter().enumerate() {
         v[36 + 2 * i..38 + 2 * i].copy_from_slice(&HEX2[usize::from(*b)]);
     }
-    HeaderValue::from_bytes(&v).ok()
+    debug_assert!(v.iter().all(|c| c.is_ascii_hexdigit() || *c == b'-'));
+    #[allow(unsafe_code)]
+    // SAFETY: `v` is lowercase hex digits and `-` (the template's and `HEX2`'s
+    // bytes only): visible ASCII, valid UTF-8 and a valid header value. (A
+    // debug build checks it again inside.)
+    unsafe {
+        HeaderValue::from_maybe_shared_unchecked(Bytes::from_owner(v))
+    }
 }
 
 /// A client's span: its trace, its span id, and whether it is sampled.
@@ -724,7 +739,7 @@ fn parent_of(value: Option<&HeaderValue>) -> Option<Parent> {
 
 /// The client's `traceparent`, kept for the request span only while tracing is on.
 pub fn client_parent(tracing: Option<&Arc<Tracing>>, headers: &HeaderMap) -> Option<HeaderValue> {
-    tracing.and_then(|_| headers.get("traceparent").cloned())
+    tracing.and_then(|_| headers.get(&TRACEPARENT).cloned())
 }
 
 /// The origin of the monotonic times a record holds: an hour before the first
@@ -984,12 +999,38 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::default();
 }
 
+/// `a == b` for the short parts of a block's key (names, a port) without a
+/// call to `memcmp`: two overlapping words compared for 4 to 16 bytes.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => {
+            let w = |s: &[u8], i: usize| u32::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+            w(a, 0) == w(b, 0) && w(a, n - 4) == w(b, n - 4)
+        }
+        8..=16 => {
+            let w = |s: &[u8], i: usize| {
+                let mut x = [0u8; 8];
+                x.copy_from_slice(&s[i..i + 8]);
+                u64::from_ne_bytes(x)
+            };
+            w(a, 0) == w(b, 0) && w(a, n - 8) == w(b, n - 8)
+        }
+        _ => a == b,
+    }
+}
+
 /// Whether `key` is `parts`, each followed by 0xff.
 fn is_key(key: &[u8], parts: &[&[u8]]) -> bool {
     let mut rest = key;
     for p in parts {
         match rest.split_at_checked(p.len()) {
-            Some((k, [0xff, more @ ..])) if k == *p => rest = more,
+            Some((k, [0xff, more @ ..])) if same(k, p) => rest = more,
             _ => return false,
         }
     }
@@ -1133,6 +1174,9 @@ struct Endings {
     /// encoded.
     usage_of: Option<(u64, u64)>,
     usage: Vec<u8>,
+    /// Where in `usage` the input tokens' attribute ends (the output tokens'
+    /// follows).
+    usage_split: usize,
 }
 
 impl Endings {
@@ -1167,6 +1211,7 @@ impl Endings {
                 &key::INPUT_TOKENS,
                 Value::Int(input as i64),
             );
+            self.usage_split = self.usage.len();
             otlp::attribute(
                 &mut self.usage,
                 &key::OUTPUT_TOKENS,
@@ -1193,6 +1238,44 @@ impl Endings {
 }
 
 impl Rec {
+    /// A new record, with room for a request's blocks.
+    fn empty() -> Self {
+        Self {
+            trace_id: [0; 16],
+            id: [0; 8],
+            parent: [0; 8],
+            op: "",
+            start: 0,
+            end: 0,
+            head: Piece::default(),
+            blocks: Vec::with_capacity(BLOCK_ROOM),
+            request_id: SmallVec::new(),
+            content: None,
+            status: None,
+            target: Answered::None,
+            error: None,
+            usage: None,
+            waits: Vec::new(),
+            attempts: SmallVec::new(),
+        }
+    }
+
+    /// Everything of the request it held gone, the room of its buffers kept
+    /// (the ids, `op` and `start` are a new request's first writes).
+    fn clear(&mut self) {
+        self.end = 0;
+        self.head = Piece::default();
+        self.blocks.clear();
+        self.request_id.clear();
+        self.content = None;
+        self.status = None;
+        self.target = Answered::None;
+        self.error = None;
+        self.usage = None;
+        self.waits.clear();
+        self.attempts.clear();
+    }
+
     fn spans(&self) -> usize {
         1 + self.waits.len()
             + self.attempts.len()
@@ -1223,16 +1306,127 @@ impl Rec {
         }
     }
 
-    /// Write its spans into `out` (each as `ScopeSpans.spans`).
-    fn encode(&self, out: &mut Vec<u8>, capture_content: bool, clock: Clock, e: &mut Endings) {
+    /// Write its spans into `out` (each as `ScopeSpans.spans`): a copy of the
+    /// template of its shape with its own ids, times, request id and token
+    /// counts written in ([`Template`]), or encoded field by field (then kept
+    /// as its shape's template).
+    fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        capture_content: bool,
+        clock: Clock,
+        e: &mut Endings,
+        templates: &mut Templates,
+    ) {
+        let Some(shape) = self.shape(capture_content) else {
+            self.encode_fields(out, capture_content, clock, e, None);
+            return;
+        };
+        if let Some(t) = templates
+            .kept
+            .iter()
+            .find(|t| t.shape == shape && t.blocks == self.blocks)
+        {
+            t.apply(self, out, clock);
+            templates.used += 1;
+            return;
+        }
+        let at = out.len();
+        let mut patches = Vec::new();
+        self.encode_fields(out, capture_content, clock, e, Some(&mut patches));
+        let t = Template {
+            shape,
+            blocks: self.blocks.clone(),
+            bytes: out[at..].to_vec(),
+            patches,
+        };
+        if templates.kept.len() < TEMPLATES {
+            templates.kept.push(t);
+        } else {
+            templates.kept[templates.next] = t;
+            templates.next = (templates.next + 1) % TEMPLATES;
+        }
+    }
+
+    /// What decides its encoding but its ids, times, request id's bytes and
+    /// token counts; `None` for a record no template is kept for (an error, a
+    /// wait, a retry, a captured prompt, a target other than its attempt's, a
+    /// request id that is not ASCII: all encoded field by field).
+    fn shape(&self, capture_content: bool) -> Option<Shape> {
+        if self.error.is_some()
+            || !self.waits.is_empty()
+            || self.attempts.len() > 1
+            || (capture_content && self.content.is_some())
+            || !self.request_id.is_ascii()
+        {
+            return None;
+        }
+        let attempt = match self.attempts.first() {
+            None => None,
+            Some(a) => {
+                let (status, usage) = a.answered?;
+                if a.error.is_some() || usage != self.usage {
+                    return None;
+                }
+                Some((a.head, a.label_len, status, a.first_token.is_some()))
+            }
+        };
+        Some(Shape {
+            parent: self.parent != [0; 8],
+            status: self.status?,
+            named: match self.target {
+                Answered::None => false,
+                Answered::LastAttempt => true,
+                Answered::Other(_) => return None,
+            },
+            request_id: self.request_id.len(),
+            usage: self
+                .usage
+                .map(|(i, o)| (otlp::varint_len(i) as u8, otlp::varint_len(o) as u8)),
+            head: self.head,
+            attempt,
+        })
+    }
+
+    /// [`Rec::encode`] field by field; with `marks`, where the fields that
+    /// differ per request went (from where the record begins in `out`).
+    fn encode_fields(
+        &self,
+        out: &mut Vec<u8>,
+        capture_content: bool,
+        clock: Clock,
+        e: &mut Endings,
+        mut marks: Option<&mut Vec<Patch>>,
+    ) {
+        let base = out.len();
+        // A span's ids and times, once it ended with its fields at `fields`.
+        let ids = |marks: &mut Option<&mut Vec<Patch>>,
+                   fields: usize,
+                   parent: Option<Field>,
+                   own: [Field; 3]| {
+            let Some(m) = marks.as_deref_mut() else {
+                return;
+            };
+            let at = |o: usize| (fields - base + o) as u32;
+            let [id, start, end] = own;
+            m.push(Patch::new(at(otlp::at::TRACE), Field::Trace));
+            m.push(Patch::new(at(otlp::at::SPAN), id));
+            let more = match parent {
+                Some(p) => {
+                    m.push(Patch::new(at(otlp::at::PARENT), p));
+                    otlp::at::PARENTED
+                }
+                None => 0,
+            };
+            m.push(Patch::new(at(otlp::at::START + more), start));
+            m.push(Patch::new(at(otlp::at::END + more), end));
+        };
+        // A mark made while a span was written, moved with the span's fields
+        // when it ended (`was`: where they began then; `now`: where they are).
+        let moved = |o: usize, was: usize, now: usize| (o + now - was - base) as u32;
         // A request's usage is its answering attempt's: encoded once for both
         // spans (and never kept from one record to the next).
         e.usage_of = None;
-        let usage = |s: &mut otlp::Span<'_>, e: &mut Endings, usage: Option<(u64, u64)>| {
-            if let Some(u) = usage {
-                s.raw(e.usage(u));
-            }
-        };
         let mut s = otlp::Span::begin(
             out,
             &Head {
@@ -1243,6 +1437,7 @@ impl Rec {
                 end: clock.wall(self.end),
             },
         );
+        let was = s.fields_at();
         let id = &self.request_id[..];
         s.raw(self.head.of(&self.blocks)).attr(
             &key::REQUEST_ID,
@@ -1254,12 +1449,17 @@ impl Rec {
                 Value::Str(std::str::from_utf8(id).unwrap_or("-"))
             },
         );
+        let id_at = s.written() - id.len();
         if capture_content && let Some(c) = &self.content {
             s.attr(&key::INPUT_MESSAGES, Value::Str(c));
         }
+        let mut usage_at = None;
         if let Some(status) = self.status {
             s.raw(e.ending(status, self.target()));
-            usage(&mut s, e, self.usage);
+            if let Some(u) = self.usage {
+                usage_at = Some(s.written());
+                s.raw(e.usage(u));
+            }
             if let Some(e) = &self.error {
                 s.attr(&key::ERROR, Value::Str(e));
                 // A server span is in error for 5xx only (HTTP semantic conventions).
@@ -1268,7 +1468,29 @@ impl Rec {
                 }
             }
         }
-        s.end();
+        let now = s.end();
+        let parent = (self.parent != [0; 8]).then_some(Field::Parent);
+        ids(
+            &mut marks,
+            now,
+            parent,
+            [Field::Id, Field::Start, Field::End],
+        );
+        if let Some(m) = marks.as_deref_mut() {
+            m.push(Patch::new(moved(id_at, was, now), Field::RequestId));
+            if let (Some(u), Some((i, o))) = (usage_at, self.usage) {
+                let split = u + e.usage_split;
+                let end = u + e.usage.len();
+                m.push(Patch::new(
+                    moved(split - otlp::varint_len(i), was, now),
+                    Field::UsageIn,
+                ));
+                m.push(Patch::new(
+                    moved(end - otlp::varint_len(o), was, now),
+                    Field::UsageOut,
+                ));
+            }
+        }
         for w in &self.waits {
             otlp::Span::begin(
                 out,
@@ -1294,17 +1516,40 @@ impl Rec {
                     end: clock.wall(a.end.max(a.start)),
                 },
             );
+            let was = s.fields_at();
             s.raw(a.head.of(&self.blocks));
+            let mut usage_at = None;
             if let Some((status, u)) = a.answered {
                 s.raw(e.status(status));
-                usage(&mut s, e, u);
+                if let Some(u) = u {
+                    usage_at = Some((s.written(), u));
+                    s.raw(e.usage(u));
+                }
             }
             if let Some(e) = &a.error {
                 s.attr(&key::ERROR, Value::Str(e)).error(e);
             }
-            s.end();
+            let now = s.end();
+            ids(
+                &mut marks,
+                now,
+                Some(Field::Id),
+                [Field::UpId, Field::UpStart, Field::UpEnd],
+            );
+            if let (Some(m), Some((u, (i, o)))) = (marks.as_deref_mut(), usage_at) {
+                let split = u + e.usage_split;
+                let end = u + e.usage.len();
+                m.push(Patch::new(
+                    moved(split - otlp::varint_len(i), was, now),
+                    Field::UsageIn,
+                ));
+                m.push(Patch::new(
+                    moved(end - otlp::varint_len(o), was, now),
+                    Field::UsageOut,
+                ));
+            }
             if let Some((id, end)) = a.first_token {
-                otlp::Span::begin_short(
+                let now = otlp::Span::begin_short(
                     out,
                     &Head {
                         trace_id: &self.trace_id,
@@ -1316,6 +1561,144 @@ impl Rec {
                 )
                 .raw(FIRST_TOKEN)
                 .end();
+                ids(
+                    &mut marks,
+                    now,
+                    Some(Field::UpId),
+                    [Field::FirstId, Field::UpStart, Field::FirstEnd],
+                );
+            }
+        }
+    }
+}
+
+/// Templates a thread keeps at most (one per route, client, target and way
+/// of ending it serves in turn; past them the oldest goes).
+const TEMPLATES: usize = 8;
+
+/// A thread's templates.
+#[derive(Default)]
+struct Templates {
+    kept: Vec<Template>,
+    /// The one replaced next when all are kept.
+    next: usize,
+    /// Records encoded from a template, for tests.
+    used: usize,
+}
+
+/// What decides a record's encoding but the fields written per request
+/// ([`Field`]): records of one shape with the same `blocks` are encoded the
+/// same but for those.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Shape {
+    /// The request span has a parent (the client's).
+    parent: bool,
+    /// The status the client got.
+    status: u16,
+    /// The request span names its attempt's target (else none).
+    named: bool,
+    /// The request id's length.
+    request_id: usize,
+    /// The lengths of the token counts' varints.
+    usage: Option<(u8, u8)>,
+    /// The request span's block.
+    head: Piece,
+    /// The one attempt: its block, its label's length, the status it relayed
+    /// and whether it has a `first token` span.
+    attempt: Option<(Piece, usize, u16, bool)>,
+}
+
+/// A field written per request into a copy of a [`Template`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Trace,
+    /// The request span's id (and its children's parent).
+    Id,
+    /// The client's span (the request span's parent).
+    Parent,
+    /// The attempt's id (and its first token's parent).
+    UpId,
+    FirstId,
+    Start,
+    End,
+    /// The attempt's start (and its first token's).
+    UpStart,
+    UpEnd,
+    FirstEnd,
+    RequestId,
+    UsageIn,
+    UsageOut,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Patch {
+    /// From where the record begins.
+    at: u32,
+    field: Field,
+}
+
+impl Patch {
+    fn new(at: u32, field: Field) -> Self {
+        Self { at, field }
+    }
+}
+
+/// A record's spans as encoded, and where the fields that differ per request
+/// are in them: a record of the same shape and blocks is its bytes with its own
+/// fields written in (one copy and some 20 writes of a few bytes, where
+/// encoding field by field is some 40 pieces, each with its capacity check).
+struct Template {
+    shape: Shape,
+    blocks: Vec<u8>,
+    bytes: Vec<u8>,
+    patches: Vec<Patch>,
+}
+
+impl Template {
+    /// `rec` (of this template's shape and blocks) encoded at the end of `out`.
+    fn apply(&self, rec: &Rec, out: &mut Vec<u8>, clock: Clock) {
+        let at = out.len();
+        out.extend_from_slice(&self.bytes);
+        let b = &mut out[at..];
+        // As `otlp::Span::begin` writes them: an end is never before its start.
+        let start = clock.wall(rec.start);
+        let end = clock.wall(rec.end).max(start);
+        let (up_id, up_start, up_end, first) = match rec.attempts.first() {
+            Some(a) => {
+                let up_start = clock.wall(a.start);
+                let up_end = clock.wall(a.end.max(a.start)).max(up_start);
+                let first = a
+                    .first_token
+                    .map_or(([0; 8], 0), |(id, t)| (id, clock.wall(t).max(up_start)));
+                (a.id, up_start, up_end, first)
+            }
+            None => ([0; 8], 0, 0, ([0; 8], 0)),
+        };
+        let (input, output) = rec.usage.unwrap_or_default();
+        fn put(b: &mut [u8], o: usize, v: &[u8]) {
+            b[o..o + v.len()].copy_from_slice(v);
+        }
+        for p in &self.patches {
+            let o = p.at as usize;
+            let put = |b: &mut [u8], v: &[u8]| put(b, o, v);
+            match p.field {
+                Field::Trace => put(b, &rec.trace_id),
+                Field::Id => put(b, &rec.id),
+                Field::Parent => put(b, &rec.parent),
+                Field::UpId => put(b, &up_id),
+                Field::FirstId => put(b, &first.0),
+                Field::Start => put(b, &start.to_le_bytes()),
+                Field::End => put(b, &end.to_le_bytes()),
+                Field::UpStart => put(b, &up_start.to_le_bytes()),
+                Field::UpEnd => put(b, &up_end.to_le_bytes()),
+                Field::FirstEnd => put(b, &first.1.to_le_bytes()),
+                Field::RequestId => put(b, &rec.request_id),
+                Field::UsageIn => {
+                    otlp::put_varint(&mut b[o..], input);
+                }
+                Field::UsageOut => {
+                    otlp::put_varint(&mut b[o..], output);
+                }
             }
         }
     }
@@ -1364,24 +1747,15 @@ impl RequestSpan {
             None
         };
         let op = operation(asked.endpoint);
-        let mut rec = new_rec(Rec {
-            trace_id,
-            id: span_id(),
-            parent,
-            op,
-            start: mono(started),
-            end: 0,
-            head: Piece::default(),
-            blocks: Vec::new(),
-            request_id: SmallVec::from_slice(asked.request_id.as_bytes()),
-            content,
-            status: None,
-            target: Answered::None,
-            error: None,
-            usage: None,
-            waits: Vec::new(),
-            attempts: SmallVec::new(),
-        });
+        let mut rec = new_rec();
+        rec.trace_id = trace_id;
+        rec.id = span_id();
+        rec.parent = parent;
+        rec.op = op;
+        rec.start = mono(started);
+        rec.request_id
+            .extend_from_slice(asked.request_id.as_bytes());
+        rec.content = content;
         rec.head = request_head(op, asked.route, asked.client, asked.stream, &mut rec.blocks);
         Self(Some(Active {
             tracer: t.shared.id,
@@ -1485,7 +1859,6 @@ impl RequestSpan {
             });
             traceparent(&r.trace_id, &id)
         })
-        .flatten()
     }
 
     /// The attempt in progress failed before a response was relayed (it may be
@@ -1574,7 +1947,7 @@ pub fn host_of(url: &str) -> (&str, u16) {
 
 /// The `traceparent` a local backend gets when tracing is off: the client's own.
 pub fn passthrough(headers: &HeaderMap) -> Option<HeaderValue> {
-    headers.get("traceparent").cloned()
+    headers.get(&TRACEPARENT).cloned()
 }
 
 #[cfg(test)]
@@ -1622,7 +1995,7 @@ mod tests {
         let p = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert!(p.sampled);
         assert_eq!(
-            traceparent(&p.trace_id, &p.span_id).unwrap(),
+            traceparent(&p.trace_id, &p.span_id),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
         let q = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
@@ -2032,6 +2405,171 @@ mod tests {
             );
             assert!(second.status.as_ref().is_none_or(|st| st.code == 0));
         });
+    }
+
+    /// A record encoded from its shape's template is byte for byte what it is
+    /// encoded field by field, for each shape a template is kept for (a
+    /// client's parent or none, usage or none and its numbers' lengths, an
+    /// attempt or none, with or without a first token, a request id of any
+    /// length, the status, the target named or not), with another record's
+    /// ids, times, request id and token counts each time; and one that differs
+    /// in a block (another route) or has no shape of its own (an error) is
+    /// encoded field by field.
+    #[test]
+    fn a_template_encodes_what_the_fields_would() {
+        let clock = Clock {
+            unix_ns: 1_700_000_000_000_000_000,
+            mono_ns: 5_000,
+        };
+        // A record of a shape (`v`'s bits) with values from `n`.
+        let record = |v: u32, n: u64, route: &str| {
+            let mut r = Rec::empty();
+            let bit = |b: u32| v & (1 << b) != 0;
+            r.trace_id = [n as u8 + 1; 16];
+            r.id = (n * 7 + 1).to_be_bytes();
+            if bit(0) {
+                r.parent = (n * 11 + 3).to_be_bytes();
+            }
+            r.op = "chat";
+            r.start = 10_000 + n;
+            r.end = 90_000 + 3 * n;
+            r.head = request_head("chat", route, "client", bit(6), &mut r.blocks);
+            let len = if bit(5) { 28 } else { 3 };
+            r.request_id
+                .extend((0..len).map(|i| b'a' + ((i as u64 + n) % 26) as u8));
+            r.status = Some(if bit(4) { 404 } else { 200 });
+            r.usage = bit(1).then_some(if bit(7) {
+                (100 + n, 20 + n)
+            } else {
+                (5_000 + n, 300 + n)
+            });
+            if bit(2) {
+                let head = upstream_head(
+                    "chat",
+                    &Upstream {
+                        label: "vllm-a",
+                        model: "m",
+                        provider: "vllm",
+                        address: "127.0.0.1",
+                        port: 8000,
+                    },
+                    &mut r.blocks,
+                );
+                r.attempts.push(Attempt {
+                    id: (n * 13 + 5).to_be_bytes(),
+                    start: 20_000 + n,
+                    end: 80_000 + 2 * n,
+                    head,
+                    label_len: 6,
+                    error: None,
+                    answered: Some((r.status.unwrap(), r.usage)),
+                    first_token: bit(3).then_some(((n * 17 + 9).to_be_bytes(), 30_000 + n)),
+                });
+                if bit(8) {
+                    r.target = Answered::LastAttempt;
+                }
+            }
+            r
+        };
+        let fields = |r: &Rec| {
+            let mut out = b"spans before".to_vec();
+            r.encode_fields(&mut out, false, clock, &mut Endings::default(), None);
+            out
+        };
+        let mut shapes = 0;
+        for v in 0..512 {
+            let mut t = Templates::default();
+            let mut e = Endings::default();
+            let first = record(v, 1, "m");
+            assert!(first.shape(false).is_some(), "{v:#b}");
+            let mut out = b"spans before".to_vec();
+            first.encode(&mut out, false, clock, &mut e, &mut t);
+            assert_eq!(
+                out,
+                fields(&first),
+                "{v:#b}: the first is encoded field by field"
+            );
+            assert_eq!((t.kept.len(), t.used), (1, 0));
+            for n in [2, 3, 7] {
+                let r = record(v, n, "m");
+                let mut out = b"spans before".to_vec();
+                r.encode(&mut out, false, clock, &mut e, &mut t);
+                assert_eq!(out, fields(&r), "{v:#b}, record {n}");
+            }
+            assert_eq!((t.kept.len(), t.used), (1, 3), "{v:#b}");
+            // Another route: another block, another template.
+            let other = record(v, 4, "other");
+            let mut out = Vec::new();
+            other.encode(&mut out, false, clock, &mut e, &mut t);
+            assert_eq!(out, fields(&other)[12..]);
+            assert_eq!((t.kept.len(), t.used), (2, 3));
+            // An error: no template.
+            let mut failed = record(v, 5, "m");
+            failed.error = Some("bad_gateway".into());
+            assert!(failed.shape(false).is_none());
+            let mut out = Vec::new();
+            failed.encode(&mut out, false, clock, &mut e, &mut t);
+            assert_eq!(out, fields(&failed)[12..]);
+            assert_eq!((t.kept.len(), t.used), (2, 3));
+            shapes += 1;
+        }
+        assert_eq!(shapes, 512);
+        // An `upstream` span under 128 bytes (a short name and no attributes in
+        // its block): moved back by a byte when it ends, and its marks with it.
+        let tiny = |n: u64| {
+            let mut r = record(0b100, n, "m");
+            r.attempts[0].head = block(
+                &[b"u", b"tiny"],
+                |b| otlp::name_and_kind(b, &["t"], Kind::Client),
+                &mut r.blocks,
+            );
+            r
+        };
+        let (mut t, mut e) = (Templates::default(), Endings::default());
+        for n in 1..4 {
+            let r = tiny(n);
+            let want = fields(&r);
+            // "spans before", the request span (a two-byte length), the
+            // upstream span's tag and its length.
+            let request = usize::from(want[13] & 0x7f) | usize::from(want[14]) << 7;
+            assert!(want[12 + 3 + request + 1] < 0x80, "a one-byte length");
+            let mut out = b"spans before".to_vec();
+            r.encode(&mut out, false, clock, &mut e, &mut t);
+            assert_eq!(out, want, "record {n}");
+        }
+        assert_eq!((t.kept.len(), t.used), (1, 2));
+        // Past `TEMPLATES` shapes the oldest is replaced.
+        let mut t = Templates::default();
+        let mut e = Endings::default();
+        for i in 0..TEMPLATES + 3 {
+            record(0b110, 1, &format!("route-{i}")).encode(
+                &mut Vec::new(),
+                false,
+                clock,
+                &mut e,
+                &mut t,
+            );
+        }
+        assert_eq!(t.kept.len(), TEMPLATES);
+        assert_eq!(t.used, 0);
+    }
+
+    /// `same` is `==` for every length it has a shortcut for and past them,
+    /// whichever byte differs.
+    #[test]
+    fn parts_are_compared_whole() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
+            assert!(same(&a, &a.clone()), "{n}");
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x40;
+                assert!(!same(&a, &b), "{n} bytes, byte {i} differs");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(!same(&a, &longer) && !same(&longer, &a), "{n}");
+        }
     }
 
     /// What is the same for many requests is encoded once per thread: the same

@@ -868,14 +868,14 @@ struct Rec {
     /// the request ends.
     start: u64,
     end: u64,
-    /// The request span's name, kind and attributes from what was asked (in
-    /// `blocks`).
+    /// The key of the request span's block: its name, kind and attributes
+    /// from what was asked (in `keys`).
     head: Piece,
-    /// The blocks of its spans ([`block`]), one after the other: copies, so
-    /// that the thread that ends the request touches nothing of the thread
-    /// that began it but the record (a shared block's reference count was
-    /// written by both), and a reused record keeps this room.
-    blocks: Vec<u8>,
+    /// The keys of its spans' blocks ([`key`]), one after the other: what
+    /// each span's attributes are made of (names, a port), a few dozen bytes,
+    /// in the record (a reused record keeps this room). The blocks are found
+    /// when the record is encoded, and only when no template matches it.
+    keys: Vec<u8>,
     /// `x-request-id`'s bytes: llmvisor's own ids (28 bytes) are kept in the
     /// record, not shared with the request's header (a reference count, and an
     /// allocation the first time a header's bytes are shared).
@@ -909,7 +909,7 @@ struct Wait {
     id: [u8; 8],
     start: u64,
     end: u64,
-    /// Its name, kind and model (in the record's `blocks`).
+    /// Its block's key: its name, kind and model (in the record's `keys`).
     head: Piece,
 }
 
@@ -918,10 +918,11 @@ struct Attempt {
     start: u64,
     /// 0 while the attempt is in progress.
     end: u64,
-    /// Its name, kind and the target's attributes, `llmvisor.target` last (in
-    /// the record's `blocks`).
+    /// Its block's key: its name, kind and the target's attributes, the
+    /// target's label last (in the record's `keys`).
     head: Piece,
-    /// The length of the target's label: the last bytes of `head`.
+    /// The length of the target's label: the last bytes of `head` but its
+    /// 0xff.
     label_len: usize,
     /// Why it failed (`error.type`).
     error: Option<String>,
@@ -931,7 +932,7 @@ struct Attempt {
     first_token: Option<([u8; 8], u64)>,
 }
 
-/// A block's place in a record's `blocks`.
+/// A key's place in a record's `keys`, or a block's in a buffer of blocks.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Piece {
     at: u32,
@@ -939,14 +940,14 @@ struct Piece {
 }
 
 impl Piece {
-    fn of(self, blocks: &[u8]) -> &[u8] {
-        &blocks[self.at as usize..(self.at + self.len) as usize]
+    fn of(self, buf: &[u8]) -> &[u8] {
+        &buf[self.at as usize..(self.at + self.len) as usize]
     }
 }
 
-/// The room a new record's `blocks` is made with: a request's and an attempt's
-/// blocks (a few hundred bytes with the names of a usual configuration).
-const BLOCK_ROOM: usize = 512;
+/// The room a new record's `keys` is made with: a request's and an attempt's
+/// keys (under a hundred bytes with the names of a usual configuration).
+const KEY_ROOM: usize = 128;
 
 /// The attribute keys.
 mod key {
@@ -978,139 +979,86 @@ const FIRST_TOKEN: &[u8] = b"\x2a\x0bfirst token\x30\x01";
 /// many times; past it the cache starts over).
 const BLOCKS: usize = 4096;
 
-/// Encoded blocks by what they were made of.
+/// Encoded blocks by their keys.
 type Blocks = HashMap<Box<[u8]>, Box<[u8]>, foldhash::fast::RandomState>;
 
-/// A thread's blocks: every one it made, by key, and the last one of each kind
-/// (request, upstream, wait) with its key, compared first: a thread serving the
-/// same route, client and target in a row finds its blocks without building a
-/// key or hashing one.
+/// A thread's blocks, by key ([`key`]): the attributes they stand for are
+/// encoded once per thread, not once per request.
 #[derive(Default)]
 struct Cache {
     map: Blocks,
-    /// The buffer keys are written into.
-    key: Vec<u8>,
-    last: [Last; 3],
     /// Blocks encoded (misses), for tests.
     made: usize,
 }
 
-/// A kind's last block (empty: none yet) and its key.
-type Last = (Vec<u8>, Vec<u8>);
-
 thread_local! {
-    /// A thread's blocks (no lock on the request path).
+    /// A thread's blocks (no lock).
     static CACHE: RefCell<Cache> = RefCell::default();
 }
 
-/// `a == b` for the short parts of a block's key (names, a port) without a
-/// call to `memcmp`: two overlapping words compared for 4 to 16 bytes.
-#[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    match n {
-        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
-        4..8 => {
-            let w = |s: &[u8], i: usize| u32::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
-            w(a, 0) == w(b, 0) && w(a, n - 4) == w(b, n - 4)
-        }
-        8..=16 => {
-            let w = |s: &[u8], i: usize| {
-                let mut x = [0u8; 8];
-                x.copy_from_slice(&s[i..i + 8]);
-                u64::from_ne_bytes(x)
-            };
-            w(a, 0) == w(b, 0) && w(a, n - 8) == w(b, n - 8)
-        }
-        _ => a == b,
-    }
-}
-
-/// Whether `key` is `parts`, each followed by 0xff.
-fn is_key(key: &[u8], parts: &[&[u8]]) -> bool {
-    let mut rest = key;
-    for p in parts {
-        match rest.split_at_checked(p.len()) {
-            Some((k, [0xff, more @ ..])) if same(k, p) => rest = more,
-            _ => return false,
-        }
-    }
-    rest.is_empty()
-}
-
-/// The block made of `parts` (the first names its kind: `r`, `u` or `w`;
-/// fixed-size parts next; a 0xff ends each part, a byte no UTF-8 string holds),
-/// encoded by `make` the first time this thread sees them, copied to the end of
-/// `out`. A lookup compares the parts with the last block of the kind, else
-/// hashes a few short strings: the attributes it stands for are encoded once per
-/// thread, not once per request.
-fn block(parts: &[&[u8]], make: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) -> Piece {
-    let slot = match parts[0] {
-        b"r" => 0,
-        b"u" => 1,
-        _ => 2,
-    };
+/// A block's key, at the end of `out`: `parts`, each followed by 0xff (a byte
+/// no UTF-8 string holds). The first part names the kind (`r`, `u` or `w`), a
+/// fixed-size one follows for `r` (the stream flag) and `u` (the port), then
+/// strings. This is what the request path writes for a span's attributes: the
+/// block is found (or encoded) by the thread that encodes the record, and not
+/// at all when the record matches a template (whose records have the same
+/// keys).
+fn key(parts: &[&[u8]], out: &mut Vec<u8>) -> Piece {
     let at = out.len();
-    CACHE.with_borrow_mut(
-        |Cache {
-             map,
-             key,
-             last,
-             made,
-         }| {
-            let (last_key, last) = &mut last[slot];
-            if !last.is_empty() && is_key(last_key, parts) {
-                out.extend_from_slice(last);
-                return;
-            }
-            key.clear();
-            for p in parts {
-                key.extend_from_slice(p);
-                key.push(0xff);
-            }
-            last.clear();
-            match map.get(key.as_slice()) {
-                Some(b) => last.extend_from_slice(b),
-                None => {
-                    if map.len() >= BLOCKS {
-                        map.clear();
-                    }
-                    make(last);
-                    *made += 1;
-                    map.insert(key.as_slice().into(), last.as_slice().into());
-                }
-            }
-            last_key.clear();
-            last_key.extend_from_slice(key);
-            out.extend_from_slice(last);
-        },
-    );
+    for p in parts {
+        out.extend_from_slice(p);
+        out.push(0xff);
+    }
     Piece {
         at: at as u32,
         len: (out.len() - at) as u32,
     }
 }
 
-/// The request span's name (`<operation> <route>`), kind and what was asked.
-fn request_head(
-    op: &'static str,
-    route: &str,
-    client: &str,
-    stream: bool,
-    out: &mut Vec<u8>,
-) -> Piece {
-    block(
-        &[
-            b"r",
-            &[u8::from(stream)],
-            op.as_bytes(),
-            route.as_bytes(),
-            client.as_bytes(),
-        ],
-        |b| {
+/// The block of `key` ([`key`]) at the end of `out`, encoded the first time
+/// this thread sees the key.
+fn block(key: &[u8], out: &mut Vec<u8>) -> Piece {
+    let at = out.len();
+    CACHE.with_borrow_mut(|Cache { map, made }| match map.get(key) {
+        Some(b) => out.extend_from_slice(b),
+        None => {
+            if map.len() >= BLOCKS {
+                map.clear();
+            }
+            make_block(key, out);
+            *made += 1;
+            map.insert(key.into(), out[at..].into());
+        }
+    });
+    Piece {
+        at: at as u32,
+        len: (out.len() - at) as u32,
+    }
+}
+
+/// A key's strings: its parts after the kind and the `fixed`-size part.
+fn strings(key: &[u8], fixed: usize) -> impl Iterator<Item = &str> {
+    let skip = if fixed > 0 { 2 + fixed + 1 } else { 2 };
+    key.get(skip..)
+        .unwrap_or_default()
+        .split(|b| *b == 0xff)
+        // Each was a `&str` (the request path's key functions).
+        .map(|s| std::str::from_utf8(s).unwrap_or("-"))
+}
+
+/// Encode the block `key` stands for at the end of `b`.
+fn make_block(key: &[u8], b: &mut Vec<u8>) {
+    match key.first() {
+        // The request span's name (`<operation> <route>`), kind and what was
+        // asked.
+        Some(b'r') => {
+            let stream = key.get(2) == Some(&1);
+            let mut s = strings(key, 1);
+            let (op, route, client) = (
+                s.next().unwrap_or_default(),
+                s.next().unwrap_or_default(),
+                s.next().unwrap_or_default(),
+            );
             otlp::name_and_kind(b, &[op, " ", route], Kind::Server);
             otlp::attribute(b, &key::OPERATION, Value::Str(op));
             otlp::attribute(b, &key::REQUEST_MODEL, Value::Str(route));
@@ -1118,15 +1066,60 @@ fn request_head(
             otlp::attribute(b, &key::CLIENT, Value::Str(client));
             otlp::attribute(b, &key::STREAM, Value::Bool(stream));
             otlp::attribute(b, &key::METHOD, Value::Str("POST"));
-        },
+        }
+        // An `upstream` span's name (GenAI client spans are named `<operation>
+        // <model>`), kind (CLIENT) and target.
+        Some(b'u') => {
+            let port = match key.get(2..4) {
+                Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+                _ => 0,
+            };
+            let mut s = strings(key, 2);
+            let mut next = || s.next().unwrap_or_default();
+            let (op, model, provider, address, label) = (next(), next(), next(), next(), next());
+            otlp::name_and_kind(b, &[op, " ", model], Kind::Client);
+            otlp::attribute(b, &key::OPERATION, Value::Str(op));
+            otlp::attribute(b, &key::REQUEST_MODEL, Value::Str(model));
+            otlp::attribute(b, &key::PROVIDER, Value::Str(provider));
+            otlp::attribute(b, &key::ADDRESS, Value::Str(address));
+            otlp::attribute(b, &key::PORT, Value::Int(i64::from(port)));
+            otlp::attribute(b, &key::TARGET, Value::Str(label));
+        }
+        // A wait's name (`cold start`, `queue wait`), kind (INTERNAL) and
+        // model.
+        _ => {
+            let mut s = strings(key, 0);
+            let (name, model) = (s.next().unwrap_or_default(), s.next().unwrap_or_default());
+            otlp::name_and_kind(b, &[name], Kind::Internal);
+            otlp::attribute(b, &key::MODEL, Value::Str(model));
+        }
+    }
+}
+
+/// The key of the request span's block ([`key`]).
+fn request_key(
+    op: &'static str,
+    route: &str,
+    client: &str,
+    stream: bool,
+    out: &mut Vec<u8>,
+) -> Piece {
+    key(
+        &[
+            b"r",
+            &[u8::from(stream)],
+            op.as_bytes(),
+            route.as_bytes(),
+            client.as_bytes(),
+        ],
         out,
     )
 }
 
-/// An `upstream` span's name (GenAI client spans are named `<operation>
-/// <model>`), kind (CLIENT) and target.
-fn upstream_head(op: &'static str, to: &Upstream<'_>, out: &mut Vec<u8>) -> Piece {
-    block(
+/// The key of an `upstream` span's block, the target's label last
+/// ([`Rec::label`]).
+fn upstream_key(op: &'static str, to: &Upstream<'_>, out: &mut Vec<u8>) -> Piece {
+    key(
         &[
             b"u",
             &to.port.to_be_bytes(),
@@ -1136,30 +1129,13 @@ fn upstream_head(op: &'static str, to: &Upstream<'_>, out: &mut Vec<u8>) -> Piec
             to.address.as_bytes(),
             to.label.as_bytes(),
         ],
-        |b| {
-            otlp::name_and_kind(b, &[op, " ", to.model], Kind::Client);
-            otlp::attribute(b, &key::OPERATION, Value::Str(op));
-            otlp::attribute(b, &key::REQUEST_MODEL, Value::Str(to.model));
-            otlp::attribute(b, &key::PROVIDER, Value::Str(to.provider));
-            otlp::attribute(b, &key::ADDRESS, Value::Str(to.address));
-            otlp::attribute(b, &key::PORT, Value::Int(i64::from(to.port)));
-            // Last: the label is then the block's last bytes (`Rec::label`).
-            otlp::attribute(b, &key::TARGET, Value::Str(to.label));
-        },
         out,
     )
 }
 
-/// A wait's name (`cold start`, `queue wait`), kind (INTERNAL) and model.
-fn wait_head(name: &'static str, model: &str, out: &mut Vec<u8>) -> Piece {
-    block(
-        &[b"w", name.as_bytes(), model.as_bytes()],
-        |b| {
-            otlp::name_and_kind(b, &[name], Kind::Internal);
-            otlp::attribute(b, &key::MODEL, Value::Str(model));
-        },
-        out,
-    )
+/// The key of a wait's block.
+fn wait_key(name: &'static str, model: &str, out: &mut Vec<u8>) -> Piece {
+    key(&[b"w", name.as_bytes(), model.as_bytes()], out)
 }
 
 /// The exporter's last-encoded endings: a request span's status, target and
@@ -1181,6 +1157,8 @@ struct Endings {
     /// Where in `usage` the input tokens' attribute ends (the output tokens'
     /// follows).
     usage_split: usize,
+    /// The blocks of the record being encoded field by field.
+    blocks: Vec<u8>,
 }
 
 impl Endings {
@@ -1242,7 +1220,7 @@ impl Endings {
 }
 
 impl Rec {
-    /// A new record, with room for a request's blocks.
+    /// A new record, with room for a request's keys.
     fn empty() -> Self {
         Self {
             trace_id: [0; 16],
@@ -1252,7 +1230,7 @@ impl Rec {
             start: 0,
             end: 0,
             head: Piece::default(),
-            blocks: Vec::with_capacity(BLOCK_ROOM),
+            keys: Vec::with_capacity(KEY_ROOM),
             request_id: SmallVec::new(),
             content: None,
             status: None,
@@ -1269,7 +1247,7 @@ impl Rec {
     fn clear(&mut self) {
         self.end = 0;
         self.head = Piece::default();
-        self.blocks.clear();
+        self.keys.clear();
         self.request_id.clear();
         self.content = None;
         self.status = None;
@@ -1295,10 +1273,10 @@ impl Rec {
         self.attempts.last_mut().filter(|a| a.end == 0)
     }
 
-    /// An attempt's target's label (the end of its block, [`upstream_head`]).
+    /// An attempt's target's label (the end of its key, [`upstream_key`]).
     fn label(&self, a: &Attempt) -> &[u8] {
-        let head = a.head.of(&self.blocks);
-        &head[head.len() - a.label_len..]
+        let key = a.head.of(&self.keys);
+        &key[key.len() - 1 - a.label_len..key.len() - 1]
     }
 
     /// The target the request span names: `-` for none (a string's bytes).
@@ -1329,7 +1307,7 @@ impl Rec {
         if let Some(t) = templates
             .kept
             .iter()
-            .find(|t| t.shape == shape && t.blocks == self.blocks)
+            .find(|t| t.shape == shape && t.keys == self.keys)
         {
             t.apply(self, out, clock);
             templates.used += 1;
@@ -1340,7 +1318,7 @@ impl Rec {
         self.encode_fields(out, capture_content, clock, e, Some(&mut patches));
         let t = Template {
             shape,
-            blocks: self.blocks.clone(),
+            keys: self.keys.clone(),
             bytes: out[at..].to_vec(),
             patches,
         };
@@ -1403,6 +1381,9 @@ impl Rec {
         mut marks: Option<&mut Vec<Patch>>,
     ) {
         let base = out.len();
+        // The spans' blocks, found by their keys.
+        let mut blocks = std::mem::take(&mut e.blocks);
+        blocks.clear();
         // A span's ids and times, once it ended with its fields at `fields`.
         let ids = |marks: &mut Option<&mut Vec<Patch>>,
                    fields: usize,
@@ -1443,7 +1424,8 @@ impl Rec {
         );
         let was = s.fields_at();
         let id = &self.request_id[..];
-        s.raw(self.head.of(&self.blocks)).attr(
+        let head = block(self.head.of(&self.keys), &mut blocks);
+        s.raw(head.of(&blocks)).attr(
             &key::REQUEST_ID,
             // UTF-8 is what a protobuf string needs: an id is checked for ASCII
             // (a word at a time), else as UTF-8.
@@ -1496,6 +1478,7 @@ impl Rec {
             }
         }
         for w in &self.waits {
+            let head = block(w.head.of(&self.keys), &mut blocks);
             otlp::Span::begin(
                 out,
                 &Head {
@@ -1506,10 +1489,11 @@ impl Rec {
                     end: clock.wall(w.end),
                 },
             )
-            .raw(w.head.of(&self.blocks))
+            .raw(head.of(&blocks))
             .end();
         }
         for a in &self.attempts {
+            let head = block(a.head.of(&self.keys), &mut blocks);
             let mut s = otlp::Span::begin(
                 out,
                 &Head {
@@ -1521,7 +1505,7 @@ impl Rec {
                 },
             );
             let was = s.fields_at();
-            s.raw(a.head.of(&self.blocks));
+            s.raw(head.of(&blocks));
             let mut usage_at = None;
             if let Some((status, u)) = a.answered {
                 s.raw(e.status(status));
@@ -1573,6 +1557,7 @@ impl Rec {
                 );
             }
         }
+        e.blocks = blocks;
     }
 }
 
@@ -1591,7 +1576,7 @@ struct Templates {
 }
 
 /// What decides a record's encoding but the fields written per request
-/// ([`Field`]): records of one shape with the same `blocks` are encoded the
+/// ([`Field`]): records of one shape with the same `keys` are encoded the
 /// same but for those.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Shape {
@@ -1648,18 +1633,18 @@ impl Patch {
 }
 
 /// A record's spans as encoded, and where the fields that differ per request
-/// are in them: a record of the same shape and blocks is its bytes with its own
+/// are in them: a record of the same shape and keys is its bytes with its own
 /// fields written in (one copy and some 20 writes of a few bytes, where
 /// encoding field by field is some 40 pieces, each with its capacity check).
 struct Template {
     shape: Shape,
-    blocks: Vec<u8>,
+    keys: Vec<u8>,
     bytes: Vec<u8>,
     patches: Vec<Patch>,
 }
 
 impl Template {
-    /// `rec` (of this template's shape and blocks) encoded at the end of `out`.
+    /// `rec` (of this template's shape and keys) encoded at the end of `out`.
     fn apply(&self, rec: &Rec, out: &mut Vec<u8>, clock: Clock) {
         let at = out.len();
         out.extend_from_slice(&self.bytes);
@@ -1762,7 +1747,7 @@ impl RequestSpan {
         rec.request_id
             .extend_from_slice(asked.request_id.as_bytes());
         rec.content = content;
-        rec.head = request_head(op, asked.route, asked.client, asked.stream, &mut rec.blocks);
+        rec.head = request_key(op, asked.route, asked.client, asked.stream, &mut rec.keys);
         Self(Some(Active {
             tracer: t.shared.id,
             rec: Mutex::new(Some(rec)),
@@ -1828,7 +1813,7 @@ impl RequestSpan {
                     id: span_id(),
                     start: mono(began),
                     end: mono(began + cold),
-                    head: wait_head("cold start", model, &mut r.blocks),
+                    head: wait_key("cold start", model, &mut r.keys),
                 });
             }
             if let Some(queued) = queued {
@@ -1836,7 +1821,7 @@ impl RequestSpan {
                     id: span_id(),
                     start: mono(now.checked_sub(queued).unwrap_or(now)),
                     end: mono(now),
-                    head: wait_head("queue wait", model, &mut r.blocks),
+                    head: wait_key("queue wait", model, &mut r.keys),
                 });
             }
         });
@@ -1852,7 +1837,7 @@ impl RequestSpan {
                 open.end = now;
             }
             let id = span_id();
-            let head = upstream_head(r.op, to, &mut r.blocks);
+            let head = upstream_key(r.op, to, &mut r.keys);
             r.attempts.push(Attempt {
                 id,
                 start: now,
@@ -2379,7 +2364,7 @@ mod tests {
                 let r = a.rec.lock().unwrap();
                 let r = r.as_deref().unwrap();
                 assert_eq!(r.head.at, 0);
-                assert_eq!(r.blocks.len(), r.head.len as usize, "only its own blocks");
+                assert_eq!(r.keys.len(), r.head.len as usize, "only its own keys");
                 assert!(r.waits.is_empty() && r.attempts.is_empty());
             }
             s.finish(&answered());
@@ -2439,7 +2424,7 @@ mod tests {
             r.op = "chat";
             r.start = 10_000 + n;
             r.end = 90_000 + 3 * n;
-            r.head = request_head("chat", route, "client", bit(6), &mut r.blocks);
+            r.head = request_key("chat", route, "client", bit(6), &mut r.keys);
             let len = if bit(5) { 28 } else { 3 };
             r.request_id
                 .extend((0..len).map(|i| b'a' + ((i as u64 + n) % 26) as u8));
@@ -2450,7 +2435,7 @@ mod tests {
                 (5_000 + n, 300 + n)
             });
             if bit(2) {
-                let head = upstream_head(
+                let head = upstream_key(
                     "chat",
                     &Upstream {
                         label: "vllm-a",
@@ -2459,7 +2444,7 @@ mod tests {
                         address: "127.0.0.1",
                         port: 8000,
                     },
-                    &mut r.blocks,
+                    &mut r.keys,
                 );
                 r.attempts.push(Attempt {
                     id: (n * 13 + 5).to_be_bytes(),
@@ -2524,11 +2509,12 @@ mod tests {
         // its block): moved back by a byte when it ends, and its marks with it.
         let tiny = |n: u64| {
             let mut r = record(0b100, n, "m");
-            r.attempts[0].head = block(
-                &[b"u", b"tiny"],
-                |b| otlp::name_and_kind(b, &["t"], Kind::Client),
-                &mut r.blocks,
-            );
+            // A key whose block is put in this thread's cache beforehand.
+            let tiny = key(&[b"u", b"\x00\x01", b"tiny"], &mut r.keys);
+            let mut b = Vec::new();
+            otlp::name_and_kind(&mut b, &["t"], Kind::Client);
+            CACHE.with_borrow_mut(|c| c.map.insert(tiny.of(&r.keys).into(), b.into()));
+            r.attempts[0].head = tiny;
             r
         };
         let (mut t, mut e) = (Templates::default(), Endings::default());
@@ -2560,24 +2546,6 @@ mod tests {
         assert_eq!(t.used, 0);
     }
 
-    /// `same` is `==` for every length it has a shortcut for and past them,
-    /// whichever byte differs.
-    #[test]
-    fn parts_are_compared_whole() {
-        for n in 0..40usize {
-            let a: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
-            assert!(same(&a, &a.clone()), "{n}");
-            for i in 0..n {
-                let mut b = a.clone();
-                b[i] ^= 0x40;
-                assert!(!same(&a, &b), "{n} bytes, byte {i} differs");
-            }
-            let mut longer = a.clone();
-            longer.push(0);
-            assert!(!same(&a, &longer) && !same(&longer, &a), "{n}");
-        }
-    }
-
     /// What is the same for many requests is encoded once per thread: the same
     /// parts give the same block, a change in any part a different one (with what
     /// changed in it), and the cache stays bounded.
@@ -2589,27 +2557,30 @@ mod tests {
         }
         fn bytes(f: impl FnOnce(&mut Vec<u8>) -> Piece) -> Vec<u8> {
             // After something else in the buffer: a piece is where it was put.
-            let mut out = b"before".to_vec();
-            let p = f(&mut out);
-            assert_eq!(p.at, 6);
-            p.of(&out).to_vec()
+            let mut keys = b"before".to_vec();
+            let k = f(&mut keys);
+            assert_eq!(k.at, 6);
+            let mut out = b"blocks".to_vec();
+            let b = block(k.of(&keys), &mut out);
+            assert_eq!(b.at, 6);
+            b.of(&out).to_vec()
         }
-        let r = bytes(|o| request_head("chat", "m", "c", false, o));
+        let r = bytes(|o| request_key("chat", "m", "c", false, o));
         let n = made();
         // The last one of its kind, then (after another) from the map.
-        assert_eq!(r, bytes(|o| request_head("chat", "m", "c", false, o)));
+        assert_eq!(r, bytes(|o| request_key("chat", "m", "c", false, o)));
         assert_eq!(made(), n);
-        let _ = bytes(|o| request_head("chat", "n", "c", false, o));
+        let _ = bytes(|o| request_key("chat", "n", "c", false, o));
         assert_eq!(made(), n + 1);
-        assert_eq!(r, bytes(|o| request_head("chat", "m", "c", false, o)));
+        assert_eq!(r, bytes(|o| request_key("chat", "m", "c", false, o)));
         assert_eq!(made(), n + 1);
         for other in [
-            bytes(|o| request_head("embeddings", "m", "c", false, o)),
-            bytes(|o| request_head("chat", "m2", "c", false, o)),
-            bytes(|o| request_head("chat", "m", "c2", false, o)),
-            bytes(|o| request_head("chat", "m", "c", true, o)),
+            bytes(|o| request_key("embeddings", "m", "c", false, o)),
+            bytes(|o| request_key("chat", "m2", "c", false, o)),
+            bytes(|o| request_key("chat", "m", "c2", false, o)),
+            bytes(|o| request_key("chat", "m", "c", true, o)),
             // The parts end where they end: "m"+"c" is not "mc"+"".
-            bytes(|o| request_head("chat", "mc", "", false, o)),
+            bytes(|o| request_key("chat", "mc", "", false, o)),
         ] {
             assert_ne!(r, other);
         }
@@ -2620,9 +2591,9 @@ mod tests {
             address: "127.0.0.1",
             port: 8000,
         };
-        let u = bytes(|o| upstream_head("chat", &to, o));
+        let u = bytes(|o| upstream_key("chat", &to, o));
         let n = made();
-        assert_eq!(u, bytes(|o| upstream_head("chat", &to, o)));
+        assert_eq!(u, bytes(|o| upstream_key("chat", &to, o)));
         assert_eq!(made(), n);
         for other in [
             Upstream { label: "b", ..to },
@@ -2638,19 +2609,41 @@ mod tests {
             Upstream { port: 8001, ..to },
             Upstream { port: 0xff00, ..to },
         ] {
-            assert_ne!(u, bytes(|o| upstream_head("chat", &other, o)));
+            assert_ne!(u, bytes(|o| upstream_key("chat", &other, o)));
         }
-        assert_ne!(u, bytes(|o| upstream_head("completions", &to, o)));
+        assert_ne!(u, bytes(|o| upstream_key("completions", &to, o)));
         assert_ne!(
-            bytes(|o| wait_head("cold start", "m", o)),
-            bytes(|o| wait_head("queue wait", "m", o))
+            bytes(|o| wait_key("cold start", "m", o)),
+            bytes(|o| wait_key("queue wait", "m", o))
         );
         assert_ne!(
-            bytes(|o| wait_head("cold start", "m", o)),
-            bytes(|o| wait_head("cold start", "n", o))
+            bytes(|o| wait_key("cold start", "m", o)),
+            bytes(|o| wait_key("cold start", "n", o))
         );
+        // A port with a 0xff byte (the byte that ends a part) is read whole,
+        // and the parts after it.
+        let b = bytes(|o| {
+            upstream_key(
+                "chat",
+                &Upstream {
+                    port: 0xffff,
+                    label: "lab",
+                    ..to
+                },
+                o,
+            )
+        });
+        for (k, v) in [
+            (&key::PORT, Value::Int(0xffff)),
+            (&key::OPERATION, Value::Str("chat")),
+            (&key::TARGET, Value::Str("lab")),
+        ] {
+            let mut want = Vec::new();
+            otlp::attribute(&mut want, k, v);
+            assert!(b.windows(want.len()).any(|w| w == want), "{v:?}");
+        }
         for i in 0..BLOCKS + 10 {
-            wait_head("cold start", &i.to_string(), &mut Vec::new());
+            let _ = bytes(|o| wait_key("cold start", &i.to_string(), o));
         }
         assert!(CACHE.with_borrow(|c| c.map.len()) <= BLOCKS);
     }

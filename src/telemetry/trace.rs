@@ -26,11 +26,13 @@
 //! that core's cache, and keeps it for the next request it starts (a thread
 //! with more than it keeps gives a batch to a pool, for threads that have
 //! none); a task takes the threads' buffers and sends them as exports. A
-//! record of a shape the thread encoded before (the same blocks, status, and
-//! lengths of request id and token counts: nearly every request of a busy
-//! route) is encoded from that shape's [`Template`], its bytes copied and the
-//! fields that differ per request written in, not field by field. A record
-//! holds copies of its pre-encoded attribute blocks and names its tracer by
+//! record holds the keys of its spans' attribute blocks (the names they are
+//! made of, [`key`]); a record of a shape the thread encoded before (the same
+//! keys, status, and lengths of request id and token counts: nearly every
+//! request of a busy route) is encoded from that shape's [`Template`], its
+//! bytes copied and the fields that differ per request written in; another is
+//! encoded field by field, its blocks (encoded once per thread) found by their
+//! keys. A record names its tracer by
 //! number: a request writes no reference count that every thread writes too
 //! (the tracer's was, twice per request; on this project's 2-core VM that
 //! measured neutral, the design is for hosts with many cores). A full buffer

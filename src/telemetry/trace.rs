@@ -1316,13 +1316,13 @@ impl Rec {
             return;
         }
         let at = out.len();
-        let mut patches = Vec::new();
-        self.encode_fields(out, capture_content, clock, e, Some(&mut patches));
+        let mut marks = Marks::default();
+        self.encode_fields(out, capture_content, clock, e, Some(&mut marks));
         let t = Template {
             shape,
             keys: self.keys.clone(),
             bytes: out[at..].to_vec(),
-            patches,
+            marks,
         };
         if templates.kept.len() < TEMPLATES {
             templates.kept.push(t);
@@ -1380,37 +1380,23 @@ impl Rec {
         capture_content: bool,
         clock: Clock,
         e: &mut Endings,
-        mut marks: Option<&mut Vec<Patch>>,
+        mut marks: Option<&mut Marks>,
     ) {
         let base = out.len();
         // The spans' blocks, found by their keys.
         let mut blocks = std::mem::take(&mut e.blocks);
         blocks.clear();
-        // A span's ids and times, once it ended with its fields at `fields`.
-        let ids = |marks: &mut Option<&mut Vec<Patch>>,
-                   fields: usize,
-                   parent: Option<Field>,
-                   own: [Field; 3]| {
-            let Some(m) = marks.as_deref_mut() else {
-                return;
-            };
-            let at = |o: usize| (fields - base + o) as u32;
-            let [id, start, end] = own;
-            m.push(Patch::new(at(otlp::at::TRACE), Field::Trace));
-            m.push(Patch::new(at(otlp::at::SPAN), id));
-            let more = match parent {
-                Some(p) => {
-                    m.push(Patch::new(at(otlp::at::PARENT), p));
-                    otlp::at::PARENTED
-                }
-                None => 0,
-            };
-            m.push(Patch::new(at(otlp::at::START + more), start));
-            m.push(Patch::new(at(otlp::at::END + more), end));
+        // A mark: where something is from where the record begins, moved with
+        // its span's fields when the span ended (`was`: where they began
+        // while it was written; `now`: where they are).
+        let at = |o: usize, was: usize, now: usize| (o + now - was - base) as u32;
+        // The token counts' varints, after the usage attributes went in at `u`.
+        let usage = |e: &Endings, u: usize, (i, o): (u64, u64), was, now| {
+            (
+                at(u + e.usage_split - otlp::varint_len(i), was, now),
+                at(u + e.usage.len() - otlp::varint_len(o), was, now),
+            )
         };
-        // A mark made while a span was written, moved with the span's fields
-        // when it ended (`was`: where they began then; `now`: where they are).
-        let moved = |o: usize, was: usize, now: usize| (o + now - was - base) as u32;
         // A request's usage is its answering attempt's: encoded once for both
         // spans (and never kept from one record to the next).
         e.usage_of = None;
@@ -1457,26 +1443,11 @@ impl Rec {
             }
         }
         let now = s.end();
-        let parent = (self.parent != [0; 8]).then_some(Field::Parent);
-        ids(
-            &mut marks,
-            now,
-            parent,
-            [Field::Id, Field::Start, Field::End],
-        );
         if let Some(m) = marks.as_deref_mut() {
-            m.push(Patch::new(moved(id_at, was, now), Field::RequestId));
-            if let (Some(u), Some((i, o))) = (usage_at, self.usage) {
-                let split = u + e.usage_split;
-                let end = u + e.usage.len();
-                m.push(Patch::new(
-                    moved(split - otlp::varint_len(i), was, now),
-                    Field::UsageIn,
-                ));
-                m.push(Patch::new(
-                    moved(end - otlp::varint_len(o), was, now),
-                    Field::UsageOut,
-                ));
+            m.request = at(now, now, now);
+            m.request_id = at(id_at, was, now);
+            if let (Some(u), Some(counts)) = (usage_at, self.usage) {
+                m.usage[0] = Some(usage(e, u, counts, was, now));
             }
         }
         for w in &self.waits {
@@ -1520,23 +1491,11 @@ impl Rec {
                 s.attr(&key::ERROR, Value::Str(e)).error(e);
             }
             let now = s.end();
-            ids(
-                &mut marks,
-                now,
-                Some(Field::Id),
-                [Field::UpId, Field::UpStart, Field::UpEnd],
-            );
-            if let (Some(m), Some((u, (i, o)))) = (marks.as_deref_mut(), usage_at) {
-                let split = u + e.usage_split;
-                let end = u + e.usage.len();
-                m.push(Patch::new(
-                    moved(split - otlp::varint_len(i), was, now),
-                    Field::UsageIn,
-                ));
-                m.push(Patch::new(
-                    moved(end - otlp::varint_len(o), was, now),
-                    Field::UsageOut,
-                ));
+            if let Some(m) = marks.as_deref_mut() {
+                m.upstream = Some(at(now, now, now));
+                if let Some((u, counts)) = usage_at {
+                    m.usage[1] = Some(usage(e, u, counts, was, now));
+                }
             }
             if let Some((id, end)) = a.first_token {
                 let now = otlp::Span::begin_short(
@@ -1551,12 +1510,9 @@ impl Rec {
                 )
                 .raw(FIRST_TOKEN)
                 .end();
-                ids(
-                    &mut marks,
-                    now,
-                    Some(Field::UpId),
-                    [Field::FirstId, Field::UpStart, Field::FirstEnd],
-                );
+                if let Some(m) = marks.as_deref_mut() {
+                    m.first = Some(at(now, now, now));
+                }
             }
         }
         e.blocks = blocks;
@@ -1599,39 +1555,17 @@ struct Shape {
     attempt: Option<(Piece, usize, u16, bool)>,
 }
 
-/// A field written per request into a copy of a [`Template`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Field {
-    Trace,
-    /// The request span's id (and its children's parent).
-    Id,
-    /// The client's span (the request span's parent).
-    Parent,
-    /// The attempt's id (and its first token's parent).
-    UpId,
-    FirstId,
-    Start,
-    End,
-    /// The attempt's start (and its first token's).
-    UpStart,
-    UpEnd,
-    FirstEnd,
-    RequestId,
-    UsageIn,
-    UsageOut,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Patch {
-    /// From where the record begins.
-    at: u32,
-    field: Field,
-}
-
-impl Patch {
-    fn new(at: u32, field: Field) -> Self {
-        Self { at, field }
-    }
+/// Where the fields that differ per request are in a [`Template`]'s bytes
+/// (from where the record begins): where each span's fields begin (its ids and
+/// times are where [`otlp::Span::begin`] puts them, [`otlp::at`]), the request
+/// id, and the token counts' varints in the request span and the attempt's.
+#[derive(Default, Debug)]
+struct Marks {
+    request: u32,
+    upstream: Option<u32>,
+    first: Option<u32>,
+    request_id: u32,
+    usage: [Option<(u32, u32)>; 2],
 }
 
 /// A record's spans as encoded, and where the fields that differ per request
@@ -1642,7 +1576,7 @@ struct Template {
     shape: Shape,
     keys: Vec<u8>,
     bytes: Vec<u8>,
-    patches: Vec<Patch>,
+    marks: Marks,
 }
 
 impl Template {
@@ -1666,33 +1600,49 @@ impl Template {
             None => ([0; 8], 0, 0, ([0; 8], 0)),
         };
         let (input, output) = rec.usage.unwrap_or_default();
+        let m = &self.marks;
         // Writes of a size known when compiling: a move each, not a call.
         fn put<const N: usize>(b: &mut [u8], o: usize, v: [u8; N]) {
             b[o..o + N].copy_from_slice(&v);
         }
-        for p in &self.patches {
-            let o = p.at as usize;
-            match p.field {
-                Field::Trace => put(b, o, rec.trace_id),
-                Field::Id => put(b, o, rec.id),
-                Field::Parent => put(b, o, rec.parent),
-                Field::UpId => put(b, o, up_id),
-                Field::FirstId => put(b, o, first.0),
-                Field::Start => put(b, o, start.to_le_bytes()),
-                Field::End => put(b, o, end.to_le_bytes()),
-                Field::UpStart => put(b, o, up_start.to_le_bytes()),
-                Field::UpEnd => put(b, o, up_end.to_le_bytes()),
-                Field::FirstEnd => put(b, o, first.1.to_le_bytes()),
-                Field::RequestId => {
-                    b[o..o + rec.request_id.len()].copy_from_slice(&rec.request_id);
+        // A span's ids and times, its fields beginning at `f`.
+        let span = |b: &mut [u8], f: u32, id, parent: Option<[u8; 8]>, start: u64, end: u64| {
+            let f = f as usize;
+            put(b, f + otlp::at::TRACE, rec.trace_id);
+            put(b, f + otlp::at::SPAN, id);
+            let more = match parent {
+                Some(p) => {
+                    put(b, f + otlp::at::PARENT, p);
+                    otlp::at::PARENTED
                 }
-                Field::UsageIn => {
-                    otlp::put_varint(&mut b[o..], input);
-                }
-                Field::UsageOut => {
-                    otlp::put_varint(&mut b[o..], output);
-                }
+                None => 0,
+            };
+            put(b, f + otlp::at::START + more, start.to_le_bytes());
+            put(b, f + otlp::at::END + more, end.to_le_bytes());
+        };
+        let counts = |b: &mut [u8], at: Option<(u32, u32)>| {
+            if let Some((i, o)) = at {
+                otlp::put_varint(&mut b[i as usize..], input);
+                otlp::put_varint(&mut b[o as usize..], output);
             }
+        };
+        span(
+            b,
+            m.request,
+            rec.id,
+            self.shape.parent.then_some(rec.parent),
+            start,
+            end,
+        );
+        let id = m.request_id as usize;
+        b[id..id + rec.request_id.len()].copy_from_slice(&rec.request_id);
+        counts(b, m.usage[0]);
+        if let Some(f) = m.upstream {
+            span(b, f, up_id, Some(rec.id), up_start, up_end);
+            counts(b, m.usage[1]);
+        }
+        if let Some(f) = m.first {
+            span(b, f, first.0, Some(up_id), up_start, first.1);
         }
     }
 }

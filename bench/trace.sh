@@ -8,6 +8,13 @@
 #   bench/trace.sh          # about 2 minutes; prints a Markdown table
 #   RATE=4000 bench/trace.sh  # both legs held at 4000 req/s (oha -q): CPU per request
 #                             # compared at the same load
+#   RATE=3000 TOGETHER=1 bench/trace.sh
+#                             # the tightest figure: both legs at once, each held at
+#                             # 3000 req/s (both served in full on a 2-core VM); the CPU
+#                             # per request compares what a request costs with neither
+#                             # leg batching more for being faster. Its control (AA=1)
+#                             # read 0.997 / 0.996 (llmvisor / leg, sd 0.011 / 0.006,
+#                             # 12 rounds; docs/benchmarks.md, session 33)
 #   PIN=1 bench/trace.sh      # each llmvisor alone on CPU 1; the load generator, the
 #                             # mocks and the collector stand-in on CPU 0
 #   BASELINE=/tmp/old/llmvisor bench/trace.sh

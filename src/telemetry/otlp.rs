@@ -475,6 +475,42 @@ mod tests {
         let _ = Key::new(&"k".repeat(62));
     }
 
+    /// `at` names where `Span::begin` puts a span's ids and times, with a
+    /// parent and without, whichever length it was given.
+    #[test]
+    fn at_names_where_begin_puts_ids_and_times() {
+        let trace_id = [3u8; 16];
+        for parent in [[0u8; 8], [6u8; 8]] {
+            for short in [false, true] {
+                let h = Head {
+                    trace_id: &trace_id,
+                    span_id: [5; 8],
+                    parent,
+                    start: 0x0102_0304_0506_0708,
+                    end: 0x1112_1314_1516_1718,
+                };
+                let mut buf = b"x".to_vec();
+                let mut s = if short {
+                    Span::begin_short(&mut buf, &h)
+                } else {
+                    Span::begin(&mut buf, &h)
+                };
+                s.raw(b"\x2a\x01t");
+                let f = s.end();
+                let more = if parent == [0; 8] {
+                    0
+                } else {
+                    assert_eq!(buf[f + at::PARENT..][..8], parent);
+                    at::PARENTED
+                };
+                assert_eq!(buf[f + at::TRACE..][..16], trace_id);
+                assert_eq!(buf[f + at::SPAN..][..8], [5; 8]);
+                assert_eq!(buf[f + at::START + more..][..8], h.start.to_le_bytes());
+                assert_eq!(buf[f + at::END + more..][..8], h.end.to_le_bytes());
+            }
+        }
+    }
+
     /// Attributes and spans whose lengths are at and around where a length
     /// takes one more byte (an attribute's 128 bytes; a span's 128 and 16,384,
     /// begun short or not) read back whole with the `.proto` files' own types.

@@ -184,7 +184,7 @@ const SPARE: usize = 64;
 /// Batches of records that threads had more of than [`SPARE`], for threads
 /// that have none: requests that begin on one worker and end on another leave
 /// their records with the other, and the one that begins more of them would
-/// otherwise allocate a record (and its blocks' room) for each, which the other
+/// otherwise allocate a record (and its keys' room) for each, which the other
 /// frees. One lock per batch of [`SPARE`]` / 2` records.
 #[allow(clippy::vec_box)]
 static POOL: Mutex<Vec<Vec<Box<Rec>>>> = Mutex::new(Vec::new());
@@ -193,7 +193,7 @@ static POOL: Mutex<Vec<Vec<Box<Rec>>>> = Mutex::new(Vec::new());
 const POOL_BATCHES: usize = 16;
 
 /// An empty record for a request this thread starts: a spare one if it has
-/// one (or a batch of them from the pool), with the room its blocks and waits
+/// one (or a batch of them from the pool), with the room its keys and waits
 /// had, else a new one.
 fn new_rec() -> Box<Rec> {
     LOCAL
@@ -2519,7 +2519,7 @@ mod tests {
         }
         let r = bytes(|o| request_key("chat", "m", "c", false, o));
         let n = made();
-        // The last one of its kind, then (after another) from the map.
+        // Found again, also after another.
         assert_eq!(r, bytes(|o| request_key("chat", "m", "c", false, o)));
         assert_eq!(made(), n);
         let _ = bytes(|o| request_key("chat", "n", "c", false, o));

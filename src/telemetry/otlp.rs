@@ -126,23 +126,6 @@ fn key_value(buf: &mut Vec<u8>, field: u32, key: &Key, value: Value<'_>) {
     let (vhead, vhead_len, tail) = value_head(value);
     let any_len = vhead_len + tail.len();
     let kv_len = usize::from(key.len) + varint_len(any_len as u64) + any_len;
-    if kv_len < 0x80 {
-        // Nearly every attribute: both lengths are one byte, put in place
-        // without a varint's loop.
-        let mut a = [0u8; 2 + Key::MAX + 3 + 1 + 11];
-        a[0] = ((field << 3) as u8) | LEN;
-        a[1] = kv_len as u8;
-        a[2..2 + Key::MAX + 3].copy_from_slice(&key.enc);
-        let n = 2 + usize::from(key.len);
-        a[n] = any_len as u8;
-        a[n + 1..n + 12].copy_from_slice(&vhead);
-        let at = buf.len();
-        buf.reserve(a.len() + tail.len());
-        buf.extend_from_slice(&a);
-        buf.truncate(at + n + 1 + vhead_len);
-        buf.extend_from_slice(tail);
-        return;
-    }
     let mut a = [0u8; 1 + 10 + Key::MAX + 3 + 10 + 11];
     a[0] = ((field << 3) as u8) | LEN;
     let mut n = 1 + put_varint(&mut a[1..11], kv_len as u64);
@@ -339,19 +322,6 @@ impl<'b> Span<'b> {
     pub fn end(&mut self) -> usize {
         let (at, width) = (self.at, self.width);
         let len = self.buf.len() - at - width;
-        // Nearly always: the length takes the bytes it was given.
-        match (width, len) {
-            (1, ..0x80) => {
-                self.buf[at] = len as u8;
-                return at + 1;
-            }
-            (2, 0x80..0x4000) => {
-                self.buf[at] = (len as u8) | 0x80;
-                self.buf[at + 1] = (len >> 7) as u8;
-                return at + 2;
-            }
-            _ => {}
-        }
         let mut v = [0u8; 10];
         let n = put_varint(&mut v, len as u64);
         if n < width {

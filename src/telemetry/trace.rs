@@ -168,7 +168,8 @@ struct Local {
     /// that no count of references shared by every thread is written per
     /// request.
     slots: Vec<(Arc<Shared>, Arc<Slot>)>,
-    endings: Endings,
+    /// The blocks of the record this thread is encoding field by field.
+    blocks: Vec<u8>,
     templates: Templates,
     /// Records this thread ended, kept for the next requests it starts: a
     /// record is then not allocated by one thread and freed by another (a
@@ -306,7 +307,7 @@ impl Shared {
         LOCAL.with_borrow_mut(
             |Local {
                  slots,
-                 endings,
+                 blocks,
                  templates,
                  ..
              }| {
@@ -338,7 +339,7 @@ impl Shared {
                     &mut open.buf,
                     this.capture_content,
                     clock,
-                    endings,
+                    blocks,
                     templates,
                 );
                 open.spans += n;
@@ -1140,85 +1141,13 @@ fn wait_key(name: &'static str, model: &str, out: &mut Vec<u8>) -> Piece {
     key(&[b"w", name.as_bytes(), model.as_bytes()], out)
 }
 
-/// The exporter's last-encoded endings: a request span's status, target and
-/// response model (`http.response.status_code`, `llmvisor.target`,
-/// `gen_ai.response.model`), and an `upstream` span's status. Requests in a row
-/// nearly always end the same way (200 from the same target): those attributes
-/// are then a copy, not encoded again.
-#[derive(Default)]
-struct Endings {
-    status: u16,
-    target: Vec<u8>,
-    ending: Vec<u8>,
-    upstream_status: u16,
-    upstream: Vec<u8>,
-    /// `gen_ai.usage.input_tokens` and `output_tokens` of the record being
-    /// encoded.
-    usage_of: Option<(u64, u64)>,
-    usage: Vec<u8>,
-    /// Where in `usage` the input tokens' attribute ends (the output tokens'
-    /// follows).
-    usage_split: usize,
-    /// The blocks of the record being encoded field by field.
-    blocks: Vec<u8>,
-}
-
-impl Endings {
-    /// The request span's ending attributes for `status` and `target` (a
-    /// string's bytes; `-` for none: no response model then).
-    fn ending(&mut self, status: u16, target: &[u8]) -> &[u8] {
-        if self.ending.is_empty() || self.status != status || self.target != target {
-            let name = std::str::from_utf8(target).unwrap_or("-");
-            self.ending.clear();
-            otlp::attribute(
-                &mut self.ending,
-                &key::STATUS,
-                Value::Int(i64::from(status)),
-            );
-            otlp::attribute(&mut self.ending, &key::TARGET, Value::Str(name));
-            if name != "-" {
-                otlp::attribute(&mut self.ending, &key::RESPONSE_MODEL, Value::Str(name));
-            }
-            self.status = status;
-            self.target.clear();
-            self.target.extend_from_slice(target);
-        }
-        &self.ending
-    }
-
-    /// The usage attributes of `(input, output)` tokens.
-    fn usage(&mut self, (input, output): (u64, u64)) -> &[u8] {
-        if self.usage_of != Some((input, output)) {
-            self.usage.clear();
-            otlp::attribute(
-                &mut self.usage,
-                &key::INPUT_TOKENS,
-                Value::Int(input as i64),
-            );
-            self.usage_split = self.usage.len();
-            otlp::attribute(
-                &mut self.usage,
-                &key::OUTPUT_TOKENS,
-                Value::Int(output as i64),
-            );
-            self.usage_of = Some((input, output));
-        }
-        &self.usage
-    }
-
-    /// An `upstream` span's status attribute.
-    fn status(&mut self, status: u16) -> &[u8] {
-        if self.upstream.is_empty() || self.upstream_status != status {
-            self.upstream.clear();
-            otlp::attribute(
-                &mut self.upstream,
-                &key::STATUS,
-                Value::Int(i64::from(status)),
-            );
-            self.upstream_status = status;
-        }
-        &self.upstream
-    }
+/// The token counts' attributes (`gen_ai.usage.input_tokens`, `output_tokens`);
+/// where their varints are (for a template's marks).
+fn usage(s: &mut otlp::Span<'_>, (input, output): (u64, u64)) -> (usize, usize) {
+    s.attr(&key::INPUT_TOKENS, Value::Int(input as i64));
+    let i = s.written() - otlp::varint_len(input);
+    s.attr(&key::OUTPUT_TOKENS, Value::Int(output as i64));
+    (i, s.written() - otlp::varint_len(output))
 }
 
 impl Rec {
@@ -1299,11 +1228,11 @@ impl Rec {
         out: &mut Vec<u8>,
         capture_content: bool,
         clock: Clock,
-        e: &mut Endings,
+        blocks: &mut Vec<u8>,
         templates: &mut Templates,
     ) {
         let Some(shape) = self.shape(capture_content) else {
-            self.encode_fields(out, capture_content, clock, e, None);
+            self.encode_fields(out, capture_content, clock, blocks, None);
             return;
         };
         if let Some(t) = templates
@@ -1317,7 +1246,7 @@ impl Rec {
         }
         let at = out.len();
         let mut marks = Marks::default();
-        self.encode_fields(out, capture_content, clock, e, Some(&mut marks));
+        self.encode_fields(out, capture_content, clock, blocks, Some(&mut marks));
         let t = Template {
             shape,
             keys: self.keys.clone(),
@@ -1379,27 +1308,16 @@ impl Rec {
         out: &mut Vec<u8>,
         capture_content: bool,
         clock: Clock,
-        e: &mut Endings,
+        blocks: &mut Vec<u8>,
         mut marks: Option<&mut Marks>,
     ) {
         let base = out.len();
-        // The spans' blocks, found by their keys.
-        let mut blocks = std::mem::take(&mut e.blocks);
+        // The spans' blocks, found by their keys (`blocks` is a scratch buffer).
         blocks.clear();
         // A mark: where something is from where the record begins, moved with
         // its span's fields when the span ended (`was`: where they began
         // while it was written; `now`: where they are).
         let at = |o: usize, was: usize, now: usize| (o + now - was - base) as u32;
-        // The token counts' varints, after the usage attributes went in at `u`.
-        let usage = |e: &Endings, u: usize, (i, o): (u64, u64), was, now| {
-            (
-                at(u + e.usage_split - otlp::varint_len(i), was, now),
-                at(u + e.usage.len() - otlp::varint_len(o), was, now),
-            )
-        };
-        // A request's usage is its answering attempt's: encoded once for both
-        // spans (and never kept from one record to the next).
-        e.usage_of = None;
         let mut s = otlp::Span::begin(
             out,
             &Head {
@@ -1412,8 +1330,8 @@ impl Rec {
         );
         let was = s.fields_at();
         let id = &self.request_id[..];
-        let head = block(self.head.of(&self.keys), &mut blocks);
-        s.raw(head.of(&blocks)).attr(
+        let head = block(self.head.of(&self.keys), blocks);
+        s.raw(head.of(blocks)).attr(
             &key::REQUEST_ID,
             // UTF-8 is what a protobuf string needs: an id is checked for ASCII
             // (a word at a time), else as UTF-8.
@@ -1427,13 +1345,16 @@ impl Rec {
         if capture_content && let Some(c) = &self.content {
             s.attr(&key::INPUT_MESSAGES, Value::Str(c));
         }
-        let mut usage_at = None;
+        let mut counts = None;
         if let Some(status) = self.status {
-            s.raw(e.ending(status, self.target()));
-            if let Some(u) = self.usage {
-                usage_at = Some(s.written());
-                s.raw(e.usage(u));
+            // The target (`-`: none, and no response model).
+            let name = std::str::from_utf8(self.target()).unwrap_or("-");
+            s.attr(&key::STATUS, Value::Int(i64::from(status)))
+                .attr(&key::TARGET, Value::Str(name));
+            if name != "-" {
+                s.attr(&key::RESPONSE_MODEL, Value::Str(name));
             }
+            counts = self.usage.map(|u| usage(&mut s, u));
             if let Some(e) = &self.error {
                 s.attr(&key::ERROR, Value::Str(e));
                 // A server span is in error for 5xx only (HTTP semantic conventions).
@@ -1446,12 +1367,10 @@ impl Rec {
         if let Some(m) = marks.as_deref_mut() {
             m.request = at(now, now, now);
             m.request_id = at(id_at, was, now);
-            if let (Some(u), Some(counts)) = (usage_at, self.usage) {
-                m.usage[0] = Some(usage(e, u, counts, was, now));
-            }
+            m.usage[0] = counts.map(|(i, o)| (at(i, was, now), at(o, was, now)));
         }
         for w in &self.waits {
-            let head = block(w.head.of(&self.keys), &mut blocks);
+            let head = block(w.head.of(&self.keys), blocks);
             otlp::Span::begin(
                 out,
                 &Head {
@@ -1462,11 +1381,11 @@ impl Rec {
                     end: clock.wall(w.end),
                 },
             )
-            .raw(head.of(&blocks))
+            .raw(head.of(blocks))
             .end();
         }
         for a in &self.attempts {
-            let head = block(a.head.of(&self.keys), &mut blocks);
+            let head = block(a.head.of(&self.keys), blocks);
             let mut s = otlp::Span::begin(
                 out,
                 &Head {
@@ -1478,14 +1397,11 @@ impl Rec {
                 },
             );
             let was = s.fields_at();
-            s.raw(head.of(&blocks));
-            let mut usage_at = None;
+            s.raw(head.of(blocks));
+            let mut counts = None;
             if let Some((status, u)) = a.answered {
-                s.raw(e.status(status));
-                if let Some(u) = u {
-                    usage_at = Some((s.written(), u));
-                    s.raw(e.usage(u));
-                }
+                s.attr(&key::STATUS, Value::Int(i64::from(status)));
+                counts = u.map(|u| usage(&mut s, u));
             }
             if let Some(e) = &a.error {
                 s.attr(&key::ERROR, Value::Str(e)).error(e);
@@ -1493,9 +1409,7 @@ impl Rec {
             let now = s.end();
             if let Some(m) = marks.as_deref_mut() {
                 m.upstream = Some(at(now, now, now));
-                if let Some((u, counts)) = usage_at {
-                    m.usage[1] = Some(usage(e, u, counts, was, now));
-                }
+                m.usage[1] = counts.map(|(i, o)| (at(i, was, now), at(o, was, now)));
             }
             if let Some((id, end)) = a.first_token {
                 let now = otlp::Span::begin_short(
@@ -1515,7 +1429,6 @@ impl Rec {
                 }
             }
         }
-        e.blocks = blocks;
     }
 }
 
@@ -1534,7 +1447,7 @@ struct Templates {
 }
 
 /// What decides a record's encoding but the fields written per request
-/// ([`Field`]): records of one shape with the same `keys` are encoded the
+/// ([`Marks`]): records of one shape with the same `keys` are encoded the
 /// same but for those.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Shape {
@@ -2416,13 +2329,13 @@ mod tests {
         };
         let fields = |r: &Rec| {
             let mut out = b"spans before".to_vec();
-            r.encode_fields(&mut out, false, clock, &mut Endings::default(), None);
+            r.encode_fields(&mut out, false, clock, &mut Vec::new(), None);
             out
         };
         let mut shapes = 0;
         for v in 0..512 {
             let mut t = Templates::default();
-            let mut e = Endings::default();
+            let mut e = Vec::new();
             let first = record(v, 1, "m");
             assert!(first.shape(false).is_some(), "{v:#b}");
             let mut out = b"spans before".to_vec();
@@ -2469,7 +2382,7 @@ mod tests {
             r.attempts[0].head = tiny;
             r
         };
-        let (mut t, mut e) = (Templates::default(), Endings::default());
+        let (mut t, mut e) = (Templates::default(), Vec::new());
         for n in 1..4 {
             let r = tiny(n);
             let want = fields(&r);
@@ -2484,7 +2397,7 @@ mod tests {
         assert_eq!((t.kept.len(), t.used), (1, 2));
         // Past `TEMPLATES` shapes the oldest is replaced.
         let mut t = Templates::default();
-        let mut e = Endings::default();
+        let mut e = Vec::new();
         for i in 0..TEMPLATES + 3 {
             record(0b110, 1, &format!("route-{i}")).encode(
                 &mut Vec::new(),

@@ -18,12 +18,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::generate::{self, Prompt};
-use crate::state::{self, AppState, Flavor};
+use crate::state::{self, AppState, Call, Flavor};
 use crate::stream::{self, Frame};
 
 /// The fields the mock reads.
@@ -76,10 +75,9 @@ fn event(value: &Value) -> Bytes {
 /// `POST /v1/messages`.
 pub async fn messages(
     State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Call { headers, body }: Call,
 ) -> Response {
-    let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
+    let adm = match st.admit(Flavor::OpenAi, headers, &body) {
         Ok(adm) => adm,
         Err(resp) => return resp,
     };

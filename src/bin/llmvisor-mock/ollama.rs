@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::generate::{self, FinishReason, Item, Message, Prompt};
-use crate::state::{self, Admitted, AppState, Flavor};
+use crate::state::{self, Admitted, AppState, Call, Flavor};
 use crate::stream::{self, Frame};
 
 /// `POST /api/chat` body; unknown fields (`format`, `tools`, `keep_alive`,
@@ -251,7 +251,7 @@ pub async fn tags(State(st): State<&'static AppState>) -> Response {
 /// Admits the request and parses its body, answering errors Ollama-style.
 fn admit<T: for<'de> Deserialize<'de>>(
     st: &'static AppState,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: &Bytes,
 ) -> Result<(Admitted, T), Response> {
     let adm = st.admit(Flavor::Ollama, headers, body)?;
@@ -274,13 +274,9 @@ fn check_model(st: &AppState, adm: Admitted, model: Option<&str>) -> Result<Admi
 }
 
 /// `POST /api/chat`.
-pub async fn chat(
-    State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn chat(State(st): State<&'static AppState>, Call { headers, body }: Call) -> Response {
     let started = Instant::now();
-    let (adm, req) = match admit::<ChatRequest>(st, &headers, &body) {
+    let (adm, req) = match admit::<ChatRequest>(st, headers, &body) {
         Ok(parsed) => parsed,
         Err(resp) => return resp,
     };
@@ -302,11 +298,10 @@ pub async fn chat(
 /// `POST /api/generate`.
 pub async fn generate_handler(
     State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Call { headers, body }: Call,
 ) -> Response {
     let started = Instant::now();
-    let (adm, req) = match admit::<GenerateRequest>(st, &headers, &body) {
+    let (adm, req) = match admit::<GenerateRequest>(st, headers, &body) {
         Ok(parsed) => parsed,
         Err(resp) => return resp,
     };
@@ -388,13 +383,9 @@ struct EmbedResponse<'a> {
 }
 
 /// `POST /api/embed`.
-pub async fn embed(
-    State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn embed(State(st): State<&'static AppState>, Call { headers, body }: Call) -> Response {
     let started = Instant::now();
-    let (adm, req) = match admit::<EmbedRequest>(st, &headers, &body) {
+    let (adm, req) = match admit::<EmbedRequest>(st, headers, &body) {
         Ok(parsed) => parsed,
         Err(resp) => return resp,
     };
@@ -438,10 +429,9 @@ struct LegacyEmbedResponse {
 /// clients).
 pub async fn embeddings_legacy(
     State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Call { headers, body }: Call,
 ) -> Response {
-    let (adm, req) = match admit::<LegacyEmbedRequest>(st, &headers, &body) {
+    let (adm, req) = match admit::<LegacyEmbedRequest>(st, headers, &body) {
         Ok(parsed) => parsed,
         Err(resp) => return resp,
     };

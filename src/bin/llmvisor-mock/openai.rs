@@ -5,12 +5,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::generate::{self, FinishReason, Input, Message, Prompt};
-use crate::state::{self, Admitted, AppState, Flavor};
+use crate::state::{self, Admitted, AppState, Call, Flavor};
 use crate::stream::{self, Frame};
 use crate::tools::{self, ToolCall};
 
@@ -511,10 +511,9 @@ fn parse<T: for<'de> Deserialize<'de>>(
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Call { headers, body }: Call,
 ) -> Response {
-    let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
+    let adm = match st.admit(Flavor::OpenAi, headers, &body) {
         Ok(adm) => adm,
         Err(resp) => return resp,
     };
@@ -551,10 +550,9 @@ pub async fn chat_completions(
 /// `POST /v1/completions`.
 pub async fn completions(
     State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Call { headers, body }: Call,
 ) -> Response {
-    let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
+    let adm = match st.admit(Flavor::OpenAi, headers, &body) {
         Ok(adm) => adm,
         Err(resp) => return resp,
     };
@@ -660,10 +658,9 @@ enum Vector {
 /// `POST /v1/embeddings`.
 pub async fn embeddings(
     State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Call { headers, body }: Call,
 ) -> Response {
-    let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
+    let adm = match st.admit(Flavor::OpenAi, headers, &body) {
         Ok(adm) => adm,
         Err(resp) => return resp,
     };
@@ -930,12 +927,8 @@ struct RerankRequest {
 
 /// `/v1/rerank`: a deterministic relevance score per document (shared words with
 /// the query, with a tie-break from the text), best first.
-pub async fn rerank(
-    State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
+pub async fn rerank(State(st): State<&'static AppState>, Call { headers, body }: Call) -> Response {
+    let adm = match st.admit(Flavor::OpenAi, headers, &body) {
         Ok(adm) => adm,
         Err(resp) => return resp,
     };

@@ -12,12 +12,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::generate::{self, Prompt};
-use crate::state::{self, AppState, Flavor};
+use crate::state::{self, AppState, Call, Flavor};
 use crate::stream::{self, Frame};
 
 /// `input`: a string, or a list of message items (other item types are ignored).
@@ -83,10 +82,9 @@ fn event(value: &Value) -> Bytes {
 /// `POST /v1/responses`.
 pub async fn responses(
     State(st): State<&'static AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Call { headers, body }: Call,
 ) -> Response {
-    let adm = match st.admit(Flavor::OpenAi, &headers, &body) {
+    let adm = match st.admit(Flavor::OpenAi, headers, &body) {
         Ok(adm) => adm,
         Err(resp) => return resp,
     };

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -17,6 +19,28 @@ use crate::stats::{InFlightGuard, Stats};
 /// their out-of-memory classification.
 pub const OOM_LINE: &str = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. \
 GPU 0 has a total capacity of 23.69 GiB of which 1.02 GiB is free.";
+
+/// A model request's headers and body: the headers moved out of the request,
+/// where axum's `HeaderMap` extractor would copy them (every header then cost
+/// the mock a copy and its drop on top of its parsing, which made each header
+/// a client or proxy adds weigh on the mock several times what it does on an
+/// engine such as vLLM).
+pub struct Call {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Call {
+    type Rejection = BytesRejection;
+
+    async fn from_request(mut req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = std::mem::take(req.headers_mut());
+        // `Bytes`' extractor reads the body within axum's body limit (set in the
+        // request's extensions); it does not read the headers.
+        let body = Bytes::from_request(req, state).await?;
+        Ok(Self { headers, body })
+    }
+}
 
 /// Behaviour settings, fixed at start-up.
 #[derive(Clone, Debug)]
@@ -132,7 +156,7 @@ impl AppState {
     pub fn admit(
         &'static self,
         flavor: Flavor,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         body: &Bytes,
     ) -> Result<Admitted, Response> {
         let (index, guard) = self.stats.arrive(headers, body);

@@ -151,6 +151,8 @@ pub struct Lease {
     pub cold_start: Option<Duration>,
     /// How long it waited for a free slot.
     pub queued: Duration,
+    /// When it got it (the end of `queued`, read by the same clock reading).
+    pub acquired: Instant,
     /// Whether it had to wait for one (no slot was free when it asked).
     pub waited_for_slot: bool,
 }
@@ -440,7 +442,8 @@ impl Instance {
                     true,
                 ),
             };
-            let queued = t.elapsed();
+            let acquired = Instant::now();
+            let queued = acquired.saturating_duration_since(t);
             self.in_flight.fetch_add(1, Ordering::SeqCst);
             if self.state() == State::Ready {
                 return Ok(Lease {
@@ -449,6 +452,7 @@ impl Instance {
                     _admission: admission,
                     cold_start,
                     queued,
+                    acquired,
                     waited_for_slot,
                 });
             }

@@ -309,14 +309,13 @@ impl Dispatcher<'_> {
         };
         match &c.target {
             Target::Model(inst) => {
-                let began = job.trace.now();
                 let lease = self
                     .acquire(inst, job.priority)
                     .await
                     .map_err(fleet_failure)?;
                 let inst = lease.instance().clone();
                 job.trace.waited(
-                    began,
+                    lease.acquired.into_std(),
                     inst.name(),
                     lease.cold_start,
                     lease.waited_for_slot.then_some(lease.queued),

@@ -1644,11 +1644,6 @@ impl RequestSpan {
         self.0.is_some()
     }
 
-    /// The time now, when spans are recorded (an attempt's start).
-    pub fn now(&self) -> Option<Instant> {
-        self.0.as_ref().map(|_| Instant::now())
-    }
-
     /// The record, while the request is on and not finished.
     fn with<R>(&self, f: impl FnOnce(&mut Rec) -> R) -> Option<R> {
         let a = self.0.as_ref()?;
@@ -1656,36 +1651,40 @@ impl RequestSpan {
         rec.as_deref_mut().map(f)
     }
 
-    /// The waits of an attempt at a local model that began at `began`: `cold start`
-    /// (if it had to start) then `queue wait` (ending now; if it had to wait for a
-    /// slot: a request that found one free has no queue-wait span, as one that
-    /// found the model up has no cold-start span).
+    /// The waits of an attempt at a local model that got its slot at `acquired`
+    /// (the times its lease read, [`crate::fleet::Lease`]): `queue wait` ending
+    /// then (if it had to wait for a slot: a request that found one free has no
+    /// queue-wait span, as one that found the model up has no cold-start span),
+    /// and `cold start` ending where that wait began (if the model had to
+    /// start). No clock is read here: a request that waited for neither costs
+    /// nothing.
     pub fn waited(
         &self,
-        began: Option<Instant>,
+        acquired: Instant,
         model: &str,
         cold_start: Option<Duration>,
         queued: Option<Duration>,
     ) {
-        let Some(began) = began else { return };
         if cold_start.is_none() && queued.is_none() {
             return;
         }
         self.with(|r| {
-            let now = Instant::now();
+            let queue_began = acquired
+                .checked_sub(queued.unwrap_or_default())
+                .unwrap_or(acquired);
             if let Some(cold) = cold_start {
                 r.waits.push(Wait {
                     id: span_id(),
-                    start: mono(began),
-                    end: mono(began + cold),
+                    start: mono(queue_began.checked_sub(cold).unwrap_or(queue_began)),
+                    end: mono(queue_began),
                     head: wait_key("cold start", model, &mut r.keys),
                 });
             }
-            if let Some(queued) = queued {
+            if queued.is_some() {
                 r.waits.push(Wait {
                     id: span_id(),
-                    start: mono(now.checked_sub(queued).unwrap_or(now)),
-                    end: mono(now),
+                    start: mono(queue_began),
+                    end: mono(acquired),
                     head: wait_key("queue wait", model, &mut r.keys),
                 });
             }
@@ -1827,7 +1826,6 @@ mod tests {
             },
         );
         assert!(!s.is_on());
-        assert_eq!(s.now(), None);
         assert_eq!(
             s.upstream(&Upstream {
                 label: "m",
@@ -2027,9 +2025,7 @@ mod tests {
             let t = sampled_tracing(10, false, sample_below(ratio));
             (0..4000)
                 .filter(|_| {
-                    RequestSpan::start(Some(&t), parent, Instant::now(), &asked(&id, b"{}"))
-                        .now()
-                        .is_some()
+                    RequestSpan::start(Some(&t), parent, Instant::now(), &asked(&id, b"{}")).is_on()
                 })
                 .count()
         };
@@ -2064,9 +2060,8 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let s = RequestSpan::start(Some(&t), Some(&parent), Instant::now(), &asked(&id, body));
         let before = unix_ns();
-        let began = s.now();
         s.waited(
-            began,
+            Instant::now(),
             "m",
             Some(Duration::from_millis(5)),
             Some(Duration::from_millis(1)),
@@ -2168,8 +2163,8 @@ mod tests {
         assert!(attrs(&spans[4]).contains(&"gen_ai.usage.output_tokens".to_string()));
         assert!(spans[3].end_time_unix_nano <= spans[4].start_time_unix_nano);
         // Wall-clock times: the monotonic ones turned by the export's clock. The
-        // request began just before `before`; the made-up waits (a 5 ms cold
-        // start from the attempt's start, a 1 ms queue wait ending at once) may
+        // request began just before `before`; the made-up waits (a 1 ms queue
+        // wait ending when `waited` was called, a 5 ms cold start before it) may
         // reach a little before the request or after `after`.
         let start = spans[0].start_time_unix_nano;
         assert!(
@@ -2199,7 +2194,7 @@ mod tests {
             let body = br#"{"messages":[{"role":"user","content":"secret"}]}"#;
             let s = RequestSpan::start(Some(&t), None, Instant::now(), &asked(&id, body));
             let first = addr(&s);
-            s.waited(s.now(), "m", Some(Duration::from_millis(5)), None);
+            s.waited(Instant::now(), "m", Some(Duration::from_millis(5)), None);
             s.upstream(&Upstream {
                 label: "a",
                 model: "m",

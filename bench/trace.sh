@@ -84,7 +84,8 @@ CONCURRENCY=${BENCH_CONCURRENCY:-64}
 ROUNDS=${BENCH_ROUNDS:-3}
 BASE=${BENCH_PORT:-18400}
 OFF_PORT=$BASE ON_PORT=$((BASE + 1)) OFF_MOCK=$((BASE + 2)) ON_MOCK=$((BASE + 3)) SINK=$((BASE + 4))
-cargo build --release --locked --bins >&2
+# BENCH_BIN: binaries built already (a copy, say, while the tree is edited).
+[ -n "${BENCH_BIN:-}" ] || cargo build --release --locked --bins >&2
 if [ -n "${PIN:-}" ]; then
   [ "$(nproc)" -ge 2 ] || { echo "bench: PIN=1 needs 2 CPUs" >&2; exit 1; }
   LV=(taskset -c 1) OT=(taskset -c 0)
@@ -186,10 +187,10 @@ timed() { local out=$1; shift; /usr/bin/time -f '%U %S' -o "$out" "$@"; }
 # µs-of-the-leg's-CPU-per-request"; $1 the port, $2 the llmvisor's pid, $3 its
 # mock's port. The leg's CPU is llmvisor's, its mock's and its load generator's.
 rps() {
-  local t0 t1 out s0 s1 m m0 m1
+  local t0 t1 out s0 s1 m m0 m1 d=${4:-$DURATION}
   m=$(mock_pid "$3")
   t0=$(ticks "$2") m0=$(ticks "$m") s0=$(date +%s.%N)
-  out=$(timed "$work/load.time" "${OT[@]}" oha --no-tui --output-format json -z "$DURATION" -c "$CONCURRENCY" ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
+  out=$(timed "$work/load.time" "${OT[@]}" oha --no-tui --output-format json -z "$d" -c "$CONCURRENCY" ${RATE:+-q "$RATE"} -m POST -H 'content-type: application/json' \
     -d "$body" "http://127.0.0.1:$1/v1/chat/completions" 2>/dev/null)
   t1=$(ticks "$2") m1=$(ticks "$m") s1=$(date +%s.%N)
   python3 -c 'import json,sys
@@ -223,6 +224,38 @@ for leg, t, m in (("off", int(sys.argv[5]), int(sys.argv[7])), ("on", int(sys.ar
     load = sum(float(v) for v in open(f"{w}/{leg}.time").read().split()[-2:])
     print(s["summary"]["requestsPerSec"], n, cpu * 1e6 / max(n, 1), 100 * cpu / (s1 - s0), (cpu + m / hz + load) * 1e6 / max(n, 1), end=" ")
 print()' "$work" "$(getconf CLK_TCK)" "$s0" "$s1" "$((a1 - a0))" "$((b1 - b0))" "$((c1 - c0))" "$((d1 - d0))"
+}
+# In turns, in slices (SLICES=n): n pairs of legs of $DURATION each, the pair's
+# order alternating (off on, on off, ...; $1 first), both llmvisors warm
+# throughout: prints the off leg's five figures (as rps: req/s and the CPU
+# figures averaged over its slices, requests summed), then the on leg's.
+sliced() {
+  local i a b rows=()
+  # A slice of each first, not counted: the first load a fresh llmvisor gets
+  # (its connections to its mock being opened, its caches and the mock's
+  # filling) read about 5 % slower in the control.
+  rps "$OFF_PORT" "$OFF_PID" "$OFF_MOCK" "${WARM:-1s}" >/dev/null
+  rps "$ON_PORT" "$ON_PID" "$ON_MOCK" "${WARM:-1s}" >/dev/null
+  for i in $(seq "$SLICES"); do
+    a=$1 b=$(other "$1")
+    [ $((i % 2)) -eq 1 ] || { a=$(other "$1"); b=$1; }
+    for leg in "$a" "$b"; do
+      if [ "$leg" = off ]; then
+        rows+=("off $(rps "$OFF_PORT" "$OFF_PID" "$OFF_MOCK")")
+      else
+        rows+=("on $(rps "$ON_PORT" "$ON_PID" "$ON_MOCK")")
+      fi
+    done
+  done
+  printf '%s\n' "${rows[@]}" | python3 -c 'import sys
+legs = {"off": [], "on": []}
+for line in sys.stdin:
+    leg, *v = line.split()
+    legs[leg].append([float(x) for x in v])
+for leg in ("off", "on"):
+    rows = legs[leg]; k = len(rows)
+    print(sum(r[0] for r in rows) / k, int(sum(r[1] for r in rows)), *(sum(r[i] for r in rows) / k for i in (2, 3, 4)), end=" ")
+print()'
 }
 metric() { curl -sf "http://127.0.0.1:${2:-$ON_PORT}/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 load_before=$(cut -d' ' -f1 /proc/loadavg)
@@ -264,6 +297,8 @@ for r in $(seq "$ROUNDS"); do
   start_legs "$first"
   if [ -n "${TOGETHER:-}" ]; then
     read -r off off_n off_cpu off_busy off_leg on on_n on_cpu on_busy on_leg < <(together "$first")
+  elif [ -n "${SLICES:-}" ]; then
+    read -r off off_n off_cpu off_busy off_leg on on_n on_cpu on_busy on_leg < <(sliced "$first")
   elif [ "$first" = off ]; then
     read -r off off_n off_cpu off_busy off_leg < <(rps "$OFF_PORT" "$OFF_PID" "$OFF_MOCK"); read -r on on_n on_cpu on_busy on_leg < <(rps "$ON_PORT" "$ON_PID" "$ON_MOCK")
   else

@@ -15,6 +15,12 @@
 #   N=500 BIN=target/debug bench/trace-instr.sh
 #   SAMPLE=0.1 bench/trace-instr.sh   # traces on with [telemetry] sample_ratio = 0.1
 #
+# At c=1 the exporter copies the threads' small chunks into one export or not,
+# as its timing falls: the whole-process count moves by about ±650 between runs
+# (docs/benchmarks.md, session 34). KEEP=1 keeps the callgrind files: their
+# per-function rows for the request path (`RequestSpan::*`, `Shared::push`) do
+# not move, and are the figure to compare.
+#
 # The kernel's share (system calls) is not counted; traces add one POST per 512
 # spans and a `traceparent` header to each backend request. Loopback only; bounded
 # by N. Reported, never asserted.

@@ -26,6 +26,19 @@
 #                             # flight on the machine, as in turns)
 #   AA=1 bench/trace.sh       # the control: the "on" leg untraced too, so the
 #                             # ratios show what the method reads for no difference
+#   SLICES=1 BENCH_DURATION=2s BENCH_ROUNDS=40 bench/trace.sh
+#                             # the figure itself, in turns (each leg alone on
+#                             # the machine at c=64), in many short rounds: each round
+#                             # starts both afresh, gives each a WARM=1s slice not
+#                             # counted, then n pairs of legs in ABBA order. Two
+#                             # identical llmvisors started together differ by up to
+#                             # 6 % over a whole round, so rounds, not slices, shrink
+#                             # the spread: 40 rounds read on/off 0.959 (0.929-0.990),
+#                             # the control 0.982 (0.952-1.011), sd 0.09-0.10
+#                             # (docs/benchmarks.md, session 34)
+#   BENCH_BIN=/tmp/bin bench/trace.sh
+#                             # binaries built already (not built here): a copy, so
+#                             # that the tree can be edited while it runs
 #
 # What the two ways measure, and what they read on a 2-core VM (docs/benchmarks.md,
 # session 31):

@@ -17,9 +17,10 @@
 #
 # At c=1 the exporter copies the threads' small chunks into one export or not,
 # as its timing falls: the whole-process count moves by about ±650 between runs
-# (docs/benchmarks.md, session 34). KEEP=1 keeps the callgrind files: their
-# per-function rows for the request path (`RequestSpan::*`, `Shared::push`) do
-# not move, and are the figure to compare.
+# (docs/benchmarks.md, session 34). The trace module's own functions' count
+# (printed last: `RequestSpan::*`, `Shared::push`, ..., their self cost) does
+# not move: 1,701 and 1,703 in the two runs that read +2,932 and +4,208. KEEP=1
+# keeps the callgrind files for a per-function comparison.
 #
 # The kernel's share (system calls) is not counted; traces add one POST per 512
 # spans and a `traceparent` header to each backend request. Loopback only; bounded
@@ -117,3 +118,11 @@ echo "| off | $off |"
 echo "| on | $on |"
 echo
 python3 -c "print(f'on / off: {$on / $off:.3f} ($(( on - off )) instructions per request for traces; sample_ratio ${SAMPLE:-1.0}, N=$N, $BIN)')"
+# The trace module's own functions (their self cost, the calls they make not
+# counted): the request path's share, which does not move with the exporter's
+# timing at c=1 as the whole process's does.
+own() {
+  callgrind_annotate --inclusive=no --auto=no --threshold=100 "$work/$1.cg" 2>/dev/null |
+    awk '/llmvisor::telemetry::trace::/ {gsub(",", "", $1); s += $1} END {print s + 0}'
+}
+python3 -c "print(f'the trace module\'s own functions: {($(own on) - $(own off)) / $N:.0f} instructions per request more (their self cost)')"

@@ -38,9 +38,9 @@ pub struct Stats {
 impl Stats {
     /// Records the arrival of a model request and returns its 0-based index
     /// together with the guard that tracks it until its response is done.
-    /// The headers are moved in (the request's own, taken by [`crate::state::Call`]),
-    /// not copied: a copy of every header per request made each header
-    /// cost the mock several times what parsing it did.
+    /// The headers are moved in (the request's own, taken by
+    /// [`crate::state::Call`]), not copied: a copy per request about doubled
+    /// what each header cost the mock.
     pub fn arrive(&'static self, headers: HeaderMap, body: &Bytes) -> (u64, InFlightGuard) {
         let index = self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);

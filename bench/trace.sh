@@ -243,10 +243,9 @@ print()' "$work" "$(getconf CLK_TCK)" "$s0" "$s1" "$((a1 - a0))" "$((b1 - b0))" 
 # throughout: prints the off leg's five figures (as rps: req/s and the CPU
 # figures averaged over its slices, requests summed), then the on leg's.
 sliced() {
-  local i a b rows=()
-  # A slice of each first, not counted: the first load a fresh llmvisor gets
-  # (its connections to its mock being opened, its caches and the mock's
-  # filling) read about 5 % slower in the control.
+  local i a b leg rows=()
+  # A slice of each first, not counted: a fresh llmvisor's first load also
+  # opens its connections to its mock and fills its caches and the mock's.
   rps "$OFF_PORT" "$OFF_PID" "$OFF_MOCK" "${WARM:-1s}" >/dev/null
   rps "$ON_PORT" "$ON_PID" "$ON_MOCK" "${WARM:-1s}" >/dev/null
   for i in $(seq "$SLICES"); do

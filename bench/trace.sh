@@ -32,10 +32,11 @@
 #                             # starts both afresh, gives each a WARM=1s slice not
 #                             # counted, then n pairs of legs in ABBA order. Two
 #                             # identical llmvisors started together differ by up to
-#                             # 6 % over a whole round, so rounds, not slices, shrink
-#                             # the spread: 40 rounds read on/off 0.959 (0.929-0.990),
-#                             # the control 0.982 (0.952-1.011), sd 0.09-0.10
-#                             # (docs/benchmarks.md, session 34)
+#                             # 6 % over a whole round, so for the same time many
+#                             # rounds of one pair beat fewer of ten: 40 rounds read
+#                             # on/off 0.959 (0.929-0.990), the control 0.982
+#                             # (0.952-1.011), sd 0.09-0.10 (docs/benchmarks.md,
+#                             # session 34)
 #   BENCH_BIN=/tmp/bin bench/trace.sh
 #                             # binaries built already (not built here): a copy, so
 #                             # that the tree can be edited while it runs

@@ -1314,10 +1314,12 @@ impl Rec {
         let base = out.len();
         // The spans' blocks, found by their keys (`blocks` is a scratch buffer).
         blocks.clear();
-        // A mark: where something is from where the record begins, moved with
-        // its span's fields when the span ended (`was`: where they began
-        // while it was written; `now`: where they are).
-        let at = |o: usize, was: usize, now: usize| (o + now - was - base) as u32;
+        // A mark: where something is from where the record begins…
+        let from_base = |o: usize| (o - base) as u32;
+        // …for something written inside a span, moved with the span's fields
+        // when it ended (`was`: where they began while it was written; `now`:
+        // where they are).
+        let at = |o: usize, was: usize, now: usize| from_base(o + now - was);
         let mut s = otlp::Span::begin(
             out,
             &Head {
@@ -1365,7 +1367,7 @@ impl Rec {
         }
         let now = s.end();
         if let Some(m) = marks.as_deref_mut() {
-            m.request = at(now, now, now);
+            m.request = from_base(now);
             m.request_id = at(id_at, was, now);
             m.usage[0] = counts.map(|(i, o)| (at(i, was, now), at(o, was, now)));
         }
@@ -1408,7 +1410,7 @@ impl Rec {
             }
             let now = s.end();
             if let Some(m) = marks.as_deref_mut() {
-                m.upstream = Some(at(now, now, now));
+                m.upstream = Some(from_base(now));
                 m.usage[1] = counts.map(|(i, o)| (at(i, was, now), at(o, was, now)));
             }
             if let Some((id, end)) = a.first_token {
@@ -1425,7 +1427,7 @@ impl Rec {
                 .raw(FIRST_TOKEN)
                 .end();
                 if let Some(m) = marks.as_deref_mut() {
-                    m.first = Some(at(now, now, now));
+                    m.first = Some(from_base(now));
                 }
             }
         }

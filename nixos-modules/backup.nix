@@ -117,8 +117,20 @@ let
     ${lib.optionalString cfg.usageStore "swap ${staging}/usage.sqlite ${usageDb}"}
     ${lib.optionalString cfg.openWebui "swap ${staging}/open-webui-webui.db ${openWebuiDir}/webui.db"}
     ${lib.optionalString cfg.n8n ''
-      systemctl start postgresql.service
-      ${runuser} -u postgres -- ${postgres}/bin/pg_restore --clean --if-exists -d n8n ${staging}/n8n.pgdump
+      # nixos-25.11 makes n8n's database and role (ensureDatabases, ensureUsers)
+      # in postgresql-setup.service, after postgresql.service: on a new or wiped
+      # host they exist only once it has run. postgresql.target requires both and
+      # is ordered after them; an older nixpkgs without it makes them in
+      # postgresql.service's own postStart.
+      if systemctl cat postgresql.target > /dev/null 2>&1; then
+        systemctl start postgresql.target
+      else
+        systemctl start postgresql.service
+      fi
+      # The dump is root's (in a directory only root reads): it is read by this
+      # shell, not by the postgres user.
+      ${runuser} -u postgres -- ${postgres}/bin/pg_restore --clean --if-exists -d n8n < ${staging}/n8n.pgdump
+      echo "restored n8n's database"
     ''}
     if [ ''${#running[@]} -gt 0 ]; then systemctl start "''${running[@]}"; fi
     ${lib.optionalString cfg.qdrant ''
@@ -302,7 +314,11 @@ in
       # Copies before the services they read: the dump needs PostgreSQL, the
       # snapshots Qdrant.
       after =
-        lib.optional cfg.n8n "postgresql.service"
+        lib.optionals cfg.n8n [
+          "postgresql.service"
+          # nixos-25.11 makes the database there (ensureDatabases).
+          "postgresql-setup.service"
+        ]
         ++ lib.optional cfg.qdrant "qdrant.service"
         ++ lib.optional cfg.usageStore "llmvisor.service";
     };

@@ -26,6 +26,10 @@
 # a configuration of our own (no build users, no substituters), and what it prints
 # on stderr is kept apart from the JSON it prints on stdout.
 #
+# The scripts a module writes for a VM test (vm-backup's) are golden files in
+# tests/system/, which the system tests run for real; after a deliberate change of
+# the module, UPDATE_GOLDEN=1 writes them anew (review the diff).
+#
 # LLMVISOR_BIN names the llmvisor binary to use (default: target/debug/llmvisor,
 # built when missing or older than src/).
 set -euo pipefail

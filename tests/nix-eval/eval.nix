@@ -988,7 +988,9 @@ let
         (contains "restore: stops the services" script "for u in llmvisor.service open-webui.service n8n.service")
         (contains "restore: the usage store swapped in without a stale -wal" script "swap /var/lib/llmvisor-backup/usage.sqlite /var/lib/llmvisor/usage.sqlite")
         (contains "restore: Open WebUI's database" script "swap /var/lib/llmvisor-backup/open-webui-webui.db /var/lib/private/open-webui/webui.db")
-        (contains "restore: pg_restore" script "pg_restore --clean --if-exists -d n8n /var/lib/llmvisor-backup/n8n.pgdump")
+        # The dump is root's: read by the script's shell, not by the postgres user.
+        (contains "restore: pg_restore from root's dump on stdin" script "pg_restore --clean --if-exists -d n8n < /var/lib/llmvisor-backup/n8n.pgdump")
+        (contains "restore: n8n's database and role made first (postgresql-setup)" script "systemctl start postgresql.target")
         (contains "restore: Qdrant's snapshots uploaded" script "/snapshots/upload?priority=snapshot")
       ];
   };
@@ -1383,12 +1385,16 @@ let
       checks = [
         (eq "the test's repository file" b.repositoryFile "/etc/llmvisor-test/restic-repository")
         (eq "no timer: the test starts it" (cfg.systemd.timers ? restic-backups-llmvisor) false)
-        (eq "the usage store and Open WebUI" b.paths [
+        (eq "the usage store, Open WebUI and n8n" b.paths [
           "/var/lib/llmvisor-backup"
           "/var/lib/private/open-webui"
+          "/var/lib/private/n8n"
         ])
         (eq "Open WebUI does not start" cfg.systemd.services.open-webui.wantedBy [ ])
+        (eq "n8n does not start" cfg.systemd.services.n8n.wantedBy [ ])
+        (eq "n8n's database" cfg.services.postgresql.ensureDatabases [ "n8n" ])
         (contains "the usage store's copy" b.backupPrepareCommand "store-backup --db /var/lib/llmvisor/usage.sqlite")
+        (contains "n8n's dump" b.backupPrepareCommand "pg_dump --format=custom n8n")
         (check "the restore command is installed" (lib.any (p: p.name == "llmvisor-backup-restore") cfg.environment.systemPackages) null)
         (check "the wrapper restic-llmvisor is installed" (lib.any (p: p.name == "restic-llmvisor") cfg.environment.systemPackages) null)
       ];

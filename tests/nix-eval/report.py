@@ -11,6 +11,7 @@ beside it (shown when the case does not evaluate).
 """
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -177,8 +178,13 @@ def main():
                 failures += 1
             elif spath.read_text() == text:
                 print(f"ok   {name}: {script} script equals {spath.relative_to(HERE.parent.parent)}")
+            elif os.environ.get("UPDATE_GOLDEN") == "1":
+                # After a deliberate change of the module: the golden file is
+                # written anew (and reviewed in the diff).
+                spath.write_text(text)
+                print(f"ok   {name}: {script} script written to {spath.relative_to(HERE.parent.parent)} (UPDATE_GOLDEN=1)")
             else:
-                print(f"FAIL {name}: the {script} script differs from {spath}")
+                print(f"FAIL {name}: the {script} script differs from {spath} (UPDATE_GOLDEN=1 writes it)")
                 failures += 1
         settings = case.get("toml")
         if settings is None:

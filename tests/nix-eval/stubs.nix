@@ -350,6 +350,15 @@ let
     }
   );
 
+  targetUnit = types.submodule (
+    { name, ... }:
+    {
+      options = commonUnitOptions // {
+        name = opt types.str "${name}.target";
+      };
+    }
+  );
+
   # ---------------------------------------------------------------------------
   # nixos/modules/system/etc/etc.nix: environment.etc.<name>.
   etcFile = types.submodule (
@@ -563,6 +572,7 @@ let
     systemd = {
       services = opt (types.attrsOf serviceUnit) { };
       slices = opt (types.attrsOf sliceUnit) { };
+      targets = opt (types.attrsOf targetUnit) { };
       timers = opt (types.attrsOf timerUnit) { };
       packages = opt (types.listOf types.package) [ ];
       network = ns;
@@ -1292,14 +1302,37 @@ let
             group = "postgres";
           };
           users.groups.postgres = { };
+          # Since nixos-25.11 the target is what boot starts; the server wants it,
+          # and the ensure* statements run in postgresql-setup.service after the
+          # server (a new or wiped host has n8n's database only once it ran).
+          systemd.targets.postgresql = {
+            description = "PostgreSQL";
+            wantedBy = [ "multi-user.target" ];
+            requires = [
+              "postgresql.service"
+              "postgresql-setup.service"
+            ];
+          };
           systemd.services.postgresql = {
             description = "PostgreSQL Server";
-            wantedBy = [ "multi-user.target" ];
             after = [ "network.target" ];
+            wants = [ "postgresql.target" ];
+            partOf = [ "postgresql.target" ];
             serviceConfig = {
               User = "postgres";
               Group = "postgres";
               RuntimeDirectory = "postgresql";
+            };
+          };
+          systemd.services.postgresql-setup = {
+            description = "PostgreSQL Setup Scripts";
+            requires = [ "postgresql.service" ];
+            after = [ "postgresql.service" ];
+            serviceConfig = {
+              User = "postgres";
+              Group = "postgres";
+              Type = "oneshot";
+              RemainAfterExit = true;
             };
           };
         })

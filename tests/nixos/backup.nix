@@ -1,17 +1,21 @@
 # One VM: llmvisor (with the mock backend standing in for vLLM) records requests in
 # its usage store; Open WebUI's state directory holds a database and an upload;
-# `llmvisor.backup` backs both up to a local restic repository; then everything is
-# wiped and `llmvisor-backup-restore` brings it back.
+# n8n's PostgreSQL database holds a table of its role's and its state directory
+# the key file; `llmvisor.backup` backs them up to a local restic repository; then
+# everything is wiped (PostgreSQL's whole data directory too, as on a new host)
+# and `llmvisor-backup-restore` brings it back.
 #
-# Open WebUI itself is not started (it wants to download models from the network
-# at start, which a test VM does not have): its database and upload are made in
-# its state directory by the test, as Open WebUI lays them out (webui.db,
-# uploads/). The backup treats them as it would Open WebUI's own.
+# Open WebUI and n8n themselves are not started (Open WebUI wants to download
+# models from the network at start, which a test VM does not have; n8n is not
+# needed to hold its data): their files and n8n's rows are made by the test, as
+# they lay them out (webui.db, uploads/; n8n's tables owned by its role, .n8n/config).
+# The backup treats them as it would their own.
 { lib, ... }:
 let
   key = "backup-test-key-0123456789abcdef";
   auth = "-H 'Authorization: Bearer ${key}'";
   ow = "/var/lib/private/open-webui";
+  n8nDir = "/var/lib/private/n8n";
 in
 {
   name = "llmvisor-backup";
@@ -40,6 +44,15 @@ in
       };
       # Its files are made by the test (see above).
       systemd.services.open-webui.wantedBy = lib.mkForce [ ];
+
+      # n8n's PostgreSQL database and state directory; n8n itself is not started
+      # (as Open WebUI): the test writes a row as its role and the file n8n keeps
+      # its credentials' key in.
+      llmvisor.frontends.n8n = {
+        enable = true;
+        llmvisorKeyFile = "/etc/llmvisor-test/tester.key";
+      };
+      systemd.services.n8n.wantedBy = lib.mkForce [ ];
 
       llmvisor.backup = {
         enable = true;
@@ -85,12 +98,20 @@ in
             "echo 'a document' > ${ow}/uploads/doc.txt",
         )
 
+    with subtest("n8n's data"):
+        machine.wait_for_unit("postgresql-setup.service")
+        machine.succeed(
+            "runuser -u postgres -- psql -v ON_ERROR_STOP=1 -d n8n -c \"SET ROLE n8n; CREATE TABLE workflow (id serial PRIMARY KEY, name text); INSERT INTO workflow (name) VALUES ('kept across the restore');\"",
+            "install -d -m 700 ${n8nDir}/.n8n",
+            "echo '{\"encryptionKey\": \"test-key\"}' > ${n8nDir}/.n8n/config",
+        )
+
     with subtest("a backup"):
         machine.succeed("systemctl start restic-backups-llmvisor.service")
         snapshots = json.loads(machine.succeed("restic-llmvisor snapshots --json"))
         assert len(snapshots) == 1, snapshots
         files = machine.succeed("restic-llmvisor ls latest")
-        for f in ["/var/lib/llmvisor-backup/usage.sqlite", "/var/lib/llmvisor-backup/open-webui-webui.db", "${ow}/uploads/doc.txt"]:
+        for f in ["/var/lib/llmvisor-backup/usage.sqlite", "/var/lib/llmvisor-backup/open-webui-webui.db", "${ow}/uploads/doc.txt", "/var/lib/llmvisor-backup/n8n.pgdump", "${n8nDir}/.n8n/config"]:
             assert f in files, f"{f} not in the snapshot:\n{files}"
         # The live database is not in it: its consistent copy is.
         assert "${ow}/webui.db\n" not in files, files
@@ -99,6 +120,10 @@ in
         machine.succeed(
             "systemctl stop llmvisor.service",
             "rm -rf /var/lib/llmvisor/usage.sqlite* ${ow} /var/lib/llmvisor-backup",
+            # PostgreSQL's whole data directory, as on a new host: the restore
+            # starts it afresh, and its setup makes n8n's empty database and role.
+            "systemctl stop postgresql.target postgresql.service",
+            "rm -rf /var/lib/postgresql ${n8nDir}",
         )
 
     with subtest("restored"):
@@ -110,6 +135,14 @@ in
         )
         machine.succeed("sqlite3 ${ow}/webui.db 'SELECT title FROM chat' | grep -q 'kept across the restore'")
         machine.succeed("grep -q 'a document' ${ow}/uploads/doc.txt")
+        assert machine.succeed(
+            "runuser -u postgres -- psql -tA -d n8n -c 'SELECT name FROM workflow'"
+        ).strip() == "kept across the restore"
+        # Its tables are its role's again, not the superuser's that restored them.
+        assert machine.succeed(
+            "runuser -u postgres -- psql -tA -d n8n -c \"SELECT tableowner FROM pg_tables WHERE tablename = 'workflow'\""
+        ).strip() == "n8n"
+        machine.succeed("grep -q test-key ${n8nDir}/.n8n/config")
         # New requests are recorded in the restored store.
         machine.succeed(
             "curl -sf ${auth} -H 'Content-Type: application/json' "

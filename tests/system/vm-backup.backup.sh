@@ -1,1 +1,1 @@
-restic backup /var/lib/llmvisor-backup /var/lib/private/open-webui --exclude '/var/lib/private/open-webui/webui.db' --exclude '/var/lib/private/open-webui/webui.db-*' --exclude '/var/lib/private/open-webui/cache'
+restic backup /var/lib/llmvisor-backup /var/lib/private/open-webui /var/lib/private/n8n --exclude '/var/lib/private/open-webui/webui.db' --exclude '/var/lib/private/open-webui/webui.db-*' --exclude '/var/lib/private/open-webui/cache'

@@ -12,6 +12,7 @@ if [ -e /var/lib/private/open-webui/webui.db ]; then
   /nix/store/00000000000000000000000000000000-llmvisor/bin/llmvisor store-backup --db /var/lib/private/open-webui/webui.db /var/lib/llmvisor-backup/open-webui-webui.db
 fi
 
+/nix/store/00000000000000000000000000000000-util-linux/bin/runuser -u postgres -- /nix/store/00000000000000000000000000000000-postgresql/bin/pg_dump --format=custom n8n > /var/lib/llmvisor-backup/n8n.pgdump
 
 
 ls -l /var/lib/llmvisor-backup

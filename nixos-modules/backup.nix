@@ -69,6 +69,9 @@ let
       ${runuser} -u postgres -- ${postgres}/bin/pg_dump --format=custom n8n > ${staging}/n8n.pgdump
     ''}
     ${lib.optionalString cfg.qdrant ''
+      # Qdrant's HTTP API (its OpenAPI description, docs/redoc/master/openapi.json):
+      # get_collections answers result.collections[].name, create_snapshot
+      # result.name; get_snapshot is the file; a collection's name holds no `/`.
       install -d -m 700 ${staging}/qdrant
       ${curl} -fsS ${qdrantUrl}/collections | ${jq} -r '.result.collections[].name' |
         while read -r c; do
@@ -134,6 +137,8 @@ let
     ''}
     if [ ''${#running[@]} -gt 0 ]; then systemctl start "''${running[@]}"; fi
     ${lib.optionalString cfg.qdrant ''
+      # recover_from_uploaded_snapshot: a multipart field `snapshot`; priority
+      # `snapshot` prefers the snapshot's data over what the collection holds.
       for f in ${staging}/qdrant/*.snapshot; do
         [ -e "$f" ] || continue
         c=$(basename "$f" .snapshot)

@@ -266,6 +266,16 @@ let
     ++ lib.optional (cfg.adminKeyFile != null) "${adminCredential}:${cfg.adminKeyFile}"
     ++ lib.optional (cfg.otlpHeadersFile != null) "${otlpHeadersCredential}:${cfg.otlpHeadersFile}";
 
+  # The files whose keys must differ: the clients' and the admin's.
+  keyHolders =
+    lib.mapAttrsToList (name: c: {
+      option = "services.llmvisor.clients.${name}.keyFile";
+      path = c.keyFile;
+    }) cfg.clients
+    ++ lib.optional (cfg.adminKeyFile != null) {
+      option = "services.llmvisor.adminKeyFile";
+      path = cfg.adminKeyFile;
+    };
   keyFiles =
     lib.mapAttrsToList (name: c: {
       option = "services.llmvisor.clients.${name}.keyFile";
@@ -400,7 +410,9 @@ in
         Callers of the API, each with a key file, written to `[clients.<name>]` with
         `key_file = "client-<name>"`: a systemd credential, so the key stays out of the
         store. A client known only by its key's hash goes in
-        `settings.clients.<name>.key_sha256` instead.
+        `settings.clients.<name>.key_sha256` instead. Each client needs a key of its
+        own, and the admin key is none of theirs (llmvisor refuses to start
+        otherwise): evaluation fails when one file is given twice.
       '';
     };
 
@@ -566,6 +578,18 @@ in
         assertion = lib.hasPrefix "/" k.path && !lib.hasPrefix builtins.storeDir k.path;
         message = "${k.option}: `${k.path}` must be an absolute path outside the Nix store (keys never enter the store); give it as a string, not a Nix path.";
       }) keyFiles
+      # llmvisor refuses two clients with one key, and an admin key that is a
+      # client's, when it reads the files at start; the same file twice is that,
+      # and is known here already.
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          path: owners:
+          lib.optional (lib.length owners > 1) {
+            assertion = false;
+            message = "${lib.concatStringsSep ", " owners}: the same key file `${path}`; llmvisor refuses to start when two clients (or a client and the admin) have one key: give each its own file.";
+          }
+        ) (lib.zipAttrs (map (k: { ${k.path} = k.option; }) keyHolders))
+      )
       ++ [
         {
           assertion = cfg.openFirewall -> !(lib.all isLoopback cfg.listen);

@@ -178,6 +178,28 @@ let
       modules.default
       (vmTest file).nodes.${node}
     ] ++ extra)).config;
+  # A VM node's clients' and admin's keys, as its environment.etc writes them,
+  # differ: llmvisor refuses one key twice when it reads the files at start,
+  # which the module's own check (one file twice) cannot see when two files hold
+  # the same text. A key file outside /etc counts as its path.
+  distinctKeys =
+    cfg:
+    let
+      l = cfg.services.llmvisor;
+      files =
+        lib.mapAttrsToList (_: c: c.keyFile) l.clients
+        ++ lib.optional (l.adminKeyFile != null) l.adminKeyFile;
+      key =
+        f:
+        let
+          e = cfg.environment.etc.${lib.removePrefix "/etc/" f} or null;
+        in
+        if lib.hasPrefix "/etc/" f && e != null && e.text != null then lib.trim e.text else f;
+      keys = map key files;
+    in
+    check "each client's key (and the admin's) is its own" (
+      lib.length (lib.unique keys) == lib.length keys
+    ) (lib.zipListsWith (f: k: "${f}: sha256 ${lib.substring 0 12 (builtins.hashString "sha256" k)}") files keys);
 in
 let
   cases = {
@@ -418,6 +440,33 @@ let
       "services.llmvisor.adminKeyFile:"
       "services.llmvisor.otlpHeadersFile:"
       "services.llmvisor.openFirewall:"
+    ];
+  };
+
+  # Two clients with one key file, and the admin key file a client's: llmvisor
+  # refuses both when it reads the files at start (clients.<name>: "has the same
+  # key as clients.<other>"; admin: "the admin key is also the key of
+  # clients.<name>"), so the module refuses them first.
+  shared-key = case {
+    toml = false;
+    mods = [
+      {
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+          clients = {
+            a.keyFile = "/run/secrets/one";
+            b.keyFile = "/run/secrets/one";
+            c.keyFile = "/run/secrets/two";
+            d.keyFile = "/run/secrets/three";
+          };
+          adminKeyFile = "/run/secrets/two";
+        };
+      }
+    ];
+    expectFailures = [
+      "services.llmvisor.clients.a.keyFile, services.llmvisor.clients.b.keyFile: the same key file `/run/secrets/one`"
+      "services.llmvisor.clients.c.keyFile, services.llmvisor.adminKeyFile: the same key file `/run/secrets/two`"
     ];
   };
 
@@ -1354,6 +1403,7 @@ let
     {
       failedAssertions = failed cfg;
       checks = [
+        (distinctKeys cfg)
         (eq "the mock stands in for vLLM" (lib.head cfg.services.llmvisor.renderedSettings.models.chat.command) "${pkgs.llmvisor}/bin/llmvisor-mock")
       ];
       toml = cfg.services.llmvisor.renderedSettings;
@@ -1383,6 +1433,7 @@ let
     {
       failedAssertions = failed cfg;
       checks = [
+        (distinctKeys cfg)
         (eq "the test's repository file" b.repositoryFile "/etc/llmvisor-test/restic-repository")
         (eq "no timer: the test starts it" (cfg.systemd.timers ? restic-backups-llmvisor) false)
         (eq "the usage store, Open WebUI and n8n" b.paths [
@@ -1418,6 +1469,7 @@ let
     {
       failedAssertions = failed cfg;
       checks = [
+        (distinctKeys cfg)
         (eq "public: SSH" cfg.networking.firewall.allowedTCPPorts [ 22 ])
         (eq "llmvisor on tailnet0" cfg.networking.firewall.interfaces.tailnet0.allowedTCPPorts [ 8080 ])
       ];
@@ -1575,6 +1627,7 @@ let
           {
             failedAssertions = failed cfg;
             checks = [
+              (distinctKeys cfg)
               (eq "public: SSH only" cfg.networking.firewall.allowedTCPPorts [ 22 ])
               (eq "llmvisor on eth1 (the test network plays the tailnet)" cfg.networking.firewall.interfaces.eth1.allowedTCPPorts [ 8080 ])
               (eq "listens on every address" s.server.listen [ "0.0.0.0:8080" ])
@@ -1683,6 +1736,7 @@ let
           {
             failedAssertions = failed cfg;
             checks = [
+              (distinctKeys cfg)
               (eq "providers.gpu1: the node by its name, health-checked" s.providers.gpu1 {
                 base_url = "http://gpu1:8080/v1";
                 key_file = "provider-gpu1";

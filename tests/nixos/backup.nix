@@ -40,7 +40,8 @@ in
 
       llmvisor.frontends.openWebui = {
         enable = true;
-        llmvisorKeyFile = "/etc/llmvisor-test/tester.key";
+        # Its own: llmvisor refuses two clients with one key.
+        llmvisorKeyFile = "/etc/llmvisor-test/open-webui.key";
       };
       # Its files are made by the test (see above).
       systemd.services.open-webui.wantedBy = lib.mkForce [ ];
@@ -50,7 +51,8 @@ in
       # its credentials' key in.
       llmvisor.frontends.n8n = {
         enable = true;
-        llmvisorKeyFile = "/etc/llmvisor-test/tester.key";
+        # Its own: llmvisor refuses two clients with one key.
+        llmvisorKeyFile = "/etc/llmvisor-test/n8n.key";
       };
       systemd.services.n8n.wantedBy = lib.mkForce [ ];
 
@@ -65,6 +67,8 @@ in
 
       environment.etc = {
         "llmvisor-test/tester.key".text = key;
+        "llmvisor-test/open-webui.key".text = "backup-test-open-webui-key-0123456";
+        "llmvisor-test/n8n.key".text = "backup-test-n8n-key-0123456789abcd";
         "llmvisor-test/restic-repository".text = "/var/lib/restic-repository";
         "llmvisor-test/restic-password".text = "backup-test-password";
       };

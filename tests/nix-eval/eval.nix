@@ -178,28 +178,30 @@ let
       modules.default
       (vmTest file).nodes.${node}
     ] ++ extra)).config;
-  # A VM node's clients' and admin's keys, as its environment.etc writes them,
-  # differ: llmvisor refuses one key twice when it reads the files at start,
-  # which the module's own check (one file twice) cannot see when two files hold
-  # the same text. A key file outside /etc counts as its path.
-  distinctKeys =
+  # The credentials a VM node's llmvisor.service loads (`LoadCredential=`), by
+  # name, with the text its environment.etc gives each file: report.py runs
+  # `llmvisor check-config` with them in $CREDENTIALS_DIRECTORY, so the keys are
+  # read as the service reads them at start. `null` when one is not such a file.
+  vmCredentials =
     cfg:
     let
-      l = cfg.services.llmvisor;
-      files =
-        lib.mapAttrsToList (_: c: c.keyFile) l.clients
-        ++ lib.optional (l.adminKeyFile != null) l.adminKeyFile;
-      key =
-        f:
+      loaded = map (
+        c:
         let
-          e = cfg.environment.etc.${lib.removePrefix "/etc/" f} or null;
+          m = builtins.match "([^:]+):(.*)" c;
+          path = lib.elemAt m 1;
+          e = cfg.environment.etc.${lib.removePrefix "/etc/" path} or null;
         in
-        if lib.hasPrefix "/etc/" f && e != null && e.text != null then lib.trim e.text else f;
-      keys = map key files;
+        {
+          name = lib.elemAt m 0;
+          text = if lib.hasPrefix "/etc/" path && e != null then e.text else null;
+        }
+      ) ((sc cfg).LoadCredential or [ ]);
     in
-    check "each client's key (and the admin's) is its own" (
-      lib.length (lib.unique keys) == lib.length keys
-    ) (lib.zipListsWith (f: k: "${f}: sha256 ${lib.substring 0 12 (builtins.hashString "sha256" k)}") files keys);
+    if loaded != [ ] && lib.all (c: c.text != null) loaded then
+      lib.listToAttrs (map (c: lib.nameValuePair c.name c.text) loaded)
+    else
+      null;
 in
 let
   cases = {
@@ -1403,9 +1405,9 @@ let
     {
       failedAssertions = failed cfg;
       checks = [
-        (distinctKeys cfg)
         (eq "the mock stands in for vLLM" (lib.head cfg.services.llmvisor.renderedSettings.models.chat.command) "${pkgs.llmvisor}/bin/llmvisor-mock")
       ];
+      credentials = vmCredentials cfg;
       toml = cfg.services.llmvisor.renderedSettings;
     };
   vm-lifecycle-reloaded =
@@ -1433,7 +1435,6 @@ let
     {
       failedAssertions = failed cfg;
       checks = [
-        (distinctKeys cfg)
         (eq "the test's repository file" b.repositoryFile "/etc/llmvisor-test/restic-repository")
         (eq "no timer: the test starts it" (cfg.systemd.timers ? restic-backups-llmvisor) false)
         (eq "the usage store, Open WebUI and n8n" b.paths [
@@ -1449,6 +1450,7 @@ let
         (check "the restore command is installed" (lib.any (p: p.name == "llmvisor-backup-restore") cfg.environment.systemPackages) null)
         (check "the wrapper restic-llmvisor is installed" (lib.any (p: p.name == "restic-llmvisor") cfg.environment.systemPackages) null)
       ];
+      credentials = vmCredentials cfg;
       toml = cfg.services.llmvisor.renderedSettings;
       # The two scripts the module writes, as text (their store paths are the
       # stubs'), for running them elsewhere: `-A vm-backup.scripts`.
@@ -1469,10 +1471,10 @@ let
     {
       failedAssertions = failed cfg;
       checks = [
-        (distinctKeys cfg)
         (eq "public: SSH" cfg.networking.firewall.allowedTCPPorts [ 22 ])
         (eq "llmvisor on tailnet0" cfg.networking.firewall.interfaces.tailnet0.allowedTCPPorts [ 8080 ])
       ];
+      credentials = vmCredentials cfg;
       toml = cfg.services.llmvisor.renderedSettings;
     };
 
@@ -1627,7 +1629,6 @@ let
           {
             failedAssertions = failed cfg;
             checks = [
-              (distinctKeys cfg)
               (eq "public: SSH only" cfg.networking.firewall.allowedTCPPorts [ 22 ])
               (eq "llmvisor on eth1 (the test network plays the tailnet)" cfg.networking.firewall.interfaces.eth1.allowedTCPPorts [ 8080 ])
               (eq "listens on every address" s.server.listen [ "0.0.0.0:8080" ])
@@ -1637,6 +1638,7 @@ let
               (eq "the mock stands in for vLLM" (lib.head s.models.chat.command) "${pkgs.llmvisor}/bin/llmvisor-mock")
               (eq "the model stays loaded" s.models.chat.idle_ttl 0)
             ];
+            credentials = vmCredentials cfg;
             toml = s;
           };
       in
@@ -1736,7 +1738,6 @@ let
           {
             failedAssertions = failed cfg;
             checks = [
-              (distinctKeys cfg)
               (eq "providers.gpu1: the node by its name, health-checked" s.providers.gpu1 {
                 base_url = "http://gpu1:8080/v1";
                 key_file = "provider-gpu1";
@@ -1768,6 +1769,7 @@ let
               (eq "keys root-only" cfg.environment.etc."llmvisor-test/peer-gpu1.key".mode "0400")
               (contains "the load reports each request's target" cfg.systemd.services.fleet-load.script "x-llmvisor-target")
             ];
+            credentials = vmCredentials cfg;
             toml = s;
           };
 

@@ -14,8 +14,10 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -205,16 +207,32 @@ def main():
             else:
                 print(f"FAIL {name}: settings differ from {gpath} (generated: {path})")
                 failures += 1
+        env = {"PATH": "/usr/bin:/bin"}
+        # A VM node's credentials (its key files' text, by credential name): read
+        # from $CREDENTIALS_DIRECTORY as the service reads them, so what only the
+        # keys show (two clients with one key) fails here, not in the VM.
+        creds = case.get("credentials")
+        cred_dir = None
+        if creds:
+            cred_dir = tempfile.mkdtemp(prefix=f"creds-{name.replace(':', '-')}-")
+            for cname, text in creds.items():
+                f = pathlib.Path(cred_dir) / cname
+                f.write_text(text)
+                f.chmod(0o400)
+            env["CREDENTIALS_DIRECTORY"] = cred_dir
         run = subprocess.run(
             [llmvisor, "check-config", "--config", str(path)],
             capture_output=True,
             text=True,
-            env={"PATH": "/usr/bin:/bin"},
+            env=env,
         )
+        if cred_dir:
+            shutil.rmtree(cred_dir)
+        with_creds = f" with its {len(creds)} credential(s)" if creds else ""
         if run.returncode == 0:
-            print(f"ok   {name}: llmvisor check-config accepts the generated TOML")
+            print(f"ok   {name}: llmvisor check-config accepts the generated TOML{with_creds}")
         else:
-            print(f"FAIL {name}: llmvisor check-config {path}:\n{run.stdout}{run.stderr}")
+            print(f"FAIL {name}: llmvisor check-config {path}{with_creds}:\n{run.stdout}{run.stderr}")
             failures += 1
     print(f"nix-eval: {failures} failure(s)")
     return 1 if failures else 0

@@ -623,7 +623,21 @@ async fn the_tiny_llama_example_serves_a_real_generation_and_embeddings() {
             "/var/cache/llmvisor-test/llama/tiny.gguf",
             &f.model.display().to_string(),
         )
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        // Ports of the harness's own: the example's automatic ones (28100 and
+        // 28101, `server.port_range`) were held against no other test, inside the
+        // range the harness hands out. One full run here (357 other tests) saw a
+        // 503 in 0.7 s, which a model port already taken would give; alone the
+        // test passed 4 times in 4.
+        .replace(
+            "[models.tiny]\n",
+            &format!("[models.tiny]\nport = {}\n", free_port()),
+        )
+        .replace(
+            "[models.tiny-embed]\n",
+            &format!("[models.tiny-embed]\nport = {}\n", free_port()),
+        );
+    assert_eq!(config.matches("\nport = ").count(), 2, "{config}");
     let lv = Llmvisor::start_raw(port, &config).await;
     // The alias reaches the real server; the answer is generated text.
     let resp = lv

@@ -172,6 +172,16 @@ let
   # A VM test's node, evaluated like a host (the test framework's own options are
   # stubs).
   vmTest = file: import (repo + "/tests/nixos/${file}") { inherit lib; };
+  # What a host with the front-ends sets (docs/nixos.md): Open WebUI and n8n are
+  # unfree in nixpkgs.
+  frontendsUnfree = {
+    nixpkgs.config.allowUnfreePredicate =
+      pkg:
+      builtins.elem (lib.getName pkg) [
+        "open-webui"
+        "n8n"
+      ];
+  };
   vmNode =
     file: node: extra:
     (evalSystem ([
@@ -625,6 +635,7 @@ let
 
   frontends = case {
     mods = [
+      frontendsUnfree
       {
         networking.hostName = "gpu-lab";
         llmvisor.tailscale = {
@@ -973,6 +984,7 @@ let
   # snapshots; secrets from files; a timer; the restore command.
   backup = case {
     mods = [
+      frontendsUnfree
       {
         services.llmvisor = {
           enable = true;
@@ -1049,6 +1061,7 @@ let
   # Qdrant for Open WebUI's RAG, embeddings through llmvisor.
   qdrant = case {
     mods = [
+      frontendsUnfree
       {
         services.llmvisor = {
           enable = true;

@@ -213,7 +213,41 @@ let
     "grafana"
     "tailscale"
     "vllm"
-  ] fakePackage;
+  ] fakePackage
+  // {
+    # Unfree in nixpkgs (meta.license.free = false): pkgs/by-name/n8/n8n
+    # (`licenses.sustainableUse`) and pkgs/by-name/op/open-webui ("Open WebUI
+    # License": "Nixpkgs treats this custom license as non-free").
+    n8n = unfreePackage "n8n" "Sustainable Use License";
+    open-webui = unfreePackage "open-webui" "Open WebUI License";
+  };
+
+  # A package nixpkgs marks unfree.
+  unfreePackage =
+    name: license:
+    lib.recursiveUpdate (fakePackage name) {
+      meta.license = {
+        fullName = license;
+        free = false;
+      };
+    };
+
+  # nixpkgs' check-meta (pkgs/stdenv/generic/check-meta.nix): a package whose
+  # license is unfree refuses to evaluate unless nixpkgs.config.allowUnfree, or
+  # allowUnfreePredicate, admits it. A VM test's node cannot set nixpkgs.config
+  # (its pkgs are the flake's, read-only), so there it is never admitted.
+  unfreeAdmitted =
+    config: pkg:
+    let
+      c = config.nixpkgs.config;
+    in
+    {
+      assertion =
+        (pkg.meta.license.free or true)
+        || (c.allowUnfree or false)
+        || ((c.allowUnfreePredicate or (_: false)) pkg);
+      message = "Package ‘${pkg.name}’ has an unfree license (‘${pkg.meta.license.fullName or "unfree"}’), refusing to evaluate (nixpkgs.config.allowUnfree, or allowUnfreePredicate).";
+    };
 
   # ---------------------------------------------------------------------------
   # nixos/modules/services/networking/firewall.nix (+ firewall-nftables.nix):
@@ -1224,6 +1258,7 @@ let
         # open-webui.nix: a DynamicUser unit; its environment is a few fixed
         # variables plus `environment`.
         (lib.mkIf ow.enable {
+          assertions = [ (unfreeAdmitted config ow.package) ];
           systemd.services.open-webui = {
             description = "User-friendly WebUI for LLMs";
             wantedBy = [ "multi-user.target" ];
@@ -1258,6 +1293,7 @@ let
             files = lib.filterAttrs (name: _: lib.hasSuffix "_FILE" name) env;
           in
           {
+            assertions = [ (unfreeAdmitted config n8n.package) ];
             systemd.services.n8n = {
               description = "n8n service";
               after = [ "network.target" ];

@@ -45,6 +45,17 @@ in
       };
       # Its files are made by the test (see above).
       systemd.services.open-webui.wantedBy = lib.mkForce [ ];
+      # Open WebUI and n8n are unfree in nixpkgs, and a test node's pkgs (the
+      # flake's) cannot admit them; nor does the test run either: stand-ins in
+      # their place, which say so if started.
+      services.open-webui.package = pkgs.writeShellScriptBin "open-webui" ''
+        echo "a stand-in: the backup test does not run Open WebUI" >&2
+        exit 1
+      '';
+      services.n8n.package = pkgs.writeShellScriptBin "n8n" ''
+        echo "a stand-in: the backup test does not run n8n" >&2
+        exit 1
+      '';
 
       # n8n's PostgreSQL database and state directory; n8n itself is not started
       # (as Open WebUI): the test writes a row as its role and the file n8n keeps

@@ -33,12 +33,15 @@ let
   };
 
   # nixpkgs' servers for each kind. CUDA builds of vllm and llama-cpp follow
-  # `nixpkgs.config.cudaSupport`; Ollama has a separate CUDA package.
+  # `nixpkgs.config.cudaSupport`; Ollama has a separate CUDA package, whose CUDA
+  # libraries nixpkgs marks unfree: a host that says it has no GPU
+  # (`llmvisor.nvidia.cpuOnly`) gets the CPU build, and needs no allowUnfree for it.
+  cpuOnlyHost = (config.llmvisor.nvidia.enable or false) && (config.llmvisor.nvidia.cpuOnly or false);
   defaultPackageFor =
     kind:
     {
       vllm = pkgs.vllm;
-      ollama = pkgs.ollama-cuda;
+      ollama = if cpuOnlyHost then pkgs.ollama else pkgs.ollama-cuda;
       llama-cpp = pkgs.llama-cpp;
     }
     .${kind} or null;
@@ -115,13 +118,16 @@ let
           default = defaultPackageFor config.kind;
           defaultText = literalExpression ''
             { vllm = pkgs.vllm; ollama = pkgs.ollama-cuda; llama-cpp = pkgs.llama-cpp; }.''${kind} or null
+            # pkgs.ollama for Ollama with llmvisor.nvidia.cpuOnly
           '';
           example = literalExpression "pkgs.ollama";
           description = ''
             The package whose server runs this model; `executable` defaults to its
             `bin/vllm`, `bin/ollama` or `bin/llama-server`. Not written to the TOML file.
             vLLM and llama.cpp are built with CUDA when `nixpkgs.config.cudaSupport` is
-            set; for a CPU-only Ollama use `pkgs.ollama`.
+            set. Ollama's default is `pkgs.ollama-cuda`, whose CUDA libraries nixpkgs
+            marks unfree (`nixpkgs.config.allowUnfree`, which the NVIDIA driver needs
+            too), and `pkgs.ollama` (CPU) on a host with `llmvisor.nvidia.cpuOnly`.
           '';
         };
 

@@ -1271,6 +1271,30 @@ let
     ];
   };
 
+  # A host without a GPU: Ollama's CPU build by default (the CUDA one pulls in
+  # unfree CUDA libraries, and no GPU would use them).
+  cpu-only-ollama = case {
+    mods = [
+      {
+        llmvisor.nvidia = {
+          enable = true;
+          cpuOnly = true;
+        };
+        services.llmvisor = {
+          enable = true;
+          models.llama = {
+            kind = "ollama";
+            model = "llama3.1:8b";
+          };
+          settings.server.auth = "none";
+        };
+      }
+    ];
+    checks = cfg: [
+      (eq "ollama → pkgs.ollama" cfg.services.llmvisor.renderedSettings.models.llama.executable "${pkgs.ollama}/bin/ollama")
+    ];
+  };
+
   nvidia-cpu-only = case {
     toml = false;
     mods = [

@@ -145,6 +145,13 @@ def main():
         for msg in case["failedAssertions"]:
             print(f"FAIL {name}: assertion: {msg}")
             failures += 1
+        # lib.getExe on a package without meta.mainProgram only warns, and runs
+        # a guessed bin/<name> (the stubs give packages nixpkgs' own mainProgram,
+        # or none where nixpkgs has none).
+        for line in err.splitlines():
+            if "getExe" in line and "mainProgram" in line:
+                print(f"FAIL {name}: {line.strip()}")
+                failures += 1
         if case.get("expectedFailureMessages") is not None:
             expected_messages[name] = case["expectedFailureMessages"]
             twin = name.removeprefix("real:")

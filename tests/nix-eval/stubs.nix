@@ -214,6 +214,33 @@ let
     "tailscale"
     "vllm"
   ] fakePackage
+  // lib.mapAttrs
+    (
+      name: main:
+      let
+        p = fakePackage name;
+      in
+      if main == null then
+        p // { meta = removeAttrs p.meta [ "mainProgram" ]; }
+      else
+        lib.recursiveUpdate p { meta.mainProgram = main; }
+    )
+    {
+      # nixpkgs' own meta.mainProgram (what lib.getExe runs), where it is not the
+      # attribute's name; null: none (getExe then warns and guesses the name).
+      grafana-alloy = "alloy";
+      grafana-loki = "loki";
+      prometheus-node-exporter = "node_exporter";
+      prometheus-nvidia-gpu-exporter = "nvidia_gpu_exporter";
+      llama-cpp = "llama";
+      ollama-cuda = "ollama";
+      tempo = null;
+      qdrant = null;
+      vllm = null;
+      util-linux = null;
+      coreutils = null;
+      postgresql = null;
+    }
   // {
     # Unfree in nixpkgs (meta.license.free = false): pkgs/by-name/n8/n8n
     # (`licenses.sustainableUse`) and pkgs/by-name/op/open-webui ("Open WebUI

@@ -697,12 +697,15 @@ in
         NoNewPrivileges = true;
 
         # File system: read-only everywhere but the state directory (usage database;
-        # model units get llmvisor/models/<name> of their own).
+        # model units get llmvisor/models/<name> of their own). Its mode is
+        # systemd's default, 0755: a model unit's dynamic user reaches its own
+        # directory (its HOME, Ollama's store) through it, and under 0700 it could
+        # not (checked under systemd 252: "Permission denied"). The files in it are
+        # 0600 (UMask).
         ProtectSystem = "strict";
         ProtectHome = true;
         PrivateTmp = true;
         StateDirectory = "llmvisor";
-        StateDirectoryMode = "0700";
         UMask = "0077";
 
         # Device access: none. Model units get their GPUs through DeviceAllow=.

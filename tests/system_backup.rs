@@ -276,6 +276,10 @@ async fn backup_wipe_and_restore_bring_the_usage_store_open_webui_and_n8n_back()
     assert_eq!(c.show("llmvisor.service", "ActiveState"), "active");
     assert_eq!(c.show("open-webui.service", "ActiveState"), "active");
     assert_eq!(c.show("n8n.service", "ActiveState"), "active");
+    // llmvisor's state directory has its mode (systemd's 0755, which systemd also
+    // sets again when llmvisor starts): its models' dynamic users reach their own
+    // directories through it.
+    assert_eq!(sh("stat -c %a /var/lib/llmvisor").trim(), "755");
     assert_eq!(requests(&c), Ok(3));
     assert_eq!(
         psql("SELECT name FROM workflow").trim(),

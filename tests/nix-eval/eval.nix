@@ -188,6 +188,61 @@ let
       modules.default
       (vmTest file).nodes.${node}
     ] ++ extra)).config;
+  # docs/llmvisor.service's [Service] settings (what the system tests boot under
+  # real systemd), by key; a key given twice (SystemCallFilter) is a list.
+  shippedService =
+    let
+      lines = lib.splitString "\n" (builtins.readFile (repo + "/docs/llmvisor.service"));
+      section = lib.foldl' (
+        acc: l:
+        if lib.hasPrefix "[" l then
+          acc // { inService = l == "[Service]"; }
+        else if acc.inService && l != "" && !(lib.hasPrefix "#" l) then
+          let
+            m = builtins.match "([A-Za-z]+)=(.*)" l;
+            k = lib.elemAt m 0;
+            v = lib.elemAt m 1;
+          in
+          acc // { kv = acc.kv // { ${k} = (acc.kv.${k} or [ ]) ++ [ v ]; }; }
+        else
+          acc
+      ) { inService = false; kv = { }; } lines;
+    in
+    section.kv;
+  # A serviceConfig value as systemd reads it: its words, from one assignment or
+  # several (the settings compared here add up: `A=x y` is `A=x` and `A=y`).
+  unitValues =
+    v:
+    if lib.isList v then
+      lib.concatMap unitValues v
+    else if lib.isBool v then
+      [ (if v then "yes" else "no") ]
+    else
+      lib.filter (w: w != "") (lib.splitString " " (toString v));
+  # The module's llmvisor.service holds every setting of the shipped unit, but
+  # those that name paths (the store's, not /usr/local's) or were checked apart.
+  sameAsShipped =
+    cfg:
+    let
+      differ = [
+        "ExecStart"
+        "ExecReload"
+      ];
+      # What only the module sets: the keys, as credentials.
+      extra = [ "LoadCredential" ];
+      service = sc cfg;
+      shipped = lib.mapAttrs (_: unitValues) shippedService;
+      wrong = lib.filter (k: !(lib.elem k differ) && unitValues (service.${k} or [ ]) != shipped.${k}) (
+        lib.attrNames shipped
+      );
+      more = lib.filter (k: !(shipped ? ${k}) && !(lib.elem k extra)) (lib.attrNames service);
+    in
+    check "llmvisor.service has the settings of docs/llmvisor.service (the unit the system tests boot), and no others" (
+      wrong == [ ] && more == [ ]
+    ) (
+      map (k: "${k}: module ${toString (unitValues (service.${k} or [ ]))}, shipped ${toString shipped.${k}}") wrong
+      ++ map (k: "${k}: only in the module") more
+    );
   # The credentials a VM node's llmvisor.service loads (`LoadCredential=`), by
   # name, with the text its environment.etc gives each file: report.py runs
   # `llmvisor check-config` with them in $CREDENTIALS_DIRECTORY, so the keys are
@@ -227,6 +282,7 @@ let
       }
     ];
     checks = cfg: [
+      (sameAsShipped cfg)
       (eq "Type=notify" (sc cfg).Type "notify")
       (eq "WatchdogSec" (sc cfg).WatchdogSec 30)
       (eq "restartIfChanged = false" (unitOf cfg).restartIfChanged false)

@@ -14,7 +14,9 @@ rm -rf /var/lib/llmvisor-backup
 "$restic" restore "$snapshot" --target / --include /var/lib/llmvisor-backup --include /var/lib/private/open-webui --include /var/lib/private/n8n
 swap() { # swap COPY DB: the database copy in place of DB, owned like its directory
   [ -e "$1" ] || return 0
-  install -d -m 700 "$(dirname "$2")"
+  # A directory that is there keeps its mode: llmvisor's must stay 0755 (its
+  # models' users pass through it).
+  [ -d "$(dirname "$2")" ] || install -d -m 755 "$(dirname "$2")"
   rm -f "$2" "$2-wal" "$2-shm" "$2-journal"
   cp "$1" "$2"
   chown --reference="$(dirname "$2")" "$2"

@@ -216,6 +216,19 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
         stop_timeout: spec.stop_timeout,
     };
     unit.properties = super::properties::properties(spec, &unit);
+    if matches!(spec.backend, Backend::Ollama { .. }) && !spec.env.contains_key("PATH") {
+        // The wrapper runs `sleep`, `tr`, `grep` and `tail`. A transient unit's PATH
+        // is systemd's built-in one, which on NixOS is systemd's own bin directory
+        // alone (nixpkgs substitutes it): the system profile goes first, then the
+        // usual directories. (Child processes keep llmvisor's PATH.)
+        unit.properties.insert(
+            0,
+            super::properties::Property {
+                name: "Environment",
+                value: super::properties::Value::Env("PATH".into(), UNIT_PATH.into()),
+            },
+        );
+    }
     if matches!(spec.backend, Backend::Ollama { .. }) && !spec.env.contains_key("OLLAMA_MODELS") {
         // Under systemd the store is in the unit's StateDirectory, which survives
         // restarts and is writable under ProtectSystem=strict. (Child processes keep
@@ -238,6 +251,11 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
     }
     unit
 }
+
+/// The PATH an `ollama` unit's wrapper finds its tools on under systemd: NixOS's
+/// system profile (which holds coreutils and grep), then systemd's usual default.
+pub const UNIT_PATH: &str =
+    "/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How an `ollama` instance runs (`sh -c OLLAMA_WRAPPER llmvisor-ollama EXE TAG
 /// EXTRA…`): `ollama serve` loads models but does not pull them, and answers its
@@ -392,15 +410,28 @@ mod tests {
 
     /// The wrapper against a stand-in `ollama` that records its calls: the tag is
     /// looked up on the side address, pulled when missing, then served on OLLAMA_HOST.
+    /// Its environment is the unit's, with a PATH that holds only the four tools the
+    /// wrapper is said to need (`sleep`, `tr`, `grep`, `tail`, linked from this host):
+    /// a NixOS unit's own PATH holds none of them (see [`UNIT_PATH`]).
     #[test]
     fn ollama_wrapper_pulls_a_missing_tag_on_the_side_address_then_execs_serve() {
         let dir = tempfile::tempdir().unwrap();
+        let tools = dir.path().join("tools");
+        std::fs::create_dir(&tools).unwrap();
+        for t in ["sleep", "tr", "grep", "tail"] {
+            let path = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| std::path::Path::new(d).join(t))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("no {t} on this host"));
+            std::os::unix::fs::symlink(path, tools.join(t)).unwrap();
+        }
         let log = dir.path().join("calls");
         let fake = dir.path().join("ollama");
         std::fs::write(
             &fake,
             format!(
-                "#!/bin/sh\necho \"$1 $2 @$OLLAMA_HOST\" >> {log}\ncase $1 in\n  serve) [ \"$OLLAMA_HOST\" = 127.0.0.1:9000 ] && exit 0; exec sleep 30 ;;\n  show) grep -q '^pull' {log} ;;\n  pull) [ \"$2\" = bad:tag ] && {{ echo 'pulling manifest'; echo 'Error: pull model manifest: file does not exist'; exit 1; }}; exit 0 ;;\nesac\n",
+                "#!/bin/sh\necho \"$1 $2 @$OLLAMA_HOST\" >> {log}\ncase $1 in\n  serve) [ \"$OLLAMA_HOST\" = 127.0.0.1:9000 ] && exit 0; exec sleep 30 ;;\n  show) grep -q '^pull' {log} ;;\n  pull) [ \"$2\" = bad:tag ] && {{ printf 'pulling manifest\\rpulling 12%%\\r\\n'; echo 'Error: pull model manifest: file does not exist'; exit 1; }}; exit 0 ;;\nesac\n",
                 log = log.display()
             ),
         )
@@ -415,9 +446,13 @@ mod tests {
             let _ = std::fs::remove_file(&log);
             let out = std::process::Command::new(&u.argv[0])
                 .args(&u.argv[1..])
+                .env_clear()
+                .env("PATH", &tools)
                 .envs(&u.env)
                 .output()
                 .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("not found"), "a tool is missing:\n{err}");
             (out, std::fs::read_to_string(&log).unwrap_or_default())
         };
         let (out, calls) = run("tiny:1b");
@@ -445,6 +480,37 @@ mod tests {
             err.lines().last(),
             Some("cannot pull bad:tag: Error: pull model manifest: file does not exist"),
             "{err}"
+        );
+    }
+
+    /// Under systemd an Ollama unit gets a PATH with the wrapper's tools (NixOS's
+    /// system profile first), unless the model's `env` sets one; other kinds get
+    /// none from llmvisor.
+    #[test]
+    fn an_ollama_unit_gets_a_path_for_its_wrapper() {
+        let paths = |toml: &str| -> Vec<String> {
+            render(&spec(toml))
+                .properties
+                .iter()
+                .map(|p| p.value.to_string())
+                .filter(|v| v.starts_with("PATH="))
+                .collect()
+        };
+        assert_eq!(
+            paths("[models.o]\nkind = \"ollama\"\nmodel = \"m:1b\"\nport = 9000\n"),
+            [format!("PATH={UNIT_PATH}")]
+        );
+        assert!(UNIT_PATH.starts_with("/run/current-system/sw/bin:"));
+        assert_eq!(
+            paths(
+                "[models.o]\nkind = \"ollama\"\nmodel = \"m:1b\"\nport = 9000\nenv = { PATH = \"/opt/bin\" }\n"
+            ),
+            ["PATH=/opt/bin"],
+            "the model's own PATH is its env's, alone"
+        );
+        assert!(
+            paths("[models.l]\nkind = \"llama-cpp\"\nmodel = \"/m/t.gguf\"\nport = 9001\n")
+                .is_empty()
         );
     }
 

@@ -664,3 +664,45 @@ async fn the_tiny_llama_example_serves_a_real_generation_and_embeddings() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 64);
 }
+
+/// The context guard counts one slot's share of a llama.cpp model's window, as
+/// llama-server splits it: `context_length = 512` with `max_concurrent = 2` is
+/// `--ctx-size 512 --parallel 2`, 256 tokens a request. A request estimated at 315
+/// tokens fits the window but not a slot: it goes to the route's next target,
+/// where before it went to the server and came back a 400
+/// (`exceed_context_size_error`). A short one still goes to llama.cpp.
+#[tokio::test]
+async fn a_request_longer_than_a_llama_slot_goes_to_the_next_target() {
+    let f = require_llama!();
+    let models = format!(
+        "{}{}",
+        llama_model(&f, "small", "context_length = 512\nmax_concurrent = 2\n"),
+        mock_model("wide", &[], "context_length = 8192\n"),
+    );
+    let lv = Llmvisor::start(
+        "\n[routes.chat]\ntargets = [\"small\", \"wide\"]\n",
+        &models,
+    )
+    .await;
+    let ask = |words: usize| {
+        json!({"model": "chat", "max_tokens": 8,
+               "messages": [{"role": "user", "content": vec!["word"; words].join(" ")}]})
+    };
+    // 240 words of 5 characters: 315 tokens by llmvisor's estimate (one per 4
+    // characters, the chat overhead and max_tokens), between a slot (256) and the
+    // window (512). (The tiny model's own tokenizer makes several of each word.)
+    let long = lv.post("/v1/chat/completions", &ask(240)).await;
+    let target = long.headers().get("x-llmvisor-target").cloned();
+    let status = long.status();
+    let body = long.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(target.unwrap(), "wide", "{body}");
+    // 20 words: llama.cpp's slot holds it (the tiny model's tokenizer splits a
+    // word into several tokens, so it is kept short).
+    let short = lv.post("/v1/chat/completions", &ask(20)).await;
+    let target = short.headers().get("x-llmvisor-target").cloned();
+    let status = short.status();
+    let body = short.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(target.unwrap(), "small", "{body}");
+}

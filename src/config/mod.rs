@@ -716,6 +716,29 @@ pub struct ModelSpec {
     pub gpu: GpuNeed,
 }
 
+impl ModelSpec {
+    /// The context one request gets: `context_length`, but for llama.cpp, whose
+    /// `--ctx-size` llmvisor shares among its `--parallel` slots (`max_concurrent`)
+    /// and which then refuses a longer request with 400 `exceed_context_size_error`
+    /// (llama-server: `n_ctx_slot = 256` for `--ctx-size 512 --parallel 2`, its KV
+    /// cache not unified when the slots are given), unless `extra_args` unify the KV
+    /// cache again (`--kv-unified`, `-kvu`: every slot may use the whole context).
+    pub fn request_context(&self) -> Option<u32> {
+        let ctx = self.context_length?;
+        match self.backend {
+            Backend::LlamaCpp { .. }
+                if !self
+                    .extra_args
+                    .iter()
+                    .any(|a| a == "--kv-unified" || a == "-kvu") =>
+            {
+                Some(ctx / self.max_concurrent.max(1))
+            }
+            _ => Some(ctx),
+        }
+    }
+}
+
 /// What confines a model's unit (see the `ModelConfig` keys of the same names).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {

@@ -843,6 +843,43 @@ mod tests {
         }
     }
 
+    /// llama.cpp shares its context among its slots (checked against the real
+    /// llama-server: `--ctx-size 512 --parallel 2` gives `n_ctx_slot = 256` and a
+    /// 400 `exceed_context_size_error` above it); the other kinds give each request
+    /// the whole window.
+    #[test]
+    fn a_request_gets_a_llama_cpp_slot_s_share_of_the_context() {
+        let ctx = |model: &str| {
+            Config::parse_open(&format!("[models.m]\nport = 9000\n{model}"))
+                .expect("parses")
+                .validate()
+                .expect("valid")
+                .models[0]
+                .request_context()
+        };
+        let llama = "kind = \"llama-cpp\"\nmodel = \"/m.gguf\"\ncontext_length = 8192\n";
+        assert_eq!(ctx(&format!("{llama}max_concurrent = 2\n")), Some(4096));
+        assert_eq!(ctx(&format!("{llama}max_concurrent = 1\n")), Some(8192));
+        assert_eq!(
+            ctx(&format!(
+                "{llama}max_concurrent = 2\nextra_args = [\"--kv-unified\"]\n"
+            )),
+            Some(8192)
+        );
+        assert_eq!(
+            ctx("kind = \"llama-cpp\"\nmodel = \"/m.gguf\"\nmax_concurrent = 2\n"),
+            None
+        );
+        assert_eq!(
+            ctx("kind = \"vllm\"\nmodel = \"m\"\ncontext_length = 8192\nmax_concurrent = 8\n"),
+            Some(8192)
+        );
+        assert_eq!(
+            ctx("kind = \"ollama\"\nmodel = \"m:1b\"\ncontext_length = 8192\nmax_concurrent = 4\n"),
+            Some(8192)
+        );
+    }
+
     #[test]
     fn minimal_config_resolves_defaults() {
         let cfg = Config::parse_open(

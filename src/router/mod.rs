@@ -371,7 +371,10 @@ impl Router {
     /// The context window and tokenizer of a candidate.
     fn window(&self, c: &Candidate) -> (Option<u32>, Option<&Arc<Tokenizer>>) {
         match &c.target {
-            Target::Model(i) => (i.spec.context_length, self.model_tokenizers.get(i.name())),
+            Target::Model(i) => (
+                i.spec.request_context(),
+                self.model_tokenizers.get(i.name()),
+            ),
             Target::Provider { provider, .. } => (provider.spec.context_length, None),
         }
     }

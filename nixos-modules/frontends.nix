@@ -279,29 +279,6 @@ in
           "llmvisor.service"
         ];
         path = [ pkgs.jq ];
-        environment = {
-          DB_TYPE = "postgresdb";
-          DB_POSTGRESDB_HOST = "/run/postgresql";
-          DB_POSTGRESDB_DATABASE = "n8n";
-          DB_POSTGRESDB_USER = "n8n";
-          N8N_LISTEN_ADDRESS = bindAddress;
-          N8N_PORT = lib.mkForce (toString n8nCfg.port);
-        }
-        // (
-          if served then
-            {
-              N8N_PROTOCOL = "https";
-              N8N_HOST = ts.fqdn;
-              N8N_EDITOR_BASE_URL = n8nUrl;
-              WEBHOOK_URL = lib.mkForce n8nUrl;
-            }
-          else
-            {
-              # Plain HTTP on loopback or the tailnet: no Secure cookie, or the editor
-              # cannot log in.
-              N8N_SECURE_COOKIE = "false";
-            }
-        );
         # n8n's OpenAI credential (type openAiApi) is filled with llmvisor's URL and
         # n8n's key for every workflow, from the credential file, at each start.
         serviceConfig = {
@@ -318,6 +295,33 @@ in
           );
         };
       };
+      # Through the n8n module's own interface (its `environment` becomes the
+      # unit's, and its N8N_PORT is the port openFirewall would open), not over it:
+      # the port is this module's option; what a host sets for the others wins
+      # over these defaults.
+      services.n8n.environment = {
+        N8N_PORT = n8nCfg.port;
+        DB_TYPE = lib.mkDefault "postgresdb";
+        DB_POSTGRESDB_HOST = lib.mkDefault "/run/postgresql";
+        DB_POSTGRESDB_DATABASE = lib.mkDefault "n8n";
+        DB_POSTGRESDB_USER = lib.mkDefault "n8n";
+        N8N_LISTEN_ADDRESS = lib.mkDefault bindAddress;
+      }
+      // (
+        if served then
+          {
+            N8N_PROTOCOL = lib.mkDefault "https";
+            N8N_HOST = lib.mkDefault ts.fqdn;
+            N8N_EDITOR_BASE_URL = lib.mkDefault n8nUrl;
+            WEBHOOK_URL = lib.mkDefault n8nUrl;
+          }
+        else
+          {
+            # Plain HTTP on loopback or the tailnet: no Secure cookie, or the editor
+            # cannot log in.
+            N8N_SECURE_COOKIE = lib.mkDefault "false";
+          }
+      );
 
       llmvisor.tailscale.serve.targets.n8n = {
         httpsPort = n8nCfg.httpsPort;

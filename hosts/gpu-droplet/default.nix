@@ -12,8 +12,16 @@
 # From seed 000's VPS: the journal in Loki next to Grafana, and nightly encrypted
 # backups to S3 (the usage store, Open WebUI, n8n's database).
 #
-# Copy this directory, replace hardware.nix, set tailnetDomain, create the key files
-# below (`openssl rand -hex 32 > FILE`), then `nixos-rebuild switch --flake .#<name>`.
+# Copy this directory, replace hardware.nix, set tailnetDomain, create the files
+# below (root-owned, mode 0600), then `nixos-rebuild switch --flake .#<name>`:
+#   /var/lib/secrets/llmvisor/{admin,laptop,open-webui,n8n}.key  one key each,
+#       each its own (`openssl rand -hex 32 > FILE`);
+#   /var/lib/secrets/llmvisor/openai.key     your OpenAI API key;
+#   /var/lib/secrets/tailscale-auth-key      an auth key from the Tailscale admin console;
+#   /var/lib/secrets/restic-repository       the repository, e.g. s3:s3.amazonaws.com/BUCKET/gpu-lab;
+#   /var/lib/secrets/restic-password         the repository's password (`openssl rand -hex 32`);
+#   /var/lib/secrets/restic-s3.env           AWS_ACCESS_KEY_ID=… and AWS_SECRET_ACCESS_KEY=… lines;
+#   /var/lib/secrets/grafana-secret-key, grafana-admin-password  (`openssl rand -hex 32`).
 { ... }:
 let
   secrets = "/var/lib/secrets/llmvisor";
@@ -72,9 +80,9 @@ in
         allow_network = true;
       };
       # Ollama keeps its models in the unit's state directory
-      # (/var/lib/llmvisor/models/llama3.1). llmvisor does not pull: once the unit
-      # runs, `OLLAMA_HOST=127.0.0.1:<port> ollama pull llama3.1:8b` (the port is in
-      # `llmvisor check-config` and `llmvisor status`).
+      # (/var/lib/llmvisor/models/llama3.1/ollama). The first start pulls the tag
+      # (docs/configuration.md, "kind = ollama"), which is why this model may use
+      # the network; without it, fill the store beforehand.
       "llama3.1" = {
         kind = "ollama";
         model = "llama3.1:8b";

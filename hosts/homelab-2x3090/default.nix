@@ -5,8 +5,14 @@
 # journal in Loki next to Grafana, and nightly backups (usage store, Open WebUI,
 # n8n's database, Qdrant) to a restic repository.
 #
-# Copy this directory, replace hardware.nix, create the key files below (one key
-# per line, `openssl rand -hex 32`), then `nixos-rebuild switch --flake .#<name>`.
+# Copy this directory, replace hardware.nix, create the files below (root-owned,
+# mode 0600), then `nixos-rebuild switch --flake .#<name>`:
+#   /var/lib/secrets/llmvisor/*.key          one key each, each its own
+#       (`openssl rand -hex 32 > FILE`);
+#   /var/lib/secrets/tailscale-auth-key      an auth key from the Tailscale admin console;
+#   /var/lib/secrets/restic-repository       the repository's location (a path or URL);
+#   /var/lib/secrets/restic-password         the repository's password (`openssl rand -hex 32`);
+#   /var/lib/secrets/grafana-secret-key, grafana-admin-password  (`openssl rand -hex 32`).
 { ... }:
 let
   secrets = "/var/lib/secrets/llmvisor";

@@ -689,6 +689,38 @@ let
     expectFailures = [ "services.llmvisor.settings.server.auth:" ];
   };
 
+  # A host's own n8n settings, through the n8n module's interface, are kept: the
+  # front-end module's are defaults there (its port aside, which is its option).
+  frontends-own-n8n = case {
+    toml = false;
+    mods = [
+      frontendsUnfree
+      {
+        networking.hostName = "gpu-lab";
+        llmvisor.tailscale = {
+          enable = true;
+          tailnetDomain = "tail1234.ts.net";
+          serve.enable = true;
+        };
+        services.llmvisor = {
+          enable = true;
+          models.chat = mockModel;
+        };
+        llmvisor.frontends.n8n = {
+          enable = true;
+          port = 5999;
+          llmvisorKeyFile = "/run/secrets/n8n";
+        };
+        services.n8n.environment.WEBHOOK_URL = "https://hooks.example.com/";
+      }
+    ];
+    checks = cfg: [
+      (eq "the host's webhook URL" cfg.systemd.services.n8n.environment.WEBHOOK_URL "https://hooks.example.com/")
+      (eq "the front-end's port, in n8n's own option" cfg.services.n8n.environment.N8N_PORT "5999")
+      (eq "the unit listens there" cfg.systemd.services.n8n.environment.N8N_PORT "5999")
+    ];
+  };
+
   frontends = case {
     mods = [
       frontendsUnfree

@@ -182,6 +182,24 @@ let
         "n8n"
       ];
   };
+  # A host without an NVIDIA GPU.
+  cpuOnlyHost.llmvisor.nvidia = {
+    enable = true;
+    cpuOnly = true;
+  };
+  # The host of the front-end cases: llmvisor and `tailscale serve` on gpu-lab.
+  frontendsHost = {
+    networking.hostName = "gpu-lab";
+    llmvisor.tailscale = {
+      enable = true;
+      tailnetDomain = "tail1234.ts.net";
+      serve.enable = true;
+    };
+    services.llmvisor = {
+      enable = true;
+      models.chat = mockModel;
+    };
+  };
   vmNode =
     file: node: extra:
     (evalSystem ([
@@ -695,17 +713,8 @@ let
     toml = false;
     mods = [
       frontendsUnfree
+      frontendsHost
       {
-        networking.hostName = "gpu-lab";
-        llmvisor.tailscale = {
-          enable = true;
-          tailnetDomain = "tail1234.ts.net";
-          serve.enable = true;
-        };
-        services.llmvisor = {
-          enable = true;
-          models.chat = mockModel;
-        };
         llmvisor.frontends.n8n = {
           enable = true;
           port = 5999;
@@ -724,17 +733,8 @@ let
   frontends = case {
     mods = [
       frontendsUnfree
+      frontendsHost
       {
-        networking.hostName = "gpu-lab";
-        llmvisor.tailscale = {
-          enable = true;
-          tailnetDomain = "tail1234.ts.net";
-          serve.enable = true;
-        };
-        services.llmvisor = {
-          enable = true;
-          models.chat = mockModel;
-        };
         llmvisor.frontends = {
           openWebui = {
             enable = true;
@@ -1363,11 +1363,8 @@ let
   # unfree CUDA libraries, and no GPU would use them).
   cpu-only-ollama = case {
     mods = [
+      cpuOnlyHost
       {
-        llmvisor.nvidia = {
-          enable = true;
-          cpuOnly = true;
-        };
         services.llmvisor = {
           enable = true;
           models.llama = {
@@ -1386,11 +1383,8 @@ let
   nvidia-cpu-only = case {
     toml = false;
     mods = [
+      cpuOnlyHost
       {
-        llmvisor.nvidia = {
-          enable = true;
-          cpuOnly = true;
-        };
         services.llmvisor = {
           enable = true;
           models.chat = mockModel // {

@@ -92,7 +92,12 @@ for name, target in links.items():
         os.remove(path)
     os.symlink(target, path)
 EOF
-chmod -R a+rX "$cache"
+# World-readable: the server's build and the model's directory, and the cache
+# directory itself traversable. Not the whole cache: it also holds the system tests'
+# Debian roots (whose /etc/shadow must stay unreadable, and whose /proc may be
+# mounted while a Nix check runs).
+chmod a+rx "$cache"
+chmod -R a+rX "$build" "$out"
 ln -sfn "$bindir/llama-server" "$server"
 "$server" --version 2>&1 | grep -m1 -i version || true
 

@@ -51,6 +51,19 @@ let
         regex         = "llmvisor-model-(.+)\\.service"
         target_label  = "model"
       }
+      // A model under `units.manager = "systemd-user"`.
+      rule {
+        source_labels = ["__journal__systemd_user_unit"]
+        regex         = "llmvisor-model-(.+)\\.service"
+        target_label  = "model"
+      }
+      // systemd's own lines about a model's unit (started, failed, OOM-killed):
+      // written by PID 1 (_SYSTEMD_UNIT=init.scope) with UNIT=<the unit>.
+      rule {
+        source_labels = ["__journal_unit"]
+        regex         = "llmvisor-model-(.+)\\.service"
+        target_label  = "model"
+      }
       rule {
         source_labels = ["__journal_model"]
         regex         = "(.+)"
@@ -76,11 +89,15 @@ let
     }
 
     loki.process "llmvisor" {
-      stage.structured_metadata {
-        values = {client = "", route = ""}
-      }
+      // The labels go first: the values stay in the extracted map, which the
+      // structured metadata is taken from once. (The other way round, Alloy
+      // before its PR #5965 took each value twice: from the map and from the
+      // label.)
       stage.label_drop {
         values = ["client", "route"]
+      }
+      stage.structured_metadata {
+        values = {client = "", route = ""}
       }
       forward_to = [loki.write.local.receiver]
     }

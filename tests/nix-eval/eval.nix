@@ -899,6 +899,12 @@ let
         (contains "Alloy: ROUTE=" alloy "source_labels = [\"__journal_route\"]")
         (contains "Alloy: client and route as structured metadata" alloy "values = {client = \"\", route = \"\"}")
         (contains "Alloy: and not as labels" alloy "values = [\"client\", \"route\"]")
+        # Dropped as labels first, so the metadata is taken once, from the extracted
+        # map (Alloy before its PR #5965 took it from the labels too).
+        (check "Alloy: the labels go before the metadata is taken" (lib.hasInfix "stage.label_drop" (
+          lib.head (lib.splitString "stage.structured_metadata" alloy)
+        )) null)
+        (contains "Alloy: systemd's lines about a model's unit are its model's" alloy "source_labels = [\"__journal_unit\"]")
         (contains "Alloy pushes to Loki" alloy "url = \"http://127.0.0.1:3100/loki/api/v1/push\"")
         (contains "Alloy's host label" alloy "labels        = {host = \"gpu-lab\"}")
         (eq "Grafana data sources" (map (d: { inherit (d) uid type url; }) g.provision.datasources.settings.datasources) [

@@ -684,25 +684,22 @@ async fn a_request_longer_than_a_llama_slot_goes_to_the_next_target() {
         &models,
     )
     .await;
-    let ask = |words: usize| {
-        json!({"model": "chat", "max_tokens": 8,
-               "messages": [{"role": "user", "content": vec!["word"; words].join(" ")}]})
+    // The target that answered a chat of `words` words, which must be a 200.
+    let answered_by = async |words: usize| {
+        let body = json!({"model": "chat", "max_tokens": 8,
+               "messages": [{"role": "user", "content": vec!["word"; words].join(" ")}]});
+        let resp = lv.post("/v1/chat/completions", &body).await;
+        let target = resp.headers().get("x-llmvisor-target").cloned();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        target.unwrap().to_str().unwrap().to_string()
     };
     // 240 words of 5 characters: 315 tokens by llmvisor's estimate (one per 4
     // characters, the chat overhead and max_tokens), between a slot (256) and the
     // window (512). (The tiny model's own tokenizer makes several of each word.)
-    let long = lv.post("/v1/chat/completions", &ask(240)).await;
-    let target = long.headers().get("x-llmvisor-target").cloned();
-    let status = long.status();
-    let body = long.text().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(target.unwrap(), "wide", "{body}");
+    assert_eq!(answered_by(240).await, "wide");
     // 20 words: llama.cpp's slot holds it (the tiny model's tokenizer splits a
     // word into several tokens, so it is kept short).
-    let short = lv.post("/v1/chat/completions", &ask(20)).await;
-    let target = short.headers().get("x-llmvisor-target").cloned();
-    let status = short.status();
-    let body = short.text().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(target.unwrap(), "small", "{body}");
+    assert_eq!(answered_by(20).await, "small");
 }

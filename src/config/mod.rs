@@ -250,7 +250,7 @@ impl Default for ServerConfig {
             stream_keepalive_interval: HumanDuration::secs(3),
             shutdown_grace: HumanDuration::secs(30),
             health_poll_interval: HumanDuration::millis(50),
-            port_range: [28100, 28999],
+            port_range: DEFAULT_PORT_RANGE,
             auth: AuthMode::Required,
             auth_none_on_network: false,
             max_attempts: 3,
@@ -659,6 +659,9 @@ pub enum Backend {
         argv: Vec<String>,
     },
 }
+
+/// `server.port_range` unless set: where models without a `port` get theirs.
+pub const DEFAULT_PORT_RANGE: [u16; 2] = [28100, 28999];
 
 /// One model instance, checked and with every default filled in.
 #[derive(Clone, Debug, PartialEq)]

@@ -846,7 +846,9 @@ mod tests {
     /// llama.cpp shares its context among its slots (checked against the real
     /// llama-server: `--ctx-size 512 --parallel 2` gives `n_ctx_slot = 256` and a
     /// 400 `exceed_context_size_error` above it); the other kinds give each request
-    /// the whole window.
+    /// the whole window: vLLM's `--max-model-len` is per sequence, and Ollama
+    /// hands its runner `OLLAMA_CONTEXT_LENGTH` x `OLLAMA_NUM_PARALLEL` (its docs
+    /// and server logs, `Parallel:2 … KvSize:8192`; no Ollama runs here).
     #[test]
     fn a_request_gets_a_llama_cpp_slot_s_share_of_the_context() {
         let ctx = |model: &str| {

@@ -253,7 +253,10 @@ pub fn render(spec: &ModelSpec) -> UnitSpec {
 }
 
 /// The PATH an `ollama` unit's wrapper finds its tools on under systemd: NixOS's
-/// system profile (which holds coreutils and grep), then systemd's usual default.
+/// system profile (which holds coreutils and grep), then systemd's built-in PATH
+/// of a distribution with a split /usr (a directory that is not there is skipped).
+/// Not observed on a NixOS host: read from nixpkgs' systemd build, which
+/// substitutes `@defaultPathNormal@` with its own `bin/`.
 pub const UNIT_PATH: &str =
     "/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -21,7 +21,8 @@ pub const LLMVISOR: &str = env!("CARGO_BIN_EXE_llmvisor");
 /// Ports the harness hands out: below the kernel's ephemeral range
 /// (`ip_local_port_range`, 32768-60999 by default), so no outgoing connection and
 /// no `bind(port 0)` anywhere on the host takes one of them; and outside
-/// llmvisor's default `server.port_range` (28100-28999, skipped).
+/// llmvisor's default `server.port_range` ([`llmvisor::config::DEFAULT_PORT_RANGE`],
+/// skipped).
 const PORTS: std::ops::Range<u16> = 20000..32000;
 
 /// A port no other test holds, for the rest of this test process.
@@ -50,7 +51,8 @@ pub fn free_port() -> u16 {
         let port = PORTS.start + ((seed.wrapping_add(i)) % len) as u16;
         // llmvisor's default `server.port_range`: where a configuration without
         // ports (an example, the quick start) puts its models, unlocked.
-        if (28100..=28999).contains(&port) {
+        let [first, last] = llmvisor::config::DEFAULT_PORT_RANGE;
+        if (first..=last).contains(&port) {
             continue;
         }
         let Ok(file) = std::fs::OpenOptions::new()
